@@ -1,0 +1,121 @@
+"""Every error wsfleet raises, under one root.
+
+Catch ``WsfleetError`` to catch everything the library raises on purpose. Each error also
+derives from the builtin that describes the mistake, so code written against plain Python
+conventions (``except ValueError``) keeps working::
+
+    WsfleetError (Exception)
+    ├── InvalidTransition (ValueError)     .state, .target, .reason
+    ├── InvalidPolicy (ValueError)         .field
+    ├── RetriesExhausted                   .attempts
+    ├── InvalidArgument (ValueError)       bad identifier, group name, size ...
+    ├── WrongType (TypeError)              a message that is neither str nor bytes ...
+    ├── MessageTooLarge (ValueError)       .size, .limit
+    ├── AlreadyRegistered (ValueError)     the same socket registered twice
+    ├── UnknownSocket (KeyError)           a socket the manager does not hold
+    ├── UnknownIdentifier (KeyError)       an identifier with no connection
+    └── ManagerClosed (RuntimeError)       the manager is not running
+
+Third-party exceptions (trio-websocket, websockets, starlette, coredis) never leave an
+adapter untranslated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .fsm.states import ConnectionState
+
+__all__ = [
+    "AlreadyRegistered",
+    "InvalidArgument",
+    "InvalidPolicy",
+    "InvalidTransition",
+    "ManagerClosed",
+    "MessageTooLarge",
+    "RetriesExhausted",
+    "UnknownIdentifier",
+    "UnknownSocket",
+    "WrongType",
+    "WsfleetError",
+]
+
+
+class WsfleetError(Exception):
+    """Root of every error wsfleet raises on purpose."""
+
+
+class InvalidTransition(WsfleetError, ValueError):
+    """A state change the transition table refuses; nothing was changed.
+
+    ``reason`` says whether the pair is absent from the table or a guard said no.
+    """
+
+    def __init__(
+        self,
+        state: ConnectionState | None,
+        target: ConnectionState,
+        reason: str = "not in the transition table",
+    ) -> None:
+        #: The current state; ``None`` for a connection not created yet.
+        self.state = state
+        self.target = target
+        self.reason = reason
+        source = "new" if state is None else state.name
+        super().__init__(f"cannot go from {source} to {target.name}: {reason}")
+
+
+class InvalidPolicy(WsfleetError, ValueError):
+    """A policy was built with a value outside its range; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class RetriesExhausted(WsfleetError):
+    """A retry policy was asked for a delay past its last attempt."""
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+        super().__init__(f"retry policy exhausted after {attempts} attempt(s)")
+
+
+class InvalidArgument(WsfleetError, ValueError):
+    """A value of the right type but outside what wsfleet accepts."""
+
+
+class WrongType(WsfleetError, TypeError):
+    """A value of a type wsfleet does not accept."""
+
+
+class MessageTooLarge(WsfleetError, ValueError):
+    """A message over the configured size limit; nothing was queued or sent."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class AlreadyRegistered(WsfleetError, ValueError):
+    """The socket is already registered with this manager."""
+
+
+class _KeyErrorMessage(WsfleetError, KeyError):
+    # KeyError.__str__ shows repr(args[0]); a sentence reads better.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownSocket(_KeyErrorMessage):
+    """The socket is not registered with this manager."""
+
+
+class UnknownIdentifier(_KeyErrorMessage):
+    """No connection is registered under this identifier."""
+
+
+class ManagerClosed(WsfleetError, RuntimeError):
+    """The manager is not running (not entered yet, or already closed)."""

@@ -1,0 +1,19 @@
+"""Pure, frozen policies: retry delays, keepalive deadlines, outbound queue overflow.
+
+They compute and decide; they never sleep, read a clock or touch a socket, so the manager and
+every adapter share them and tests drive them with plain numbers.
+"""
+
+from .heartbeat import HeartbeatPolicy
+from .overflow import OverflowAction, OverflowDecision, OverflowPolicy
+from .retry import DEFAULT_RETRY_POLICY, JitterMode, RetryPolicy
+
+__all__ = [
+    "DEFAULT_RETRY_POLICY",
+    "HeartbeatPolicy",
+    "JitterMode",
+    "OverflowAction",
+    "OverflowDecision",
+    "OverflowPolicy",
+    "RetryPolicy",
+]

@@ -1,0 +1,35 @@
+"""The core does no I/O, and importing wsfleet pulls in no optional integration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+IO_MODULES = ["anyio", "trio", "asyncio", "websockets", "trio_websocket", "starlette", "coredis"]
+OPTIONAL = ["trio", "trio_websocket", "websockets", "starlette", "coredis"]
+
+
+def loaded_after(statement: str, candidates: list[str]) -> list[str]:
+    """Run ``statement`` in a fresh interpreter and list which candidates it imported."""
+    code = (
+        "import json, sys\n"
+        f"{statement}\n"
+        f"print(json.dumps(sorted(m for m in {candidates!r} if m in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded: list[str] = json.loads(out.stdout)
+    return loaded
+
+
+@pytest.mark.parametrize("package", ["wsfleet.fsm", "wsfleet.policies"])
+def test_the_core_imports_no_event_loop_or_socket_library(package: str) -> None:
+    assert loaded_after(f"import {package}", IO_MODULES) == []
+
+
+def test_importing_wsfleet_imports_no_optional_integration() -> None:
+    assert loaded_after("import wsfleet", OPTIONAL) == []
