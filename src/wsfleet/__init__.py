@@ -2,7 +2,15 @@
 
 Importing this package never imports an optional integration (trio, trio-websocket,
 websockets, starlette, coredis); the adapters that need them live in ``wsfleet.adapters``.
+The names that need an event loop library (the manager and its helpers, which use anyio)
+are loaded on first use, so that ``import wsfleet.fsm`` and ``import wsfleet.policies``,
+which run this file first, stay free of any I/O library.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     AlreadyRegistered,
@@ -12,6 +20,8 @@ from ._errors import (
     ManagerClosed,
     MessageTooLarge,
     RetriesExhausted,
+    TransportClosed,
+    TransportError,
     UnknownIdentifier,
     UnknownSocket,
     WrongType,
@@ -26,27 +36,72 @@ from .policies import (
     RetryPolicy,
 )
 
+if TYPE_CHECKING:
+    from ._callbacks import CallbackHandle
+    from ._connection import Connection
+    from ._manager import ConnectionManager
+    from ._session import Session
+    from ._stats import FleetStats
+    from .transport import PING, Message, Transport, register_adapter
+
 __version__ = "0.1.0.dev0"
 
+_LAZY = {
+    "CallbackHandle": "._callbacks",
+    "Connection": "._connection",
+    "ConnectionManager": "._manager",
+    "FleetStats": "._stats",
+    "Message": ".transport",
+    "PING": ".transport",
+    "Session": "._session",
+    "Transport": ".transport",
+    "register_adapter": ".transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsfleet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "PING",
     "TABLE",
     "AlreadyRegistered",
+    "CallbackHandle",
+    "Connection",
+    "ConnectionManager",
     "ConnectionState",
+    "FleetStats",
     "HeartbeatPolicy",
     "InvalidArgument",
     "InvalidPolicy",
     "InvalidTransition",
     "JitterMode",
     "ManagerClosed",
+    "Message",
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
     "RetriesExhausted",
     "RetryPolicy",
+    "Session",
     "StateChange",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
     "UnknownIdentifier",
     "UnknownSocket",
     "WrongType",
     "WsfleetError",
     "__version__",
+    "register_adapter",
 ]

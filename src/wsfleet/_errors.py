@@ -14,7 +14,9 @@ conventions (``except ValueError``) keeps working::
     ├── AlreadyRegistered (ValueError)     the same socket registered twice
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
-    └── ManagerClosed (RuntimeError)       the manager is not running
+    ├── ManagerClosed (RuntimeError)       the manager is not running
+    └── TransportError (ConnectionError)   a socket failed or was closed under us
+        └── TransportClosed                 .code, .reason: the peer closed the socket
 
 Third-party exceptions (trio-websocket, websockets, starlette, coredis) never leave an
 adapter untranslated.
@@ -35,6 +37,8 @@ __all__ = [
     "ManagerClosed",
     "MessageTooLarge",
     "RetriesExhausted",
+    "TransportClosed",
+    "TransportError",
     "UnknownIdentifier",
     "UnknownSocket",
     "WrongType",
@@ -119,3 +123,28 @@ class UnknownIdentifier(_KeyErrorMessage):
 
 class ManagerClosed(WsfleetError, RuntimeError):
     """The manager is not running (not entered yet, or already closed)."""
+
+
+class TransportError(WsfleetError, ConnectionError):
+    """A transport could not do what was asked: the peer is gone or the socket is closed.
+
+    Adapters raise it (translating their library's own exceptions); the manager catches it
+    and moves the connection to ERROR rather than letting it reach a fan-out caller.
+    """
+
+
+class TransportClosed(TransportError):
+    """The WebSocket was closed; ``code`` is 1006 when it went away without a closing frame.
+
+    1000 (normal), 1001 (going away) and 1005 (a closing frame without a code) are clean
+    closes; every other code is abnormal.
+    """
+
+    def __init__(self, code: int = 1006, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"closed with code {code}" + (f": {reason}" if reason else ""))
+
+    @property
+    def clean(self) -> bool:
+        return self.code in (1000, 1001, 1005)

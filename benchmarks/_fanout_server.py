@@ -1,0 +1,435 @@
+"""One fan-out server variant in a process of its own, driven over stdin by fanout_bench.py.
+
+    python benchmarks/_fanout_server.py <variant> [--cpu <n>]
+
+Prints ``port <port>`` once it accepts WebSocket connections at ``/ws?id=<name>`` on
+127.0.0.1, then answers one line per command read from stdin:
+
+    wait <n> <timeout>          -> ready <connections>       (at least n connections, or timeout)
+    go <m> <size> <mode> <t>    -> sent <seconds> <errors>   (fan out m messages to every one)
+    cpu                         -> cpu <process_time>
+    stats                       -> stats <json>
+    quit                        (exits at once: the driver is done with this process)
+
+``mode`` is ``single`` (each message written to every connection before the next one),
+``burst`` (every message handed over back to back, then wait until all are written),
+``queued`` (wsfleet only, a diagnostic: the burst queued in one step through a private call,
+so that each connection's messages go out as one batch) or ``stream`` (the stalled-client
+scenario: message after message, yielding to the event loop between two, then wait until
+all are written; a wsfleet producer also waits while more than 2 MiB is queued in all; the
+wsfleet variants evict a connection whose queue passes 1 MiB, the plain ones have no such
+bound). Library keepalives, compression and wsfleet's heartbeat are off everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.lowlevel import checkpoint
+
+from wsfleet import ConnectionManager, OverflowPolicy
+
+VARIANTS: dict[str, str] = {
+    "ws-broadcast": "asyncio",
+    "wsfleet-ws-asyncio": "asyncio",
+    "wsfleet-ws-trio": "trio",
+    "trio-ws-loop": "trio",
+    "wsfleet-trio-ws": "trio",
+    "starlette-loop": "asyncio",
+    "wsfleet-asgi": "asyncio",
+}
+
+#: The stalled-client scenario's bound: a connection 1 MiB behind is evicted (close 1008).
+STALL_POLICY = OverflowPolicy(max_messages=4096, max_bytes=1024 * 1024, action="disconnect")
+#: In ``stream`` mode a wsfleet producer waits while more than this is queued in all. A
+#: producer that never waits outruns a writer that cannot coalesce (trio-websocket, ASGI), and
+#: then every client's queue passes the 1 MiB bound, healthy or not; one stalled client alone
+#: (at most 1 MiB before it is evicted) never holds the producer back.
+STREAM_BACKLOG = 2 * 1024 * 1024
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def identifier_of(target: str) -> str:
+    """``/ws?id=h12`` -> ``h12``."""
+    _, _, query = target.partition("?")
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "id" and value:
+            return value
+    return "anonymous"
+
+
+class Fleet:
+    """What a variant's handlers hold: the native sockets, and wsfleet's connections."""
+
+    def __init__(self, manager: ConnectionManager | None) -> None:
+        self.manager = manager
+        self.sockets: list[Any] = []  # native connection objects, in arrival order
+        self.ids: dict[int, str] = {}  # id(socket) -> identifier
+        self.conns: list[Any] = []  # wsfleet Connection objects (wsfleet variants)
+        self.errors = 0  # failed sends of the plain loops
+
+    def add(self, ws: Any, identifier: str) -> None:
+        self.sockets.append(ws)
+        self.ids[id(ws)] = identifier
+
+    def remove(self, ws: Any) -> None:
+        with suppress(ValueError):
+            self.sockets.remove(ws)
+        self.ids.pop(id(ws), None)
+
+    async def hold(self, ws: Any, identifier: str, receive: Callable[[], Awaitable[Any]]) -> None:
+        """Keep one connection for its life: through wsfleet's session, or by hand."""
+        manager = self.manager
+        self.add(ws, identifier)
+        try:
+            if manager is not None:
+                async with manager.session(ws, identifier) as session:
+                    self.conns.append(session.connection)
+                    try:
+                        async for _ in session:
+                            pass
+                    finally:
+                        self.conns.remove(session.connection)
+            else:
+                while True:
+                    await receive()
+        finally:
+            self.remove(ws)
+
+
+def message(serial: int, size: int) -> str:
+    head = f"{serial:08d} "
+    return head + "x" * (size - len(head))
+
+
+# -- the variants' servers: each yields its port -------------------------------------------
+
+
+@asynccontextmanager
+async def websockets_asyncio(fleet: Fleet) -> AsyncIterator[int]:
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosed
+
+    if fleet.manager is not None:
+        import wsfleet.adapters.websockets  # noqa: F401  (registers the adapter)
+
+    async def handler(ws: Any) -> None:
+        with suppress(ConnectionClosed):
+            await fleet.hold(ws, identifier_of(ws.request.path), ws.recv)
+
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        compression=None,
+        ping_interval=None,
+        ping_timeout=None,
+        close_timeout=1,
+        backlog=2048,
+    ) as server:
+        yield next(iter(server.sockets)).getsockname()[1]
+
+
+@asynccontextmanager
+async def websockets_trio(fleet: Fleet) -> AsyncIterator[int]:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.trio.server import serve
+
+    import wsfleet.adapters.websockets  # noqa: F401
+
+    async def handler(ws: Any) -> None:
+        with suppress(ConnectionClosed):
+            await fleet.hold(ws, identifier_of(ws.request.path), ws.recv)
+
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(
+            partial(
+                serve,
+                handler,
+                0,
+                host="127.0.0.1",
+                compression=None,
+                ping_interval=None,
+                ping_timeout=None,
+                close_timeout=1,
+                backlog=2048,
+            )
+        )
+        yield server.listeners[0].socket.getsockname()[1]
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def trio_websocket(fleet: Fleet) -> AsyncIterator[int]:
+    from trio_websocket import ConnectionClosed, serve_websocket
+
+    if fleet.manager is not None:
+        import wsfleet.adapters.trio_websocket  # noqa: F401
+
+    async def handler(request: Any) -> None:
+        ws = await request.accept()
+        with suppress(ConnectionClosed):
+            await fleet.hold(ws, identifier_of(request.path), ws.get_message)
+
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(partial(serve_websocket, handler, "127.0.0.1", 0, None))
+        yield server.port
+        tg.cancel_scope.cancel()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def starlette_hypercorn(fleet: Fleet) -> AsyncIterator[int]:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    if fleet.manager is not None:
+        import wsfleet.adapters.asgi  # noqa: F401
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        with suppress(WebSocketDisconnect):
+            await fleet.hold(ws, ws.query_params.get("id", "anonymous"), ws.receive_text)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    port = free_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.backlog = 2048
+    config.websocket_ping_interval = None  # the default; said for the record
+    config.accesslog = None
+    config.errorlog = None
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        with anyio.fail_after(10):
+            while True:  # hypercorn has no "started" signal: wait until it accepts
+                try:
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                except OSError:
+                    await anyio.sleep(0.02)
+                    continue
+                await stream.aclose()
+                break
+        yield port
+        stop.set()
+        tg.cancel_scope.cancel()
+
+
+SERVERS: dict[str, Callable[[Fleet], AbstractAsyncContextManager[int]]] = {
+    "ws-broadcast": websockets_asyncio,
+    "wsfleet-ws-asyncio": websockets_asyncio,
+    "wsfleet-ws-trio": websockets_trio,
+    "trio-ws-loop": trio_websocket,
+    "wsfleet-trio-ws": trio_websocket,
+    "starlette-loop": starlette_hypercorn,
+    "wsfleet-asgi": starlette_hypercorn,
+}
+
+
+# -- the fan-out jobs ------------------------------------------------------------------------
+
+
+class Job:
+    def __init__(self, variant: str, fleet: Fleet) -> None:
+        self.variant = variant
+        self.fleet = fleet
+        self.serial = 0
+
+    async def run(self, m: int, size: int, mode: str, limit: float) -> None:
+        texts = [message(self.serial + i, size) for i in range(m)]
+        self.serial += m
+        with anyio.fail_after(limit):
+            if self.fleet.manager is not None:
+                await self.wsfleet(texts, mode)
+            elif self.variant == "ws-broadcast":
+                await self.broadcast(texts, mode)
+            else:
+                await self.loop(texts)
+
+    async def broadcast(self, texts: list[str], mode: str) -> None:
+        from websockets.asyncio.server import broadcast
+
+        sockets = self.fleet.sockets
+        for text in texts:
+            broadcast(sockets, text)
+            if mode != "burst":
+                await checkpoint()  # let the event loop write what the kernel did not take
+        await checkpoint()
+
+    async def loop(self, texts: list[str]) -> None:
+        """The plain loop an application writes: await each send, one socket after another."""
+        starlette = self.variant == "starlette-loop"
+        fleet = self.fleet
+        for text in texts:
+            for ws in list(fleet.sockets):
+                try:
+                    if starlette:
+                        await ws.send_text(text)
+                    else:
+                        await ws.send_message(text)
+                except Exception:
+                    fleet.errors += 1
+
+    async def wsfleet(self, texts: list[str], mode: str) -> None:
+        manager = self.fleet.manager
+        assert manager is not None
+        if mode == "queued":
+            # Diagnostic, through a private call: the whole burst queued before the flusher
+            # runs once, which the public ``await manager.broadcast()`` cannot do (it yields
+            # after each message). Shows what coalescing per connection would give.
+            conns = list(self.fleet.conns)
+            for text in texts:
+                manager._send_to_connections(conns, text)
+            await self.settle()
+            return
+        for text in texts:
+            await manager.broadcast(text)
+            if mode == "single":
+                await self.settle()
+            elif mode == "stream":
+                await self.backlog_below(STREAM_BACKLOG)
+        await self.settle()
+
+    async def backlog_below(self, limit: int) -> None:
+        """The producer's backpressure: wait while the manager holds more than ``limit`` bytes."""
+        manager = self.fleet.manager
+        assert manager is not None
+        spins = 0
+        while manager.stats().queued_bytes > limit:
+            spins += 1
+            await anyio.sleep(0 if spins < 20 else 0.0005)
+
+    async def settle(self) -> None:
+        """Until nothing is queued and no writer task is busy: every message is written."""
+        manager = self.fleet.manager
+        assert manager is not None
+        conns = self.fleet.conns
+        spins = 0
+        while manager.stats().queued_messages or any(c.writing for c in conns):
+            spins += 1
+            # A few bare checkpoints first (the flusher usually finishes within one), then
+            # short sleeps so that a long wait does not spin on the CPU being measured.
+            await anyio.sleep(0 if spins < 20 else 0.0005)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+async def serve(variant: str) -> None:
+    manager: ConnectionManager | None = None
+    if variant.startswith("wsfleet"):
+        manager = ConnectionManager(overflow=STALL_POLICY, shutdown_timeout=1, close_timeout=1)
+    fleet = Fleet(manager)
+    job = Job(variant, fleet)
+    async with AsyncExit(manager), SERVERS[variant](fleet) as port:
+        say(f"port {port}")
+        while True:
+            line = await anyio.to_thread.run_sync(sys.stdin.readline)
+            if not line:
+                break
+            words = line.split()
+            if not words:
+                continue
+            command, args = words[0], words[1:]
+            if command == "wait":
+                want, limit = int(args[0]), float(args[1])
+                with anyio.move_on_after(limit):
+                    while len(fleet.sockets) < want:  # noqa: ASYNC110 (handlers append)
+                        await anyio.sleep(0.01)
+                say(f"ready {len(fleet.sockets)}")
+            elif command == "go":
+                m, size, mode, limit = int(args[0]), int(args[1]), args[2], float(args[3])
+                t0 = time.perf_counter()
+                errors = fleet.errors
+                try:
+                    await job.run(m, size, mode, limit)
+                except TimeoutError:
+                    say("timeout")
+                    continue
+                say(f"sent {time.perf_counter() - t0:.6f} {fleet.errors - errors}")
+            elif command == "cpu":
+                say(f"cpu {time.process_time():.6f}")
+            elif command == "stats":
+                info: dict[str, Any] = {"sockets": len(fleet.sockets)}
+                if manager is not None:
+                    stats = manager.stats()
+                    info.update(states=stats.states, drops=stats.drops, sent=stats.sent_messages)
+                    info["stalled_state"] = next(
+                        (c.state.name for c in fleet.conns if c.identifier.startswith("stalled")),
+                        None,
+                    )
+                else:
+                    info["stalled_connected"] = any(
+                        i.startswith("stalled") for i in fleet.ids.values()
+                    )
+                say("stats " + json.dumps(info))
+            elif command == "quit":
+                break
+    # Closing thousands of sockets politely only costs the driver time; it is done with us.
+
+
+class AsyncExit:
+    """Enter the manager if there is one; leaving the process skips the polite shutdown."""
+
+    def __init__(self, manager: ConnectionManager | None) -> None:
+        self.manager = manager
+
+    async def __aenter__(self) -> None:
+        if self.manager is not None:
+            await self.manager.__aenter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is not None:
+            traceback.print_exception(exc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0 if exc is None else 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
+    args = parser.parse_args()
+    raise_nofile()
+    if args.cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})
+    anyio.run(serve, args.variant, backend=VARIANTS[args.variant])
+
+
+if __name__ == "__main__":
+    main()

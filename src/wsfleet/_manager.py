@@ -1,0 +1,715 @@
+"""The ConnectionManager: registry, groups, fan-out, states, callbacks, resumption.
+
+This module holds the public API and wires the parts together:
+
+* ``_registry``: who is connected, under which identifier, in which groups and states;
+* ``fsm``: the shared state machine every connection's state change goes through;
+* ``_outbox``: bounded queues, one flusher, writer tasks only for peers that push back;
+* ``_timers``: heartbeats, idleness and retry attempts on one heap of deadlines;
+* ``_callbacks``: state-change callbacks, run by a dispatcher task after each change;
+* ``_session`` and ``_outbound``: the life of a server-side socket, and client connections
+  that the manager dials and redials.
+
+All tasks live in the manager's task group: leaving ``async with`` flushes what is queued,
+closes every socket with 1001 and waits for the tasks, each step bounded in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Final, Self, TypeVarTuple
+
+import anyio
+import anyio.abc
+from anyio.lowlevel import checkpoint
+
+from ._callbacks import CallbackHandle, Callbacks, StateCallback
+from ._connection import Connection, Reconnector
+from ._errors import (
+    AlreadyRegistered,
+    InvalidArgument,
+    InvalidTransition,
+    ManagerClosed,
+    MessageTooLarge,
+    UnknownSocket,
+    WrongType,
+)
+from ._outbound import (
+    Dialer,
+    MessageHandler,
+    OutboundSocket,
+    Unconnected,
+    final_close,
+    make_reconnector,
+)
+from ._outbox import WRITABLE, Outbox, message_size
+from ._registry import Registry, check_name
+from ._session import Session, open_session
+from ._stats import FleetStats
+from ._timers import ResumeExpired, Timers
+from .fsm.clock import MonotonicClock
+from .fsm.machine import FleetMachine, StateChange
+from .fsm.states import ConnectionState
+from .policies.heartbeat import HeartbeatPolicy
+from .policies.overflow import OverflowPolicy
+from .policies.retry import RetryPolicy
+from .transport import Message, Transport, adapter_for
+
+__all__ = ["ConnectionManager"]
+
+logger = logging.getLogger("wsfleet")
+
+_Args = TypeVarTuple("_Args")
+
+C = ConnectionState.CONNECTED
+I = ConnectionState.IDLE  # noqa: E741
+E = ConnectionState.ERROR
+R = ConnectionState.RECONNECTING
+D = ConnectionState.DISCONNECTED
+
+#: Close codes of a clean goodbye; any other close is abnormal. 1005 is what arrives when
+#: the closing frame carries no code, as a browser's plain ``ws.close()`` sends.
+CLEAN_CLOSE_CODES: Final = frozenset((1000, 1001, 1005))
+
+
+class ConnectionManager:
+    """Holds a fleet of WebSocket connections and delivers messages to them.
+
+    Use it as an async context manager; it runs its tasks in its own task group::
+
+        async with ConnectionManager(heartbeat=HeartbeatPolicy()) as manager:
+            conn = manager.register(socket, "alice")
+            manager.add_to_group("alice", "room:1")
+            await manager.send_to_group("room:1", "hello")
+    """
+
+    def __init__(
+        self,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        heartbeat: HeartbeatPolicy | None = None,
+        overflow: OverflowPolicy | None = None,
+        backplane: object | None = None,
+        resume_window: float | None = None,
+        callback_timeout: float = 5.0,
+        shutdown_timeout: float = 5.0,
+        close_timeout: float = 2.0,
+    ) -> None:
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
+        if heartbeat is not None and not isinstance(heartbeat, HeartbeatPolicy):
+            raise WrongType(f"heartbeat must be a HeartbeatPolicy, got {heartbeat!r}")
+        if overflow is not None and not isinstance(overflow, OverflowPolicy):
+            raise WrongType(f"overflow must be an OverflowPolicy, got {overflow!r}")
+        if backplane is not None:
+            raise InvalidArgument("backplane: only the in-memory backplane (None) exists yet")
+        seconds = [
+            ("callback_timeout", callback_timeout),
+            ("shutdown_timeout", shutdown_timeout),
+            ("close_timeout", close_timeout),
+        ]
+        if resume_window is not None:
+            seconds.append(("resume_window", resume_window))
+        for name, value in seconds:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
+        self.heartbeat = heartbeat
+        self.overflow = overflow if overflow is not None else OverflowPolicy()
+        self.resume_window = None if resume_window is None else float(resume_window)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.close_timeout = float(close_timeout)
+        self._registry = Registry()
+        self._outbox = Outbox(self)
+        self._timers = Timers(self)
+        self._callbacks = Callbacks(float(callback_timeout))
+        self._machine = FleetMachine(
+            retry_policy=retry_policy,
+            on_change=self._state_changed,
+            on_retry=self._timers.retry_requested,
+        )
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closing = False
+        self._tokens: dict[str, Connection] = {}
+        self._resumes: dict[Connection, anyio.Event] = {}
+        self._changes: deque[StateChange] = deque()
+        self._changes_wake = anyio.Event()
+        self._dispatching = False
+        self._drained = anyio.Event()
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None or self._closing:
+            raise ManagerClosed("a ConnectionManager can be entered once")
+        self._machine.clock = MonotonicClock(anyio.current_time)
+        # Events are bound to the running event loop on asyncio: make them here.
+        self._outbox.bind_loop()
+        self._timers.bind_loop()
+        self._changes_wake = anyio.Event()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._outbox.run, name="wsfleet flusher")
+        tg.start_soon(self._timers.run, name="wsfleet timers")
+        tg.start_soon(self._dispatcher, name="wsfleet callbacks")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg = self._tg
+        assert tg is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+        finally:
+            self._closing = True
+            tg.cancel_scope.cancel()
+            if isinstance(exc, Exception):
+                # The body's own error goes on as it is, not wrapped in the task group's
+                # ExceptionGroup; only errors of the manager's tasks are grouped.
+                await tg.__aexit__(None, None, None)
+            else:
+                await tg.__aexit__(exc_type, exc, tb)
+            self._tg = None
+        return None
+
+    async def _shutdown(self) -> None:
+        """Flush what is queued, close every socket with 1001, let the callbacks run.
+
+        Flushing and the callbacks are each bounded by ``shutdown_timeout``; closing a socket
+        by ``close_timeout``. A socket whose peer stopped reading is closed all the same.
+        """
+        self._closing = True
+        with anyio.move_on_after(self.shutdown_timeout):
+            while self._outbox.busy():
+                self._outbox.flush_soon()
+                await anyio.sleep(0.005)
+        conns = list(self._registry)
+        async with anyio.create_task_group() as closers:
+            for conn in conns:
+                closers.start_soon(self._outbox.close, conn.transport, 1001, "going away")
+        for conn in conns:
+            self._unregister(conn, "manager closed")
+        with anyio.move_on_after(self.shutdown_timeout):
+            if self._changes or self._dispatching:
+                self._drained = anyio.Event()
+                await self._drained.wait()
+
+    def _running(self) -> anyio.abc.TaskGroup:
+        if self._tg is None or self._closing:
+            raise ManagerClosed("the manager is not running (use 'async with ConnectionManager()')")
+        return self._tg
+
+    def _spawn(
+        self, func: Callable[[*_Args], Coroutine[Any, Any, None]], *args: *_Args, name: str
+    ) -> None:
+        """Start an internal task; unlike the public calls, this works while shutting down.
+
+        Flushing on exit needs writers, and an eviction on exit still closes its socket.
+        """
+        tg = self._tg
+        assert tg is not None, "internal tasks start only inside the manager's task group"
+        tg.start_soon(func, *args, name=name)
+
+    # -- registry ------------------------------------------------------------------------
+
+    def register(self, socket: object, identifier: str) -> Connection:
+        """Add a socket under ``identifier`` (one identifier may hold several sockets).
+
+        ``socket`` is a ``Transport`` or a socket of a library whose adapter is imported.
+        The connection starts CONNECTED.
+        """
+        return self._register(socket, identifier)
+
+    def _transport_for(self, socket: object) -> Transport:
+        if isinstance(socket, Transport):
+            return socket
+        factory = adapter_for(socket)
+        if factory is None:
+            raise WrongType(
+                f"no transport adapter for {type(socket).__name__}: pass a "
+                "wsfleet.Transport or import the adapter for its library"
+            )
+        return factory(socket)
+
+    def _register(
+        self,
+        socket: object,
+        identifier: str,
+        *,
+        transport: Transport | None = None,
+        initial: ConnectionState = C,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Connection:
+        self._running()
+        check_name("identifier", identifier)
+        if self._registry.get(socket) is not None:
+            raise AlreadyRegistered(f"{socket!r} is already registered")
+        if transport is None:
+            transport = self._transport_for(socket)
+        conn = Connection(self, socket, transport, identifier, self._machine.clock.now())
+        conn.retry_policy = retry_policy
+        transport.attach(conn)
+        self._registry.add(conn)
+        if self._machine.policy_of(conn) is not None:
+            conn.resume_token = secrets.token_urlsafe(18)
+            self._tokens[conn.resume_token] = conn
+        self._machine.start(conn, initial, "registered" if initial is C else "dialling")
+        return conn
+
+    def unregister(self, socket: object) -> bool:
+        """Move the socket to DISCONNECTED and forget it; ``False`` if it is not registered.
+
+        Does not close the socket (``close`` does both). Messages still queued for it are
+        dropped and counted.
+        """
+        conn = self._registry.get(socket)
+        if conn is None:
+            return False
+        self._unregister(conn, "unregistered")
+        return True
+
+    def _unregister(self, conn: Connection, reason: str) -> None:
+        if not conn.registered:
+            return
+        # Before the change to DISCONNECTED, which would count these drops as "disconnected".
+        self._outbox.discard(conn, "unregistered")
+        if conn.state is not D:
+            self._machine.request(conn, D, reason)
+        conn.registered = False
+        if conn.writer_scope is not None:
+            conn.writer_scope.cancel()
+        self._registry.remove(conn)
+        if conn.resume_token is not None:
+            self._tokens.pop(conn.resume_token, None)
+        resumed = self._resumes.pop(conn, None)
+        if resumed is not None:
+            resumed.set()  # wakes the waiting attempt, which now finds nothing to resume
+
+    async def close(self, socket: object, code: int = 1000, reason: str = "") -> None:
+        """Close the socket with ``code`` and ``reason``, then unregister it."""
+        conn = self._connection(socket)
+        await self._outbox.close(conn.transport, code, reason)
+        self._unregister(conn, f"closed by the server ({code})")
+
+    def clear(self) -> None:
+        """Unregister every connection (callbacks fire); groups empty with them."""
+        for conn in list(self._registry):
+            self._unregister(conn, "cleared")
+
+    def count(self) -> int:
+        """Registered sockets."""
+        return len(self._registry)
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def _connection(self, socket: object) -> Connection:
+        conn = self._registry.get(socket)
+        if conn is None:
+            raise UnknownSocket(f"{socket!r} is not registered with this manager")
+        return conn
+
+    def connection(self, socket: object) -> Connection:
+        """The ``Connection`` of a registered socket; ``UnknownSocket`` otherwise."""
+        return self._connection(socket)
+
+    def identifier_of(self, socket: object) -> str | None:
+        conn = self._registry.get(socket)
+        return None if conn is None else conn.identifier
+
+    def sockets_of(self, identifier: str) -> list[object]:
+        """The identifier's sockets, in registration order; empty if it has none."""
+        return [conn.socket for conn in self._registry.connections_of(identifier)]
+
+    def identifiers(self) -> set[str]:
+        return set(self._registry.by_identifier)
+
+    # -- groups --------------------------------------------------------------------------
+
+    def add_to_group(self, identifier: str, group: str) -> None:
+        """Put every socket of ``identifier``, present and future, in ``group``; idempotent."""
+        check_name("identifier", identifier)
+        check_name("group", group)
+        self._registry.join(identifier, group)
+
+    def remove_from_group(self, identifier: str, group: str) -> None:
+        check_name("identifier", identifier)
+        check_name("group", group)
+        self._registry.leave(identifier, group)
+
+    def get_group_members(self, group: str) -> set[str]:
+        check_name("group", group)
+        return set(self._registry.groups.get(group, ()))
+
+    def groups_of(self, identifier: str) -> set[str]:
+        check_name("identifier", identifier)
+        return set(self._registry.memberships.get(identifier, ()))
+
+    def groups(self) -> set[str]:
+        return set(self._registry.groups)
+
+    # -- states ----------------------------------------------------------------------------
+
+    def get_connection_state(self, socket: object) -> ConnectionState | None:
+        conn = self._registry.get(socket)
+        return None if conn is None else conn.state
+
+    def get_state_timestamp(self, socket: object) -> datetime | None:
+        """When the socket entered its current state (aware UTC); ``None`` if unknown."""
+        conn = self._registry.get(socket)
+        return None if conn is None else self._machine.timestamp(conn)
+
+    def connections_in_state(self, state: ConnectionState) -> list[object]:
+        """Sockets currently in ``state``, from an index (no scan of the fleet)."""
+        if not isinstance(state, ConnectionState):
+            raise WrongType(f"state must be a ConnectionState, got {state!r}")
+        return [conn.socket for conn in self._registry.by_state[state].values()]
+
+    def set_connection_state(
+        self, socket: object, state: ConnectionState, reason: str | None = None
+    ) -> None:
+        """Apply the transition now, or raise ``InvalidTransition`` changing nothing.
+
+        Callbacks run afterwards, in the manager's dispatcher task.
+        """
+        if not isinstance(state, ConnectionState):
+            raise WrongType(f"state must be a ConnectionState, got {state!r}")
+        conn = self._connection(socket)
+        self._machine.request(conn, state, reason if reason is not None else "set by application")
+
+    def set_retry_policy(self, socket: object, policy: RetryPolicy | None) -> None:
+        """This connection's own policy; ``None`` returns it to the manager's default."""
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise WrongType(f"policy must be a RetryPolicy or None, got {policy!r}")
+        self._connection(socket).retry_policy = policy
+
+    def set_reconnector(self, socket: object, reconnector: Reconnector | None) -> None:
+        """What a retry attempt does for this connection (adapters set it).
+
+        ``reconnector(connection)`` returns a new ``Transport`` or raises to fail the attempt.
+        """
+        if reconnector is not None and not callable(reconnector):
+            raise WrongType(f"reconnector must be callable or None, got {reconnector!r}")
+        self._connection(socket).reconnector = reconnector
+
+    def on_state_change(self, callback: StateCallback) -> CallbackHandle:
+        """Call ``callback(socket, old, new)`` (or ``callback(change)``) after every change.
+
+        Sync or async; usable as a decorator. ``old`` is ``None`` for a new connection.
+        Returns a handle whose ``remove()`` unsubscribes.
+        """
+        return self._callbacks.add(callback)
+
+    def session(
+        self, socket: object, identifier: str, *, resume: str | None = None
+    ) -> AbstractAsyncContextManager[Session]:
+        """Register ``socket`` for the life of a handler; iterate the session to receive.
+
+        ``async with manager.session(ws, "alice") as session: async for msg in session: ...``
+        A close from the peer ends the iteration (1000/1001/1005: DISCONNECTED, other codes:
+        ERROR); leaving the block closes the socket if still open and unregisters it, or,
+        after an abnormal end with a retry policy, holds the session for the client to
+        resume. ``resume`` is the ``session.resume_token`` the client got last time: when it
+        names a held session of the same identifier, the new socket takes it over (its
+        groups kept, its buffered messages delivered first); any other value starts afresh.
+        """
+        return open_session(self, socket, identifier, resume)
+
+    def touch(self, socket: object, *, pong: bool = False) -> None:
+        """Report inbound activity on ``socket`` (adapters call it for each message/pong)."""
+        self._touch(self._connection(socket), pong)
+
+    # -- resumption and outbound connections ----------------------------------------------------
+
+    def _take_over(self, socket: object, identifier: str, token: str) -> Connection | None:
+        """Give a held session to a new socket, if ``token`` names one of ``identifier``'s."""
+        conn = self._tokens.get(token)
+        if conn is None or conn.identifier != identifier or conn.state not in (E, R):
+            return None
+        if not secrets.compare_digest(token, conn.resume_token or ""):
+            return None
+        self._running()
+        if self._registry.get(socket) is not None:
+            raise AlreadyRegistered(f"{socket!r} is already registered")
+        transport = self._transport_for(socket)
+        if conn.state is E:
+            try:
+                self._machine.request(conn, R, "resuming")
+            except InvalidTransition:  # no retry left: the session is over, start afresh
+                return None
+        self._registry.rekey(conn, socket)
+        conn.socket = socket
+        self._replace_transport(conn, transport)
+        conn.held = False
+        conn.reconnector = None
+        waiter = self._resumes.pop(conn, None)
+        if waiter is not None:
+            waiter.set()
+        self._machine.request(conn, C, "resumed")
+        return conn
+
+    def _hold(self, conn: Connection) -> bool:
+        """Keep a session whose handler ended abnormally, for its client to resume."""
+        if conn.resume_token is None or conn.state not in (E, R):
+            return False
+        conn.held = True
+        conn.reconnector = self._wait_for_resume
+        return True
+
+    def resume_window_of(self, conn: Connection) -> float:
+        """How long a held session waits: the manager's window, or its policy's whole schedule."""
+        if self.resume_window is not None:
+            return self.resume_window
+        policy = self._machine.policy_of(conn)
+        return 0.0 if policy is None else policy.max_total_delay()
+
+    async def _wait_for_resume(self, conn: Connection) -> Transport:
+        """A held session's "attempt": wait for the client to come back within the window."""
+        started = conn.outage_started if conn.outage_started is not None else conn.changed_at
+        remaining = started + self.resume_window_of(conn) - self._machine.clock.now()
+        waiter = self._resumes.setdefault(conn, anyio.Event())
+        with anyio.move_on_after(max(0.0, remaining)):
+            await waiter.wait()
+        raise ResumeExpired("resume window expired")
+
+    async def connect(
+        self,
+        url: str,
+        identifier: str,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        backend: str = "websockets",
+        on_message: MessageHandler | None = None,
+        **options: Any,
+    ) -> Connection:
+        """Open an outbound connection to ``url`` and keep it up by the retry policy.
+
+        The connection starts RECONNECTING while its first dial runs; it is CONNECTED when
+        the handshake succeeds. A failed dial or a lost connection goes to ERROR, then after
+        the policy's delay to RECONNECTING for a new dial, until the attempts or the time
+        budget run out (DISCONNECTED). Close codes 1008 and 4000-4999, or an HTTP 4xx answer
+        to the handshake, end it at once. Messages sent while it is down wait in its queue.
+        ``on_message(connection, message)`` (sync or async) receives what the server sends.
+        ``backend`` is ``"websockets"`` (asyncio or trio) or ``"trio-websocket"`` (trio);
+        ``options`` go to that library's client.
+        """
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise InvalidArgument(f"url must be a ws:// or wss:// URL, got {url!r}")
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
+        dialer: Dialer
+        if backend == "websockets":
+            from .adapters.websockets import open_client as dialer
+        elif backend == "trio-websocket":
+            from .adapters.trio_websocket import open_client as dialer
+        else:
+            raise InvalidArgument(f"backend: 'websockets' or 'trio-websocket', not {backend!r}")
+        socket = OutboundSocket(url)
+        conn = self._register(
+            socket, identifier, transport=Unconnected(), initial=R, retry_policy=retry_policy
+        )
+        conn.reconnector = make_reconnector(self, dialer, url, options, on_message)
+        self._spawn(self._timers.attempt, conn, conn.reconnector, name=f"wsfleet dial {url}")
+        await checkpoint()
+        return conn
+
+    def _replace_transport(self, conn: Connection, transport: Transport) -> None:
+        """Swap in a new socket; the old one is detached (its late reports are ignored)."""
+        old = conn.transport
+        if old is transport:
+            return
+        old.connection = None
+        conn.transport = transport
+        transport.attach(conn)
+        if not isinstance(old, Unconnected):
+            self._spawn(self._outbox.close, old, 1000, "replaced", name="wsfleet close")
+
+    # -- fan-out -----------------------------------------------------------------------------
+
+    async def broadcast(self, message: Message, *, exclude: object = None) -> int:
+        """Queue ``message`` for every connection except ``exclude`` (sockets or identifiers).
+
+        Returns how many connections it was queued for.
+        """
+        size = self._check(message)
+        if exclude is None:
+            targets: Iterable[Connection] = list(self._registry.by_socket.values())
+        else:
+            skip = self._excluded(exclude)
+            targets = [c for k, c in self._registry.by_socket.items() if k not in skip]
+        count = self._outbox.fan_out(targets, message, size)
+        await checkpoint()
+        return count
+
+    async def send_to_one(self, identifier: str, message: Message) -> int:
+        """Queue ``message`` for every socket of ``identifier``."""
+        check_name("identifier", identifier)
+        size = self._check(message)
+        count = self._outbox.fan_out(list(self._registry.connections_of(identifier)), message, size)
+        await checkpoint()
+        return count
+
+    async def send_to_many(self, identifiers: Iterable[str], message: Message) -> int:
+        """Queue ``message`` once for each socket of the named identifiers (duplicates too)."""
+        if isinstance(identifiers, str | bytes):
+            raise WrongType("identifiers must be an iterable of str, not a single str")
+        names = list(dict.fromkeys(identifiers))
+        for name in names:
+            check_name("identifier", name)
+        size = self._check(message)
+        targets = [c for name in names for c in self._registry.connections_of(name)]
+        count = self._outbox.fan_out(targets, message, size)
+        await checkpoint()
+        return count
+
+    async def send_to_group(self, group: str, message: Message, *, exclude: object = None) -> int:
+        """Queue ``message`` for every socket of every member of ``group``."""
+        check_name("group", group)
+        size = self._check(message)
+        members = self._registry.groups.get(group, ())
+        skip = self._excluded(exclude) if exclude is not None else ()
+        targets = [
+            c
+            for name in list(members)
+            for c in self._registry.connections_of(name)
+            if id(c.socket) not in skip
+        ]
+        count = self._outbox.fan_out(targets, message, size)
+        await checkpoint()
+        return count
+
+    def _send_to_connections(self, conns: Iterable[Connection], message: Message) -> int:
+        size = self._check(message)
+        return self._outbox.fan_out([c for c in conns if c.registered], message, size)
+
+    def _check(self, message: object) -> int:
+        self._running()
+        size = message_size(message)
+        limit = self.overflow.max_message_size
+        if size > limit:
+            raise MessageTooLarge(size, limit)
+        return size
+
+    def _excluded(self, exclude: object) -> set[int]:
+        registry = self._registry
+        if isinstance(exclude, str) or registry.get(exclude) is not None:
+            items: Iterable[object] = (exclude,)
+        elif isinstance(exclude, Iterable):
+            items = exclude
+        else:
+            items = (exclude,)
+        skip: set[int] = set()
+        for item in items:
+            if isinstance(item, str):
+                skip.update(id(c.socket) for c in registry.connections_of(item))
+            elif registry.get(item) is not None:
+                skip.add(id(item))
+        return skip
+
+    # -- inbound events from transports ------------------------------------------------------
+
+    def _touch(self, conn: Connection, pong: bool) -> None:
+        if not conn.registered:
+            return
+        now = self._machine.clock.now()
+        conn.last_seen = now
+        if not pong:
+            conn.last_message = now
+            if conn.state is I:
+                self._machine.request(conn, C, "activity")
+
+    def _transport_closed(self, conn: Connection, code: int | None, reason: str) -> None:
+        if not conn.registered or conn.state not in WRITABLE:
+            return
+        if code in CLEAN_CLOSE_CODES:
+            self._machine.request(conn, D, f"closed ({code}{': ' + reason if reason else ''})")
+        else:
+            self._machine.request(conn, E, f"abnormal close ({code or 1006})")
+
+    def _outbound_closed(self, conn: Connection, code: int, reason: str) -> None:
+        """A server closed a client connection: come back later, unless it said not to."""
+        if not conn.registered or conn.state not in WRITABLE:
+            return
+        text = f"closed by the server ({code}{': ' + reason if reason else ''})"
+        self._machine.request(conn, D if final_close(code) else E, text)
+
+    def _transport_failed(self, conn: Connection, error: BaseException | str) -> None:
+        if not conn.registered or conn.state not in (C, I, R):
+            return
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self._machine.request(conn, E, f"I/O failure: {text}")
+
+    # -- state changes: indexes, side effects, callbacks --------------------------------------
+
+    def _state_changed(self, change: StateChange) -> None:
+        conn = change.connection
+        assert isinstance(conn, Connection)
+        self._registry.moved(conn, change.old, change.new)
+        new = change.new
+        if new is C:
+            self._timers.arm(conn, reconnected=change.old is R)
+            self._outbox.schedule(conn)
+        elif new is D:
+            self._outbox.discard(conn, "disconnected")
+        if new in (E, D) and conn.writer_scope is not None:
+            conn.writer_scope.cancel()
+        if self._callbacks:
+            self._changes.append(change)
+            if not self._changes_wake.is_set():
+                self._changes_wake.set()
+        if new is D and conn.held and conn.registered:
+            self._unregister(conn, change.reason or "resume window expired")
+
+    async def _dispatcher(self) -> None:
+        while True:
+            await self._changes_wake.wait()
+            self._changes_wake = anyio.Event()
+            self._dispatching = True
+            try:
+                while self._changes:
+                    change = self._changes.popleft()
+                    conn = change.connection
+                    assert isinstance(conn, Connection)
+                    await self._callbacks.run(change, conn.socket)
+            finally:
+                self._dispatching = False
+                self._drained.set()
+
+    # -- numbers -------------------------------------------------------------------------------
+
+    def stats(self) -> FleetStats:
+        """Counts per state, queue depth, drops by reason, callback errors, groups."""
+        registry = self._registry
+        outbox = self._outbox
+        return FleetStats(
+            connections=len(registry),
+            identifiers=len(registry.by_identifier),
+            groups=len(registry.groups),
+            states={state.name: len(conns) for state, conns in registry.by_state.items()},
+            queued_messages=outbox.queued_messages,
+            queued_bytes=outbox.queued_bytes,
+            sent_messages=outbox.sent_messages,
+            drops=dict(outbox.drops),
+            callback_errors=self._callbacks.errors,
+            callback_timeouts=self._callbacks.timeouts,
+            pings_sent=outbox.pings_sent,
+            heartbeat_timeouts=self._timers.heartbeat_timeouts,
+        )
+
+    def __repr__(self) -> str:
+        status = "running" if self._tg is not None and not self._closing else "stopped"
+        return f"<ConnectionManager {status}, {len(self._registry)} connection(s)>"
+
+    def __getstate__(self) -> Any:
+        raise TypeError("a ConnectionManager holds live sockets and cannot be pickled")

@@ -1,0 +1,133 @@
+"""Outbound (client) connections that the manager dials, and redials by its retry policy.
+
+The connection is born RECONNECTING (its first dial is under way). Each attempt runs a
+*holder* task in the manager's task group: it opens the WebSocket with the backend's client,
+reports the new transport (-> CONNECTED), then keeps reading from it for as long as it lives,
+handing messages to ``on_message``. When the socket closes or fails, the holder reports it
+(-> ERROR, or DISCONNECTED for a close that says "do not come back") and ends; the retry
+policy then schedules the next attempt. Messages sent while the connection is down wait in
+its bounded queue and go out, in order, once it is back.
+
+Close codes that say "don't come back" end the connection without retrying: 1008 (policy
+violation) and the application range 4000-4999; an HTTP 4xx answer to the handshake likewise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+
+from ._connection import Connection
+from ._errors import TransportClosed, TransportError
+from .transport import Message, Outbound, Transport
+
+if TYPE_CHECKING:
+    from ._manager import ConnectionManager
+
+__all__ = ["Dialer", "FinalRefusal", "OutboundSocket", "final_close", "make_reconnector"]
+
+logger = logging.getLogger("wsfleet")
+
+MessageHandler = Callable[[Connection, Message], Awaitable[None] | None]
+
+
+class Dialer(Protocol):
+    """What a client backend provides: open a WebSocket, as a transport, for a block."""
+
+    def __call__(self, url: str, **options: Any) -> AbstractAsyncContextManager[Transport]: ...
+
+
+class FinalRefusal(TransportError):
+    """The server refused in a way that says retrying would not help (HTTP 4xx)."""
+
+
+def final_close(code: int) -> bool:
+    """Close codes after which a client should not come back."""
+    return code == 1008 or 4000 <= code <= 4999
+
+
+class OutboundSocket:
+    """The handle an outbound connection is registered under (its "socket")."""
+
+    __slots__ = ("__weakref__", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"<OutboundSocket {self.url}>"
+
+
+class Unconnected(Transport):
+    """Stands in for the socket while none is open; the manager never writes to it."""
+
+    def send_nowait(self, batch: Sequence[Outbound]) -> bool:
+        return False
+
+    async def send(self, batch: Sequence[Outbound]) -> None:
+        raise TransportError("not connected")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+async def _deliver(handler: MessageHandler | None, conn: Connection, message: Message) -> None:
+    if handler is None:
+        return
+    try:
+        result = handler(conn, message)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("on_message handler %r raised", handler)
+
+
+async def holder(
+    manager: ConnectionManager,
+    conn: Connection,
+    dialer: Dialer,
+    url: str,
+    options: dict[str, Any],
+    on_message: MessageHandler | None,
+    *,
+    task_status: anyio.abc.TaskStatus[Transport] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Open, report, read until it ends, report the end. See the module docstring."""
+    async with dialer(url, **options) as transport:
+        task_status.started(transport)
+        try:
+            while conn.registered and conn.transport is transport:
+                message = await transport.receive()
+                conn.touch()
+                await _deliver(on_message, conn, message)
+        except TransportClosed as closed:
+            if conn.transport is transport:
+                manager._outbound_closed(conn, closed.code, closed.reason)
+        except TransportError as exc:
+            if conn.transport is transport:
+                conn.failed(exc)
+
+
+def make_reconnector(
+    manager: ConnectionManager,
+    dialer: Dialer,
+    url: str,
+    options: dict[str, Any],
+    on_message: MessageHandler | None,
+) -> Callable[[Connection], Awaitable[Transport]]:
+    """The ``Reconnector`` of an outbound connection: one holder task per attempt."""
+
+    async def attempt(conn: Connection) -> Transport:
+        tg = manager._running()
+        transport: Transport = await tg.start(
+            holder, manager, conn, dialer, url, options, on_message
+        )
+        return transport
+
+    return attempt

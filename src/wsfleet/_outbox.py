@@ -1,0 +1,287 @@
+"""Outbound delivery: bounded per-connection queues, one flusher, writers only when needed.
+
+* Fan-out only enqueues: it appends to each target's queue and puts the connection on a
+  ready list; it never awaits a peer.
+* One flusher task drains the ready list. A transport that can take a batch at once
+  (``send_nowait``) gets it there and then, so the common case costs no task per
+  connection; only a connection whose transport pushes back gets a writer task of its own,
+  which lives until its queue is empty. A stalled peer therefore holds one writer, never
+  the flusher, and never another connection.
+* A full queue is handled by the ``OverflowPolicy``: drop-oldest, drop-newest, or evict with
+  close code 1008 "slow consumer". Every message that is not delivered is counted by reason.
+* A ping (``PING``) travels at the head of the queue, so control frames never wait behind a
+  burst of messages; it never counts against the limits and is never the one dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from ._connection import Connection
+from ._errors import WrongType
+from .fsm.states import ConnectionState
+from .policies.overflow import OverflowDecision
+from .transport import PING, Message, Outbound, Transport
+
+if TYPE_CHECKING:
+    from ._manager import ConnectionManager
+
+__all__ = ["WRITABLE", "Outbox", "message_size"]
+
+logger = logging.getLogger("wsfleet")
+
+C = ConnectionState.CONNECTED
+I = ConnectionState.IDLE  # noqa: E741
+E = ConnectionState.ERROR
+R = ConnectionState.RECONNECTING
+D = ConnectionState.DISCONNECTED
+WRITABLE: Final = frozenset((C, I))
+
+_FLUSH_SLICE = 2048  # connections written per flusher step before letting others run
+
+
+def message_size(message: object) -> int:
+    """Bytes on the wire (UTF-8 for text), or ``WrongType`` for anything but str and bytes."""
+    if isinstance(message, str):
+        return len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
+    if isinstance(message, bytes):
+        return len(message)
+    raise WrongType(f"message must be str or bytes, got {type(message).__name__}")
+
+
+class Outbox:
+    """The manager's outbound side; its counters feed ``manager.stats()``."""
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self._manager = manager
+        self._ready: list[Connection] = []
+        self._wake = anyio.Event()
+        self._wake_requested = False
+        self.queued_messages = 0
+        self.queued_bytes = 0
+        self.sent_messages = 0
+        self.pings_sent = 0
+        self.drops: Counter[str] = Counter()
+
+    def bind_loop(self) -> None:
+        """Events belong to the running loop on asyncio: make them once it runs."""
+        self._wake = anyio.Event()
+
+    # -- enqueueing ------------------------------------------------------------------------
+
+    def fan_out(self, targets: Iterable[Connection], message: Message, size: int) -> int:
+        """Queue ``message`` for each target; returns how many it was queued for."""
+        overflow = self._manager.overflow
+        max_messages = overflow.max_messages
+        max_bytes = overflow.max_bytes
+        ready = self._ready
+        queued = 0
+        accepted_on_overflow = 0
+        for conn in targets:
+            state = conn.state
+            if state is D:
+                continue
+            queue = conn.pending
+            if queue is None:
+                queue = conn.pending = deque()
+            elif len(queue) >= max_messages or conn.pending_bytes + size > max_bytes:
+                accepted_on_overflow += self._overflowed(conn, message, size)
+                continue
+            queue.append(message)
+            conn.pending_bytes += size
+            queued += 1
+            if not conn.scheduled and not conn.writing and state in WRITABLE:
+                conn.scheduled = True
+                ready.append(conn)
+        self.queued_messages += queued
+        self.queued_bytes += queued * size
+        if ready and not self._wake_requested:
+            self._request_flush()
+        return queued + accepted_on_overflow
+
+    def _overflowed(self, conn: Connection, message: Message, size: int) -> int:
+        """The queue is full: apply the overflow policy. Returns 1 if the message was queued."""
+        policy = self._manager.overflow
+        queue = conn.pending
+        assert queue is not None
+        while True:
+            pinged = 1 if queue and queue[0] is PING else 0
+            decision = policy.decide(len(queue) - pinged, conn.pending_bytes, size)
+            if decision is OverflowDecision.ACCEPT:
+                queue.append(message)
+                conn.pending_bytes += size
+                self.queued_messages += 1
+                self.queued_bytes += size
+                self.schedule(conn)
+                return 1
+            if decision is OverflowDecision.DROP_OLDEST and len(queue) > pinged:
+                oldest = queue[pinged]
+                del queue[pinged]
+                dropped = message_size(oldest)
+                conn.pending_bytes -= dropped
+                self.queued_messages -= 1
+                self.queued_bytes -= dropped
+                self.count_drop("overflow: drop-oldest")
+                continue
+            if decision is OverflowDecision.DISCONNECT and conn.state in WRITABLE:
+                self.count_drop("slow consumer")  # the message that did not fit
+                self.evict(conn, 1008, "slow consumer")
+                return 0
+            if decision is OverflowDecision.DISCONNECT:
+                # Already down and buffering for a reconnect: there is nobody to cut off.
+                self.count_drop("overflow while down")
+                return 0
+            self.count_drop("overflow: drop-newest")
+            return 0
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.drops[reason] += n
+
+    def discard(self, conn: Connection, reason: str) -> None:
+        """Drop everything queued for ``conn``, counted under ``reason``."""
+        queue = conn.pending
+        if queue is None:
+            return
+        messages = sum(1 for item in queue if item is not PING)
+        self.queued_messages -= messages
+        self.queued_bytes -= conn.pending_bytes
+        conn.pending = None
+        conn.pending_bytes = 0
+        if messages:
+            self.count_drop(reason, messages)
+            logger.warning("%d message(s) for %r dropped: %s", messages, conn.identifier, reason)
+
+    def queue_ping(self, conn: Connection) -> None:
+        if conn.pending is None:
+            conn.pending = deque()
+        conn.pending.appendleft(PING)  # control frames jump the queue
+        self.schedule(conn)
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    def _request_flush(self) -> None:
+        self._wake_requested = True
+        self._wake.set()
+
+    def schedule(self, conn: Connection) -> None:
+        """Put ``conn`` on the ready list if it has something to write and nobody writing."""
+        if conn.pending and not conn.scheduled and not conn.writing and conn.state in WRITABLE:
+            conn.scheduled = True
+            self._ready.append(conn)
+            if not self._wake_requested:
+                self._request_flush()
+
+    def busy(self) -> bool:
+        """Whether anything writable is still queued or being written."""
+        return any(c.pending or c.writing for c in self._manager._registry if c.state in WRITABLE)
+
+    def flush_soon(self) -> None:
+        for conn in self._manager._registry:
+            self.schedule(conn)
+        self._request_flush()
+
+    async def run(self) -> None:
+        """The flusher task."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            self._wake_requested = False
+            ready, self._ready = self._ready, []
+            for i, conn in enumerate(ready):
+                conn.scheduled = False
+                if conn.registered and not conn.writing and conn.state in WRITABLE and conn.pending:
+                    self._write_now(conn)
+                if i % _FLUSH_SLICE == _FLUSH_SLICE - 1:
+                    await checkpoint()
+
+    def _take_batch(self, conn: Connection) -> tuple[deque[Outbound], int, int]:
+        """Hand the whole queue over as one batch; a ping in it counts as sent from now."""
+        batch = conn.pending
+        assert batch is not None
+        nbytes = conn.pending_bytes
+        messages = len(batch)
+        if batch[0] is PING:
+            messages -= 1
+            # Stamped before the write: a transport may report the pong while writing.
+            conn.ping_sent_at = self._manager._machine.clock.now()
+            conn.ping_queued_at = None
+            self.pings_sent += 1
+        conn.pending = None
+        conn.pending_bytes = 0
+        self.queued_messages -= messages
+        self.queued_bytes -= nbytes
+        return batch, nbytes, messages
+
+    def _write_now(self, conn: Connection) -> None:
+        batch, nbytes, messages = self._take_batch(conn)
+        try:
+            written = conn.transport.send_nowait(batch)
+        except Exception as exc:
+            self.count_drop("send failed", messages)
+            self._manager._transport_failed(conn, exc)
+            return
+        if written:
+            self.sent_messages += messages
+            return
+        # The transport pushes back: put the batch back and give the connection a writer.
+        conn.pending = batch
+        conn.pending_bytes = nbytes
+        self.queued_messages += messages
+        self.queued_bytes += nbytes
+        if batch[0] is PING:  # not sent after all; the writer will stamp it
+            conn.ping_queued_at = conn.ping_sent_at
+            conn.ping_sent_at = None
+            self.pings_sent -= 1
+        conn.writing = True
+        self._manager._spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
+
+    async def _writer(self, conn: Connection) -> None:
+        messages = 0
+        try:
+            with anyio.CancelScope() as scope:
+                conn.writer_scope = scope
+                while conn.registered and conn.state in WRITABLE and conn.pending:
+                    batch, _, messages = self._take_batch(conn)
+                    try:
+                        await conn.transport.send(batch)
+                    except Exception as exc:
+                        self.count_drop("send failed", messages)
+                        messages = 0
+                        self._manager._transport_failed(conn, exc)
+                        return
+                    self.sent_messages += messages
+                    messages = 0
+            if scope.cancelled_caught and messages:
+                # A batch was in flight when the connection was evicted or unregistered.
+                self.count_drop("connection lost", messages)
+        finally:
+            conn.writing = False
+            conn.writer_scope = None
+            if conn.registered:
+                self.schedule(conn)
+
+    # -- cutting off -------------------------------------------------------------------------
+
+    def evict(self, conn: Connection, code: int, reason: str) -> None:
+        """Cut a connection off: ERROR (then whatever its retry policy says) and close it."""
+        if conn.writer_scope is not None:
+            conn.writer_scope.cancel()
+        self.discard(conn, reason)
+        if conn.state in (C, I, R):
+            self._manager._machine.request(conn, E, reason)
+        self._manager._spawn(self.close, conn.transport, code, reason, name="wsfleet close")
+
+    async def close(self, transport: Transport, code: int, reason: str) -> None:
+        """Close a transport, bounded by the manager's ``close_timeout``; never raises."""
+        with anyio.move_on_after(self._manager.close_timeout, shield=True):
+            try:
+                await transport.close(code, reason)
+            except Exception as exc:
+                logger.debug("closing %r failed: %r", transport, exc)

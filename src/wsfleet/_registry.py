@@ -1,0 +1,126 @@
+"""Who is connected, under which identifier, in which groups and in which state.
+
+Plain dictionaries kept consistent with each other, so every lookup the manager offers is
+O(1) or O(k) in the size of its answer, never a scan of the fleet. No I/O and no event loop:
+the manager calls these methods synchronously, between awaits, so they need no locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from ._connection import Connection
+from ._errors import InvalidArgument, UnknownIdentifier, WrongType
+from .fsm.states import ConnectionState
+
+__all__ = ["MAX_NAME_LENGTH", "Registry", "check_name"]
+
+MAX_NAME_LENGTH = 256
+
+
+def check_name(kind: str, value: object) -> str:
+    """An identifier or group name: a non-empty ``str`` of at most 256 characters."""
+    if not isinstance(value, str):
+        raise WrongType(f"{kind} must be a str, got {type(value).__name__}")
+    if not value:
+        raise InvalidArgument(f"{kind} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(
+            f"{kind} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}"
+        )
+    return value
+
+
+class Registry:
+    """The indexes of a manager's connections.
+
+    Sockets are keyed by ``id()``: the connection holds the socket, so the id stays unique
+    for as long as the entry exists, and sockets that define ``__eq__`` cannot collide.
+    """
+
+    __slots__ = ("by_identifier", "by_socket", "by_state", "groups", "memberships")
+
+    def __init__(self) -> None:
+        self.by_socket: dict[int, Connection] = {}
+        self.by_identifier: dict[str, dict[int, Connection]] = {}
+        self.by_state: dict[ConnectionState, dict[int, Connection]] = {
+            state: {} for state in ConnectionState
+        }
+        self.groups: dict[str, set[str]] = {}
+        self.memberships: dict[str, set[str]] = {}
+
+    # -- connections ---------------------------------------------------------------------
+
+    def get(self, socket: object) -> Connection | None:
+        conn = self.by_socket.get(id(socket))
+        return conn if conn is not None and conn.socket is socket else None
+
+    def add(self, conn: Connection) -> None:
+        key = id(conn.socket)
+        self.by_socket[key] = conn
+        self.by_identifier.setdefault(conn.identifier, {})[key] = conn
+
+    def remove(self, conn: Connection) -> None:
+        """Forget ``conn``; an identifier whose last socket goes leaves every group."""
+        key = id(conn.socket)
+        del self.by_socket[key]
+        self.by_state[conn.state].pop(key, None)
+        sockets = self.by_identifier[conn.identifier]
+        del sockets[key]
+        if not sockets:
+            del self.by_identifier[conn.identifier]
+            for group in self.memberships.pop(conn.identifier, ()):
+                self._leave(conn.identifier, group)
+
+    def rekey(self, conn: Connection, socket: object) -> None:
+        """``conn`` continues under a new socket (a resumed session)."""
+        old, new = id(conn.socket), id(socket)
+        del self.by_socket[old]
+        self.by_socket[new] = conn
+        sockets = self.by_identifier[conn.identifier]
+        del sockets[old]
+        sockets[new] = conn
+        by_state = self.by_state[conn.state]
+        if by_state.pop(old, None) is not None:
+            by_state[new] = conn
+
+    def moved(self, conn: Connection, old: ConnectionState | None, new: ConnectionState) -> None:
+        key = id(conn.socket)
+        if old is not None:
+            self.by_state[old].pop(key, None)
+        self.by_state[new][key] = conn
+
+    def connections_of(self, identifier: str) -> Iterable[Connection]:
+        sockets = self.by_identifier.get(identifier)
+        return () if sockets is None else sockets.values()
+
+    def __len__(self) -> int:
+        return len(self.by_socket)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(self.by_socket.values())
+
+    # -- groups --------------------------------------------------------------------------
+
+    def join(self, identifier: str, group: str) -> None:
+        if identifier not in self.by_identifier:
+            raise UnknownIdentifier(f"no connection is registered as {identifier!r}")
+        self.groups.setdefault(group, set()).add(identifier)
+        self.memberships.setdefault(identifier, set()).add(group)
+
+    def leave(self, identifier: str, group: str) -> None:
+        if identifier not in self.by_identifier:
+            raise UnknownIdentifier(f"no connection is registered as {identifier!r}")
+        groups = self.memberships.get(identifier)
+        if groups is None or group not in groups:
+            return
+        groups.discard(group)
+        if not groups:
+            del self.memberships[identifier]
+        self._leave(identifier, group)
+
+    def _leave(self, identifier: str, group: str) -> None:
+        members = self.groups[group]
+        members.discard(identifier)
+        if not members:
+            del self.groups[group]  # empty groups do not linger

@@ -1,0 +1,203 @@
+"""wsfleet over ASGI WebSockets through Starlette, hence FastAPI too.
+
+Importing this module registers ``starlette.websockets.WebSocket`` (FastAPI's ``WebSocket``
+is the same class), so ``manager.register(websocket, ...)`` and
+``manager.session(websocket, ...)`` accept what an endpoint receives. The application
+accepts the WebSocket first, as FastAPI and Starlette endpoints always do; registering one
+that is not accepted raises ``InvalidArgument`` rather than accepting it behind the app's
+back (the app may want a subprotocol or headers)::
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        async with manager.session(websocket, websocket.query_params["id"]) as session:
+            async for message in session:
+                ...
+
+How writes are coalesced: they are not
+--------------------------------------
+ASGI has no synchronous write path and no batch event: every ``websocket.send`` event the
+application awaits carries exactly one message, and the server (uvicorn, hypercorn, daphne)
+decides how frames become system calls. So ``send_nowait`` always declines and ``send``
+awaits one ASGI send per message, in order; the server's own buffering is the only
+coalescing there is. Backpressure is whatever the server applies to ``websocket.send``:
+hypercorn awaits its socket write (on trio shielded from cancellation), so a peer that stops
+reading blocks the writer and the manager's overflow policy evicts it.
+
+Pings: the ASGI server's job
+----------------------------
+ASGI has no ping event and tells the application nothing about pongs, so this adapter can
+neither send wsfleet's ``PING`` nor learn that a peer answered one. Pretending (counting a
+ping as answered because the socket has not been reported closed) would mark dead peers
+alive. The honest split is: the ASGI server keeps the connection alive and detects dead
+peers (uvicorn's ``--ws-ping-interval``/``--ws-ping-timeout``, 20 s each by default with
+its websockets implementation; hypercorn's ``websocket_ping_interval``, off by default,
+sends pings but never times out a pong, so only TCP errors end a dead connection), and
+reports the loss as ``websocket.disconnect``, which ends the session with ERROR; wsfleet's
+``HeartbeatPolicy`` is then used with ``ping_interval=None`` and ``ping_timeout=None``
+(``idle_after`` works, being based on inbound messages). Registering an ASGI WebSocket with
+a manager whose heartbeat sends pings raises ``InvalidArgument`` saying so, instead of
+letting every quiet client time out later. A ``PING`` that reaches ``send`` anyway is
+skipped and never reported as answered.
+
+Close codes
+-----------
+``websocket.disconnect`` carries the close code the server reports; the session maps it as
+usual (1000/1001 DISCONNECTED, anything else ERROR). Servers differ: hypercorn up to at
+least 0.18 reports 1006 for every close the client starts, even a clean 1000
+(pgjones/hypercorn#127), so over hypercorn a clean client close ends in ERROR.
+
+When the adapter closes a socket (``close``, e.g. an eviction or the manager shutting down),
+a ``receive`` waiting on it ends at once with that code rather than waiting for the peer to
+answer the close. The handler then returns, and only that makes the server drop a peer that
+stopped reading: hypercorn on trio cannot even write the close frame past the stalled write,
+which ends only when the server closes the socket after the application has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._errors import InvalidArgument, TransportClosed, TransportError
+from ..transport import Message, Outbound, Ping, Transport, register_adapter
+
+if TYPE_CHECKING:
+    from .._connection import Connection
+
+try:
+    from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "wsfleet.adapters.asgi needs Starlette (FastAPI uses it): pip install 'wsfleet[asgi]'"
+    ) from exc
+
+__all__ = ["StarletteTransport"]
+
+_NO_PINGS = (
+    "ASGI has no ping event, so wsfleet cannot ping an ASGI WebSocket: give the manager "
+    "HeartbeatPolicy(ping_interval=None, ping_timeout=None) and let the ASGI server keep "
+    "connections alive (uvicorn --ws-ping-interval/--ws-ping-timeout, hypercorn "
+    "websocket_ping_interval)"
+)
+
+
+class StarletteTransport(Transport):
+    """An accepted Starlette (or FastAPI) ``WebSocket`` as a wsfleet ``Transport``."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        state = websocket.application_state
+        if state is WebSocketState.CONNECTING:
+            raise InvalidArgument(
+                "accept the WebSocket before registering it: await websocket.accept()"
+            )
+        if state is WebSocketState.RESPONSE:
+            raise InvalidArgument("this WebSocket was answered with an HTTP response")
+        self.websocket = websocket
+        #: (code, reason) once the socket is known to be closed, by either side.
+        self._closed: tuple[int, str] | None = None
+        #: The scope of a ``receive`` in progress, which ``close`` cancels.
+        self._receiving: anyio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        client = self.websocket.client
+        where = f"{client.host}:{client.port}" if client is not None else "?"
+        return f"<StarletteTransport {where}>"
+
+    def attach(self, connection: Connection) -> None:
+        heartbeat = connection.manager.heartbeat
+        if heartbeat is not None and heartbeat.ping_interval is not None:
+            raise InvalidArgument(_NO_PINGS)
+        super().attach(connection)
+
+    def _closed_error(self, fallback: str) -> TransportClosed:
+        if self._closed is None:
+            # Closed by someone else (the app or another receiver): the code is not known.
+            return TransportClosed(1006, fallback)
+        return TransportClosed(*self._closed)
+
+    # -- writes: one ASGI event per message --------------------------------------------------
+
+    async def send(self, batch: Sequence[Outbound]) -> None:
+        if self._closed is not None:
+            raise TransportClosed(*self._closed)
+        send = self.websocket.send
+        try:
+            for item in batch:
+                if isinstance(item, Ping):
+                    continue  # not expressible in ASGI; see the module docstring
+                if isinstance(item, str):
+                    await send({"type": "websocket.send", "text": item})
+                else:
+                    await send({"type": "websocket.send", "bytes": item})
+        except WebSocketDisconnect as exc:  # Starlette's translation of the server's OSError
+            self._closed = self._closed or (exc.code, exc.reason)
+            raise TransportClosed(exc.code, exc.reason) from exc
+        except RuntimeError as exc:  # Starlette refuses a send once the socket is closed
+            if self.websocket.application_state is WebSocketState.DISCONNECTED:
+                raise self._closed_error("closed by the application") from exc
+            raise TransportError(f"write failed: {exc}") from exc
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from exc
+
+    # -- reads and close -----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self._closed is not None:
+            raise TransportClosed(*self._closed)
+        event: Any = None
+        with anyio.CancelScope() as scope:
+            self._receiving = scope
+            try:
+                event = await self.websocket.receive()
+            except WebSocketDisconnect as exc:
+                self._closed = self._closed or (exc.code, exc.reason)
+                raise TransportClosed(exc.code, exc.reason) from exc
+            except RuntimeError as exc:  # received from elsewhere, or an unexpected event
+                if self.websocket.client_state is WebSocketState.DISCONNECTED:
+                    raise self._closed_error("disconnect received elsewhere") from exc
+                raise TransportError(f"receive failed: {exc}") from exc
+            except OSError as exc:
+                raise TransportError(f"receive failed: {exc}") from exc
+            finally:
+                self._receiving = None
+        if event is None:  # ``close`` cancelled the wait
+            raise self._closed_error("closed")
+        kind = event["type"]
+        if kind == "websocket.receive":
+            text = event.get("text")
+            if text is not None:
+                return str(text)
+            data = event.get("bytes")
+            if data is not None:
+                return bytes(data)
+            raise TransportError("websocket.receive event with neither text nor bytes")
+        if kind == "websocket.disconnect":
+            # ASGI: 1005 when the peer's close frame had no code.
+            code = int(event.get("code", 1005))
+            reason = str(event.get("reason") or "")
+            self._closed = self._closed or (code, reason)
+            raise TransportClosed(code, reason)
+        raise TransportError(f"unexpected ASGI event {kind!r}")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closed is None:
+            self._closed = (code, reason)
+        ws = self.websocket
+        try:
+            if (
+                ws.application_state is WebSocketState.CONNECTED
+                and ws.client_state is not WebSocketState.DISCONNECTED
+            ):
+                await ws.close(code, reason)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the peer is gone already: closed is closed
+        finally:
+            if self._receiving is not None:
+                # The handler's receive would wait for the peer to answer the close, which
+                # a stalled or vanished peer never does.
+                self._receiving.cancel()
+
+
+register_adapter(WebSocket, StarletteTransport)

@@ -1,0 +1,117 @@
+"""What the manager needs from a socket, and how native sockets find their adapter.
+
+The manager never imports a WebSocket library. It talks to a ``Transport``: send a batch of
+messages (coalesced as the library allows), ping, close. Adapters subclass it for their
+library and register a factory, so ``manager.register(native_socket, ...)`` works with the
+library's own connection object.
+
+Writes are batched on purpose: when several messages wait for a connection, the manager hands
+them over in one call, so an adapter whose library allows it can put every frame on the wire
+with one system call. ``send_nowait`` lets a transport that can accept a batch without
+waiting (a socket buffer with room) take it synchronously, so the common case costs no task;
+the manager falls back to a writer task awaiting ``send`` only when it returns ``False``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+__all__ = [
+    "PING",
+    "Message",
+    "Outbound",
+    "Ping",
+    "Transport",
+    "adapter_for",
+    "register_adapter",
+]
+
+Message: TypeAlias = str | bytes
+"""A WebSocket message: ``str`` goes as a text frame, ``bytes`` as a binary frame."""
+
+
+class Ping:
+    """Marker in an outbound batch: send a ping frame here.
+
+    Pings travel in the same queue as messages (at its head), so a transport writes them with
+    the rest of a batch and the manager never blocks on a slow peer to ping it.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PING"
+
+
+PING: Final = Ping()
+
+Outbound: TypeAlias = str | bytes | Ping
+
+
+class Transport(ABC):
+    """One WebSocket as the manager sees it. Adapters subclass this.
+
+    The manager calls ``attach`` once at registration; from then on the transport reports
+    inbound events through ``self.connection`` (``touch()`` for a message, ``touch(pong=True)``
+    for a pong, ``closed(...)``, ``failed(...)``). Methods must raise ``TransportError`` (or
+    let any exception escape, which the manager treats the same way) when the socket is gone.
+    """
+
+    connection: Connection | None = None
+
+    def attach(self, connection: Connection) -> None:
+        """Called by the manager when the transport is registered."""
+        self.connection = connection
+
+    def send_nowait(self, batch: Sequence[Outbound]) -> bool:
+        """Write the whole batch now without waiting, or nothing and return ``False``.
+
+        The default says "cannot"; the manager then awaits ``send`` in a writer task.
+        """
+        return False
+
+    @abstractmethod
+    async def send(self, batch: Sequence[Outbound]) -> None:
+        """Write every item of the batch, in order; ``PING`` items are ping frames."""
+
+    async def receive(self) -> Message:
+        """The next inbound message; raise ``TransportClosed(code, reason)`` once closed.
+
+        Used by ``manager.session``; a transport that only sends may leave it as is.
+        """
+        from ._errors import TransportError
+
+        raise TransportError(f"{type(self).__name__} cannot receive")
+
+    @abstractmethod
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket with this code and reason; closing twice is harmless.
+
+        A ``receive`` waiting when the transport is closed must end (with
+        ``TransportClosed``): the manager closes sockets it evicts, and the application's
+        handler, blocked in ``async for message in session``, must then finish.
+        """
+
+
+_ADAPTERS: dict[type, Callable[[Any], Transport]] = {}
+
+
+def register_adapter(native: type, factory: Callable[[Any], Transport]) -> None:
+    """Let ``manager.register`` accept instances of ``native`` (and its subclasses)."""
+    if not isinstance(native, type):
+        raise TypeError(f"native: expected a class, got {native!r}")
+    _ADAPTERS[native] = factory
+
+
+def adapter_for(socket: object) -> Callable[[Any], Transport] | None:
+    """The factory registered for ``socket``'s class or its nearest registered base."""
+    for cls in type(socket).__mro__:
+        factory = _ADAPTERS.get(cls)
+        if factory is not None:
+            return factory
+    return None

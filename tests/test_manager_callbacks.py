@@ -1,0 +1,253 @@
+"""State-change callbacks: after the change, in order, isolated from each other's failures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import pytest
+from anyio.lowlevel import checkpoint
+
+from wsfleet import ConnectionManager, ConnectionState, StateChange
+from wsfleet.testing import MemoryTransport
+
+pytestmark = pytest.mark.anyio
+
+C = ConnectionState.CONNECTED
+I = ConnectionState.IDLE  # noqa: E741
+E = ConnectionState.ERROR
+D = ConnectionState.DISCONNECTED
+
+Seen = list[tuple[object, ConnectionState | None, ConnectionState]]
+
+
+async def eventually(predicate: Callable[[], bool], steps: int = 2000) -> None:
+    """Let the manager's tasks run until ``predicate`` holds (bounded, never sleeps)."""
+    for _ in range(steps):
+        if predicate():
+            return
+        await checkpoint()
+    raise AssertionError("the condition never became true")
+
+
+async def test_callbacks_run_after_the_change_not_inside_it() -> None:
+    observed: list[ConnectionState | None] = []
+    async with ConnectionManager() as manager:
+        socket = MemoryTransport()
+
+        @manager.on_state_change
+        def look(sock: object, old: object, new: ConnectionState) -> None:
+            # By the time a callback runs, the change is complete and visible to everyone.
+            observed.append(manager.get_connection_state(sock))
+
+        manager.register(socket, "alice")
+        assert observed == []  # register returned before any callback ran
+        await eventually(lambda: observed == [C])
+        manager.set_connection_state(socket, I)
+        assert observed == [C]
+        await eventually(lambda: observed == [C, I])
+
+
+async def test_a_callback_may_change_the_state_itself() -> None:
+    seen: Seen = []
+    async with ConnectionManager() as manager:
+
+        @manager.on_state_change
+        def wake_up(socket: object, old: object, new: ConnectionState) -> None:
+            seen.append((socket, old, new))
+            if new is I:
+                manager.set_connection_state(socket, C, "woken by a callback")
+
+        socket = MemoryTransport()
+        manager.register(socket, "alice")
+        manager.set_connection_state(socket, I)
+        await eventually(lambda: len(seen) == 3)
+        assert seen == [(socket, None, C), (socket, C, I), (socket, I, C)]
+        assert manager.get_connection_state(socket) is C
+
+
+async def test_each_connection_sees_its_changes_in_order() -> None:
+    seen: Seen = []
+    async with ConnectionManager() as manager:
+        manager.on_state_change(lambda socket, old, new: seen.append((socket, old, new)))
+        a, b = MemoryTransport("a"), MemoryTransport("b")
+        manager.register(a, "a")
+        manager.register(b, "b")
+        for _ in range(20):
+            manager.set_connection_state(a, I)
+            manager.set_connection_state(b, I)
+            manager.set_connection_state(a, C)
+            manager.set_connection_state(b, C)
+        manager.unregister(a)
+        manager.unregister(b)
+        await eventually(lambda: len(seen) == 2 * 42)
+    for socket in (a, b):
+        mine = [(old, new) for sock, old, new in seen if sock is socket]
+        assert mine == [(None, C), *[(C, I), (I, C)] * 20, (C, D)]
+
+
+async def test_a_slow_async_callback_delays_later_changes_callbacks_but_not_their_order() -> None:
+    seen: list[tuple[str, ConnectionState]] = []
+    async with ConnectionManager() as manager:
+
+        @manager.on_state_change
+        async def slow(socket: object, old: object, new: ConnectionState) -> None:
+            await anyio.sleep(0.005)
+            seen.append(("slow", new))
+
+        @manager.on_state_change
+        def fast(socket: object, old: object, new: ConnectionState) -> None:
+            seen.append(("fast", new))
+
+        socket = MemoryTransport()
+        manager.register(socket, "alice")
+        manager.set_connection_state(socket, I)
+        await eventually(lambda: len(seen) == 4, steps=100_000)
+        assert seen == [("slow", C), ("fast", C), ("slow", I), ("fast", I)]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_raising_callback_is_logged_counted_and_isolated(
+    flavour: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: Seen = []
+    async with ConnectionManager() as manager:
+        if flavour == "sync":
+
+            def broken(socket: object, old: object, new: ConnectionState) -> None:
+                raise RuntimeError(f"broken on {new.name}")
+
+            manager.on_state_change(broken)
+        else:
+
+            async def broken_async(socket: object, old: object, new: ConnectionState) -> None:
+                await checkpoint()
+                raise RuntimeError(f"broken on {new.name}")
+
+            manager.on_state_change(broken_async)
+        manager.on_state_change(lambda socket, old, new: seen.append((socket, old, new)))
+
+        socket = MemoryTransport()
+        with caplog.at_level(logging.ERROR, logger="wsfleet"):
+            manager.register(socket, "alice")
+            manager.set_connection_state(socket, I)
+            await eventually(lambda: len(seen) == 2)
+        # The callback after the broken one ran for both changes; the state is untouched.
+        assert seen == [(socket, None, C), (socket, C, I)]
+        assert manager.get_connection_state(socket) is I
+        assert manager.stats().callback_errors == 2
+        assert manager.stats().callback_timeouts == 0
+        errors = [r for r in caplog.records if r.name == "wsfleet" and r.levelno == logging.ERROR]
+        assert len(errors) == 2
+        assert all(r.exc_info is not None for r in errors)
+        assert [str(r.exc_info[1]) for r in errors if r.exc_info] == [
+            "broken on CONNECTED",
+            "broken on IDLE",
+        ]
+        # The dispatcher survived: later changes still reach the callbacks.
+        manager.unregister(socket)
+        await eventually(lambda: len(seen) == 3)
+        assert manager.stats().callback_errors == 3
+
+
+async def test_a_hanging_async_callback_is_abandoned_after_the_timeout_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[ConnectionState] = []
+    hung: list[ConnectionState] = []
+    async with ConnectionManager(callback_timeout=0.05) as manager:
+
+        @manager.on_state_change
+        async def hang(socket: object, old: object, new: ConnectionState) -> None:
+            if new is I:
+                hung.append(new)
+                await anyio.sleep_forever()
+
+        manager.on_state_change(lambda socket, old, new: seen.append(new))
+        socket = MemoryTransport()
+        with caplog.at_level(logging.ERROR, logger="wsfleet"):
+            manager.register(socket, "alice")
+            manager.set_connection_state(socket, I)
+            manager.set_connection_state(socket, C)
+            started = anyio.current_time()
+            with anyio.fail_after(5):
+                while len(seen) < 3:
+                    await anyio.sleep(0.005)
+            waited = anyio.current_time() - started
+        assert hung == [I]
+        assert seen == [C, I, C]
+        assert waited >= 0.05  # the others waited for the timeout, then went on
+        assert manager.stats().callback_timeouts == 1
+        assert manager.stats().callback_errors == 0
+        assert any("abandoned" in r.getMessage() for r in caplog.records if r.name == "wsfleet")
+        assert manager.get_connection_state(socket) is C
+
+
+async def test_callbacks_taking_the_record_or_three_arguments_can_be_mixed() -> None:
+    records: list[StateChange] = []
+    classic: Seen = []
+
+    class Listener:
+        def on_change(self, socket: object, old: object, new: ConnectionState) -> None:
+            classic.append((socket, old, new))  # a bound method: self does not count
+
+        async def on_record(self, change: StateChange) -> None:
+            records.append(change)
+
+    listener = Listener()
+    async with ConnectionManager() as manager:
+        manager.on_state_change(listener.on_change)
+        manager.on_state_change(listener.on_record)
+        socket = MemoryTransport()
+        conn = manager.register(socket, "alice")
+        await eventually(lambda: len(records) == 1 and len(classic) == 1)
+    assert classic[0] == (socket, None, C)
+    assert records[0].connection is conn
+    assert records[0].new is C
+    assert records[0].old is None
+
+
+async def test_callbacks_added_later_see_only_later_changes() -> None:
+    seen: Seen = []
+    async with ConnectionManager() as manager:
+        socket = MemoryTransport()
+        manager.register(socket, "alice")
+        await checkpoint()
+        manager.on_state_change(lambda s, old, new: seen.append((s, old, new)))
+        manager.set_connection_state(socket, I)
+        await eventually(lambda: len(seen) == 1)
+    assert seen[0] == (socket, C, I)
+
+
+async def test_the_last_changes_callbacks_run_before_the_manager_exits() -> None:
+    seen: Seen = []
+    sockets = [MemoryTransport(f"s{i}") for i in range(3)]
+    async with ConnectionManager() as manager:
+
+        @manager.on_state_change
+        async def record(socket: object, old: object, new: ConnectionState) -> None:
+            await checkpoint()
+            seen.append((socket, old, new))
+
+        for i, socket in enumerate(sockets):
+            manager.register(socket, f"user{i}")
+    assert [(s, old, new) for s, old, new in seen if new is D] == [(s, C, D) for s in sockets]
+
+
+async def test_removing_a_callback_inside_a_callback_stops_it_for_later_changes() -> None:
+    seen: list[ConnectionState] = []
+    async with ConnectionManager() as manager:
+
+        def once(socket: object, old: object, new: ConnectionState) -> None:
+            seen.append(new)
+            handle.remove()
+
+        handle = manager.on_state_change(once)
+        socket = MemoryTransport()
+        manager.register(socket, "alice")
+        manager.set_connection_state(socket, I)
+        manager.set_connection_state(socket, C)
+        await eventually(lambda: len(seen) == 1)
+        await anyio.sleep(0.01)
+    assert seen == [C]
