@@ -95,12 +95,19 @@ async def holder(
     url: str,
     options: dict[str, Any],
     on_message: MessageHandler | None,
+    decided: anyio.Event,
     *,
     task_status: anyio.abc.TaskStatus[Transport] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open, report, read until it ends, report the end. See the module docstring."""
+    """Open, report, read until it ends, report the end. See the module docstring.
+
+    The attempt installs the transport (or turns it down) after ``started``; until then
+    ``conn.transport`` is still the old one, and a close seen that early would be reported
+    to nobody. So nothing is read before the attempt has decided (``decided``).
+    """
     async with dialer(url, **options) as transport:
         task_status.started(transport)
+        await decided.wait()
         try:
             while conn.registered and conn.transport is transport:
                 message = await transport.receive()
@@ -125,9 +132,13 @@ def make_reconnector(
 
     async def attempt(conn: Connection) -> Transport:
         tg = manager._running()
+        decided = anyio.Event()
         transport: Transport = await tg.start(
-            holder, manager, conn, dialer, url, options, on_message
+            holder, manager, conn, dialer, url, options, on_message, decided
         )
+        # The holder wakes at the next checkpoint at the earliest: by then the caller
+        # (``Timers.attempt``) has installed or refused the transport, without awaiting.
+        decided.set()
         return transport
 
     return attempt

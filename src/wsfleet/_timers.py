@@ -26,6 +26,7 @@ import anyio
 
 from ._connection import Connection, Reconnector
 from ._deadlines import Deadlines, Kind
+from ._outbound import FinalRefusal
 from ._outbox import WRITABLE
 from .fsm.machine import Lifecycle
 from .fsm.states import ConnectionState
@@ -187,11 +188,17 @@ class Timers:
             if conn.registered and conn.state is R:
                 manager._machine.request(conn, D, str(exc) or "resume window expired")
             return
+        except FinalRefusal as exc:  # e.g. HTTP 403 to the handshake: retrying will not help
+            if conn.registered and conn.state is R and conn.retry_serial == serial:
+                manager._machine.request(conn, D, f"refused: {exc}")
+            return
         except Exception as exc:
             if conn.registered and conn.state is R and conn.retry_serial == serial:
                 text = f"attempt failed: {type(exc).__name__}: {exc}"
                 manager._machine.request(conn, E, text)
             return
+        # No await between the reconnector's return and the decision below: an outbound
+        # holder relies on it (it starts reading only once the transport is installed).
         if not conn.registered or conn.state is not R:
             await manager._outbox.close(transport, 1000, "no longer wanted")
             return

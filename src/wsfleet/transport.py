@@ -26,6 +26,7 @@ __all__ = [
     "Message",
     "Outbound",
     "Ping",
+    "PongSignal",
     "Transport",
     "adapter_for",
     "register_adapter",
@@ -51,6 +52,25 @@ class Ping:
 PING: Final = Ping()
 
 Outbound: TypeAlias = str | bytes | Ping
+
+
+class PongSignal:
+    """Reports a pong to the transport's connection when ``set()`` is called.
+
+    Libraries that track outstanding pings keep an event per ping and ``set()`` it when the
+    pong arrives; an adapter can hold one of these in its place, so that the pong reaches
+    the manager without a task waiting on an event.
+    """
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    def set(self) -> None:
+        conn = self._transport.connection
+        if conn is not None:
+            conn.touch(pong=True)
 
 
 class Transport(ABC):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +20,7 @@ from wsfleet import (
 )
 from wsfleet.adapters.asgi import StarletteTransport
 
+from .app import App
 from .clients import client, raw_upgrade
 from .harness_asgi import serve
 
@@ -31,46 +30,6 @@ C = ConnectionState.CONNECTED
 I = ConnectionState.IDLE  # noqa: E741
 E = ConnectionState.ERROR
 D = ConnectionState.DISCONNECTED
-
-
-class App:
-    """A handler that holds each socket in a wsfleet session and echoes to the group "room"."""
-
-    def __init__(self, manager: ConnectionManager) -> None:
-        self.manager = manager
-        self.changes: list[tuple[str, ConnectionState | None, ConnectionState, str | None]] = []
-        self.ended: list[tuple[str, int | None]] = []
-        manager.on_state_change(self.record)
-
-    def record(self, change: Any) -> None:
-        who = change.connection.identifier
-        self.changes.append((who, change.old, change.new, change.reason))
-
-    async def handler(self, ws: WebSocket, identifier: str) -> None:
-        async with self.manager.session(ws, identifier) as session:
-            self.manager.add_to_group(identifier, "room")
-            async for message in session:
-                if isinstance(message, bytes):
-                    await self.manager.send_to_group("room", identifier.encode() + b": " + message)
-                else:
-                    await self.manager.send_to_group("room", f"{identifier}: {message}")
-            self.ended.append((identifier, session.close_code))
-
-    async def wait_for(self, who: str, state: ConnectionState, timeout: float = 5.0) -> str | None:
-        with anyio.fail_after(timeout):
-            while True:
-                for name, _, new, reason in self.changes:
-                    if name == who and new is state:
-                        return reason
-                await anyio.sleep(0.01)
-
-    async def wait_ended(self, who: str, timeout: float = 5.0) -> int | None:
-        with anyio.fail_after(timeout):
-            while True:
-                for name, code in self.ended:
-                    if name == who:
-                        return code
-                await anyio.sleep(0.01)
 
 
 NO_PINGS = HeartbeatPolicy(ping_interval=None, ping_timeout=None, idle_after=None)
@@ -108,81 +67,12 @@ async def test_the_native_websocket_registers_and_is_written_to() -> None:
     assert isinstance(seen[0], StarletteTransport)
 
 
-async def test_fan_out_reaches_every_client_in_order(app: App) -> None:
-    async with (
-        serve(app.handler) as url,
-        client(f"{url}?id=alice") as alice,
-        client(f"{url}?id=bob") as bob,
-    ):
-        await app.wait_for("alice", C)
-        await app.wait_for("bob", C)
-        for i in range(50):
-            await alice.send(f"m{i}")
-        expected = [f"alice: m{i}" for i in range(50)]
-        with anyio.fail_after(5):
-            got_alice = [await alice.recv() for _ in range(50)]
-            got_bob = [await bob.recv() for _ in range(50)]
-        assert got_alice == expected
-        assert got_bob == expected
-        await bob.send(b"raw")
-        with anyio.fail_after(5):
-            assert await alice.recv() == b"bob: raw"
-            assert await bob.recv() == b"bob: raw"
-        assert app.manager.get_group_members("room") == {"alice", "bob"}
-
-
-async def test_a_message_moves_an_idle_connection_back_to_connected() -> None:
-    policy = HeartbeatPolicy(ping_interval=None, ping_timeout=None, idle_after=0.2)
-    async with ConnectionManager(heartbeat=policy) as manager:
-        app = App(manager)
-        async with serve(app.handler) as url, client(f"{url}?id=alice") as alice:
-            await app.wait_for("alice", I)
-            await alice.send("hello")
-            with anyio.fail_after(5):
-                assert await alice.recv() == "alice: hello"
-            assert manager.get_connection_state(manager.sockets_of("alice")[0]) is C
-            assert ("alice", I, C, "activity") in app.changes
-
-
-async def test_a_clean_close_ends_disconnected(app: App) -> None:
-    async with serve(app.handler) as url:
-        async with client(f"{url}?id=alice"):
-            await app.wait_for("alice", C)
-        assert await app.wait_for("alice", D) == "closed (1000)"
-        assert await app.wait_ended("alice") == 1000
-        assert E not in [new for _, _, new, _ in app.changes]
-        with anyio.fail_after(5):
-            while app.manager.count():
-                await anyio.sleep(0.01)
-
-
 async def test_hypercorn_as_released_reports_a_clean_close_as_1006(app: App) -> None:
     """pgjones/hypercorn#127: the adapter can only pass on the code the server reports."""
     async with serve(app.handler, spec_close_codes=False) as url:
         async with client(f"{url}?id=alice"):
             await app.wait_for("alice", C)
         assert await app.wait_for("alice", E) == "abnormal close (1006)"
-
-
-async def test_a_dropped_tcp_connection_is_an_abnormal_close(app: App) -> None:
-    async with serve(app.handler) as url:
-        stream = await raw_upgrade(f"{url}?id=alice")
-        await app.wait_for("alice", C)
-        await stream.aclose()  # no closing frame
-        assert await app.wait_for("alice", E) == "abnormal close (1006)"
-        assert await app.wait_ended("alice") == 1006
-        await app.wait_for("alice", D)
-
-
-async def test_an_oversize_inbound_message_is_closed_with_1009(app: App) -> None:
-    async with serve(app.handler, max_message_size=1024) as url:
-        async with client(f"{url}?id=alice") as alice:
-            await app.wait_for("alice", C)
-            await alice.send("x" * 4096)
-            with anyio.fail_after(5):
-                await alice.wait_closed()
-            assert alice.close_code == 1009
-        assert await app.wait_for("alice", E) == "abnormal close (1009)"
 
 
 async def read_close_code(stream: anyio.abc.SocketStream) -> int:
@@ -334,15 +224,3 @@ async def test_a_websocket_that_is_not_accepted_is_refused() -> None:
         with pytest.raises(InvalidArgument, match="accept"):
             manager.register(ws, "alice")
         assert manager.count() == 0
-
-
-def test_importing_the_adapter_without_starlette_names_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['starlette'] = None\n"
-        "try:\n    import wsfleet.adapters.asgi\n"
-        "except ImportError as e:\n    print(e)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    assert "pip install 'wsfleet[asgi]'" in out

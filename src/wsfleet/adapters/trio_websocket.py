@@ -52,7 +52,7 @@ from typing import Any
 
 from .._errors import TransportClosed, TransportError
 from .._outbound import FinalRefusal
-from ..transport import Message, Outbound, Ping, Transport, register_adapter
+from ..transport import Message, Outbound, Ping, PongSignal, Transport, register_adapter
 
 try:
     import trio
@@ -74,20 +74,6 @@ __all__ = ["TrioWebsocketTransport", "open_client"]
 
 #: What a write or a close may raise besides ``ConnectionClosed`` when the socket breaks.
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, LocalProtocolError)
-
-
-class _PongSignal:
-    """Stands in for the ``trio.Event`` that ``ping()`` would wait on in ``ws._pings``."""
-
-    __slots__ = ("_transport",)
-
-    def __init__(self, transport: TrioWebsocketTransport) -> None:
-        self._transport = transport
-
-    def set(self) -> None:
-        conn = self._transport.connection
-        if conn is not None:
-            conn.touch(pong=True)
 
 
 class TrioWebsocketTransport(Transport):
@@ -133,7 +119,7 @@ class TrioWebsocketTransport(Transport):
         payload = random.getrandbits(32).to_bytes(4, "big")
         while payload in pending:
             payload = random.getrandbits(32).to_bytes(4, "big")
-        pending[payload] = _PongSignal(self)
+        pending[payload] = PongSignal(self)
         await ws._send(PingEvent(payload=payload))
 
     # -- reads and close -------------------------------------------------------------------

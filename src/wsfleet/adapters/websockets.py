@@ -31,7 +31,7 @@ import sniffio
 
 from .._errors import TransportClosed, TransportError
 from .._outbound import FinalRefusal
-from ..transport import Message, Outbound, Ping, Transport, register_adapter
+from ..transport import Message, Outbound, Ping, PongSignal, Transport, register_adapter
 
 try:
     from websockets.asyncio.connection import Connection as AsyncioConnection
@@ -81,18 +81,6 @@ def _closed(exc: ConnectionClosed) -> TransportClosed:
     if sent is not None:
         return TransportClosed(sent.code, sent.reason)
     return TransportClosed(1006, "connection lost")
-
-
-class _PongSignal:
-    __slots__ = ("_transport",)
-
-    def __init__(self, transport: WebsocketsTransport) -> None:
-        self._transport = transport
-
-    def set(self) -> None:
-        conn = self._transport.connection
-        if conn is not None:
-            conn.touch(pong=True)
 
 
 class WebsocketsTransport(Transport):
@@ -185,7 +173,7 @@ class WebsocketsTransport(Transport):
             data = random.getrandbits(32).to_bytes(4, "big")
         # websockets calls ``.set()`` on what it holds here when the pong arrives; holding
         # our own object instead of a trio.Event saves a task per ping to wait on it.
-        ws.pending_pings[data] = (_PongSignal(self), trio.current_time(), False)
+        ws.pending_pings[data] = (PongSignal(self), trio.current_time(), False)
         return data
 
     # -- reads and close -----------------------------------------------------------------------
