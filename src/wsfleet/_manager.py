@@ -19,16 +19,18 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVarTuple
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint
 
+from ._backplane import Backplane
 from ._callbacks import CallbackHandle, Callbacks, StateCallback
 from ._connection import Connection, Reconnector
 from ._errors import (
@@ -51,7 +53,7 @@ from ._outbound import (
 from ._outbox import WRITABLE, Outbox, message_size
 from ._registry import Registry, check_name
 from ._session import Session, open_session
-from ._stats import FleetStats
+from ._stats import Delivery, FleetStats
 from ._timers import ResumeExpired, Timers
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, StateChange
@@ -78,6 +80,16 @@ D = ConnectionState.DISCONNECTED
 CLEAN_CLOSE_CODES: Final = frozenset((1000, 1001, 1005))
 
 
+def _host(url: str) -> str | None:
+    """The host of ``url``; ``None`` if it has none or its port is not a port number."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        return None
+    return parts.hostname
+
+
 class ConnectionManager:
     """Holds a fleet of WebSocket connections and delivers messages to them.
 
@@ -95,7 +107,7 @@ class ConnectionManager:
         retry_policy: RetryPolicy | None = None,
         heartbeat: HeartbeatPolicy | None = None,
         overflow: OverflowPolicy | None = None,
-        backplane: object | None = None,
+        backplane: Backplane | None = None,
         resume_window: float | None = None,
         callback_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
@@ -107,8 +119,8 @@ class ConnectionManager:
             raise WrongType(f"heartbeat must be a HeartbeatPolicy, got {heartbeat!r}")
         if overflow is not None and not isinstance(overflow, OverflowPolicy):
             raise WrongType(f"overflow must be an OverflowPolicy, got {overflow!r}")
-        if backplane is not None:
-            raise InvalidArgument("backplane: only the in-memory backplane (None) exists yet")
+        if backplane is not None and not isinstance(backplane, Backplane):
+            raise WrongType(f"backplane must be a Backplane or None, got {backplane!r}")
         seconds = [
             ("callback_timeout", callback_timeout),
             ("shutdown_timeout", shutdown_timeout),
@@ -133,6 +145,7 @@ class ConnectionManager:
             on_change=self._state_changed,
             on_retry=self._timers.retry_requested,
         )
+        self._backplane = backplane
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
         self._tokens: dict[str, Connection] = {}
@@ -158,6 +171,8 @@ class ConnectionManager:
         tg.start_soon(self._outbox.run, name="wsfleet flusher")
         tg.start_soon(self._timers.run, name="wsfleet timers")
         tg.start_soon(self._dispatcher, name="wsfleet callbacks")
+        if self._backplane is not None:
+            await tg.start(self._backplane.run, self, name="wsfleet backplane")
         return self
 
     async def __aexit__(
@@ -200,6 +215,8 @@ class ConnectionManager:
                 closers.start_soon(self._outbox.close, conn.transport, 1001, "going away")
         for conn in conns:
             self._unregister(conn, "manager closed")
+        if self._backplane is not None:
+            await self._backplane.close()
         with anyio.move_on_after(self.shutdown_timeout):
             if self._changes or self._dispatching:
                 self._drained = anyio.Event()
@@ -261,6 +278,11 @@ class ConnectionManager:
         conn.retry_policy = retry_policy
         transport.attach(conn)
         self._registry.add(conn)
+        if self._backplane is not None and len(self._registry.by_identifier[identifier]) == 1:
+            # Groups belong to the identifier fleet-wide: take those it has on other nodes.
+            for group in self._backplane.view.groups_of(identifier):
+                self._registry.join(identifier, group)
+            self._backplane.membership("online", identifier)
         if self._machine.policy_of(conn) is not None:
             conn.resume_token = secrets.token_urlsafe(18)
             self._tokens[conn.resume_token] = conn
@@ -289,7 +311,13 @@ class ConnectionManager:
         conn.registered = False
         if conn.writer_scope is not None:
             conn.writer_scope.cancel()
+        if isinstance(conn.socket, OutboundSocket):
+            # The manager dialled it, so nobody else would close it (nor end its reader).
+            close = self._outbox.close
+            self._spawn(close, conn.transport, 1000, "unregistered", name="wsfleet close")
         self._registry.remove(conn)
+        if self._backplane is not None and conn.identifier not in self._registry.by_identifier:
+            self._backplane.membership("offline", conn.identifier)
         if conn.resume_token is not None:
             self._tokens.pop(conn.resume_token, None)
         resumed = self._resumes.pop(conn, None)
@@ -338,26 +366,131 @@ class ConnectionManager:
     # -- groups --------------------------------------------------------------------------
 
     def add_to_group(self, identifier: str, group: str) -> None:
-        """Put every socket of ``identifier``, present and future, in ``group``; idempotent."""
+        """Put every socket of ``identifier``, present and future, in ``group``; idempotent.
+
+        With a backplane the membership is fleet-wide: other nodes holding sockets of
+        ``identifier`` put them in the group too. ``identifier`` must have a socket here.
+        """
         check_name("identifier", identifier)
         check_name("group", group)
+        new = group not in self._registry.memberships.get(identifier, ())
         self._registry.join(identifier, group)
+        if new and self._backplane is not None:
+            self._backplane.membership("join", identifier, group)
 
     def remove_from_group(self, identifier: str, group: str) -> None:
         check_name("identifier", identifier)
         check_name("group", group)
+        was = group in self._registry.memberships.get(identifier, ())
         self._registry.leave(identifier, group)
+        if was and self._backplane is not None:
+            self._backplane.membership("leave", identifier, group)
 
     def get_group_members(self, group: str) -> set[str]:
+        """Identifiers in ``group``, on every node (a copy); empty for an unknown group."""
         check_name("group", group)
-        return set(self._registry.groups.get(group, ()))
+        members = set(self._registry.groups.get(group, ()))
+        if self._backplane is not None:
+            members |= self._backplane.view.members(group)
+        return members
 
     def groups_of(self, identifier: str) -> set[str]:
         check_name("identifier", identifier)
-        return set(self._registry.memberships.get(identifier, ()))
+        groups = set(self._registry.memberships.get(identifier, ()))
+        if self._backplane is not None:
+            groups |= self._backplane.view.groups_of(identifier)
+        return groups
 
     def groups(self) -> set[str]:
         return set(self._registry.groups)
+
+    # -- the fleet across nodes (a backplane) ----------------------------------------------------
+
+    @property
+    def node_id(self) -> str | None:
+        """This manager's node in its fleet; ``None`` without a backplane."""
+        return None if self._backplane is None else self._backplane.node_id
+
+    def presence(self, identifier: str) -> set[str]:
+        """The nodes where ``identifier`` has sockets (this one's id, or "local", included)."""
+        check_name("identifier", identifier)
+        here = {self.node_id or "local"} if identifier in self._registry.by_identifier else set()
+        if self._backplane is not None:
+            here |= self._backplane.view.presence(identifier)
+        return here
+
+    def online_count(self) -> int:
+        """Identifiers with at least one socket on any node."""
+        if self._backplane is None:
+            return len(self._registry.by_identifier)
+        return len(set(self._registry.by_identifier) | self._backplane.view.identifiers())
+
+    async def disconnect_identifier(
+        self, identifier: str, code: int = 1000, reason: str = ""
+    ) -> int:
+        """Close every socket of ``identifier`` on every node; returns how many were here."""
+        check_name("identifier", identifier)
+        self._running()
+        closed = self._kick_local(identifier, code, reason)
+        if self._backplane is not None:
+            self._backplane.kick(identifier, code, reason)
+        await checkpoint()
+        return closed
+
+    def _kick_local(self, identifier: str, code: int, reason: str) -> int:
+        conns = list(self._registry.connections_of(identifier))
+        for conn in conns:
+            self._spawn(self._outbox.close, conn.transport, code, reason, name="wsfleet kick")
+            self._unregister(conn, f"disconnected by the server ({code})")
+        return len(conns)
+
+    def _mirror_membership(self, identifier: str, group: str, *, joined: bool) -> None:
+        """Another node changed ``identifier``'s groups: follow, if it has sockets here."""
+        if identifier in self._registry.by_identifier:
+            if joined:
+                self._registry.join(identifier, group)
+            else:
+                self._registry.leave(identifier, group)
+
+    def _deliver_remote(
+        self, to: str, target: Any, message: Message, data: Mapping[str, Any]
+    ) -> int:
+        """Carry out another node's fan-out on this node's sockets (never republished)."""
+        size = message_size(message)
+        if size > self.overflow.max_message_size:
+            self._outbox.count_drop("backplane: too large here")
+            return 0
+        registry = self._registry
+        skip = set(data.get("exclude", ()))
+        targets: list[Connection]
+        if to == "all":
+            targets = [c for c in registry.by_socket.values() if c.identifier not in skip]
+        elif to == "one":
+            targets = list(registry.connections_of(target))
+        elif to == "many":
+            targets = [c for name in dict.fromkeys(target) for c in registry.connections_of(name)]
+        else:
+            targets = [
+                c
+                for name in list(registry.groups.get(target, ()))
+                if name not in skip
+                for c in registry.connections_of(name)
+            ]
+        return self._outbox.fan_out(targets, message, size)
+
+    def _publish(
+        self, to: str, target: str | list[str] | None, message: Message, exclude: object
+    ) -> bool:
+        if self._backplane is None:
+            return False
+        names: list[str] = []
+        if isinstance(exclude, str):
+            names = [exclude]
+        elif (
+            exclude is not None and not isinstance(exclude, bytes) and isinstance(exclude, Iterable)
+        ):
+            names = [item for item in exclude if isinstance(item, str)]
+        return self._backplane.send(to, target, message, names)
 
     # -- states ----------------------------------------------------------------------------
 
@@ -504,15 +637,20 @@ class ConnectionManager:
         ``backend`` is ``"websockets"`` (asyncio or trio) or ``"trio-websocket"`` (trio);
         ``options`` go to that library's client.
         """
-        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
-            raise InvalidArgument(f"url must be a ws:// or wss:// URL, got {url!r}")
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or not _host(url):
+            raise InvalidArgument(f"url must be a ws:// or wss:// URL with a host, got {url!r}")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
         dialer: Dialer
         if backend == "websockets":
             from .adapters.websockets import open_client as dialer
         elif backend == "trio-websocket":
+            import sniffio  # trio needs it, so it is there whenever the adapter imports
+
             from .adapters.trio_websocket import open_client as dialer
+
+            if sniffio.current_async_library() != "trio":
+                raise InvalidArgument("backend 'trio-websocket' runs on trio only")
         else:
             raise InvalidArgument(f"backend: 'websockets' or 'trio-websocket', not {backend!r}")
         socket = OutboundSocket(url)
@@ -549,16 +687,18 @@ class ConnectionManager:
             skip = self._excluded(exclude)
             targets = [c for k, c in self._registry.by_socket.items() if k not in skip]
         count = self._outbox.fan_out(targets, message, size)
+        published = self._publish("all", None, message, exclude)
         await checkpoint()
-        return count
+        return Delivery(count, published)
 
     async def send_to_one(self, identifier: str, message: Message) -> int:
         """Queue ``message`` for every socket of ``identifier``."""
         check_name("identifier", identifier)
         size = self._check(message)
         count = self._outbox.fan_out(list(self._registry.connections_of(identifier)), message, size)
+        published = self._publish("one", identifier, message, None)
         await checkpoint()
-        return count
+        return Delivery(count, published)
 
     async def send_to_many(self, identifiers: Iterable[str], message: Message) -> int:
         """Queue ``message`` once for each socket of the named identifiers (duplicates too)."""
@@ -570,8 +710,9 @@ class ConnectionManager:
         size = self._check(message)
         targets = [c for name in names for c in self._registry.connections_of(name)]
         count = self._outbox.fan_out(targets, message, size)
+        published = self._publish("many", names, message, None)
         await checkpoint()
-        return count
+        return Delivery(count, published)
 
     async def send_to_group(self, group: str, message: Message, *, exclude: object = None) -> int:
         """Queue ``message`` for every socket of every member of ``group``."""
@@ -586,8 +727,9 @@ class ConnectionManager:
             if id(c.socket) not in skip
         ]
         count = self._outbox.fan_out(targets, message, size)
+        published = self._publish("group", group, message, exclude)
         await checkpoint()
-        return count
+        return Delivery(count, published)
 
     def _send_to_connections(self, conns: Iterable[Connection], message: Message) -> int:
         size = self._check(message)
@@ -639,8 +781,8 @@ class ConnectionManager:
 
     def _outbound_closed(self, conn: Connection, code: int, reason: str) -> None:
         """A server closed a client connection: come back later, unless it said not to."""
-        if not conn.registered or conn.state not in WRITABLE:
-            return
+        if self._closing or not conn.registered or conn.state not in WRITABLE:
+            return  # closing, the manager closed it itself: no error, no retry
         text = f"closed by the server ({code}{': ' + reason if reason else ''})"
         self._machine.request(conn, D if final_close(code) else E, text)
 
@@ -692,6 +834,12 @@ class ConnectionManager:
         """Counts per state, queue depth, drops by reason, callback errors, groups."""
         registry = self._registry
         outbox = self._outbox
+        drops = dict(outbox.drops)
+        backplane = self._backplane
+        if backplane is not None:
+            for key, value in backplane.stats.items():
+                if key.startswith("dropped: ") and value:
+                    drops["backplane: " + key.removeprefix("dropped: ")] = value
         return FleetStats(
             connections=len(registry),
             identifiers=len(registry.by_identifier),
@@ -700,11 +848,14 @@ class ConnectionManager:
             queued_messages=outbox.queued_messages,
             queued_bytes=outbox.queued_bytes,
             sent_messages=outbox.sent_messages,
-            drops=dict(outbox.drops),
+            drops=drops,
             callback_errors=self._callbacks.errors,
             callback_timeouts=self._callbacks.timeouts,
             pings_sent=outbox.pings_sent,
             heartbeat_timeouts=self._timers.heartbeat_timeouts,
+            node_id=None if backplane is None else backplane.node_id,
+            backplane_state=None if backplane is None else backplane.state.name,
+            backplane=None if backplane is None else dict(backplane.stats),
         )
 
     def __repr__(self) -> str:

@@ -103,22 +103,31 @@ async def holder(
 
     The attempt installs the transport (or turns it down) after ``started``; until then
     ``conn.transport`` is still the old one, and a close seen that early would be reported
-    to nobody. So nothing is read before the attempt has decided (``decided``).
+    to nobody. So nothing is read before the attempt has decided (``decided``). Once
+    started, a failure is reported, never raised: it would end the manager's task group.
     """
-    async with dialer(url, **options) as transport:
-        task_status.started(transport)
-        await decided.wait()
-        try:
-            while conn.registered and conn.transport is transport:
-                message = await transport.receive()
-                conn.touch()
-                await _deliver(on_message, conn, message)
-        except TransportClosed as closed:
-            if conn.transport is transport:
-                manager._outbound_closed(conn, closed.code, closed.reason)
-        except TransportError as exc:
-            if conn.transport is transport:
-                conn.failed(exc)
+    opened: Transport | None = None
+    try:
+        async with dialer(url, **options) as transport:
+            opened = transport
+            task_status.started(transport)
+            await decided.wait()
+            try:
+                while conn.registered and conn.transport is transport:
+                    message = await transport.receive()
+                    conn.touch()
+                    await _deliver(on_message, conn, message)
+            except TransportClosed as closed:
+                if conn.transport is transport:
+                    manager._outbound_closed(conn, closed.code, closed.reason)
+            except TransportError as exc:
+                if conn.transport is transport:
+                    conn.failed(exc)
+    except TransportError as exc:  # from closing the client, after it was reported open
+        if opened is None:
+            raise  # the dial failed: the attempt reports it
+        if conn.transport is opened:
+            conn.failed(exc)
 
 
 def make_reconnector(

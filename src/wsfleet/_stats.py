@@ -6,7 +6,26 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FleetStats"]
+__all__ = ["Delivery", "FleetStats"]
+
+
+class Delivery(int):
+    """What a fan-out returns: how many local connections it was queued for (the int), and
+    whether it was also published for the other nodes of the fleet (``published``)."""
+
+    published: bool
+
+    def __new__(cls, local: int, published: bool = False) -> Delivery:
+        self = super().__new__(cls, local)
+        self.published = published
+        return self
+
+    @property
+    def local(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"Delivery(local={int(self)}, published={self.published})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +47,11 @@ class FleetStats:
     callback_timeouts: int
     pings_sent: int
     heartbeat_timeouts: int
+    node_id: str | None = None
+    backplane_state: str | None = None
+    """The link to the other nodes: CONNECTED, ERROR, RECONNECTING ...; ``None`` if alone."""
+    backplane: Mapping[str, int] | None = None
+    """Published, received, malformed, dropped (by reason), link changes, expired nodes."""
 
     @property
     def dropped(self) -> int:
@@ -37,4 +61,6 @@ class FleetStats:
         data = asdict(self)
         data["states"] = dict(self.states)
         data["drops"] = dict(self.drops)
+        if self.backplane is not None:
+            data["backplane"] = dict(self.backplane)
         return data

@@ -41,14 +41,21 @@ Closing
 trio-websocket reports a close it initiated itself as code 1000 whatever code it sent, so
 after ``close(code, reason)`` this transport reports the code and reason it closed with.
 trio-websocket has no keepalive of its own: wsfleet's ``HeartbeatPolicy`` does the pinging.
+
+Client connections (``open_client``, the dialer of ``manager.connect``) open their TCP
+stream themselves and give it to ``wrap_client_stream``, so that it is always closed and the
+handshake always bounded; ``open_client``'s docstring says what ``open_websocket_url`` gets
+wrong there.
 """
 
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._errors import TransportClosed, TransportError
 from .._outbound import FinalRefusal
@@ -61,7 +68,7 @@ try:
         ConnectionRejected,
         HandshakeError,
         WebSocketConnection,
-        open_websocket_url,
+        wrap_client_stream,
     )
     from wsproto.events import Ping as PingEvent
     from wsproto.utilities import LocalProtocolError
@@ -74,6 +81,8 @@ __all__ = ["TrioWebsocketTransport", "open_client"]
 
 #: What a write or a close may raise besides ``ConnectionClosed`` when the socket breaks.
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, LocalProtocolError)
+#: trio-websocket's default ``connect_timeout``, in seconds.
+_CONNECT_TIMEOUT = 60.0
 
 
 class TrioWebsocketTransport(Transport):
@@ -143,27 +152,83 @@ class TrioWebsocketTransport(Transport):
 register_adapter(WebSocketConnection, TrioWebsocketTransport)
 
 
+def _target(url: str, ssl_context: ssl.SSLContext | None) -> tuple[str, int, str, Any]:
+    """Host, port, resource (path and query) and TLS context (``None``: plain TCP) of ``url``."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "wss"
+    if tls and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    host = parts.hostname
+    if parts.scheme not in ("ws", "wss") or host is None:
+        raise ValueError(f"not a WebSocket URL: {url!r}")
+    port = parts.port if parts.port is not None else (443 if tls else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return host, port, resource, ssl_context if tls else None
+
+
+def _refusal(url: str, exc: BaseException) -> TransportError:
+    if isinstance(exc, ConnectionRejected):
+        text = f"handshake refused with HTTP {exc.status_code}"
+        return FinalRefusal(text) if 400 <= exc.status_code < 500 else TransportError(text)
+    return TransportError(f"cannot connect to {url}: {type(exc).__name__}: {exc}")
+
+
 @asynccontextmanager
 async def open_client(url: str, **options: Any) -> AsyncIterator[TrioWebsocketTransport]:
     """Dial ``url`` with trio-websocket; the manager's dialer for ``backend="trio-websocket"``.
 
     Handshake failures are translated: an HTTP 4xx answer is a ``FinalRefusal`` (retrying
-    will not help), anything else a ``TransportError``. ``options`` go to
-    ``open_websocket_url`` (``connect_timeout``, ``message_queue_size``, ...).
+    will not help), anything else a ``TransportError``. ``options`` are those of
+    ``open_websocket_url`` (``connect_timeout``, ``disconnect_timeout``, ``ssl_context``,
+    ``message_queue_size`` ...).
+
+    This opens the TCP stream itself and hands it to trio-websocket's ``wrap_client_stream``
+    rather than using ``open_websocket_url``, which (in 0.12) leaves the client's TCP socket
+    open after a close the server started or an HTTP refusal, and never returns from a
+    server that accepts TCP but does not answer the handshake (its ``connect_timeout``
+    fires, then it waits for its reader task, which waits for the server). Here the stream
+    is closed on the way out whatever happened, and the handshake is bounded by
+    ``connect_timeout``.
     """
-    dial = open_websocket_url(url, **options)
+    host, port, resource, tls = _target(url, options.pop("ssl_context", None))
+    timeout = options.pop("connect_timeout", _CONNECT_TIMEOUT)
+    close_timeout = options.pop("disconnect_timeout", _CONNECT_TIMEOUT)
+    deadline = trio.current_time() + timeout
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
     try:
-        ws = await dial.__aenter__()
-    except ConnectionRejected as exc:
-        if 400 <= exc.status_code < 500:
-            raise FinalRefusal(f"handshake refused with HTTP {exc.status_code}") from exc
-        raise TransportError(f"handshake refused with HTTP {exc.status_code}") from exc
-    except (HandshakeError, *_IO_ERRORS, trio.TooSlowError) as exc:
-        raise TransportError(f"cannot connect to {url}: {type(exc).__name__}: {exc}") from exc
+        with trio.fail_at(deadline):
+            if tls is None:
+                stream = await trio.open_tcp_stream(host, port)
+            else:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    host, port, ssl_context=tls, https_compatible=True
+                )
+    except (*_IO_ERRORS, trio.TooSlowError) as exc:
+        raise _refusal(url, exc) from exc
+    failure: TransportError | None = None
     try:
-        yield TrioWebsocketTransport(ws)
-    except BaseException as exc:
-        if not await dial.__aexit__(type(exc), exc, exc.__traceback__):
-            raise
-    else:
-        await dial.__aexit__(None, None, None)
+        try:
+            async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+                ws: WebSocketConnection | None = None
+                with trio.move_on_at(deadline):
+                    header = host if port in (80, 443) else f"{host}:{port}"
+                    ws = await wrap_client_stream(nursery, stream, header, resource, **options)
+                if ws is None:
+                    failure = TransportError(
+                        f"cannot connect to {url}: no handshake within {timeout} s"
+                    )
+                    nursery.cancel_scope.cancel()
+                else:
+                    try:
+                        yield TrioWebsocketTransport(ws)
+                    finally:
+                        with trio.move_on_after(close_timeout, shield=True):
+                            await ws.aclose()
+                        nursery.cancel_scope.cancel()
+        except* (HandshakeError, *_IO_ERRORS) as group:  # raised by the reader task
+            failure = _refusal(url, group.exceptions[0])
+    finally:
+        with trio.CancelScope(shield=True), suppress(*_IO_ERRORS):
+            await stream.aclose()
+    if failure is not None:
+        raise failure

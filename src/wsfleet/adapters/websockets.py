@@ -16,8 +16,9 @@ one message at a time. On a server connection without per-connection compression
 is the same bytes for every recipient, so it is encoded once per message and shared by the
 whole fan-out. When the socket is paused (the peer reads slowly), ``send_nowait`` declines
 and the manager's writer awaits ``send``, which goes through websockets' public API and its
-flow control. On trio every write is awaited; ``send`` then writes the batch's frames with
-one ``send_all`` under the connection's send lock.
+flow control. On trio every write is awaited: ``send`` serializes the batch's frames (shared
+ones too) and writes them with one ``send_all`` under the connection's send lock, the lock
+websockets' own writes take.
 """
 
 from __future__ import annotations
@@ -114,10 +115,11 @@ class WebsocketsTransport(Transport):
         """Every frame of the batch, in order, as one buffer."""
         protocol = self.ws.protocol
         shared = protocol.side is SERVER and not protocol.extensions
+        ping_data = self._ping_data if self._asyncio else self._trio_ping_data
         parts: list[bytes] = []
         for item in batch:
             if isinstance(item, Ping):
-                protocol.send_ping(self._ping_data())
+                protocol.send_ping(ping_data())
                 parts.extend(protocol.data_to_send())
             elif shared:
                 parts.append(_shared_frame(item))
@@ -151,18 +153,20 @@ class WebsocketsTransport(Transport):
                     else:
                         await ws.send(item)
                 return
-            async with ws.send_context():
-                for item in batch:
-                    if isinstance(item, Ping):
-                        ws.protocol.send_ping(self._trio_ping_data())
-                    elif isinstance(item, str):
-                        ws.protocol.send_text(item.encode())
-                    else:
-                        ws.protocol.send_binary(item)
+            # trio: every frame of the batch in one send_all, under the connection's lock.
+            if ws.protocol.state is not State.OPEN:
+                raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
+            data = self._frames(batch)
+            async with ws.send_lock:
+                await ws.stream.send_all(data)
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
         except (OSError, RuntimeError) as exc:
             raise TransportError(f"write failed: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("trio"):  # BrokenResourceError, ClosedResourceError
+                raise TransportError(f"write failed: {type(exc).__name__}: {exc}") from exc
+            raise
 
     def _trio_ping_data(self) -> bytes:
         import trio

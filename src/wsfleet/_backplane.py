@@ -1,0 +1,503 @@
+"""Many processes, one fleet: the backplane that carries fan-out and membership between nodes.
+
+Each manager is a *node*. A fan-out is delivered to the node's own sockets at once, without a
+round trip, and published once for the other nodes, which deliver it to theirs. Membership
+changes travel the same way (``join``, ``leave``, ``online``, ``offline``) and are also written
+to the *store*, with a time-to-live that the node's heartbeat keeps extending, so a node that
+dies (even by SIGKILL) drops out of every other node's view when its entry expires, with no
+action from anyone.
+
+The link to the store is itself a connection with a lifecycle, driven by the same state
+machine as every socket: RECONNECTING while dialling, CONNECTED, ERROR on a failure, then
+RECONNECTING again after the retry policy's delay. While it is down, local delivery goes on;
+publishing never blocks the caller (it only appends to a bounded queue); messages for other
+nodes that cannot be published are dropped and counted (or kept, up to ``buffer``, and sent
+when the link is back). After every reconnection the node re-asserts its membership in the
+store, reloads the other nodes' from it, and resubscribes.
+
+``Store`` is what a concrete backplane provides (Redis in ``wsfleet.adapters.redis``; an
+in-process hub here, for tests and for several managers in one process). The logic above is
+shared by all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._cluster import ClusterView
+from ._errors import InvalidArgument
+from ._wire import Envelope, Kind, MalformedEnvelope, decode, encode, send_data
+from .fsm.clock import MonotonicClock
+from .fsm.machine import FleetMachine, Lifecycle, StateChange
+from .fsm.states import ConnectionState
+from .policies.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ._manager import ConnectionManager
+
+__all__ = ["Backplane", "InMemoryHub", "Store"]
+
+logger = logging.getLogger("wsfleet.backplane")
+
+C = ConnectionState.CONNECTED
+E = ConnectionState.ERROR
+R = ConnectionState.RECONNECTING
+D = ConnectionState.DISCONNECTED
+
+#: The link keeps trying: a short cap on the delay brings it back soon after the store is.
+DEFAULT_LINK_POLICY: Final = RetryPolicy(
+    max_attempts=1_000_000_000, base_delay=0.05, max_delay=1.0, jitter=0.2
+)
+
+
+class Store(ABC):
+    """The shared medium of a backplane: a publish/subscribe bus and membership records."""
+
+    @abstractmethod
+    def session(self) -> AbstractAsyncContextManager[StoreSession]:
+        """Connect; the session is usable until the block exits or an operation fails."""
+
+
+class StoreSession(ABC):
+    @abstractmethod
+    async def publish(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Messages published by any node (this one included), from now on."""
+
+    @abstractmethod
+    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None: ...
+
+    @abstractmethod
+    async def del_member(self, node: str, identifier: str) -> None: ...
+
+    @abstractmethod
+    async def replace_node(
+        self, node: str, snapshot: Mapping[str, list[str]], ttl: float
+    ) -> None: ...
+
+    @abstractmethod
+    async def beat(self, node: str, ttl: float) -> None:
+        """Extend ``node``'s lease on its records by ``ttl`` seconds from now."""
+
+    @abstractmethod
+    async def live_nodes(self) -> set[str]: ...
+
+    @abstractmethod
+    async def load(self, node: str) -> dict[str, list[str]]: ...
+
+    @abstractmethod
+    async def forget(self, node: str) -> None:
+        """Remove ``node``'s records at once (a clean shutdown)."""
+
+
+class Backplane:
+    """Connects a manager to the other nodes of its fleet through a ``Store``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        namespace: str = "wsfleet",
+        node_id: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        heartbeat_interval: float = 2.0,
+        node_ttl: float = 6.0,
+        buffer: int = 0,
+        max_pending: int = 10_000,
+        op_timeout: float = 2.0,
+    ) -> None:
+        if not isinstance(namespace, str) or not namespace:
+            raise InvalidArgument("namespace must be a non-empty str")
+        for name, value in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("node_ttl", node_ttl),
+            ("op_timeout", op_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
+        if node_ttl <= heartbeat_interval:
+            raise InvalidArgument("node_ttl must be longer than heartbeat_interval")
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 0:
+            raise InvalidArgument(f"buffer must be an int >= 0, got {buffer!r}")
+        self.store = store
+        self.namespace = namespace
+        self.node_id = node_id if node_id is not None else secrets.token_hex(6)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.node_ttl = float(node_ttl)
+        self.buffer = buffer
+        self.max_pending = max(max_pending, buffer)
+        self.op_timeout = float(op_timeout)
+        self.view = ClusterView()
+        self.stats: Counter[str] = Counter()
+        self.link = Lifecycle(retry_policy if retry_policy is not None else DEFAULT_LINK_POLICY)
+        self._retry_delay: float | None = None
+        self._machine = FleetMachine(on_change=self._link_changed, on_retry=self._retry_after)
+        self._manager: ConnectionManager | None = None
+        self._outgoing: deque[Envelope] = deque()
+        self._outgoing_ready = anyio.Event()
+        self._seq = 0
+        self._up = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Backplane {self.namespace}/{self.node_id} {self.link.state.name}>"
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.link.state
+
+    # -- what the manager calls (all synchronous: they only enqueue) --------------------------
+
+    def _envelope(self, kind: Kind, data: dict[str, Any]) -> Envelope:
+        self._seq += 1
+        return Envelope(kind, self.node_id, self._seq, data)
+
+    def _enqueue(self, envelope: Envelope) -> None:
+        self._outgoing.append(envelope)
+        self._outgoing_ready.set()
+
+    def send(
+        self, to: str, target: str | list[str] | None, message: str | bytes, exclude: list[str]
+    ) -> bool:
+        """Publish a fan-out for the other nodes; ``False`` if it was dropped (and counted)."""
+        envelope = self._envelope("send", send_data(to, target, message, exclude))
+        queued_sends = self.stats["queued sends"]
+        if self.link.state is not C:
+            if queued_sends >= self.buffer:
+                self._drop("link down")
+                return False
+        elif queued_sends >= self.max_pending:
+            self._drop("publish queue full")
+            return False
+        self.stats["queued sends"] += 1
+        self._enqueue(envelope)
+        return True
+
+    def _drop(self, reason: str) -> None:
+        self.stats[f"dropped: {reason}"] += 1
+        self.stats["dropped"] += 1
+        if self.stats["dropped"] in (1, 10, 100) or self.stats["dropped"] % 1000 == 0:
+            logger.warning(
+                "%r: cross-node message dropped (%s); %d so far",
+                self,
+                reason,
+                self.stats["dropped"],
+            )
+
+    def membership(self, kind: Kind, identifier: str, group: str | None = None) -> None:
+        """Tell the others that ``identifier`` came online, went offline, joined or left."""
+        if self.link.state is not C:
+            return  # re-asserted from the registry when the link is back
+        data: dict[str, Any] = {"id": identifier}
+        if group is not None:
+            data["group"] = group
+        self._enqueue(self._envelope(kind, data))
+
+    def kick(self, identifier: str, code: int, reason: str) -> None:
+        if self.link.state is not C:
+            self._drop("link down")
+            return
+        self._enqueue(self._envelope("kick", {"id": identifier, "code": code, "reason": reason}))
+
+    # -- the link ----------------------------------------------------------------------------
+
+    def _link_changed(self, change: StateChange) -> None:
+        old = change.old.name if change.old else "new"
+        log = logger.warning if change.new is E else logger.info
+        log("%r: link %s -> %s (%s)", self, old, change.new.name, change.reason)
+        self.stats[f"link {change.new.name.lower()}"] += 1
+        if change.new is C:
+            self._up.set()
+        elif change.old is C:
+            self._up = anyio.Event()
+
+    def _retry_after(self, model: Lifecycle, delay: float) -> None:
+        self._retry_delay = delay
+
+    async def run(
+        self,
+        manager: ConnectionManager,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the link up for the manager's whole life (a task of the manager)."""
+        self._manager = manager
+        self._machine.clock = MonotonicClock(anyio.current_time)
+        self._outgoing_ready = anyio.Event()
+        self._up = anyio.Event()
+        self._machine.start(self.link, R, "connecting")
+        task_status.started()
+        while True:
+            try:
+                await self._connected_life()
+            except BaseException as exc:
+                error = self._failure(exc)
+                if self.link.state in (C, R):
+                    self._machine.request(self.link, E, f"{type(error).__name__}: {error}")
+            if self.link.state is not E:
+                break  # stopped
+            delay = self._retry_delay or 0.0
+            await anyio.sleep(delay)
+            self._machine.retry_due(self.link)
+            if self.link.state is not R:
+                logger.error("%r: giving up on the backplane link", self)
+                break
+
+    def _failure(self, exc: BaseException) -> Exception:
+        """The error that ended a connected life; cancellation and the like go on up.
+
+        A store client torn down by a cancellation may add its own errors to the group
+        that carries the cancellation: the cancellation wins, the rest is only logged.
+        """
+        cancelled_class = anyio.get_cancelled_exc_class()
+        if isinstance(exc, BaseExceptionGroup):
+            cancelled, rest = exc.split(cancelled_class)
+            if cancelled is not None:
+                if rest is not None:
+                    logger.debug("%r: errors while cancelled: %r", self, rest)
+                raise cancelled
+            assert rest is not None
+            while isinstance(rest, BaseExceptionGroup) and rest.exceptions:
+                rest = rest.exceptions[0]  # the task that failed first says why
+            exc = rest
+        if not isinstance(exc, Exception):
+            raise exc
+        return exc
+
+    async def _connected_life(self) -> None:
+        async with self.store.session() as session, session.subscribe() as messages:
+            with anyio.fail_after(self.op_timeout * 3):
+                await self._resync(session)
+            self._machine.request(self.link, C, "connected")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._receive, messages)
+                tg.start_soon(self._publish_loop, session)
+                tg.start_soon(self._heartbeat, session)
+
+    async def _resync(self, session: StoreSession) -> None:
+        """Re-assert this node's membership, reload the others', announce ourselves."""
+        manager = self._manager
+        assert manager is not None
+        registry = manager._registry
+        snapshot = {
+            identifier: sorted(registry.memberships.get(identifier, ()))
+            for identifier in registry.by_identifier
+        }
+        await session.replace_node(self.node_id, snapshot, self.node_ttl)
+        live = await session.live_nodes()
+        for node in self.view.nodes() - live:
+            self.view.drop(node)
+        for node in live - {self.node_id}:
+            self.view.replace(node, await session.load(node))
+        # Membership deltas queued while down are stale: the snapshot above replaced them.
+        self._outgoing = deque(e for e in self._outgoing if e.kind == "send")
+        hello = self._envelope("hello", {})
+        await session.publish(encode(self.namespace, hello))
+
+    async def _publish_loop(self, session: StoreSession) -> None:
+        while True:
+            while self._outgoing:
+                envelope = self._outgoing[0]
+                with anyio.fail_after(self.op_timeout):
+                    try:
+                        await session.publish(encode(self.namespace, envelope))
+                    except BaseException:
+                        if envelope.kind == "send":
+                            self._outgoing.popleft()
+                            self.stats["queued sends"] -= 1
+                            self._drop("publish failed")
+                        raise
+                self._outgoing.popleft()
+                if envelope.kind == "send":
+                    self.stats["queued sends"] -= 1
+                    self.stats["published"] += 1
+                elif envelope.kind in ("online", "offline", "join", "leave"):
+                    await self._record(session, envelope)
+            self._outgoing_ready = anyio.Event()
+            if not self._outgoing:
+                await self._outgoing_ready.wait()
+
+    async def _record(self, session: StoreSession, envelope: Envelope) -> None:
+        """Write a membership change to the store, where nodes that start later read it."""
+        manager = self._manager
+        assert manager is not None
+        identifier = envelope.data["id"]
+        with anyio.fail_after(self.op_timeout):
+            if identifier in manager._registry.by_identifier:
+                groups = sorted(manager._registry.memberships.get(identifier, ()))
+                await session.put_member(self.node_id, identifier, groups)
+            else:
+                await session.del_member(self.node_id, identifier)
+
+    async def _heartbeat(self, session: StoreSession) -> None:
+        while True:
+            with anyio.fail_after(self.op_timeout):
+                await session.beat(self.node_id, self.node_ttl)
+                live = await session.live_nodes()
+            for node in self.view.nodes() - live:
+                logger.info("%r: node %s expired", self, node)
+                self.stats["nodes expired"] += 1
+                self.view.drop(node)
+            for node in live - self.view.nodes() - {self.node_id}:
+                with anyio.fail_after(self.op_timeout):
+                    self.view.replace(node, await session.load(node))
+            await anyio.sleep(self.heartbeat_interval)
+
+    async def _receive(self, messages: AsyncIterator[bytes]) -> None:
+        async for raw in messages:
+            try:
+                envelope = decode(self.namespace, raw)
+            except MalformedEnvelope as exc:
+                self.stats["malformed"] += 1
+                logger.warning("%r: skipped a malformed message: %s", self, exc)
+                continue
+            if envelope.node == self.node_id:
+                continue
+            self.stats["received"] += 1
+            try:
+                self._apply(envelope)
+            except Exception:
+                self.stats["malformed"] += 1
+                logger.exception("%r: could not apply %r", self, envelope)
+
+    def _apply(self, envelope: Envelope) -> None:
+        manager = self._manager
+        assert manager is not None
+        node, data = envelope.node, envelope.data
+        kind = envelope.kind
+        if kind == "send":
+            manager._deliver_remote(data["to"], data.get("target"), envelope.message, data)
+        elif kind == "join":
+            self.view.join(node, data["id"], data["group"])
+            manager._mirror_membership(data["id"], data["group"], joined=True)
+        elif kind == "leave":
+            self.view.leave(node, data["id"], data["group"])
+            manager._mirror_membership(data["id"], data["group"], joined=False)
+        elif kind == "online":
+            self.view.online(node, data["id"])
+        elif kind == "offline":
+            self.view.offline(node, data["id"])
+        elif kind == "kick":
+            manager._kick_local(data["id"], data["code"], data.get("reason", ""))
+        else:  # hello: a node (re)joined; its state is in the store
+            self.stats["hellos"] += 1
+            manager._spawn(self._reload, node, name="wsfleet backplane reload")
+
+    async def _reload(self, node: str) -> None:
+        try:
+            async with self.store.session() as session:
+                with anyio.fail_after(self.op_timeout):
+                    self.view.replace(node, await session.load(node))
+        except Exception as exc:
+            logger.warning("%r: could not load node %s: %r", self, node, exc)
+
+    async def close(self) -> None:
+        """Leave the fleet cleanly: remove this node's records at once, stop the link."""
+        if self.link.state is C:
+            with anyio.move_on_after(self.op_timeout, shield=True):
+                try:
+                    async with self.store.session() as session:
+                        await session.forget(self.node_id)
+                except Exception as exc:
+                    logger.debug("%r: could not remove this node's records: %r", self, exc)
+        if self.link.state is not D:
+            self._machine.request(self.link, D, "manager closed")
+
+
+class InMemoryHub(Store):
+    """A store inside one process: several managers, one fleet, no network.
+
+    Useful to test a multi-node application, or to run several event loops' managers in
+    one program. Node leases expire on the hub's clock exactly as they would in Redis.
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: list[MemoryObjectSendStream[bytes]] = []
+        self.members: dict[str, dict[str, list[str]]] = {}
+        self.leases: dict[str, float] = {}
+        self.down = False
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[StoreSession]:
+        if self.down:
+            raise ConnectionError("the hub is down")
+        yield _HubSession(self)
+
+
+class _HubSession(StoreSession):
+    def __init__(self, hub: InMemoryHub) -> None:
+        self.hub = hub
+
+    def _check(self) -> None:
+        if self.hub.down:
+            raise ConnectionError("the hub is down")
+
+    async def publish(self, data: bytes) -> None:
+        self._check()
+        for stream in list(self.hub._subscribers):
+            with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                stream.send_nowait(data)
+        await anyio.lowlevel.checkpoint()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        self._check()
+        send, receive = anyio.create_memory_object_stream[bytes](10_000)
+        self.hub._subscribers.append(send)
+        try:
+            async with receive:
+                yield self._messages(receive)
+        finally:
+            self.hub._subscribers.remove(send)
+            send.close()
+
+    async def _messages(self, receive: Any) -> AsyncIterator[bytes]:
+        async for data in receive:
+            self._check()
+            yield data
+
+    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
+        self._check()
+        self.hub.members.setdefault(node, {})[identifier] = groups
+
+    async def del_member(self, node: str, identifier: str) -> None:
+        self._check()
+        self.hub.members.get(node, {}).pop(identifier, None)
+
+    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+        self._check()
+        self.hub.members[node] = dict(snapshot)
+        await self.beat(node, ttl)
+
+    async def beat(self, node: str, ttl: float) -> None:
+        self._check()
+        self.hub.leases[node] = anyio.current_time() + ttl
+
+    async def live_nodes(self) -> set[str]:
+        self._check()
+        now = anyio.current_time()
+        for node, until in list(self.hub.leases.items()):
+            if until <= now:
+                del self.hub.leases[node]
+                self.hub.members.pop(node, None)
+        return set(self.hub.leases)
+
+    async def load(self, node: str) -> dict[str, list[str]]:
+        self._check()
+        return dict(self.hub.members.get(node, {}))
+
+    async def forget(self, node: str) -> None:
+        self._check()
+        self.hub.leases.pop(node, None)
+        self.hub.members.pop(node, None)

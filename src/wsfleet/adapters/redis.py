@@ -1,0 +1,174 @@
+"""The Redis backplane, over coredis (anyio-based: runs on asyncio and on trio).
+
+    from wsfleet.adapters.redis import RedisBackplane
+    async with ConnectionManager(backplane=RedisBackplane("redis://127.0.0.1:6379/0")) as m:
+        ...
+
+What lives in Redis, for a namespace ``ns`` (``"wsfleet"`` by default):
+
+* ``ns:bus``, a pub/sub channel: every fan-out for the other nodes and every membership
+  change, as versioned JSON (see ``wsfleet._wire``; never pickle);
+* ``ns:nodes``, a sorted set: node id -> the time (seconds since the epoch) its lease ends;
+* ``ns:node:<id>``, a hash per node: identifier -> JSON list of its groups, for every
+  identifier with sockets on that node. It carries the same lease as a TTL.
+
+A node extends its lease every ``heartbeat_interval`` (2 s) by ``node_ttl`` (6 s); a node
+that stops (SIGKILL included) has its hash expire and its entry in ``ns:nodes`` skipped and
+pruned by the others, so it leaves every node's view within ``node_ttl + heartbeat_interval``
+(8 s by default; the contract is 15 s at most), with nothing to do for anyone.
+
+Redis Cluster: pass ``cluster=True`` (and a cluster node's URL). Publishing then uses sharded
+pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7) so a message goes to one shard only; the
+per-node hashes and the node set are ordinary keys, which the cluster client routes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .._backplane import Backplane, Store, StoreSession
+from ..policies.retry import RetryPolicy
+
+try:
+    import coredis
+    from coredis.retry import NoRetryPolicy
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
+    raise ImportError("wsfleet.adapters.redis needs coredis: pip install 'wsfleet[redis]'") from exc
+
+__all__ = ["RedisBackplane", "RedisStore"]
+
+
+class RedisStore(Store):
+    """Connects to Redis for one backplane link; see the module docstring for the keys."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "wsfleet",
+        cluster: bool = False,
+        connect_timeout: float = 1.0,
+        command_timeout: float = 1.0,
+        **client_options: Any,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.cluster = cluster
+        self.client_options: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "stream_timeout": command_timeout,
+            **client_options,
+        }
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[StoreSession]:
+        factory: Any = coredis.RedisCluster if self.cluster else coredis.Redis
+        # The backplane's link has its own retry policy and state machine: coredis must
+        # report a failure at once instead of retrying behind its back.
+        client = factory.from_url(self.url, retry_policy=NoRetryPolicy(), **self.client_options)
+        async with client:
+            await client.ping()
+            yield _RedisSession(self, client)
+
+
+class _RedisSession(StoreSession):
+    def __init__(self, store: RedisStore, client: Any) -> None:
+        self.client = client
+        self.cluster = store.cluster
+        ns = store.namespace
+        self.channel = f"{ns}:bus"
+        self.nodes_key = f"{ns}:nodes"
+        self.prefix = f"{ns}:node:"
+
+    async def publish(self, data: bytes) -> None:
+        if self.cluster:
+            await self.client.spublish(self.channel, data)
+        else:
+            await self.client.publish(self.channel, data)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        if self.cluster:
+            pubsub = self.client.sharded_pubsub(channels=[self.channel], retry_policy=None)
+        else:
+            pubsub = self.client.pubsub(channels=[self.channel], retry_policy=None)
+        async with pubsub:
+            yield self._messages(pubsub)
+
+    async def _messages(self, pubsub: Any) -> AsyncIterator[bytes]:
+        async for message in pubsub:
+            if message["type"] in ("message", "smessage"):
+                data = message["data"]
+                yield data if isinstance(data, bytes) else str(data).encode()
+        raise ConnectionError("the subscription ended")
+
+    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
+        await self.client.hset(self.prefix + node, {identifier: json.dumps(groups)})
+
+    async def del_member(self, node: str, identifier: str) -> None:
+        await self.client.hdel(self.prefix + node, [identifier])
+
+    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+        key = self.prefix + node
+        await self.client.delete([key])
+        if snapshot:
+            await self.client.hset(key, {k: json.dumps(v) for k, v in snapshot.items()})
+        await self.beat(node, ttl)
+
+    async def beat(self, node: str, ttl: float) -> None:
+        await self.client.zadd(self.nodes_key, {node: time.time() + ttl})
+        await self.client.pexpire(self.prefix + node, int(ttl * 1000))
+
+    async def live_nodes(self) -> set[str]:
+        now = time.time()
+        await self.client.zremrangebyscore(self.nodes_key, "-inf", now)
+        nodes = await self.client.zrangebyscore(self.nodes_key, now, "+inf")
+        return {n.decode() if isinstance(n, bytes) else str(n) for n in nodes}
+
+    async def load(self, node: str) -> dict[str, list[str]]:
+        raw = await self.client.hgetall(self.prefix + node)
+        snapshot: dict[str, list[str]] = {}
+        for key, value in raw.items():
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            try:
+                groups = json.loads(value)
+            except ValueError:
+                continue  # not ours: skipped, like a malformed message on the bus
+            if isinstance(groups, list):
+                snapshot[name] = [g for g in groups if isinstance(g, str)]
+        return snapshot
+
+    async def forget(self, node: str) -> None:
+        await self.client.zrem(self.nodes_key, [node])
+        await self.client.delete([self.prefix + node])
+
+
+def RedisBackplane(
+    url: str,
+    *,
+    namespace: str = "wsfleet",
+    node_id: str | None = None,
+    retry_policy: RetryPolicy | None = None,
+    heartbeat_interval: float = 2.0,
+    node_ttl: float = 6.0,
+    buffer: int = 0,
+    cluster: bool = False,
+    **client_options: Any,
+) -> Backplane:
+    """A ``Backplane`` over Redis at ``url``; every process of one fleet uses the same
+    ``namespace``. ``buffer`` keeps up to that many cross-node messages while Redis is down
+    (0: drop and count them); ``client_options`` go to the coredis client."""
+    store = RedisStore(url, namespace=namespace, cluster=cluster, **client_options)
+    return Backplane(
+        store,
+        namespace=namespace,
+        node_id=node_id,
+        retry_policy=retry_policy,
+        heartbeat_interval=heartbeat_interval,
+        node_ttl=node_ttl,
+        buffer=buffer,
+    )
