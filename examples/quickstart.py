@@ -31,7 +31,7 @@ async def main() -> None:
 
         @manager.on_state_change
         def show(change: StateChange) -> None:
-            who = manager.identifier_of(change.connection.socket) or "?"  # type: ignore[attr-defined]
+            who = change.connection.identifier  # type: ignore[attr-defined]
             old = change.old.name if change.old else "new"
             print(f"  {who:6} {old:>12} -> {change.new.name:<12} {change.reason}")
 

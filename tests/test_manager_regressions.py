@@ -225,8 +225,8 @@ async def test_state_queries_follow_a_resumed_session_to_its_new_socket() -> Non
             old.vanish()
             async for _ in session:
                 raise AssertionError("the peer sends nothing")  # pragma: no cover
-        assert manager.get_connection_state(old) is E
-        assert manager.connections_in_state(E) == [old]
+        assert manager.get_connection_state(old) is R  # held for the client to resume
+        assert manager.connections_in_state(R) == [old]
 
         async with manager.session(new, "alice", resume=session.resume_token) as resumed:
             assert resumed.resumed

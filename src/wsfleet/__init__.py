@@ -37,20 +37,24 @@ from .policies import (
 )
 
 if TYPE_CHECKING:
+    from ._backplane import Backplane, InMemoryHub
     from ._callbacks import CallbackHandle
     from ._connection import Connection
     from ._manager import ConnectionManager
     from ._session import Session
-    from ._stats import FleetStats
+    from ._stats import Delivery, FleetStats
     from .transport import PING, Message, Transport, register_adapter
 
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
+    "Backplane": "._backplane",
     "CallbackHandle": "._callbacks",
     "Connection": "._connection",
     "ConnectionManager": "._manager",
+    "Delivery": "._stats",
     "FleetStats": "._stats",
+    "InMemoryHub": "._backplane",
     "Message": ".transport",
     "PING": ".transport",
     "Session": "._session",
@@ -76,12 +80,15 @@ __all__ = [
     "PING",
     "TABLE",
     "AlreadyRegistered",
+    "Backplane",
     "CallbackHandle",
     "Connection",
     "ConnectionManager",
     "ConnectionState",
+    "Delivery",
     "FleetStats",
     "HeartbeatPolicy",
+    "InMemoryHub",
     "InvalidArgument",
     "InvalidPolicy",
     "InvalidTransition",

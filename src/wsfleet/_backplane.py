@@ -70,7 +70,9 @@ class Store(ABC):
 
 class StoreSession(ABC):
     @abstractmethod
-    async def publish(self, data: bytes) -> None: ...
+    async def publish(self, data: bytes) -> int:
+        """Publish ``data`` to every subscriber; how many received it (this node's own
+        subscription included), as Redis's ``PUBLISH`` answers."""
 
     @abstractmethod
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
@@ -147,6 +149,11 @@ class Backplane:
         self._manager: ConnectionManager | None = None
         self._outgoing: deque[Envelope] = deque()
         self._outgoing_ready = anyio.Event()
+        #: Identifiers whose record in the store must be rewritten (a mirrored join/leave).
+        self._dirty: set[str] = set()
+        #: Other nodes expected to hear what this node publishes (see ``_expected``).
+        self._peers: set[str] = set()
+        self._grace_until = 0.0
         self._seq = 0
         self._up = anyio.Event()
 
@@ -197,6 +204,9 @@ class Backplane:
 
     def membership(self, kind: Kind, identifier: str, group: str | None = None) -> None:
         """Tell the others that ``identifier`` came online, went offline, joined or left."""
+        if group is not None:
+            # Every node holding sockets of ``identifier`` follows (``_mirror_membership``).
+            self._follow(kind, identifier, group, self.view.presence(identifier))
         if self.link.state is not C:
             return  # re-asserted from the registry when the link is back
         data: dict[str, Any] = {"id": identifier}
@@ -209,6 +219,14 @@ class Backplane:
             self._drop("link down")
             return
         self._enqueue(self._envelope("kick", {"id": identifier, "code": code, "reason": reason}))
+
+    def _follow(self, kind: Kind, identifier: str, group: str, nodes: set[str]) -> None:
+        """Groups belong to the identifier: a join or leave holds on every node it is on."""
+        for node in nodes:
+            if kind == "join":
+                self.view.join(node, identifier, group)
+            else:
+                self.view.leave(node, identifier, group)
 
     # -- the link ----------------------------------------------------------------------------
 
@@ -295,7 +313,12 @@ class Backplane:
             for identifier in registry.by_identifier
         }
         await session.replace_node(self.node_id, snapshot, self.node_ttl)
+        self._dirty.clear()
         live = await session.live_nodes()
+        # The others may be reconnecting too (a restarted Redis has no leases at all): they
+        # stay expected listeners for a lease's length before their absence counts.
+        self._grace_until = anyio.current_time() + self.node_ttl
+        self._peers |= live - {self.node_id}
         for node in self.view.nodes() - live:
             self.view.drop(node)
         for node in live - {self.node_id}:
@@ -305,13 +328,24 @@ class Backplane:
         hello = self._envelope("hello", {})
         await session.publish(encode(self.namespace, hello))
 
+    def _expected(self) -> int:
+        """How many other nodes should hear a publish: those holding a live lease, and for
+        ``node_ttl`` after this node's link came back, those that held one before."""
+        return len(self._peers)
+
+    def _leases(self, live: set[str]) -> None:
+        """The store's live nodes, read by the heartbeat: update the expected listeners."""
+        self._peers |= live - {self.node_id}
+        if anyio.current_time() >= self._grace_until:
+            self._peers &= live
+
     async def _publish_loop(self, session: StoreSession) -> None:
         while True:
             while self._outgoing:
                 envelope = self._outgoing[0]
                 with anyio.fail_after(self.op_timeout):
                     try:
-                        await session.publish(encode(self.namespace, envelope))
+                        heard = await session.publish(encode(self.namespace, envelope)) - 1
                     except BaseException:
                         if envelope.kind == "send":
                             self._outgoing.popleft()
@@ -321,18 +355,25 @@ class Backplane:
                 self._outgoing.popleft()
                 if envelope.kind == "send":
                     self.stats["queued sends"] -= 1
-                    self.stats["published"] += 1
+                    # Redis answers how many subscriptions got it (ours is one of them): a
+                    # node that was not subscribed then (reconnecting) never will get it.
+                    if heard < self._expected():
+                        self._drop("missed by a node")
+                    else:
+                        self.stats["published"] += 1
                 elif envelope.kind in ("online", "offline", "join", "leave"):
-                    await self._record(session, envelope)
+                    await self._record(session, envelope.data["id"])
+            while self._dirty and not self._outgoing:
+                await self._record(session, self._dirty.pop())
             self._outgoing_ready = anyio.Event()
-            if not self._outgoing:
+            if not self._outgoing and not self._dirty:
                 await self._outgoing_ready.wait()
 
-    async def _record(self, session: StoreSession, envelope: Envelope) -> None:
-        """Write a membership change to the store, where nodes that start later read it."""
+    async def _record(self, session: StoreSession, identifier: str) -> None:
+        """Write ``identifier``'s membership on this node to the store, where nodes that
+        start later (or reload this one) read it."""
         manager = self._manager
         assert manager is not None
-        identifier = envelope.data["id"]
         with anyio.fail_after(self.op_timeout):
             if identifier in manager._registry.by_identifier:
                 groups = sorted(manager._registry.memberships.get(identifier, ()))
@@ -345,6 +386,7 @@ class Backplane:
             with anyio.fail_after(self.op_timeout):
                 await session.beat(self.node_id, self.node_ttl)
                 live = await session.live_nodes()
+            self._leases(live)
             for node in self.view.nodes() - live:
                 logger.info("%r: node %s expired", self, node)
                 self.stats["nodes expired"] += 1
@@ -378,20 +420,30 @@ class Backplane:
         kind = envelope.kind
         if kind == "send":
             manager._deliver_remote(data["to"], data.get("target"), envelope.message, data)
-        elif kind == "join":
-            self.view.join(node, data["id"], data["group"])
-            manager._mirror_membership(data["id"], data["group"], joined=True)
-        elif kind == "leave":
-            self.view.leave(node, data["id"], data["group"])
-            manager._mirror_membership(data["id"], data["group"], joined=False)
+        elif kind in ("join", "leave"):
+            identifier = data["id"]
+            self._follow(kind, identifier, data["group"], self.view.presence(identifier) | {node})
+            manager._mirror_membership(identifier, data["group"], joined=kind == "join")
+            if identifier in manager._registry.by_identifier:
+                self._dirty.add(identifier)  # the store must say what the registry now does
+                self._outgoing_ready.set()
         elif kind == "online":
-            self.view.online(node, data["id"])
+            identifier = data["id"]
+            if node not in self.view.presence(identifier):
+                # The node took the identifier's groups from its own view when its first
+                # socket registered (``_register``); ours says the same.
+                groups = self.view.groups_of(identifier)
+                groups |= manager._registry.memberships.get(identifier, set())
+                self.view.online(node, identifier)
+                for group in groups:
+                    self.view.join(node, identifier, group)
         elif kind == "offline":
             self.view.offline(node, data["id"])
         elif kind == "kick":
             manager._kick_local(data["id"], data["code"], data.get("reason", ""))
         else:  # hello: a node (re)joined; its state is in the store
             self.stats["hellos"] += 1
+            self._peers.add(node)
             manager._spawn(self._reload, node, name="wsfleet backplane reload")
 
     async def _reload(self, node: str) -> None:
@@ -443,12 +495,15 @@ class _HubSession(StoreSession):
         if self.hub.down:
             raise ConnectionError("the hub is down")
 
-    async def publish(self, data: bytes) -> None:
+    async def publish(self, data: bytes) -> int:
         self._check()
+        receivers = 0
         for stream in list(self.hub._subscribers):
             with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 stream.send_nowait(data)
+                receivers += 1
         await anyio.lowlevel.checkpoint()
+        return receivers
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:

@@ -71,6 +71,9 @@ class ClusterView:
     def replace(self, node: str, snapshot: Mapping[str, Iterable[str]]) -> None:
         """Forget what was known of ``node`` and take ``snapshot`` (identifier -> groups)."""
         self.drop(node)
+        # Known even if it holds nobody, as after its last "offline": the backplane reloads
+        # only nodes the view does not know.
+        self._nodes[node] = {}
         for identifier, groups in snapshot.items():
             self.online(node, identifier)
             for group in groups:

@@ -17,14 +17,12 @@ closes every socket with 1001 and waits for the tasks, each step bounded in time
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVarTuple
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -36,25 +34,18 @@ from ._connection import Connection, Reconnector
 from ._errors import (
     AlreadyRegistered,
     InvalidArgument,
-    InvalidTransition,
     ManagerClosed,
     MessageTooLarge,
     UnknownSocket,
     WrongType,
 )
-from ._outbound import (
-    Dialer,
-    MessageHandler,
-    OutboundSocket,
-    Unconnected,
-    final_close,
-    make_reconnector,
-)
+from ._outbound import MessageHandler, OutboundSocket, Unconnected, dial, final_close
 from ._outbox import WRITABLE, Outbox, message_size
 from ._registry import Registry, check_name
+from ._resumption import Resumption
 from ._session import Session, open_session
 from ._stats import Delivery, FleetStats
-from ._timers import ResumeExpired, Timers
+from ._timers import Timers
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, StateChange
 from .fsm.states import ConnectionState
@@ -78,16 +69,6 @@ D = ConnectionState.DISCONNECTED
 #: Close codes of a clean goodbye; any other close is abnormal. 1005 is what arrives when
 #: the closing frame carries no code, as a browser's plain ``ws.close()`` sends.
 CLEAN_CLOSE_CODES: Final = frozenset((1000, 1001, 1005))
-
-
-def _host(url: str) -> str | None:
-    """The host of ``url``; ``None`` if it has none or its port is not a port number."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
-    except ValueError:
-        return None
-    return parts.hostname
 
 
 class ConnectionManager:
@@ -148,8 +129,7 @@ class ConnectionManager:
         self._backplane = backplane
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
-        self._tokens: dict[str, Connection] = {}
-        self._resumes: dict[Connection, anyio.Event] = {}
+        self._resumption = Resumption(self)
         self._changes: deque[StateChange] = deque()
         self._changes_wake = anyio.Event()
         self._dispatching = False
@@ -283,9 +263,8 @@ class ConnectionManager:
             for group in self._backplane.view.groups_of(identifier):
                 self._registry.join(identifier, group)
             self._backplane.membership("online", identifier)
-        if self._machine.policy_of(conn) is not None:
-            conn.resume_token = secrets.token_urlsafe(18)
-            self._tokens[conn.resume_token] = conn
+        if initial is C:
+            self._resumption.registered(conn)
         self._machine.start(conn, initial, "registered" if initial is C else "dialling")
         return conn
 
@@ -306,6 +285,7 @@ class ConnectionManager:
             return
         # Before the change to DISCONNECTED, which would count these drops as "disconnected".
         self._outbox.discard(conn, "unregistered")
+        conn.held = False  # removed here: the DISCONNECTED hook must not remove it again
         if conn.state is not D:
             self._machine.request(conn, D, reason)
         conn.registered = False
@@ -318,11 +298,7 @@ class ConnectionManager:
         self._registry.remove(conn)
         if self._backplane is not None and conn.identifier not in self._registry.by_identifier:
             self._backplane.membership("offline", conn.identifier)
-        if conn.resume_token is not None:
-            self._tokens.pop(conn.resume_token, None)
-        resumed = self._resumes.pop(conn, None)
-        if resumed is not None:
-            resumed.set()  # wakes the waiting attempt, which now finds nothing to resume
+        self._resumption.forget(conn)
 
     async def close(self, socket: object, code: int = 1000, reason: str = "") -> None:
         """Close the socket with ``code`` and ``reason``, then unregister it."""
@@ -563,58 +539,17 @@ class ConnectionManager:
         """Report inbound activity on ``socket`` (adapters call it for each message/pong)."""
         self._touch(self._connection(socket), pong)
 
-    # -- resumption and outbound connections ----------------------------------------------------
+    # -- resumption (see _resumption.py) and outbound connections ---------------------------------
 
     def _take_over(self, socket: object, identifier: str, token: str) -> Connection | None:
-        """Give a held session to a new socket, if ``token`` names one of ``identifier``'s."""
-        conn = self._tokens.get(token)
-        if conn is None or conn.identifier != identifier or conn.state not in (E, R):
-            return None
-        if not secrets.compare_digest(token, conn.resume_token or ""):
-            return None
-        self._running()
-        if self._registry.get(socket) is not None:
-            raise AlreadyRegistered(f"{socket!r} is already registered")
-        transport = self._transport_for(socket)
-        if conn.state is E:
-            try:
-                self._machine.request(conn, R, "resuming")
-            except InvalidTransition:  # no retry left: the session is over, start afresh
-                return None
-        self._registry.rekey(conn, socket)
-        conn.socket = socket
-        self._replace_transport(conn, transport)
-        conn.held = False
-        conn.reconnector = None
-        waiter = self._resumes.pop(conn, None)
-        if waiter is not None:
-            waiter.set()
-        self._machine.request(conn, C, "resumed")
-        return conn
+        return self._resumption.take_over(socket, identifier, token)
 
     def _hold(self, conn: Connection) -> bool:
-        """Keep a session whose handler ended abnormally, for its client to resume."""
-        if conn.resume_token is None or conn.state not in (E, R):
-            return False
-        conn.held = True
-        conn.reconnector = self._wait_for_resume
-        return True
+        return self._resumption.hold(conn)
 
     def resume_window_of(self, conn: Connection) -> float:
         """How long a held session waits: the manager's window, or its policy's whole schedule."""
-        if self.resume_window is not None:
-            return self.resume_window
-        policy = self._machine.policy_of(conn)
-        return 0.0 if policy is None else policy.max_total_delay()
-
-    async def _wait_for_resume(self, conn: Connection) -> Transport:
-        """A held session's "attempt": wait for the client to come back within the window."""
-        started = conn.outage_started if conn.outage_started is not None else conn.changed_at
-        remaining = started + self.resume_window_of(conn) - self._machine.clock.now()
-        waiter = self._resumes.setdefault(conn, anyio.Event())
-        with anyio.move_on_after(max(0.0, remaining)):
-            await waiter.wait()
-        raise ResumeExpired("resume window expired")
+        return self._resumption.window_of(conn)
 
     async def connect(
         self,
@@ -637,30 +572,7 @@ class ConnectionManager:
         ``backend`` is ``"websockets"`` (asyncio or trio) or ``"trio-websocket"`` (trio);
         ``options`` go to that library's client.
         """
-        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or not _host(url):
-            raise InvalidArgument(f"url must be a ws:// or wss:// URL with a host, got {url!r}")
-        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
-            raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
-        dialer: Dialer
-        if backend == "websockets":
-            from .adapters.websockets import open_client as dialer
-        elif backend == "trio-websocket":
-            import sniffio  # trio needs it, so it is there whenever the adapter imports
-
-            from .adapters.trio_websocket import open_client as dialer
-
-            if sniffio.current_async_library() != "trio":
-                raise InvalidArgument("backend 'trio-websocket' runs on trio only")
-        else:
-            raise InvalidArgument(f"backend: 'websockets' or 'trio-websocket', not {backend!r}")
-        socket = OutboundSocket(url)
-        conn = self._register(
-            socket, identifier, transport=Unconnected(), initial=R, retry_policy=retry_policy
-        )
-        conn.reconnector = make_reconnector(self, dialer, url, options, on_message)
-        self._spawn(self._timers.attempt, conn, conn.reconnector, name=f"wsfleet dial {url}")
-        await checkpoint()
-        return conn
+        return await dial(self, url, identifier, retry_policy, backend, on_message, options)
 
     def _replace_transport(self, conn: Connection, transport: Transport) -> None:
         """Swap in a new socket; the old one is detached (its late reports are ignored)."""

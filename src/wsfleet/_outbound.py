@@ -19,18 +19,23 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 
 from ._connection import Connection
-from ._errors import TransportClosed, TransportError
+from ._errors import InvalidArgument, TransportClosed, TransportError, WrongType
+from .fsm.states import ConnectionState
+from .policies.retry import RetryPolicy
 from .transport import Message, Outbound, Transport
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
 
-__all__ = ["Dialer", "FinalRefusal", "OutboundSocket", "final_close", "make_reconnector"]
+__all__ = ["Dialer", "FinalRefusal", "OutboundSocket", "dial", "final_close", "make_reconnector"]
+
+R = ConnectionState.RECONNECTING
 
 logger = logging.getLogger("wsfleet")
 
@@ -123,9 +128,10 @@ async def holder(
             except TransportError as exc:
                 if conn.transport is transport:
                     conn.failed(exc)
-    except TransportError as exc:  # from closing the client, after it was reported open
+    except Exception as exc:  # from closing the client, after it was reported open
         if opened is None:
             raise  # the dial failed: the attempt reports it
+        logger.debug("closing %r failed: %r", opened, exc)
         if conn.transport is opened:
             conn.failed(exc)
 
@@ -151,3 +157,49 @@ def make_reconnector(
         return transport
 
     return attempt
+
+
+def _host(url: str) -> str | None:
+    """The host of ``url``; ``None`` if it has none or its port is not a port number."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        return None
+    return parts.hostname
+
+
+async def dial(
+    manager: ConnectionManager,
+    url: str,
+    identifier: str,
+    retry_policy: RetryPolicy | None,
+    backend: str,
+    on_message: MessageHandler | None,
+    options: dict[str, Any],
+) -> Connection:
+    """``manager.connect``: register the connection (RECONNECTING) and start its first dial."""
+    if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or not _host(url):
+        raise InvalidArgument(f"url must be a ws:// or wss:// URL with a host, got {url!r}")
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
+    dialer: Dialer
+    if backend == "websockets":
+        from .adapters.websockets import open_client as dialer
+    elif backend == "trio-websocket":
+        import sniffio  # trio needs it, so it is there whenever the adapter imports
+
+        from .adapters.trio_websocket import open_client as dialer
+
+        if sniffio.current_async_library() != "trio":
+            raise InvalidArgument("backend 'trio-websocket' runs on trio only")
+    else:
+        raise InvalidArgument(f"backend: 'websockets' or 'trio-websocket', not {backend!r}")
+    socket = OutboundSocket(url)
+    conn = manager._register(
+        socket, identifier, transport=Unconnected(), initial=R, retry_policy=retry_policy
+    )
+    conn.reconnector = make_reconnector(manager, dialer, url, options, on_message)
+    manager._spawn(manager._timers.attempt, conn, conn.reconnector, name=f"wsfleet dial {url}")
+    await anyio.lowlevel.checkpoint()
+    return conn

@@ -27,6 +27,9 @@ class Delivery(int):
     def __repr__(self) -> str:
         return f"Delivery(local={int(self)}, published={self.published})"
 
+    def __str__(self) -> str:
+        return str(int(self))
+
 
 @dataclass(frozen=True, slots=True)
 class FleetStats:

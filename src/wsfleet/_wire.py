@@ -24,7 +24,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, cast
 
 from ._errors import WsfleetError
 
@@ -61,7 +61,10 @@ def encode(namespace: str, envelope: Envelope) -> bytes:
     body = {"v": VERSION, "ns": namespace, "node": envelope.node, "seq": envelope.seq}
     body["k"] = envelope.kind
     body.update(envelope.data)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    # "surrogatepass": the manager accepts text with lone surrogates, and json.loads reads
+    # bytes back with the same error handler, so such text survives the round trip.
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
 
 
 def send_data(
@@ -91,16 +94,17 @@ def decode(namespace: str, raw: bytes | str) -> Envelope:
     """Parse and check an envelope of ``namespace``; ``MalformedEnvelope`` otherwise."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise MalformedEnvelope(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise MalformedEnvelope("not a JSON object")
     if body.get("ns") != namespace:
         raise MalformedEnvelope(f"foreign namespace {body.get('ns')!r}")
-    if body.get("v") != VERSION:
-        raise MalformedEnvelope(f"unsupported version {body.get('v')!r}")
+    version = body.get("v")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
+        raise MalformedEnvelope(f"unsupported version {version!r}")
     kind = body.get("k")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise MalformedEnvelope(f"unknown kind {kind!r}")
     node = _str(body, "node")
     seq = body.get("seq")
@@ -108,7 +112,7 @@ def decode(namespace: str, raw: bytes | str) -> Envelope:
         raise MalformedEnvelope("field 'seq' must be an integer")
     data = {k: v for k, v in body.items() if k not in ("v", "ns", "node", "seq", "k")}
     if kind == "send":
-        if data.get("to") not in _SEND_TO:
+        if not isinstance(data.get("to"), str) or data["to"] not in _SEND_TO:
             raise MalformedEnvelope(f"unknown send target kind {data.get('to')!r}")
         if ("text" in data) == ("b64" in data):
             raise MalformedEnvelope("a send carries exactly one of 'text' and 'b64'")
@@ -140,4 +144,4 @@ def decode(namespace: str, raw: bytes | str) -> Envelope:
             raise MalformedEnvelope("field 'code' must be an integer")
         if not isinstance(data.get("reason", ""), str):
             raise MalformedEnvelope("field 'reason' must be a string")
-    return Envelope(kind, node, seq, data)
+    return Envelope(cast(Kind, kind), node, seq, data)

@@ -219,6 +219,9 @@ async def test_the_first_dial_happens_in_reconnecting_and_success_means_connecte
         assert pairs(changes) == [(None, R), (R, C)]
         assert changes[0].reason == "dialling"
         assert recorder.accepted == 1
+    # Leaving the manager hangs up: no error, no retry.
+    assert pairs(changes) == [(None, R), (R, C), (C, D)]
+    assert changes[-1].reason == "manager closed"
 
 
 async def test_on_message_receives_what_the_server_sends(backend: str) -> None:

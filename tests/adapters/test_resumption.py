@@ -332,14 +332,15 @@ async def hold(manager: ConnectionManager, peer: Peer, identifier: str) -> Sessi
     return session
 
 
-async def test_a_session_taken_over_while_still_in_error_goes_straight_back() -> None:
+async def test_a_held_session_waits_in_reconnecting_at_once_and_is_taken_over() -> None:
     changes: list[StateChange] = []
     async with ConnectionManager(retry_policy=policy(base_delay=5.0)) as manager:
         manager.on_state_change(changes.append)
         old, new = Peer("old"), Peer("new")
         first = await hold(manager, old, "alice")
         conn = first.connection
-        assert conn.state is E  # the first delay is 5 s: no retry yet
+        # Held at once, whatever the retry delay: a server's RECONNECTING means "holding".
+        assert conn.state is R
         assert conn.held
         await manager.send_to_group("room", "m1")
         await manager.send_to_group("room", "m2")
@@ -359,7 +360,7 @@ async def test_a_session_taken_over_while_still_in_error_goes_straight_back() ->
         assert conn.state is D  # a clean end of the new socket's session
         assert manager.count() == 0
     assert pairs(changes)[:5] == [(None, C), (C, E), (E, R), (R, C), (C, D)]
-    assert [c.reason for c in changes[2:4]] == ["resuming", "resumed"]
+    assert [c.reason for c in changes[2:4]] == ["holding for the client to resume", "resumed"]
 
 
 async def test_a_taken_over_session_can_be_held_and_taken_over_again() -> None:
@@ -374,12 +375,36 @@ async def test_a_taken_over_session_can_be_held_and_taken_over_again() -> None:
             async for _ in second:
                 raise AssertionError("the peer sends nothing")  # pragma: no cover
         conn = first.connection
-        assert conn.state is E
+        assert conn.state is R
         assert conn.held
-        assert conn.attempts == 0  # it was up again: a new outage starts from zero
+        assert conn.attempts == 1  # it was up again: a new outage starts from zero, then holds
         await manager.send_to_one("alice", "still here")
         third_peer = Peer("third")
         async with manager.session(third_peer, "alice", resume=token) as third:
             assert third.resumed
             assert third.connection is conn
             await wait_for(lambda: third_peer.received == ["still here"])
+
+
+async def test_a_resume_window_alone_makes_sessions_resumable() -> None:
+    async with ConnectionManager(resume_window=0.3) as manager:  # no retry policy at all
+        first = await hold(manager, Peer("first"), "alice")
+        assert first.resume_token is not None
+        assert first.connection.state is R
+        await manager.send_to_one("alice", "kept")
+        new = Peer("new")
+        async with manager.session(new, "alice", resume=first.resume_token) as second:
+            assert second.resumed
+            await wait_for(lambda: new.received == ["kept"])
+            assert manager.get_group_members("room") == {"alice"}
+
+
+async def test_a_resume_window_alone_expires_on_time() -> None:
+    async with ConnectionManager(resume_window=0.3) as manager:
+        started = anyio.current_time()
+        first = await hold(manager, Peer("first"), "alice")
+        await manager.send_to_one("alice", "lost")
+        await wait_for(lambda: manager.count() == 0)
+        assert anyio.current_time() - started >= 0.3 - 0.05
+        assert first.connection.state is ConnectionState.DISCONNECTED
+        assert manager.stats().drops.get("disconnected") == 1

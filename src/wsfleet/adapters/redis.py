@@ -84,11 +84,12 @@ class _RedisSession(StoreSession):
         self.nodes_key = f"{ns}:nodes"
         self.prefix = f"{ns}:node:"
 
-    async def publish(self, data: bytes) -> None:
+    async def publish(self, data: bytes) -> int:
         if self.cluster:
-            await self.client.spublish(self.channel, data)
+            receivers: int = await self.client.spublish(self.channel, data)
         else:
-            await self.client.publish(self.channel, data)
+            receivers = await self.client.publish(self.channel, data)
+        return receivers
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:

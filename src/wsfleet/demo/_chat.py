@@ -1,0 +1,138 @@
+"""The chat: what a browser page says over ``/ws?id=<name>`` and what the server does with it.
+
+Requests are JSON objects with an ``op``: ``join``/``leave`` a group, ``say`` to a group,
+``tell`` a person, ``shout`` to everyone, ``who`` is here. Everything a client receives is
+JSON with an ``op`` too, starting with ``welcome``, which carries the session's resume
+token: the page keeps it and, after an abnormal close, reconnects with
+``/ws?id=<name>&resume=<token>`` to take its held session back (groups kept, missed
+messages delivered first).
+
+Every message goes through the manager's fan-out, so the chat exercises the same paths an
+application would: groups, one identifier with several tabs, broadcast, bounded queues.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Final
+
+from .._errors import WsfleetError
+from ._policies import ADMINS, RESERVED
+
+if TYPE_CHECKING:
+    from .._manager import ConnectionManager
+
+__all__ = ["MAX_NAME", "MAX_TEXT", "ChatError", "check_identity", "serve_chat"]
+
+MAX_NAME: Final = 32
+MAX_TEXT: Final = 500
+
+
+class ChatError(ValueError):
+    """A request the chat refuses; its text goes back to the sender."""
+
+
+def _name(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ChatError(f"{kind} must be a non-empty string")
+    value = value.strip()
+    if len(value) > MAX_NAME or not value.isprintable():
+        raise ChatError(f"{kind} must be at most {MAX_NAME} printable characters")
+    return value
+
+
+def _text(request: dict[str, Any]) -> str:
+    text = request.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ChatError("text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise ChatError(f"text must be at most {MAX_TEXT} characters")
+    return text
+
+
+def check_identity(query: dict[str, list[str]]) -> tuple[str, str | None]:
+    """The chat identifier and resume token of a ``/ws`` request; ``ChatError`` if unusable.
+
+    Checked before the handshake, so a bad name gets an HTTP 400 the page can show.
+    """
+    names = query.get("id")
+    if not names:
+        raise ChatError("connect to /ws?id=<your name>")
+    who = _name("id", names[0])
+    if who in RESERVED:
+        raise ChatError(f"{who!r} is reserved for the dashboard")
+    resume = query.get("resume", [None])[0] or None
+    return who, resume
+
+
+def _group(request: dict[str, Any]) -> str:
+    group = _name("group", request.get("group"))
+    if group == ADMINS:
+        raise ChatError(f"{ADMINS!r} is the dashboard's group")
+    return group
+
+
+async def handle(manager: ConnectionManager, who: str, request: object) -> dict[str, Any] | None:
+    """Carry out one request; return the reply for the sender alone, if it gets one."""
+    if not isinstance(request, dict):
+        raise ChatError("send a JSON object with an 'op'")
+    op = request.get("op")
+    if op in ("join", "leave"):
+        group = _group(request)
+        if op == "join":
+            manager.add_to_group(who, group)
+        else:
+            manager.remove_from_group(who, group)
+        return {
+            "op": "joined" if op == "join" else "left",
+            "group": group,
+            "groups": _groups(manager, who),
+        }
+    if op == "say":
+        group = _group(request)
+        if group not in manager.groups_of(who):
+            raise ChatError(f"join {group!r} before saying something there")
+        said = {"op": "said", "group": group, "from": who, "text": _text(request)}
+        await manager.send_to_group(group, json.dumps(said))
+        return None
+    if op == "tell":
+        to = _name("to", request.get("to"))
+        told = {"op": "told", "from": who, "to": to, "text": _text(request)}
+        if to in RESERVED or not manager.presence(to):
+            raise ChatError(f"nobody called {to!r} is connected")
+        await manager.send_to_many([to, who], json.dumps(told))  # the sender's tabs see it too
+        return None
+    if op == "shout":
+        shouted = {"op": "shouted", "from": who, "text": _text(request)}
+        # Everyone but the dashboards, which have a feed of their own.
+        await manager.broadcast(json.dumps(shouted), exclude=manager.get_group_members(ADMINS))
+        return None
+    if op == "who":
+        admins = manager.get_group_members(ADMINS)
+        people = sorted(name for name in manager.identifiers() if name not in admins)
+        return {"op": "people", "people": people, "groups": sorted(manager.groups() - {ADMINS})}
+    raise ChatError(f"unknown op {op!r}")
+
+
+def _groups(manager: ConnectionManager, who: str) -> list[str]:
+    return sorted(manager.groups_of(who))
+
+
+async def serve_chat(manager: ConnectionManager, ws: object, who: str, resume: str | None) -> None:
+    """One browser page, from its welcome to its close; the session is wsfleet's."""
+    async with manager.session(ws, who, resume=resume) as session:
+        welcome = {
+            "op": "welcome",
+            "id": who,
+            "resume": session.resume_token,
+            "resumed": session.resumed,
+            "groups": _groups(manager, who),
+        }
+        await session.send(json.dumps(welcome))
+        async for message in session:
+            try:
+                reply = await handle(manager, who, json.loads(message))
+            except (ChatError, WsfleetError, ValueError) as exc:
+                reply = {"op": "error", "reason": str(exc)}
+            if reply is not None:
+                await session.send(json.dumps(reply))

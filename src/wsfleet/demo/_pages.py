@@ -1,0 +1,130 @@
+"""The pages, served by the WebSocket server itself: one port, no second server.
+
+websockets calls ``process_request`` before the opening handshake; a ``Response`` returned
+there is sent instead of upgrading the connection. That is all a demo needs to serve a few
+static files, on asyncio and on trio alike, without an HTTP or ASGI server next to it.
+
+The files ship inside the package (``wsfleet/demo/static``) and are read once, into a dict
+looked up by file name: no request path ever reaches the file system. The dashboard gets
+the state diagram inlined (the committed SVG, drawn from the transition table, and the
+mermaid text rendered from the table at start-up), so nothing is fetched from the network;
+the Content-Security-Policy says so to the browser as well.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from ._chat import ChatError, check_identity
+
+__all__ = ["ENDPOINTS", "Pages"]
+
+#: The WebSocket endpoints: chat pages, and dashboards.
+ENDPOINTS: Final = ("/ws", "/admin")
+
+PAGES: Final = {"/": "index.html", "/dashboard": "dashboard.html"}
+
+TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+#: Same origin only, WebSockets included; no inline script.
+CSP: Final = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "script-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+_PROLOG = re.compile(r"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.DOTALL)
+
+
+def _mermaid() -> str:
+    """The state diagram as mermaid text, drawn from the table now; a note if it cannot be."""
+    try:
+        from ..diagram import render
+
+        text = render("mermaid")
+    except Exception as exc:  # transitions' diagram extension needs the graphviz package
+        return f"(mermaid text unavailable: {exc})"
+    return text if isinstance(text, str) else text.decode()
+
+
+def _response(status: int, reason: str, content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Content-Security-Policy", CSP),
+        ]
+    )
+    return Response(status, reason, headers, body)
+
+
+def _text(status: int, reason: str, text: str) -> Response:
+    return _response(status, reason, "text/plain; charset=utf-8", f"{text}\n".encode())
+
+
+def _is_upgrade(request: Request) -> bool:
+    return "websocket" in request.headers.get("Upgrade", "").lower()
+
+
+class Pages:
+    """The static files, and the ``process_request`` hook that serves them."""
+
+    def __init__(self) -> None:
+        static = resources.files(__package__) / "static"
+        self.files: dict[str, bytes] = {
+            entry.name: entry.read_bytes()
+            for entry in static.iterdir()
+            if entry.is_file() and any(entry.name.endswith(ext) for ext in TYPES)
+        }
+        svg = self.files["connection-states.svg"].decode()
+        dashboard = self.files["dashboard.html"].decode()
+        dashboard = dashboard.replace("<!-- diagram -->", _PROLOG.sub("", svg), 1)
+        dashboard = dashboard.replace("<!-- mermaid -->", html.escape(_mermaid()), 1)
+        self.files["dashboard.html"] = dashboard.encode()
+
+    def file(self, name: str) -> Response:
+        body = self.files.get(name)
+        if body is None:
+            return _text(404, "Not Found", f"no such file: {name}")
+        content_type = next(t for ext, t in TYPES.items() if name.endswith(ext))
+        return _response(200, "OK", content_type, body)
+
+    def route(self, request: Request) -> Response | None:
+        """The HTTP answer to ``request``, or ``None`` to go on with a WebSocket handshake."""
+        parts = urlsplit(request.path)
+        if _is_upgrade(request):
+            if parts.path not in ENDPOINTS:
+                return _text(404, "Not Found", f"no WebSocket endpoint at {parts.path}")
+            if parts.path == "/ws":
+                try:
+                    check_identity(parse_qs(parts.query))
+                except ChatError as exc:
+                    return _text(400, "Bad Request", str(exc))
+            return None
+        if parts.path in PAGES:
+            return self.file(PAGES[parts.path])
+        if parts.path.startswith("/static/"):
+            return self.file(parts.path.removeprefix("/static/"))
+        return _text(404, "Not Found", f"nothing at {parts.path}; try / or /dashboard")
+
+    def hook(self) -> Callable[[Any, Request], Response | None]:
+        """``process_request`` for websockets' ``serve`` (asyncio and trio alike)."""
+
+        def process_request(connection: Any, request: Request) -> Response | None:
+            return self.route(request)
+
+        return process_request

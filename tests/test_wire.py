@@ -1,0 +1,308 @@
+"""The backplane's wire format: what ``encode`` writes, ``decode`` reads back, and nothing else.
+
+Every way a message can fail to be a wsfleet envelope of this namespace ends in
+``MalformedEnvelope`` (a ``WsfleetError`` and a ``ValueError``), which the subscriber counts and
+skips; no other exception may come out of ``decode``, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wsfleet import WsfleetError
+from wsfleet._wire import VERSION, Envelope, MalformedEnvelope, decode, encode, send_data
+
+NS = "wsfleet"
+
+
+def raw(**fields: Any) -> bytes:
+    """A message on the channel: a valid header, overridden or extended by ``fields``.
+
+    A field given as ``None`` is left out.
+    """
+    body: dict[str, Any] = {"v": VERSION, "ns": NS, "node": "n1", "seq": 1, "k": "hello"}
+    body.update(fields)
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+def send(**fields: Any) -> bytes:
+    return raw(**{"k": "send", "to": "all", "text": "hi", **fields})
+
+
+# -- round trips --------------------------------------------------------------------------
+
+ROUND_TRIPS = [
+    Envelope("send", "n1", 1, send_data("all", None, "hello", [])),
+    Envelope("send", "n1", 2, send_data("all", None, b"\x00\xff binary", ["ann"])),
+    Envelope("send", "n1", 3, send_data("one", "ann", "héllo wörld ✓ 🚀", [])),
+    Envelope("send", "n1", 4, send_data("many", ["ann", "bob", "ann"], b"", [])),
+    Envelope("send", "n1", 5, send_data("group", "room:1", "", ["bob", "cy"])),
+    Envelope("join", "n1", 6, {"id": "ann", "group": "room:1"}),
+    Envelope("leave", "n1", 7, {"id": "ann", "group": "комната"}),
+    Envelope("online", "n1", 8, {"id": "日本"}),
+    Envelope("offline", "n1", 9, {"id": "ann"}),
+    Envelope("kick", "n1", 10, {"id": "ann", "code": 4000, "reason": "bye ☺"}),
+    Envelope("kick", "n1", 11, {"id": "ann", "code": 1000}),
+    Envelope("hello", "node-ü", 0, {}),
+]
+
+
+@pytest.mark.parametrize("envelope", ROUND_TRIPS, ids=lambda e: f"{e.kind}-{e.seq}")
+def test_every_kind_round_trips(envelope: Envelope) -> None:
+    data = encode(NS, envelope)
+    assert isinstance(data, bytes)
+    assert decode(NS, data) == envelope
+    assert decode(NS, data.decode()) == envelope  # a client that hands over str
+
+
+@pytest.mark.parametrize(
+    "message", ["plain", "", "ünïcödé ✓ 🚀 \u2028 \x00", b"", b"\x00\x01\xfe\xff", "€".encode()]
+)
+def test_a_send_carries_its_message_exactly(message: str | bytes) -> None:
+    envelope = Envelope("send", "n1", 1, send_data("all", None, message, []))
+    decoded = decode(NS, encode(NS, envelope))
+    assert decoded.message == message
+    assert type(decoded.message) is type(message)
+    assert ("text" in decoded.data) is isinstance(message, str)
+
+
+def test_text_with_a_lone_surrogate_round_trips() -> None:
+    # The manager accepts such a str (it sizes text with "surrogatepass"); encoding it for
+    # the other nodes must not fail, or the publisher would drop it and reset the link.
+    envelope = Envelope("send", "n1", 1, send_data("one", "ann\udc80", "a\ud800b", []))
+    assert decode(NS, encode(NS, envelope)) == envelope
+
+
+def test_the_header_is_versioned_and_namespaced() -> None:
+    body = json.loads(encode("other-ns", Envelope("online", "n7", 42, {"id": "ann"})))
+    assert body == {"v": VERSION, "ns": "other-ns", "node": "n7", "seq": 42, "k": "online"} | {
+        "id": "ann"
+    }
+    assert decode("other-ns", raw(ns="other-ns")).kind == "hello"
+
+
+def test_unknown_extra_fields_are_kept() -> None:
+    # A later minor revision may add fields; this one carries them through untouched.
+    assert decode(NS, raw(k="online", id="ann", extra=[1, 2])).data == {
+        "id": "ann",
+        "extra": [1, 2],
+    }
+
+
+def test_malformed_envelope_is_a_wsfleet_error_and_a_value_error() -> None:
+    assert issubclass(MalformedEnvelope, WsfleetError)
+    assert issubclass(MalformedEnvelope, ValueError)
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+REFUSED: dict[str, bytes | str] = {
+    # not JSON
+    "empty": b"",
+    "truncated": b'{"v": 1',
+    "garbage": b"\xff\xfe\x00garbage",
+    "invalid utf-8": b'{"v": 1, "ns": "\xff"}',
+    "text not json": "hello there",
+    "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+    "huge integer": b'{"v": ' + b"9" * 5000 + b"}",
+    # not an object
+    "array": b"[1, 2]",
+    "number": b"1",
+    "string": b'"wsfleet"',
+    "null": b"null",
+    # foreign namespace
+    "other namespace": raw(ns="other"),
+    "no namespace": raw(ns=None),
+    "namespace not a string": raw(ns=["wsfleet"]),
+    # other version
+    "version 2": raw(v=VERSION + 1),
+    "version 0": raw(v=0),
+    "no version": raw(v=None),
+    "version as string": raw(v=str(VERSION)),
+    "version as float": raw(v=float(VERSION)),
+    "version as bool": raw(v=True),
+    # unknown kind
+    "unknown kind": raw(k="shout"),
+    "no kind": raw(k=None),
+    "kind as list": raw(k=["send"]),
+    "kind as object": raw(k={"send": 1}),
+    # header fields
+    "no node": raw(node=None),
+    "empty node": raw(node=""),
+    "node not a string": raw(node=7),
+    "no seq": raw(seq=None),
+    "seq as string": raw(seq="1"),
+    "seq as float": raw(seq=1.5),
+    "seq as bool": raw(seq=True),
+    # send
+    "send without to": send(to=None),
+    "send to nowhere": send(to="some"),
+    "send to a list": send(to=["all"]),
+    "send without message": send(text=None),
+    "send with text and b64": send(b64="aGk="),
+    "send text not a string": send(text=5),
+    "send text as list": send(text=["hi"]),
+    "send b64 not base64": send(text=None, b64="***"),
+    "send b64 badly padded": send(text=None, b64="abc"),
+    "send b64 not a string": send(text=None, b64=5),
+    "send b64 non-ascii": send(text=None, b64="aGk=é"),
+    "send one without target": send(to="one"),
+    "send one to a list": send(to="one", target=["ann"]),
+    "send group without target": send(to="group"),
+    "send group to a number": send(to="group", target=1),
+    "send many without target": send(to="many"),
+    "send many to a string": send(to="many", target="ann"),
+    "send many with a number": send(to="many", target=["ann", 1]),
+    "send exclude a string": send(exclude="ann"),
+    "send exclude with a number": send(exclude=["ann", 2]),
+    # join / leave
+    "join without id": raw(k="join", group="g"),
+    "join without group": raw(k="join", id="ann"),
+    "join empty group": raw(k="join", id="ann", group=""),
+    "join id not a string": raw(k="join", id=1, group="g"),
+    "leave without group": raw(k="leave", id="ann"),
+    "leave group not a string": raw(k="leave", id="ann", group=["g"]),
+    "leave empty id": raw(k="leave", id="", group="g"),
+    # online / offline
+    "online without id": raw(k="online"),
+    "online empty id": raw(k="online", id=""),
+    "offline id not a string": raw(k="offline", id=None, ident="ann"),
+    "offline id as list": raw(k="offline", id=["ann"]),
+    # kick
+    "kick without id": raw(k="kick", code=1000),
+    "kick without code": raw(k="kick", id="ann"),
+    "kick code as string": raw(k="kick", id="ann", code="1000"),
+    "kick code as bool": raw(k="kick", id="ann", code=True),
+    "kick code as float": raw(k="kick", id="ann", code=1000.0),
+    "kick reason not a string": raw(k="kick", id="ann", code=1000, reason=3),
+}
+
+
+@pytest.mark.parametrize("data", list(REFUSED.values()), ids=list(REFUSED))
+def test_decode_refuses(data: bytes | str) -> None:
+    with pytest.raises(MalformedEnvelope):
+        decode(NS, data)
+
+
+def test_a_foreign_namespace_is_refused_even_when_otherwise_valid() -> None:
+    data = encode("app-a", Envelope("online", "n1", 1, {"id": "ann"}))
+    assert decode("app-a", data).kind == "online"
+    with pytest.raises(MalformedEnvelope, match="namespace"):
+        decode("app-b", data)
+
+
+# -- properties ------------------------------------------------------------------------------
+
+NAMES = st.text(min_size=1, max_size=12)
+SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
+MESSAGES = st.text(st.characters() | SURROGATES, max_size=40) | st.binary(max_size=40)
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+JSON = st.recursive(
+    JSON_SCALARS,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+EXTRAS = st.dictionaries(st.text(max_size=5).map(lambda k: "x-" + k), JSON, max_size=2)
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> Envelope:
+    kind = draw(st.sampled_from(["send", "join", "leave", "online", "offline", "kick", "hello"]))
+    data: dict[str, Any]
+    if kind == "send":
+        to = draw(st.sampled_from(["all", "one", "many", "group"]))
+        target: str | list[str] | None = None
+        if to in ("one", "group"):
+            target = draw(NAMES)
+        elif to == "many":
+            target = draw(st.lists(NAMES, max_size=4))
+        data = send_data(to, target, draw(MESSAGES), draw(st.lists(NAMES, max_size=3)))
+    elif kind in ("join", "leave"):
+        data = {"id": draw(NAMES), "group": draw(NAMES)}
+    elif kind in ("online", "offline"):
+        data = {"id": draw(NAMES)}
+    elif kind == "kick":
+        data = {"id": draw(NAMES), "code": draw(st.integers(0, 4999))}
+        if draw(st.booleans()):
+            data["reason"] = draw(st.text(max_size=20))
+    else:
+        data = {}
+    data.update(draw(EXTRAS))
+    return Envelope(kind, draw(NAMES), draw(st.integers()), data)
+
+
+@given(namespace=NAMES, envelope=envelopes())
+def test_any_valid_envelope_round_trips(namespace: str, envelope: Envelope) -> None:
+    data = encode(namespace, envelope)
+    decoded = decode(namespace, data)
+    assert decoded == envelope
+    assert encode(namespace, decoded) == data
+    if envelope.kind == "send":
+        assert decoded.message == envelope.message
+
+
+def _decode_or_refuse(data: bytes | str) -> None:
+    try:
+        envelope = decode(NS, data)
+    except MalformedEnvelope:
+        return
+    assert isinstance(envelope, Envelope)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_raise_nothing_but_malformed_envelope(data: bytes) -> None:
+    _decode_or_refuse(data)
+
+
+@given(st.text(max_size=200))
+def test_random_text_raises_nothing_but_malformed_envelope(data: str) -> None:
+    _decode_or_refuse(data)
+
+
+HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": st.sampled_from([VERSION]) | JSON,
+        "ns": st.sampled_from([NS]) | JSON,
+        "node": NAMES | JSON,
+        "seq": st.integers() | JSON,
+        "k": st.sampled_from(["send", "join", "leave", "online", "offline", "kick", "hello"])
+        | JSON,
+    },
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        name: JSON | NAMES | st.lists(NAMES, max_size=2)
+        for name in ("to", "target", "exclude", "text", "b64", "id", "group", "code", "reason")
+    },
+)
+
+
+@given(header=HEADERS, fields=FIELDS)
+def test_any_json_object_decodes_or_is_refused(
+    header: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    # Near misses of a real envelope reach the per-kind checks, where random bytes rarely go.
+    _decode_or_refuse(json.dumps(fields | header).encode())
+
+
+@given(envelope=envelopes(), cut=st.integers(min_value=0))
+def test_a_truncated_envelope_is_refused(envelope: Envelope, cut: int) -> None:
+    data = encode(NS, envelope)
+    with pytest.raises(MalformedEnvelope):
+        decode(NS, data[: cut % len(data)])
+
+
+def test_b64_is_standard_base64() -> None:
+    data = send_data("all", None, b"\xfb\xff", [])
+    assert data["b64"] == base64.b64encode(b"\xfb\xff").decode()
+    assert "text" not in data
