@@ -13,8 +13,8 @@ Prints ``port <port>`` once it accepts WebSocket connections at ``/ws?id=<name>`
 
 ``mode`` is ``single`` (each message written to every connection before the next one),
 ``burst`` (every message handed over back to back, then wait until all are written),
-``queued`` (wsfleet only, a diagnostic: the burst queued in one step through a private call,
-so that each connection's messages go out as one batch) or ``stream`` (the stalled-client
+``batch`` (wsfleet only: the burst inside ``async with manager.batch()``, so that each
+connection's messages are written as one batch) or ``stream`` (the stalled-client
 scenario: message after message, yielding to the event loop between two, then wait until
 all are written; a wsfleet producer also waits while more than 2 MiB is queued in all; the
 wsfleet variants evict a connection whose queue passes 1 MiB, the plain ones have no such
@@ -268,6 +268,7 @@ class Job:
         self.variant = variant
         self.fleet = fleet
         self.serial = 0
+        self.target = 0  # sent + dropped that the wsfleet job waits for
 
     async def run(self, m: int, size: int, mode: str, limit: float) -> None:
         texts = [message(self.serial + i, size) for i in range(m)]
@@ -307,17 +308,24 @@ class Job:
     async def wsfleet(self, texts: list[str], mode: str) -> None:
         manager = self.fleet.manager
         assert manager is not None
-        if mode == "queued":
-            # Diagnostic, through a private call: the whole burst queued before the flusher
-            # runs once, which the public ``await manager.broadcast()`` cannot do (it yields
-            # after each message). Shows what coalescing per connection would give.
-            conns = list(self.fleet.conns)
-            for text in texts:
-                manager._send_to_connections(conns, text)
+        stats = manager.stats()
+        self.target = stats.sent_messages + sum(stats.drops.values())
+        if mode == "batch":
+            batch = getattr(manager, "batch", None)
+            if batch is not None:
+                # The public way to queue a burst whole before anything is written.
+                async with batch():
+                    for text in texts:
+                        self.target += await manager.broadcast(text)
+            else:
+                # Older managers: the same through a private call, as a diagnostic.
+                conns = list(self.fleet.conns)
+                for text in texts:
+                    self.target += manager._send_to_connections(conns, text)
             await self.settle()
             return
         for text in texts:
-            await manager.broadcast(text)
+            self.target += await manager.broadcast(text)
             if mode == "single":
                 await self.settle()
             elif mode == "stream":
@@ -334,12 +342,19 @@ class Job:
             await anyio.sleep(0 if spins < 20 else 0.0005)
 
     async def settle(self) -> None:
-        """Until nothing is queued and no writer task is busy: every message is written."""
+        """Until every message queued so far was written (or dropped, for a stalled client).
+
+        Read from the manager's counters only: a message counts as sent once its transport
+        took it (``send_nowait`` returned, or ``send`` returned in a writer task).
+        """
         manager = self.fleet.manager
         assert manager is not None
-        conns = self.fleet.conns
         spins = 0
-        while manager.stats().queued_messages or any(c.writing for c in conns):
+        while True:
+            stats = manager.stats()
+            done = stats.sent_messages + sum(stats.drops.values())
+            if not stats.queued_messages and done >= self.target:
+                return
             spins += 1
             # A few bare checkpoints first (the flusher usually finishes within one), then
             # short sleeps so that a long wait does not spin on the CPU being measured.

@@ -20,9 +20,16 @@ from typing import Any
 import anyio
 import pytest
 
-from wsfleet import ConnectionManager, InvalidArgument, RetryPolicy, WrongType
-from wsfleet._backplane import Backplane, InMemoryHub, Store, StoreSession
-from wsfleet._stats import Delivery
+from wsfleet import (
+    Backplane,
+    ConnectionManager,
+    Delivery,
+    InMemoryHub,
+    InvalidArgument,
+    RetryPolicy,
+    WrongType,
+)
+from wsfleet._backplane import Store, StoreSession
 from wsfleet.testing import MemoryTransport
 from wsfleet.transport import Message
 
@@ -88,14 +95,13 @@ async def fleet(
     async with AsyncExitStack() as stack:
         nodes: list[Node] = []
         for name in names:
-            backplane = Backplane(
-                store,
-                node_id=name,
-                heartbeat_interval=HEARTBEAT,
-                node_ttl=TTL,
-                retry_policy=FAST,
-                **options.get(name, {}),
-            )
+            settings: dict[str, Any] = {
+                "node_id": name,
+                "heartbeat_interval": HEARTBEAT,
+                "node_ttl": TTL,
+                "retry_policy": FAST,
+            }
+            backplane = Backplane(store, **(settings | dict(options.get(name, {}))))
             manager = ConnectionManager(backplane=backplane)
             await stack.enter_async_context(manager)
             await wait_until(lambda m=manager: connected(m), f"{name} connected")
@@ -111,6 +117,97 @@ async def fleet(
             "every view knows every other node",
         )
         yield nodes
+
+
+class Relay(Store):
+    """One node's own way to a shared store, which a test can cut or slow down.
+
+    ``cut``: everything the node tries fails, as for a process that was SIGKILLed or cut off
+    by the network; it can no longer renew its lease, and the others are not told.
+    ``hold(operation)``: that operation waits until ``release(operation)``, as a store
+    that is slow to answer would make it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cut = False
+        self._gates: dict[str, anyio.Event] = {}
+        self._waiting: dict[str, int] = {}
+
+    def hold(self, operation: str) -> None:
+        self._gates[operation] = anyio.Event()
+
+    def release(self, operation: str) -> None:
+        self._gates.pop(operation).set()
+
+    def waiting(self, operation: str) -> int:
+        return self._waiting.get(operation, 0)
+
+    async def check(self, operation: str) -> None:
+        if self.cut:
+            raise ConnectionError("cut off")
+        gate = self._gates.get(operation)
+        if gate is not None:
+            self._waiting[operation] = self._waiting.get(operation, 0) + 1
+            try:
+                await gate.wait()
+            finally:
+                self._waiting[operation] -= 1
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[StoreSession]:
+        await self.check("session")
+        async with self.store.session() as session:
+            yield _RelaySession(self, session)
+
+
+class _RelaySession(StoreSession):
+    def __init__(self, relay: Relay, session: StoreSession) -> None:
+        self.relay = relay
+        self.session = session
+
+    async def publish(self, data: bytes) -> int | None:
+        await self.relay.check("publish")
+        return await self.session.publish(data)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        await self.relay.check("subscribe")
+        async with self.session.subscribe() as messages:
+            yield self._messages(messages)
+
+    async def _messages(self, messages: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for data in messages:
+            await self.relay.check("message")
+            yield data
+
+    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
+        await self.relay.check("put_member")
+        await self.session.put_member(node, identifier, groups)
+
+    async def del_member(self, node: str, identifier: str) -> None:
+        await self.relay.check("del_member")
+        await self.session.del_member(node, identifier)
+
+    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+        await self.relay.check("replace_node")
+        await self.session.replace_node(node, snapshot, ttl)
+
+    async def beat(self, node: str, ttl: float) -> None:
+        await self.relay.check("beat")
+        await self.session.beat(node, ttl)
+
+    async def live_nodes(self) -> set[str]:
+        await self.relay.check("live_nodes")
+        return await self.session.live_nodes()
+
+    async def load(self, node: str) -> dict[str, list[str]]:
+        await self.relay.check("load")
+        return await self.session.load(node)
+
+    async def forget(self, node: str) -> None:
+        await self.relay.check("forget")
+        await self.session.forget(node)
 
 
 def text(message: Message) -> str:
@@ -212,7 +309,7 @@ async def test_a_lone_node_publishes_but_delivers_only_locally() -> None:
         nobody = await n1.manager.send_to_one("bob", "hi")
         assert (nobody.local, nobody.published) == (0, True)
         await wait_until(lambda: backplane_stat(n1.manager, "published") == 2, "published")
-        assert ann.received == ["hi"]
+        await wait_until(lambda: ann.received == ["hi"], "delivered here")
         assert backplane_stat(n1.manager, "received") == 0  # its own messages are skipped
 
 
@@ -302,12 +399,12 @@ async def test_an_identifier_on_two_nodes() -> None:
             lambda: all(
                 n.manager.presence("ann") == {"n1", "n2"}
                 and n.manager.get_group_members("room") == {"ann"}
+                and n.manager.groups() == {"room"}  # each node's own socket is in the room
                 and n.manager.online_count() == 1
                 for n in nodes
             ),
             "ann on both nodes, in the room",
         )
-        assert n2.manager.groups() == {"room"}  # n2's own socket is in the room
 
         await n1.manager.send_to_group("room", "to the room")
         await n2.manager.send_to_one("ann", "to ann")
@@ -329,12 +426,6 @@ async def test_an_identifier_on_two_nodes() -> None:
         assert n2.manager.online_count() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: group changes a node applies for another (ConnectionManager._mirror_membership,"
-    " groups inherited in _register) are neither published nor written to the store, so a"
-    " third node's view keeps stale groups",
-)
 async def test_a_third_node_sees_group_changes_made_through_another_node() -> None:
     async with fleet(InMemoryHub(), "n1", "n2", "n3") as nodes:
         n1, n2, n3 = nodes
@@ -353,16 +444,30 @@ async def test_a_third_node_sees_group_changes_made_through_another_node() -> No
         await wait_until(lambda: n3.manager.presence("ann") == {"n2"}, "n3 saw ann leave n1")
         await anyio.sleep(2 * HEARTBEAT)
         assert n2.manager.get_group_members("room") == {"ann"}
-        assert n1.manager.get_group_members("room") == {"ann"}  # fails: n1 thinks it is empty
-        assert n3.manager.get_group_members("room") == {"ann"}  # fails: n3 too
+        assert n1.manager.get_group_members("room") == {"ann"}
+        assert n3.manager.get_group_members("room") == {"ann"}
+
+
+async def test_a_node_starting_while_an_identifier_comes_online_still_sees_it() -> None:
+    # A membership change must be in the store before it is announced: a node that starts
+    # between the two would otherwise miss both, for good.
+    hub = InMemoryHub()
+    relay = Relay(hub)  # n2's store is slow to record its members
+    async with fleet(relay, "n2") as (n2,):
+        relay.hold("put_member")
+        n2.connect("bob")
+        await wait_until(lambda: relay.waiting("put_member") == 1, "n2 is recording bob")
+        async with fleet(hub, "n1") as (n1,):  # starts in that window
+            relay.release("put_member")
+            await wait_until(lambda: "bob" in hub.members.get("n2", {}), "bob recorded")
+            await anyio.sleep(3 * HEARTBEAT)
+            assert n1.manager.presence("bob") == {"n2"}
 
 
 # -- outages ----------------------------------------------------------------------------------
 
 
-async def test_while_the_hub_is_down_local_delivery_goes_on_and_cross_node_drops_are_counted() -> (
-    None
-):
+async def test_hub_down_local_delivery_goes_on_and_cross_node_drops_are_counted() -> None:
     hub = InMemoryHub()
     async with fleet(hub, "n1", "n2") as nodes:
         n1, n2 = nodes
@@ -385,7 +490,9 @@ async def test_while_the_hub_is_down_local_delivery_goes_on_and_cross_node_drops
             sent["n2"] += 1
         n1.manager.add_to_group("ann", "red")  # not published now: re-asserted later
         eve = n1.connect("eve")
-        assert ann.received == [f"all {i}" for i in range(5)]
+        await wait_until(
+            lambda: ann.received == [f"all {i}" for i in range(5)], "local delivery went on"
+        )
         assert bob.received == ["before"]
         for node in nodes:
             stats = node.manager.stats()
@@ -439,12 +546,16 @@ async def test_the_link_comes_back_after_repeated_outages() -> None:
 
 async def test_a_buffer_keeps_up_to_n_messages_for_when_the_link_returns() -> None:
     hub = InMemoryHub()
-    async with fleet(hub, "n1", "n2", options={"n1": {"buffer": 3}}) as (n1, n2):
+    relay = Relay(hub)  # only n1's link fails: n2 stays subscribed throughout
+    async with (
+        fleet(hub, "n2") as (n2,),
+        fleet(relay, "n1", options={"n1": {"buffer": 3}}) as (n1,),
+    ):
         bob = n2.connect("bob")
         await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
 
-        hub.down = True
-        await wait_until(lambda: down(n1.manager, n2.manager), "both links noticed")
+        relay.cut = True
+        await wait_until(lambda: down(n1.manager), "n1's link noticed")
         published = [(await n1.manager.send_to_one("bob", f"m{i}")).published for i in range(5)]
         assert published == [True, True, True, False, False]
         assert n1.manager.stats().drops == {"backplane: link down": 2}
@@ -452,8 +563,9 @@ async def test_a_buffer_keeps_up_to_n_messages_for_when_the_link_returns() -> No
         await anyio.sleep(2 * HEARTBEAT)  # the link keeps failing meanwhile: nothing is lost
         assert backplane_stat(n1.manager, "queued sends") == 3
         assert bob.received == []
+        assert connected(n2.manager)
 
-        hub.down = False
+        relay.cut = False
         await wait_until(lambda: len(bob.received) == 3, "the buffered messages arrived")
         await n1.manager.send_to_one("bob", "m5")
         await wait_until(lambda: len(bob.received) == 4, "and the next one")
@@ -461,6 +573,35 @@ async def test_a_buffer_keeps_up_to_n_messages_for_when_the_link_returns() -> No
         assert n1.manager.stats().drops == {"backplane: link down": 2}
         assert backplane_stat(n1.manager, "queued sends") == 0
         assert backplane_stat(n1.manager, "published") == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (_backplane.Backplane._publish_loop): after an outage of the whole store, the"
+    " buffer is flushed as soon as this node is back, before the other nodes resubscribe, so"
+    " its messages are missed by them (counted as 'missed by a node', not delivered)",
+)
+async def test_a_buffer_outlives_an_outage_of_the_whole_hub() -> None:
+    hub = InMemoryHub()
+    # n2 redials later than n1, as one of many nodes coming back after a Redis restart may.
+    slow = RetryPolicy(max_attempts=1_000_000_000, base_delay=0.3, max_delay=0.3, jitter=0)
+    options = {"n1": {"buffer": 3}, "n2": {"retry_policy": slow}}
+    async with fleet(hub, "n1", "n2", options=options) as (n1, n2):
+        bob = n2.connect("bob")
+        await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+
+        hub.down = True
+        await wait_until(lambda: down(n1.manager, n2.manager), "both links noticed")
+        for i in range(3):
+            assert (await n1.manager.send_to_one("bob", f"m{i}")).published
+        hub.down = False
+        await wait_until(lambda: connected(n1.manager, n2.manager), "the links came back")
+        await wait_until(
+            lambda: len(bob.received) == 3 or n1.manager.stats().dropped > 0,
+            "the buffered messages were delivered, or counted as lost",
+        )
+        assert n1.manager.stats().drops == {}
+        assert bob.received == ["m0", "m1", "m2"]
 
 
 # -- nodes that leave ---------------------------------------------------------------------------
@@ -499,80 +640,32 @@ async def test_a_node_that_exits_cleanly_vanishes_at_once() -> None:
         assert n1.manager.presence("ann") == {"n1"}
 
 
-class Severable(Store):
-    """One node's own way to a shared store, which a test can cut.
-
-    Once cut, everything that node tries fails, as for a process that was SIGKILLed or cut
-    off by the network: it can no longer renew its lease, and the others are not told.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.cut = False
-
-    def _check(self) -> None:
-        if self.cut:
-            raise ConnectionError("cut off")
-
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[StoreSession]:
-        self._check()
-        async with self.store.session() as session:
-            yield _SeverableSession(self, session)
-
-
-class _SeverableSession(StoreSession):
-    def __init__(self, owner: Severable, session: StoreSession) -> None:
-        self.owner = owner
-        self.session = session
-
-    async def publish(self, data: bytes) -> None:
-        self.owner._check()
-        await self.session.publish(data)
-
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:
-        self.owner._check()
-        async with self.session.subscribe() as messages:
-            yield self._messages(messages)
-
-    async def _messages(self, messages: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for data in messages:
-            self.owner._check()
-            yield data
-
-    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
-        self.owner._check()
-        await self.session.put_member(node, identifier, groups)
-
-    async def del_member(self, node: str, identifier: str) -> None:
-        self.owner._check()
-        await self.session.del_member(node, identifier)
-
-    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
-        self.owner._check()
-        await self.session.replace_node(node, snapshot, ttl)
-
-    async def beat(self, node: str, ttl: float) -> None:
-        self.owner._check()
-        await self.session.beat(node, ttl)
-
-    async def live_nodes(self) -> set[str]:
-        self.owner._check()
-        return await self.session.live_nodes()
-
-    async def load(self, node: str) -> dict[str, list[str]]:
-        self.owner._check()
-        return await self.session.load(node)
-
-    async def forget(self, node: str) -> None:
-        self.owner._check()
-        await self.session.forget(node)
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (_backplane.Backplane.close): sends still queued for the other nodes when the"
+    " manager exits are neither published nor counted as dropped",
+)
+async def test_sends_queued_for_other_nodes_at_exit_are_published_or_counted() -> None:
+    hub = InMemoryHub()
+    relay = Relay(hub)  # n1's store is slow to take publishes
+    async with fleet(hub, "n2") as (n2,):
+        bob = n2.connect("bob")
+        await wait_until(lambda: "bob" in hub.members.get("n2", {}), "bob recorded")
+        async with fleet(relay, "n1") as (n1,):
+            await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+            relay.hold("publish")
+            for i in range(5):
+                assert (await n1.manager.send_to_one("bob", f"m{i}")).published
+            await wait_until(lambda: relay.waiting("publish") == 1, "the first is under way")
+        await anyio.sleep(2 * HEARTBEAT)
+        stats = n1.manager.stats()
+        assert backplane_stat(n1.manager, "queued sends") == 0
+        assert len(bob.received) + stats.dropped == 5
 
 
 async def test_a_node_whose_lease_lapses_vanishes_after_node_ttl() -> None:
     hub = InMemoryHub()
-    doomed = Severable(hub)
+    doomed = Relay(hub)
     async with fleet(hub, "n1") as (n1,), fleet(doomed, "n2") as (n2,):
         n2.connect("bob")
         n2.manager.add_to_group("bob", "red")

@@ -26,8 +26,9 @@ import logging
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -54,6 +55,9 @@ E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
 D = ConnectionState.DISCONNECTED
 
+#: Envelopes that change membership; each is written to the store before it is published.
+_MEMBERSHIP: Final = frozenset(("online", "offline", "join", "leave"))
+
 #: The link keeps trying: a short cap on the delay brings it back soon after the store is.
 DEFAULT_LINK_POLICY: Final = RetryPolicy(
     max_attempts=1_000_000_000, base_delay=0.05, max_delay=1.0, jitter=0.2
@@ -70,9 +74,10 @@ class Store(ABC):
 
 class StoreSession(ABC):
     @abstractmethod
-    async def publish(self, data: bytes) -> int:
+    async def publish(self, data: bytes) -> int | None:
         """Publish ``data`` to every subscriber; how many received it (this node's own
-        subscription included), as Redis's ``PUBLISH`` answers."""
+        subscription included), as Redis's ``PUBLISH`` answers, or ``None`` if the store
+        cannot tell (then no message is counted as missed by a node)."""
 
     @abstractmethod
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
@@ -154,6 +159,8 @@ class Backplane:
         #: Other nodes expected to hear what this node publishes (see ``_expected``).
         self._peers: set[str] = set()
         self._grace_until = 0.0
+        #: Per load of a node's record under way: the view changes made meanwhile.
+        self._loads: list[list[Callable[[], None]]] = []
         self._seq = 0
         self._up = anyio.Event()
 
@@ -206,7 +213,7 @@ class Backplane:
         """Tell the others that ``identifier`` came online, went offline, joined or left."""
         if group is not None:
             # Every node holding sockets of ``identifier`` follows (``_mirror_membership``).
-            self._follow(kind, identifier, group, self.view.presence(identifier))
+            self._change_view(partial(self._follow, kind, identifier, group, None))
         if self.link.state is not C:
             return  # re-asserted from the registry when the link is back
         data: dict[str, Any] = {"id": identifier}
@@ -220,8 +227,11 @@ class Backplane:
             return
         self._enqueue(self._envelope("kick", {"id": identifier, "code": code, "reason": reason}))
 
-    def _follow(self, kind: Kind, identifier: str, group: str, nodes: set[str]) -> None:
+    def _follow(self, kind: Kind, identifier: str, group: str, origin: str | None) -> None:
         """Groups belong to the identifier: a join or leave holds on every node it is on."""
+        nodes = self.view.presence(identifier)
+        if origin is not None:
+            nodes.add(origin)
         for node in nodes:
             if kind == "join":
                 self.view.join(node, identifier, group)
@@ -322,7 +332,7 @@ class Backplane:
         for node in self.view.nodes() - live:
             self.view.drop(node)
         for node in live - {self.node_id}:
-            self.view.replace(node, await session.load(node))
+            await self._load(session, node)
         # Membership deltas queued while down are stale: the snapshot above replaced them.
         self._outgoing = deque(e for e in self._outgoing if e.kind == "send")
         hello = self._envelope("hello", {})
@@ -343,9 +353,13 @@ class Backplane:
         while True:
             while self._outgoing:
                 envelope = self._outgoing[0]
+                if envelope.kind in _MEMBERSHIP:
+                    # Written before it is announced: a node that loads this one's record
+                    # after applying the announcement finds the change in it.
+                    await self._record(session, envelope.data["id"])
                 with anyio.fail_after(self.op_timeout):
                     try:
-                        heard = await session.publish(encode(self.namespace, envelope)) - 1
+                        receivers = await session.publish(encode(self.namespace, envelope))
                     except BaseException:
                         if envelope.kind == "send":
                             self._outgoing.popleft()
@@ -357,12 +371,10 @@ class Backplane:
                     self.stats["queued sends"] -= 1
                     # Redis answers how many subscriptions got it (ours is one of them): a
                     # node that was not subscribed then (reconnecting) never will get it.
-                    if heard < self._expected():
+                    if receivers is not None and receivers - 1 < self._expected():
                         self._drop("missed by a node")
                     else:
                         self.stats["published"] += 1
-                elif envelope.kind in ("online", "offline", "join", "leave"):
-                    await self._record(session, envelope.data["id"])
             while self._dirty and not self._outgoing:
                 await self._record(session, self._dirty.pop())
             self._outgoing_ready = anyio.Event()
@@ -392,8 +404,7 @@ class Backplane:
                 self.stats["nodes expired"] += 1
                 self.view.drop(node)
             for node in live - self.view.nodes() - {self.node_id}:
-                with anyio.fail_after(self.op_timeout):
-                    self.view.replace(node, await session.load(node))
+                await self._load(session, node)
             await anyio.sleep(self.heartbeat_interval)
 
     async def _receive(self, messages: AsyncIterator[bytes]) -> None:
@@ -422,23 +433,15 @@ class Backplane:
             manager._deliver_remote(data["to"], data.get("target"), envelope.message, data)
         elif kind in ("join", "leave"):
             identifier = data["id"]
-            self._follow(kind, identifier, data["group"], self.view.presence(identifier) | {node})
+            self._change_view(partial(self._follow, kind, identifier, data["group"], node))
             manager._mirror_membership(identifier, data["group"], joined=kind == "join")
             if identifier in manager._registry.by_identifier:
                 self._dirty.add(identifier)  # the store must say what the registry now does
                 self._outgoing_ready.set()
         elif kind == "online":
-            identifier = data["id"]
-            if node not in self.view.presence(identifier):
-                # The node took the identifier's groups from its own view when its first
-                # socket registered (``_register``); ours says the same.
-                groups = self.view.groups_of(identifier)
-                groups |= manager._registry.memberships.get(identifier, set())
-                self.view.online(node, identifier)
-                for group in groups:
-                    self.view.join(node, identifier, group)
+            self._change_view(partial(self._online, node, data["id"]))
         elif kind == "offline":
-            self.view.offline(node, data["id"])
+            self._change_view(partial(self.view.offline, node, data["id"]))
         elif kind == "kick":
             manager._kick_local(data["id"], data["code"], data.get("reason", ""))
         else:  # hello: a node (re)joined; its state is in the store
@@ -446,11 +449,46 @@ class Backplane:
             self._peers.add(node)
             manager._spawn(self._reload, node, name="wsfleet backplane reload")
 
+    def _online(self, node: str, identifier: str) -> None:
+        if node not in self.view.presence(identifier):
+            manager = self._manager
+            assert manager is not None
+            # The node took the identifier's groups from its own view when its first
+            # socket registered (``_register``); ours says the same.
+            groups = self.view.groups_of(identifier)
+            groups |= manager._registry.memberships.get(identifier, set())
+            self.view.online(node, identifier)
+            for group in groups:
+                self.view.join(node, identifier, group)
+
+    def _change_view(self, change: Callable[[], None]) -> None:
+        change()
+        for changes in self._loads:
+            changes.append(change)
+
+    async def _load(self, session: StoreSession, node: str) -> None:
+        """Replace what the view holds of ``node`` by its record in the store.
+
+        The record and the envelopes come by different connections: a change applied while
+        the record was on its way may be newer than the record, so it is made again on top
+        of it. (A change applied before the load began is in the record already: a node
+        writes its record before it publishes the change.)
+        """
+        changes: list[Callable[[], None]] = []
+        self._loads.append(changes)
+        try:
+            with anyio.fail_after(self.op_timeout):
+                snapshot = await session.load(node)
+        finally:
+            self._loads = [c for c in self._loads if c is not changes]
+        self.view.replace(node, snapshot)
+        for change in changes:
+            change()
+
     async def _reload(self, node: str) -> None:
         try:
             async with self.store.session() as session:
-                with anyio.fail_after(self.op_timeout):
-                    self.view.replace(node, await session.load(node))
+                await self._load(session, node)
         except Exception as exc:
             logger.warning("%r: could not load node %s: %r", self, node, exc)
 

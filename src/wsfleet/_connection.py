@@ -54,6 +54,7 @@ class Connection(Lifecycle):
         "socket",
         "transport",
         "writer_scope",
+        "writer_wake",
         "writing",
     )
 
@@ -78,6 +79,8 @@ class Connection(Lifecycle):
         #: A writer task owns the queue (the transport could not take a batch at once).
         self.writing = False
         self.writer_scope: anyio.CancelScope | None = None
+        #: Set while a writer task lingers with nothing to write: setting it wakes the task.
+        self.writer_wake: anyio.Event | None = None
         self.last_seen = now
         self.last_message = now
         self.last_ping = now

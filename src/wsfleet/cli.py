@@ -1,7 +1,4 @@
-"""The ``wsfleet`` command line: ``wsfleet diagram``.
-
-Later subcommands (the demo) hang off the same parser.
-"""
+"""The ``wsfleet`` command line: ``wsfleet diagram`` and ``wsfleet demo``."""
 
 from __future__ import annotations
 
@@ -35,6 +32,21 @@ def _diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo import run
+    except ImportError as exc:  # the websockets library is an extra
+        print(f"wsfleet demo: {exc} (pip install 'wsfleet[demo]')", file=sys.stderr)
+        return 1
+    if args.redis is not None:
+        try:
+            import wsfleet.adapters.redis  # noqa: F401
+        except ImportError as exc:
+            print(f"wsfleet demo --redis: {exc}", file=sys.stderr)
+            return 1
+    return run(args.host, args.port, backend=args.backend, redis=args.redis)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsfleet", description="wsfleet command line tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +61,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     diagram.add_argument("-o", "--output", help="file to write (default: standard output)")
     diagram.set_defaults(run=_diagram)
+    demo = commands.add_parser(
+        "demo",
+        help="serve a chat and a live dashboard of its connections (pages and WebSockets)",
+        description="Serve a chat (/) and a live dashboard of the fleet (/dashboard) on one "
+        "port: the websockets library's server answers the pages and the WebSockets, on "
+        "asyncio or trio. Anyone who can reach the port can press the dashboard's buttons.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (8000)")
+    demo.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop (asyncio)"
+    )
+    demo.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the fleet through Redis (redis://host:6379/0; needs wsfleet[redis])",
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -116,12 +116,15 @@ async def test_a_client_that_stops_reading_is_evicted_with_1008_and_the_others_g
                     assert await fast.recv() == payload
                     received += 1
 
+            fast_conn = manager.connection(manager.sockets_of("fast")[0])
             with anyio.fail_after(15):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(read_all)
                     for _ in range(count):
                         await manager.broadcast(payload)
                         await anyio.lowlevel.checkpoint()
+                        while fast_conn.queued > 32:  # pace the producer on the healthy peer
+                            await anyio.sleep(0.001)
             assert received == count
             assert await app.wait_for("stuck", E) == "slow consumer"
             assert manager.stats().drops["slow consumer"] >= 1

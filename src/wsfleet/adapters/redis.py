@@ -36,6 +36,7 @@ from ..policies.retry import RetryPolicy
 try:
     import coredis
     from coredis.retry import NoRetryPolicy
+    from coredis.tokens import PureToken
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
     raise ImportError("wsfleet.adapters.redis needs coredis: pip install 'wsfleet[redis]'") from exc
 
@@ -127,7 +128,8 @@ class _RedisSession(StoreSession):
     async def live_nodes(self) -> set[str]:
         now = time.time()
         await self.client.zremrangebyscore(self.nodes_key, "-inf", now)
-        nodes = await self.client.zrangebyscore(self.nodes_key, now, "+inf")
+        # ZRANGE ... BYSCORE (Redis 6.2): coredis deprecates ZRANGEBYSCORE with a warning.
+        nodes = await self.client.zrange(self.nodes_key, now, "+inf", sortby=PureToken.BYSCORE)
         return {n.decode() if isinstance(n, bytes) else str(n) for n in nodes}
 
     async def load(self, node: str) -> dict[str, list[str]]:

@@ -70,11 +70,10 @@ class Board:
         self._by_key: dict[str, Connection] = {}
         self._gone: dict[str, tuple[float, dict[str, Any]]] = {}
         self._last_rows: dict[str, dict[str, Any]] = {}
-        #: Changes already pushed (a new dashboard starts its feed with them) and not yet.
+        #: Changes already pushed (a new dashboard's feed starts with them), and those not yet.
         self._feed: deque[dict[str, Any]] = deque(maxlen=FEED_KEPT)
         self._unsent: list[dict[str, Any]] = []
         self._dirty: anyio.Event | None = None
-        self.pushes = 0
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -170,21 +169,24 @@ class Board:
         while len(self._gone) > GONE_KEPT:
             del self._gone[next(iter(self._gone))]
         gone = [row for _, row in self._gone.values()]
-        return rows + gone[: max(0, MAX_ROWS - len(rows))]
+        room = max(0, MAX_ROWS - len(rows))
+        return rows + (gone[len(gone) - room :] if room else [])  # the latest that fit
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a dashboard shows, and the changes since the last snapshot."""
         stats = self.manager.stats()
         events, self._unsent = self._unsent, []
         self._feed.extend(events)
+        rows = self._rows()
         return {
             "type": "snapshot",
             "now": time.time(),
             "backend": self.backend,
             "node": stats.node_id,
             "backplane": stats.backplane_state,
-            "rows": self._rows(),
+            "rows": rows,
             "states": dict(stats.states),
+            "gone": sum(1 for row in rows if row["state"] == D.name),
             "drops": dict(stats.drops),
             "stats": {
                 "connections": stats.connections,
@@ -222,7 +224,6 @@ class Board:
         message = json.dumps(self.snapshot())
         for conn in self._dashboards():
             await conn.send(message)
-        self.pushes += 1
 
     async def run(self) -> None:
         """The pusher task: a snapshot when something changed, at most every PUSH_INTERVAL."""

@@ -67,10 +67,8 @@ class Demo:
 def _backplane(redis: str | None) -> Backplane | None:
     if redis is None:
         return None
-    try:
-        from ..adapters.redis import RedisBackplane
-    except ImportError as exc:
-        raise SystemExit(f"wsfleet demo --redis: {exc}") from None
+    from ..adapters.redis import RedisBackplane  # ImportError without wsfleet[redis]
+
     return RedisBackplane(redis)
 
 

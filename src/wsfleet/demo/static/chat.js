@@ -1,0 +1,219 @@
+// The chat page: one WebSocket to /ws?id=<name>, kept up across abnormal closes.
+//
+// The server's welcome carries a resume token. After an abnormal close (1006: the
+// connection was cut; 1011: heartbeat timeout; 1008: evicted as a slow consumer) the page
+// reconnects with ?resume=<token> after a backoff with jitter, as wsfleet's RetryPolicy
+// would, and the server hands it its held session back: groups kept, missed messages first.
+// A clean close by the server (1000, 1001) ends the session; the page then offers to
+// connect again.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const CLEAN = new Set([1000, 1001, 1005]);
+  const MAX_MESSAGES = 300;
+
+  let ws = null;
+  let name = null;
+  let token = null;
+  let groups = [];
+  let wanted = false;
+  let attempt = 0;
+  let timer = null;
+
+  function setStatus(state, text) {
+    const pill = $("status");
+    pill.dataset.state = state;
+    pill.textContent = text;
+  }
+
+  function log(kind, parts) {
+    const item = document.createElement("li");
+    item.className = kind;
+    const time = document.createElement("time");
+    time.textContent = new Date().toLocaleTimeString();
+    item.append(time);
+    for (const [cls, text] of parts) {
+      const span = document.createElement("span");
+      span.className = cls;
+      span.textContent = text;
+      item.append(span);
+    }
+    const list = $("messages");
+    list.append(item);
+    while (list.children.length > MAX_MESSAGES) list.firstElementChild.remove();
+    item.scrollIntoView({ block: "nearest" });
+  }
+
+  function send(request) {
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify(request));
+      return true;
+    }
+    log("error", [["text", "not connected: message not sent"]]);
+    return false;
+  }
+
+  function showGroups() {
+    const list = $("groups");
+    const select = $("say-group");
+    const chosen = select.value;
+    list.replaceChildren();
+    select.replaceChildren();
+    for (const group of groups) {
+      const item = document.createElement("li");
+      item.dataset.group = group;
+      item.append(document.createTextNode(group + " "));
+      const leave = document.createElement("button");
+      leave.type = "button";
+      leave.textContent = "leave";
+      leave.addEventListener("click", () => send({ op: "leave", group }));
+      item.append(leave);
+      list.append(item);
+      const option = document.createElement("option");
+      option.value = option.textContent = group;
+      select.append(option);
+    }
+    if (groups.includes(chosen)) select.value = chosen;
+  }
+
+  function showRoom(visible) {
+    $("room").hidden = !visible;
+    $("login").hidden = visible;
+  }
+
+  function connect() {
+    clearTimeout(timer);
+    const params = new URLSearchParams({ id: name });
+    if (token) params.set("resume", token);
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws?${params}`);
+    ws = socket;
+    if (!attempt) setStatus("CONNECTING", "connecting…");
+    socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
+    socket.addEventListener("close", (event) => closed(socket, event));
+  }
+
+  function closed(socket, event) {
+    if (ws !== socket) return;
+    ws = null;
+    if (!wanted) {
+      setStatus("DISCONNECTED", "left");
+      return;
+    }
+    if (CLEAN.has(event.code)) {
+      wanted = false;
+      token = null;
+      const why = event.reason ? `: ${event.reason}` : "";
+      setStatus("DISCONNECTED", `closed by the server (${event.code}${why})`);
+      log("system", [["text", `the server closed the connection (${event.code}${why})`]]);
+      showRoom(false);
+      return;
+    }
+    attempt += 1;
+    const delay = Math.min(10, 1.5 * 2 ** (attempt - 1)) * (0.9 + 0.2 * Math.random());
+    setStatus("ERROR", `connection lost (${event.code}); back in ${delay.toFixed(1)} s`);
+    log("system", [["text", `connection lost (${event.code}); reconnecting with the resume token`]]);
+    timer = setTimeout(() => {
+      setStatus("RECONNECTING", "reconnecting…");
+      connect();
+    }, delay * 1000);
+  }
+
+  function receive(message) {
+    switch (message.op) {
+      case "welcome": {
+        const lost = attempt > 0 && !message.resumed;
+        attempt = 0;
+        token = message.resume;
+        setStatus("CONNECTED", `connected as ${message.id}${message.resumed ? " (resumed)" : ""}`);
+        $("me").textContent = message.id;
+        showRoom(true);
+        if (message.resumed) {
+          log("system", [["text", "session resumed: groups kept, missed messages delivered"]]);
+          groups = message.groups;
+        } else {
+          // A new session: (re)join what this page was in, or the lobby the first time.
+          const wantedGroups = groups.length ? groups : ["lobby"];
+          if (lost) log("system", [["text", "the session had expired: starting a new one"]]);
+          for (const group of wantedGroups) send({ op: "join", group });
+        }
+        showGroups();
+        break;
+      }
+      case "joined":
+      case "left":
+        groups = message.groups;
+        showGroups();
+        log("system", [["text", `${message.op} ${message.group}`]]);
+        break;
+      case "said":
+        log("said", [["where", `#${message.group}`], ["from", message.from], ["text", message.text]]);
+        break;
+      case "told":
+        log("told", [["where", `${message.from} → ${message.to}`], ["text", message.text]]);
+        break;
+      case "shouted":
+        log("shouted", [["where", "to everyone"], ["from", message.from], ["text", message.text]]);
+        break;
+      case "people":
+        $("people").textContent = `here: ${message.people.join(", ") || "nobody"}; groups: ${message.groups.join(", ") || "none"}`;
+        break;
+      case "error":
+        log("error", [["text", message.reason]]);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function onSubmit(id, handler) {
+    $(id).addEventListener("submit", (event) => {
+      event.preventDefault();
+      handler();
+    });
+  }
+
+  onSubmit("connect-form", () => {
+    const value = $("name").value.trim();
+    if (!value) return;
+    name = value;
+    token = null;
+    groups = [];
+    wanted = true;
+    attempt = 0;
+    $("messages").replaceChildren();
+    connect();
+  });
+  onSubmit("join-form", () => {
+    const group = $("group").value.trim();
+    if (group) send({ op: "join", group });
+  });
+  onSubmit("say-form", () => {
+    const input = $("say-text");
+    if (input.value.trim() && send({ op: "say", group: $("say-group").value, text: input.value })) input.value = "";
+  });
+  onSubmit("tell-form", () => {
+    const input = $("tell-text");
+    const to = $("tell-to").value.trim();
+    if (to && input.value.trim() && send({ op: "tell", to, text: input.value })) input.value = "";
+  });
+  onSubmit("shout-form", () => {
+    const input = $("shout-text");
+    if (input.value.trim() && send({ op: "shout", text: input.value })) input.value = "";
+  });
+  $("who").addEventListener("click", () => send({ op: "who" }));
+  $("leave").addEventListener("click", () => {
+    wanted = false;
+    clearTimeout(timer);
+    if (ws) ws.close(1000, "bye");
+    showRoom(false);
+  });
+
+  // /?name=alice connects at once (handy for links, tests and screenshots).
+  const preset = new URLSearchParams(location.search).get("name");
+  if (preset) {
+    $("name").value = preset;
+    $("connect-form").requestSubmit();
+  }
+})();

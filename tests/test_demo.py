@@ -1,0 +1,536 @@
+"""``wsfleet demo``: the pages, the chat and the dashboard's buttons, over real sockets.
+
+Each async test starts the demo in-process on a free loopback port, on asyncio and on trio,
+and talks to it as the browser pages do: HTTP GETs for the pages, websockets clients for
+``/ws?id=<name>`` (the chat) and ``/admin`` (the dashboard). The browser itself is driven in
+``test_demo_browser.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
+
+from adapters.clients import client
+from redis_server import RedisServer, redis_binary
+from wsfleet import ConnectionState
+from wsfleet.cli import main
+from wsfleet.demo import Demo, open_demo
+from wsfleet.demo._board import PUSH_INTERVAL
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One GET over a raw TCP connection: status, headers (lower-case names), body."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        data = b""
+        with anyio.fail_after(5):
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+            while len(body) < int(headers["content-length"]):
+                body += await stream.receive()
+    return int(lines[0].split()[1]), headers, body
+
+
+async def receive(ws: Any) -> dict[str, Any]:
+    with anyio.fail_after(5):
+        message: dict[str, Any] = json.loads(await ws.recv())
+    return message
+
+
+async def ask(ws: Any, **request: Any) -> None:
+    await ws.send(json.dumps(request))
+
+
+class Admin:
+    """A dashboard socket: keeps the latest snapshot's rows and every change it was told of."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.hello: dict[str, Any] | None = None
+        self.snapshot: dict[str, Any] | None = None
+        self.snapshots = 0
+        self.events: list[dict[str, Any]] = []
+        self.acks: list[dict[str, Any]] = []
+
+    async def next(self) -> dict[str, Any]:
+        message = await receive(self.ws)
+        if message["type"] == "hello":
+            self.hello = message
+            self.events.extend(message["feed"])
+        elif message["type"] == "snapshot":
+            self.snapshot = message
+            self.snapshots += 1
+            self.events.extend(message["events"])
+        elif message["type"] == "ack":
+            self.acks.append(message)
+        return message
+
+    async def until(self, check: Callable[[], T | None], timeout: float = 5.0) -> T:
+        """Read messages until ``check()`` returns something true; return it."""
+        with anyio.fail_after(timeout):
+            while True:
+                result = check()
+                if result:
+                    return result
+                await self.next()
+
+    def row(self, identifier: str, state: str | None = None) -> dict[str, Any] | None:
+        """The identifier's row in the latest snapshot (in ``state``, if given)."""
+        for row in (self.snapshot or {}).get("rows", []):
+            if row["identifier"] == identifier and state in (None, row["state"]):
+                return dict(row)
+        return None
+
+    def changes(self, identifier: str) -> list[tuple[str | None, str, str | None]]:
+        return [
+            (e["old"], e["new"], e["reason"]) for e in self.events if e["identifier"] == identifier
+        ]
+
+    async def press(self, **request: Any) -> dict[str, Any]:
+        """Press a button; return the server's ack."""
+        seen = len(self.acks)
+        await ask(self.ws, **request)
+        return await self.until(lambda: self.acks[seen] if len(self.acks) > seen else None)
+
+
+@asynccontextmanager
+async def admin(demo: Demo) -> AsyncIterator[Admin]:
+    async with client(f"{demo.ws_url}/admin") as ws:
+        board = Admin(ws)
+        await board.until(lambda: board.hello)
+        yield board
+
+
+@asynccontextmanager
+async def chatter(demo: Demo, name: str, resume: str | None = None) -> AsyncIterator[Any]:
+    """A chat page's socket, past its welcome (``ws.welcome``; what came before: ``ws.before``)."""
+    query = f"id={name}" + (f"&resume={resume}" if resume else "")
+    async with client(f"{demo.ws_url}/ws?{query}") as ws:
+        ws.before = []
+        while (message := await receive(ws))["op"] != "welcome":
+            ws.before.append(message)
+        ws.welcome = message
+        yield ws
+
+
+async def drain(ws: Any) -> None:
+    """Read until the connection closes (``ConnectionClosed``)."""
+    while True:
+        await ws.recv()
+
+
+async def join(ws: Any, group: str) -> None:
+    await ask(ws, op="join", group=group)
+    assert (await receive(ws))["op"] == "joined"
+
+
+pytestmark = pytest.mark.anyio
+
+
+# -- the pages -----------------------------------------------------------------------------------
+
+
+async def test_pages_are_served_on_the_websocket_port() -> None:
+    async with open_demo("127.0.0.1", 0) as demo:
+        status, headers, body = await http_get(demo.port, "/")
+        assert status == 200
+        assert headers["content-type"].startswith("text/html")
+        assert b"wsfleet demo" in body
+        assert b"/static/chat.js" in body
+        assert "connect-src 'self'" in headers["content-security-policy"]
+
+        status, headers, body = await http_get(demo.port, "/dashboard")
+        assert status == 200
+        assert headers["content-type"].startswith("text/html")
+        assert b"<svg" in body  # the state diagram, inline: nothing fetched
+        assert b"stateDiagram-v2" in body  # and its mermaid text, rendered from the table
+        assert b"<?xml" not in body
+
+        for path, kind in [
+            ("/static/chat.js", "text/javascript"),
+            ("/static/dashboard.js", "text/javascript"),
+            ("/static/demo.css", "text/css"),
+            ("/static/connection-states.svg", "image/svg+xml"),
+        ]:
+            status, headers, _ = await http_get(demo.port, path)
+            assert (status, headers["content-type"].split(";")[0]) == (200, kind), path
+
+        for path in ["/nope", "/static/nope.js", "/static/../_server.py", "/static/"]:
+            status, _, _ = await http_get(demo.port, path)
+            assert status == 404, path
+
+
+async def test_pages_fetch_nothing_from_the_network() -> None:
+    async with open_demo("127.0.0.1", 0) as demo:
+        for path in ["/", "/dashboard", "/static/chat.js", "/static/dashboard.js"]:
+            _, _, body = await http_get(demo.port, path)
+            text = body.decode()
+            for scheme in ("https://", "http://"):
+                # The only absolute URLs are SVG/XML namespace names, which are not fetched.
+                for line in text.splitlines():
+                    if scheme in line:
+                        assert "xmlns" in line or "DTD" in line, (path, line)
+
+
+async def test_websocket_requests_are_checked_before_the_handshake() -> None:
+    async with open_demo("127.0.0.1", 0) as demo:
+        for query, status in [("/ws", 400), ("/ws?id=", 400), ("/ws?id=dashboard", 400)]:
+            with pytest.raises(InvalidStatus) as caught:
+                async with client(demo.ws_url + query):
+                    pass
+            assert caught.value.response.status_code == status, query
+        with pytest.raises(InvalidStatus) as caught:
+            async with client(demo.ws_url + "/elsewhere"):
+                pass
+        assert caught.value.response.status_code == 404
+
+
+# -- the chat ----------------------------------------------------------------------------------
+
+
+async def test_chat_groups_people_and_everyone() -> None:
+    async with (
+        open_demo("127.0.0.1", 0) as demo,
+        chatter(demo, "alice") as alice,
+        chatter(demo, "bob") as bob,
+    ):
+        assert alice.welcome["resume"]  # the retry policy makes every session resumable
+        assert alice.welcome["resumed"] is False
+        await join(alice, "lobby")
+        await join(bob, "lobby")
+
+        await ask(alice, op="say", group="lobby", text="hi all")
+        said = {"op": "said", "group": "lobby", "from": "alice", "text": "hi all"}
+        assert await receive(alice) == said
+        assert await receive(bob) == said
+
+        await ask(bob, op="tell", to="alice", text="psst")
+        told = {"op": "told", "from": "bob", "to": "alice", "text": "psst"}
+        assert await receive(alice) == told
+        assert await receive(bob) == told  # the sender's own tabs see it too
+
+        await ask(alice, op="shout", text="hello world")
+        shouted = {"op": "shouted", "from": "alice", "text": "hello world"}
+        assert await receive(bob) == shouted
+        assert await receive(alice) == shouted
+
+        await ask(bob, op="who")
+        assert await receive(bob) == {
+            "op": "people",
+            "people": ["alice", "bob"],
+            "groups": ["lobby"],
+        }
+
+        await ask(bob, op="leave", group="lobby")
+        assert await receive(bob) == {"op": "left", "group": "lobby", "groups": []}
+        await ask(bob, op="say", group="lobby", text="ghost")
+        assert (await receive(bob))["op"] == "error"
+        for bad in [
+            {"op": "dance"},
+            {"op": "join", "group": "admins"},
+            {"op": "tell", "to": "carol", "text": "?"},
+        ]:
+            await ask(bob, **bad)
+            assert (await receive(bob))["op"] == "error", bad
+        await bob.send("not json")
+        assert (await receive(bob))["op"] == "error"
+
+
+# -- the dashboard -------------------------------------------------------------------------------
+
+
+async def test_dashboard_sees_every_connection_with_its_state_and_groups() -> None:
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        assert board.hello is not None
+        assert set(board.hello["policies"]) == {"heartbeat", "retry", "overflow"}
+        async with chatter(demo, "alice") as alice:
+            await join(alice, "lobby")
+            row = await board.until(lambda: board.row("alice", "CONNECTED"))
+            assert row["groups"] == ["lobby"]
+            assert row["kind"] == "browser"
+            assert row["queued"] == 0
+            assert row["trail"] == ["CONNECTED"]
+            me = board.row("dashboard")
+            assert me is not None
+            assert me["groups"] == ["admins"]
+            assert me["kind"] == "dashboard"
+            assert board.snapshot is not None
+            assert board.snapshot["states"]["CONNECTED"] == 2
+            assert board.snapshot["backend"] in ("asyncio", "trio")
+            assert (None, "CONNECTED", "registered") in board.changes("alice")
+
+        # A page that goes away cleanly: DISCONNECTED, and still shown for a while.
+        gone = await board.until(lambda: board.row("alice", "DISCONNECTED"))
+        assert gone["trail"] == ["CONNECTED", "DISCONNECTED"]
+        assert ("CONNECTED", "DISCONNECTED") in [c[:2] for c in board.changes("alice")]
+        assert board.snapshot is not None
+        assert board.snapshot["gone"] == 1
+
+
+async def test_dashboard_updates_are_batched() -> None:
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        await board.until(lambda: board.snapshot)
+        first = board.snapshots
+        started = anyio.current_time()
+        names = [f"user{i}" for i in range(12)]
+        for name in names:  # 24 state changes in quick succession
+            async with chatter(demo, name):
+                pass
+
+        def all_gone() -> bool:
+            return all(board.row(name, "DISCONNECTED") for name in names)
+
+        await board.until(all_gone)
+        elapsed = anyio.current_time() - started
+        assert len([e for e in board.events if e["identifier"] in names]) == 24
+        # At most one snapshot per PUSH_INTERVAL (plus the one that was under way).
+        assert board.snapshots - first <= elapsed / PUSH_INTERVAL + 2
+
+
+async def test_drop_goes_error_then_reconnecting_and_the_page_resumes() -> None:
+    async with (
+        open_demo("127.0.0.1", 0) as demo,
+        admin(demo) as board,
+        chatter(demo, "bob") as bob,
+    ):
+        await join(bob, "lobby")
+        async with chatter(demo, "alice") as alice:
+            token = alice.welcome["resume"]
+            await join(alice, "lobby")
+            row = await board.until(lambda: board.row("alice", "CONNECTED"))
+            ack = await board.press(op="drop", key=row["key"])
+            assert ack["ok"], ack
+            with anyio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
+                await alice.recv()
+            assert closed.value.rcvd is None  # no close frame: an abnormal close
+            await board.until(lambda: board.row("alice", "RECONNECTING"))
+            changes = board.changes("alice")
+            assert ("CONNECTED", "ERROR", "abnormal close (1006)") in changes
+            assert ("ERROR", "RECONNECTING") in [c[:2] for c in changes]
+
+            # Held: it keeps its groups and what is sent to it meanwhile.
+            await ask(bob, op="say", group="lobby", text="while you were away")
+            assert (await receive(bob))["text"] == "while you were away"
+
+        async with chatter(demo, "alice", resume=token) as again:
+            # The missed message comes first, then the welcome.
+            said = {"op": "said", "group": "lobby", "from": "bob", "text": "while you were away"}
+            assert again.before == [said]
+            welcome = again.welcome
+            assert welcome["resumed"] is True
+            assert welcome["groups"] == ["lobby"]
+            back = await board.until(lambda: board.row("alice", "CONNECTED"))
+            assert back["key"] == row["key"]  # the same connection, taken over
+            assert back["trail"][-4:] == ["CONNECTED", "ERROR", "RECONNECTING", "CONNECTED"]
+            assert ("RECONNECTING", "CONNECTED", "resumed") in board.changes("alice")
+
+
+async def test_force_idle_and_activity_brings_it_back() -> None:
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        async with chatter(demo, "alice") as alice:
+            row = await board.until(lambda: board.row("alice", "CONNECTED"))
+            assert (await board.press(op="idle", key=row["key"]))["ok"]
+            await board.until(lambda: board.row("alice", "IDLE"))
+            refused = await board.press(op="idle", key=row["key"])  # IDLE -> IDLE: no-op
+            assert refused["ok"] or "IDLE" in refused["detail"]
+            await ask(alice, op="who")
+            await receive(alice)
+            await board.until(lambda: board.row("alice", "CONNECTED"))
+            assert ("IDLE", "CONNECTED", "activity") in board.changes("alice")
+        for request in [{"op": "idle", "key": "c999"}, {"op": "drop", "key": None}, {"op": "x"}]:
+            assert not (await board.press(**request))["ok"], request
+
+
+async def test_stall_evicts_a_slow_consumer() -> None:
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        ack = await board.press(op="stall")
+        assert ack["ok"]
+        assert "slow-1" in ack["detail"]
+        row = await board.until(lambda: board.row("slow-1", "CONNECTED"))
+        assert row["kind"] == "simulated"
+        assert row["groups"] == ["lobby"]
+
+        await board.until(lambda: board.row("slow-1", "DISCONNECTED"), timeout=10)
+        assert ("CONNECTED", "ERROR", "slow consumer") in board.changes("slow-1")
+        assert board.snapshot is not None
+        assert board.snapshot["drops"].get("slow consumer", 0) > 0
+        assert "slow-1" not in demo.manager.identifiers()  # forgotten once DISCONNECTED
+
+
+async def test_kill_closes_every_chat_connection_with_1001() -> None:
+    async with (
+        open_demo("127.0.0.1", 0) as demo,
+        admin(demo) as board,
+        chatter(demo, "alice") as alice,
+        chatter(demo, "bob") as bob,
+    ):
+        await board.until(lambda: board.row("alice") and board.row("bob"))
+        ack = await board.press(op="kill")
+        assert ack == {
+            "type": "ack",
+            "op": "kill",
+            "ok": True,
+            "detail": "closed 2 connection(s) with 1001",
+        }
+        for ws in (alice, bob):
+            with anyio.fail_after(5), pytest.raises(ConnectionClosedOK) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1001
+        await board.until(
+            lambda: board.row("alice", "DISCONNECTED") and board.row("bob", "DISCONNECTED")
+        )
+        assert demo.manager.identifiers() == {"dashboard"}  # the dashboard stays to watch
+        socket = demo.manager.sockets_of("dashboard")[0]
+        assert demo.manager.get_connection_state(socket) is ConnectionState.CONNECTED
+
+
+async def test_a_dashboard_that_drops_itself_resumes_its_membership() -> None:
+    async with open_demo("127.0.0.1", 0) as demo:
+        async with admin(demo) as board:
+            assert board.hello is not None
+            token = board.hello["resume"]
+            me = await board.until(lambda: board.row("dashboard", "CONNECTED"))
+            # Its ack is lost with the socket: a write that fails is dropped and counted.
+            await ask(board.ws, op="drop", key=me["key"])
+            with anyio.fail_after(5), pytest.raises(ConnectionClosed):
+                await drain(board.ws)
+        async with client(f"{demo.ws_url}/admin?resume={token}") as ws:
+            again = Admin(ws)
+            back = await again.until(lambda: again.row("dashboard", "CONNECTED"))
+            assert back["key"] == me["key"]
+            assert back["groups"] == ["admins"]
+            assert ("RECONNECTING", "CONNECTED", "resumed") in again.changes("dashboard")
+
+
+# coredis deprecates the ZRANGEBYSCORE call wsfleet.adapters.redis makes; with warnings as
+# errors the backplane's link would fail on it.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_two_demos_share_a_fleet_through_redis() -> None:
+    binary = redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer(binary) as redis:
+        async with (
+            open_demo("127.0.0.1", 0, redis=redis.url) as one,
+            open_demo("127.0.0.1", 0, redis=redis.url) as two,
+            admin(one) as board,
+            chatter(one, "alice") as alice,
+            chatter(two, "bob") as bob,
+        ):
+            with anyio.fail_after(5):
+                while {
+                    one.manager.stats().backplane_state,
+                    two.manager.stats().backplane_state,
+                } != {"CONNECTED"}:
+                    await anyio.sleep(0.05)
+            await join(alice, "lobby")
+            await join(bob, "lobby")
+            await ask(bob, op="say", group="lobby", text="across nodes")
+            with anyio.fail_after(5):
+                while (message := await receive(alice))["op"] != "said":
+                    pass
+            assert message["text"] == "across nodes"
+
+            def linked() -> dict[str, Any] | None:
+                latest = board.snapshot
+                return latest if latest and latest["backplane"] == "CONNECTED" else None
+
+            snapshot = await board.until(linked)
+            assert snapshot["node"] == one.manager.node_id
+            assert board.row("bob") is None  # a dashboard shows its own node's sockets
+
+
+# -- the files and the command -------------------------------------------------------------------
+
+
+def test_packaged_diagram_is_the_committed_one() -> None:
+    packaged = ROOT / "src" / "wsfleet" / "demo" / "static" / "connection-states.svg"
+    committed = ROOT / "diagrams" / "connection-states.svg"
+    assert packaged.read_bytes() == committed.read_bytes(), (
+        "the demo's diagram is stale; run: "
+        "cp diagrams/connection-states.svg src/wsfleet/demo/static/connection-states.svg"
+    )
+
+
+def test_demo_command_line_options() -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["demo", "--backend", "curio"])
+    assert usage.value.code == 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def demo_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Any]]:
+    """``python -m wsfleet demo --backend <loop>`` on a free port: (port, process)."""
+    port = free_port()
+    command = [sys.executable, "-m", "wsfleet", "demo", "--port", str(port)]
+    with (
+        (tmp_path / "stderr.txt").open("w") as errors,
+        subprocess.Popen(
+            [*command, "--backend", request.param],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        ) as process,
+    ):
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert f"chat at http://127.0.0.1:{port}/ " in line, line
+            assert f"({request.param})" in line
+            yield port, process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+
+
+def test_demo_command_serves_and_stops_on_sigterm(demo_process: tuple[int, Any]) -> None:
+    port, process = demo_process
+
+    async def fetch() -> int:
+        status, _, _ = await http_get(port, "/dashboard")
+        return status
+
+    assert anyio.run(fetch) == 200
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+
+
+def test_demo_command_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
