@@ -355,31 +355,92 @@ def modes_of(variant: Variant) -> tuple[str, ...]:
     return ("single", "burst")
 
 
-def measure(variant: Variant, sizes: list[int], quick: bool) -> dict[str, Any]:
-    """Every mode at every N for one variant; the fleet grows from one N to the next."""
+#: Variants measured side by side: their rounds alternate (A, B, C, A, B, C ...), so a change
+#: in the machine's load (it is shared) hits a wsfleet variant and its baseline alike.
+GROUPS = (
+    ("ws-broadcast", "wsfleet-ws-asyncio"),
+    ("trio-ws-loop", "wsfleet-trio-ws", "wsfleet-ws-trio"),
+    ("starlette-loop", "wsfleet-asgi"),
+)
+MODES = ("single", "burst", "batch")
+
+
+def groups_of(keys: list[str]) -> list[list[str]]:
+    """``keys`` in measuring groups, each variant once, in the order of ``keys``."""
+    out: list[list[str]] = []
+    placed: set[str] = set()
+    for key in keys:
+        if key in placed:
+            continue
+        group = next((g for g in GROUPS if key in g), (key,))
+        members = [k for k in keys if k in group]
+        placed.update(members)
+        out.append(members)
+    return out
+
+
+def summary(m: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "m": m,
+        "rounds": rounds,
+        "cpu_us_per_delivery": median_of(rounds, "cpu_us_per_delivery"),
+        "deliveries_per_s": median_of(rounds, "deliveries_per_s"),
+        "wall_s": median_of(rounds, "wall_s"),
+        "complete": all(r["complete"] and r["server_done"] for r in rounds),
+    }
+
+
+def measure_group(keys: list[str], sizes: list[int], quick: bool) -> dict[str, Any]:
+    """Every mode at every N for a group of variants, their rounds alternating.
+
+    Each variant has its own server and client processes for the whole group; idle ones cost
+    nothing (no keepalive). The fleets grow from one N to the next.
+    """
     out: dict[str, Any] = {}
-    with Run(variant) as run:
+    runs: dict[str, Run] = {}
+
+    def fail(key: str, exc: Failed) -> None:
+        out[key] = {"error": str(exc)}
+        run = runs.pop(key, None)
+        if run is not None:
+            run.__exit__()
+        print(f"    {key} failed: {exc}", flush=True)
+
+    with contextlib.ExitStack() as stack:
+        for key in keys:
+            try:
+                runs[key] = stack.enter_context(Run(BY_KEY[key]))
+                out[key] = {}
+            except Failed as exc:
+                fail(key, exc)
         for n in sizes:
-            run.connect(n - run.n, f"n{n}-")
-            run.round(5, SIZE, "single", 30)  # warm-up: first allocations, socket buffers
+            for key, run in list(runs.items()):
+                try:
+                    run.connect(n - run.n, f"n{n}-")
+                    run.round(5, SIZE, "single", 30)  # warm-up: allocations, socket buffers
+                except Failed as exc:
+                    fail(key, exc)
             reps = 1 if quick or n > 1_000 else 3
-            entry: dict[str, Any] = {}
-            for mode in modes_of(variant):
-                rounds: list[dict[str, Any]] = []
-                began = time.monotonic()
-                # Up to `reps` rounds, fewer when one round is long enough to average by itself.
+            for mode in MODES:
                 m = SINGLE_M_LARGE if mode == "single" and n > 1_000 else M
-                while len(rounds) < reps and (not rounds or time.monotonic() - began < 3.0):
-                    rounds.append(run.round(m, SIZE, mode, round_timeout(n, m)))
-                entry[mode] = {
-                    "m": m,
-                    "rounds": rounds,
-                    "cpu_us_per_delivery": median_of(rounds, "cpu_us_per_delivery"),
-                    "deliveries_per_s": median_of(rounds, "deliveries_per_s"),
-                    "wall_s": median_of(rounds, "wall_s"),
-                    "complete": all(r["complete"] and r["server_done"] for r in rounds),
-                }
-            out[str(n)] = entry
+                active = [k for k in runs if mode in modes_of(BY_KEY[k])]
+                rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in active}
+                began = time.monotonic()
+                for rep in range(reps):
+                    # Fewer repetitions when one round is long enough to average by itself.
+                    if rep and time.monotonic() - began > 3.0 * len(active):
+                        break
+                    for key in active:
+                        if key in runs:
+                            try:
+                                rounds[key].append(
+                                    runs[key].round(m, SIZE, mode, round_timeout(n, m))
+                                )
+                            except Failed as exc:
+                                fail(key, exc)
+                for key in active:
+                    if key in runs:
+                        out[key].setdefault(str(n), {})[mode] = summary(m, rounds[key])
     return out
 
 
@@ -764,7 +825,10 @@ def method_section(meta: dict[str, Any]) -> str:
         "- Deliveries/s = N x M / (last byte at the clients - the moment `go` was sent to the "
         "server); server CPU µs/delivery = the server process's `time.process_time()` delta "
         "/ (N x M). Each N starts with an unmeasured round of 5 messages; the fleet grows from "
-        "1,000 to 5,000 connections in the same processes.\n"
+        "1,000 to 5,000 connections in the same processes. A wsfleet variant and the plain "
+        "variant it is compared with are measured side by side, their rounds alternating "
+        "(websockets asyncio; trio-websocket and websockets on trio; Starlette), so that the "
+        "load of this shared machine, which varies, weighs on both alike.\n"
         "- No keepalive anywhere, no compression (`compression=None`; the raw clients offer no "
         "extension, so hypercorn negotiates none), no wsfleet heartbeat. wsfleet runs with "
         '`OverflowPolicy(max_messages=4096, max_bytes=1 MiB, action="disconnect")`.\n'
@@ -834,20 +898,20 @@ def main() -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
 
     available: dict[str, str | None] = {key: missing(BY_KEY[key]) for key in keys}
-    for key in [] if args.no_fanout else keys:
+    present: list[str] = []
+    for key in keys:
         why = available[key]
         if why is not None:
             results["fanout"][key] = {"missing": why}
-            continue
+        else:
+            present.append(key)
+    for group in [] if args.no_fanout else groups_of(present):
         if budget.passed():
-            results["fanout"][key] = {"error": "skipped: time budget spent"}
+            for key in group:
+                results["fanout"][key] = {"error": "skipped: time budget spent"}
             continue
-        progress(f"fan-out: {BY_KEY[key].label}")
-        try:
-            results["fanout"][key] = measure(BY_KEY[key], sizes, quick)
-        except Failed as exc:
-            results["fanout"][key] = {"error": str(exc)}
-            progress(f"  failed: {exc}")
+        progress("fan-out: " + ", ".join(BY_KEY[k].label for k in group))
+        results["fanout"].update(measure_group(group, sizes, quick))
     for key in [] if args.no_stall else keys:
         why = available[key]
         if why is not None:

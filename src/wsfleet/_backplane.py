@@ -58,6 +58,13 @@ D = ConnectionState.DISCONNECTED
 #: Envelopes that change membership; each is written to the store before it is published.
 _MEMBERSHIP: Final = frozenset(("online", "offline", "join", "leave"))
 
+#: How often a message that no other node heard is published again while they may be
+#: resubscribing (see ``Backplane._unheard``).
+UNHEARD_RETRY: Final = 0.01
+
+#: The most messages one publish round trip carries.
+MAX_BATCH: Final = 256
+
 #: The link keeps trying: a short cap on the delay brings it back soon after the store is.
 DEFAULT_LINK_POLICY: Final = RetryPolicy(
     max_attempts=1_000_000_000, base_delay=0.05, max_delay=1.0, jitter=0.2
@@ -78,6 +85,11 @@ class StoreSession(ABC):
         """Publish ``data`` to every subscriber; how many received it (this node's own
         subscription included), as Redis's ``PUBLISH`` answers, or ``None`` if the store
         cannot tell (then no message is counted as missed by a node)."""
+
+    async def publish_many(self, data: list[bytes]) -> list[int | None]:
+        """Publish several messages in order, in as few round trips as the store allows;
+        ``publish``'s answer for each. If it raises, any of them may or may not be out."""
+        return [await self.publish(item) for item in data]
 
     @abstractmethod
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
@@ -161,6 +173,10 @@ class Backplane:
         self._grace_until = 0.0
         #: Per load of a node's record under way: the view changes made meanwhile.
         self._loads: list[list[Callable[[], None]]] = []
+        self._stop: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
+        #: Set by the publish loop at every message it is done with (``close`` waits on it).
+        self._progress = anyio.Event()
         self._seq = 0
         self._up = anyio.Event()
 
@@ -265,7 +281,16 @@ class Backplane:
         self._outgoing_ready = anyio.Event()
         self._up = anyio.Event()
         self._machine.start(self.link, R, "connecting")
+        self._stopped = anyio.Event()
+        self._stop = anyio.CancelScope()
         task_status.started()
+        try:
+            with self._stop:  # cancelled by ``close``
+                await self._keep_up()
+        finally:
+            self._stopped.set()
+
+    async def _keep_up(self) -> None:
         while True:
             try:
                 await self._connected_life()
@@ -343,38 +368,72 @@ class Backplane:
         ``node_ttl`` after this node's link came back, those that held one before."""
         return len(self._peers)
 
+    def _unheard(self, receivers: int | None) -> bool:
+        """Whether a publish that no other node heard should wait and go again: while the
+        others may still be resubscribing, after this node's link came back (the store
+        restarted, say), up to ``node_ttl``. A buffered message is thus not spent on an
+        empty channel."""
+        return (
+            receivers is not None
+            and receivers <= 1
+            and bool(self._peers)
+            and anyio.current_time() < self._grace_until
+        )
+
     def _leases(self, live: set[str]) -> None:
         """The store's live nodes, read by the heartbeat: update the expected listeners."""
         self._peers |= live - {self.node_id}
         if anyio.current_time() >= self._grace_until:
             self._peers &= live
 
+    def _batch(self) -> list[Envelope]:
+        """What to publish next, in one round trip: the sends at the head of the queue (up
+        to ``MAX_BATCH``), or a membership change alone (it is recorded first). One message
+        at a time while the others may still be resubscribing (see ``_unheard``)."""
+        head = self._outgoing[0]
+        if head.kind != "send" or (self._peers and anyio.current_time() < self._grace_until):
+            return [head]
+        batch: list[Envelope] = []
+        for envelope in self._outgoing:
+            if envelope.kind != "send" or len(batch) == MAX_BATCH:
+                break
+            batch.append(envelope)
+        return batch
+
     async def _publish_loop(self, session: StoreSession) -> None:
         while True:
             while self._outgoing:
-                envelope = self._outgoing[0]
-                if envelope.kind in _MEMBERSHIP:
+                batch = self._batch()
+                if batch[0].kind in _MEMBERSHIP:
                     # Written before it is announced: a node that loads this one's record
                     # after applying the announcement finds the change in it.
-                    await self._record(session, envelope.data["id"])
+                    await self._record(session, batch[0].data["id"])
                 with anyio.fail_after(self.op_timeout):
                     try:
-                        receivers = await session.publish(encode(self.namespace, envelope))
+                        answers = await session.publish_many(
+                            [encode(self.namespace, envelope) for envelope in batch]
+                        )
                     except BaseException:
-                        if envelope.kind == "send":
-                            self._outgoing.popleft()
-                            self.stats["queued sends"] -= 1
-                            self._drop("publish failed")
+                        for envelope in batch:
+                            if envelope.kind == "send":
+                                self._outgoing.popleft()
+                                self.stats["queued sends"] -= 1
+                                self._drop("publish failed")
                         raise
-                self._outgoing.popleft()
-                if envelope.kind == "send":
-                    self.stats["queued sends"] -= 1
-                    # Redis answers how many subscriptions got it (ours is one of them): a
-                    # node that was not subscribed then (reconnecting) never will get it.
-                    if receivers is not None and receivers - 1 < self._expected():
-                        self._drop("missed by a node")
-                    else:
-                        self.stats["published"] += 1
+                if batch[0].kind == "send" and len(batch) == 1 and self._unheard(answers[0]):
+                    await anyio.sleep(UNHEARD_RETRY)
+                    continue  # nobody else got it, so publishing it again cannot duplicate it
+                for envelope, receivers in zip(batch, answers, strict=True):
+                    self._outgoing.popleft()
+                    if envelope.kind == "send":
+                        self.stats["queued sends"] -= 1
+                        # Redis answers how many subscriptions got it (ours is one of them):
+                        # a node that was not subscribed then (reconnecting) never will.
+                        if receivers is not None and receivers - 1 < self._expected():
+                            self._drop("missed by a node")
+                        else:
+                            self.stats["published"] += 1
+                self._progress.set()
             while self._dirty and not self._outgoing:
                 await self._record(session, self._dirty.pop())
             self._outgoing_ready = anyio.Event()
@@ -493,16 +552,35 @@ class Backplane:
             logger.warning("%r: could not load node %s: %r", self, node, exc)
 
     async def close(self) -> None:
-        """Leave the fleet cleanly: remove this node's records at once, stop the link."""
-        if self.link.state is C:
-            with anyio.move_on_after(self.op_timeout, shield=True):
-                try:
-                    async with self.store.session() as session:
-                        await session.forget(self.node_id)
-                except Exception as exc:
-                    logger.debug("%r: could not remove this node's records: %r", self, exc)
-        if self.link.state is not D:
-            self._machine.request(self.link, D, "manager closed")
+        """Leave the fleet cleanly: publish what is queued (for up to ``op_timeout``), stop
+        the link, remove this node's records at once. Sends still queued then are dropped
+        and counted ("manager closed"), like any other cross-node message that is lost."""
+        with anyio.CancelScope(shield=True):
+            connected = self.link.state is C
+            if connected:
+                with anyio.move_on_after(self.op_timeout):
+                    while self.stats["queued sends"] and self.link.state is C:
+                        self._progress = anyio.Event()
+                        await self._progress.wait()
+            if self.link.state is not D:
+                # First, so that what the store client raises while torn down is no error.
+                self._machine.request(self.link, D, "manager closed")
+            if self._stop is not None:
+                self._stop.cancel()  # no heartbeat may renew the lease once it is gone
+                with anyio.move_on_after(self.op_timeout):
+                    await self._stopped.wait()
+            if connected:
+                with anyio.move_on_after(self.op_timeout):
+                    try:
+                        async with self.store.session() as session:
+                            await session.forget(self.node_id)
+                    except Exception as exc:
+                        logger.debug("%r: could not remove this node's records: %r", self, exc)
+            for envelope in self._outgoing:
+                if envelope.kind == "send":
+                    self._drop("manager closed")
+            self._outgoing.clear()
+            self.stats["queued sends"] = 0
 
 
 class InMemoryHub(Store):

@@ -99,7 +99,7 @@ class Outbox:
             queue.append(message)
             conn.pending_bytes += size
             queued += 1
-            if state in WRITABLE:
+            if state is C or state is I:  # (identity: an Enum's hash is a Python call)
                 if conn.writing:
                     wake = conn.writer_wake
                     if wake is not None:
@@ -181,7 +181,8 @@ class Outbox:
 
     def schedule(self, conn: Connection) -> None:
         """Get what is queued for ``conn`` written: by its lingering writer, or the flusher."""
-        if not conn.pending or conn.state not in WRITABLE:
+        state = conn.state
+        if not conn.pending or not (state is C or state is I):
             return
         if conn.writing:
             wake = conn.writer_wake
@@ -216,7 +217,13 @@ class Outbox:
             ready, self._ready = self._ready, []
             for i, conn in enumerate(ready):
                 conn.scheduled = False
-                if conn.registered and not conn.writing and conn.state in WRITABLE and conn.pending:
+                state = conn.state
+                if (
+                    conn.pending
+                    and not conn.writing
+                    and (state is C or state is I)
+                    and conn.registered
+                ):
                     self._write_now(conn)
                 if i % _FLUSH_SLICE == _FLUSH_SLICE - 1:
                     await checkpoint()

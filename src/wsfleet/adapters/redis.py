@@ -92,6 +92,14 @@ class _RedisSession(StoreSession):
             receivers = await self.client.publish(self.channel, data)
         return receivers
 
+    async def publish_many(self, data: list[bytes]) -> list[int | None]:
+        if self.cluster or len(data) == 1:
+            return [await self.publish(item) for item in data]
+        # One round trip for the lot (no MULTI: a pipeline, not a transaction).
+        async with self.client.pipeline(transaction=False) as pipe:
+            requests = [pipe.publish(self.channel, item) for item in data]
+        return [await request for request in requests]
+
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:
         if self.cluster:

@@ -190,6 +190,12 @@ class WebsocketsTransport(Transport):
         return message
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with a closing handshake; cut the TCP connection if that cannot finish.
+
+        A peer that stopped reading leaves websockets' asyncio ``close()`` waiting for the
+        write buffer to drain, before its own close timeout even starts. When the manager
+        gives up on it (``close_timeout``), the connection is aborted rather than left open.
+        """
         try:
             if self._asyncio:
                 await self.ws.close(code, reason)
@@ -197,6 +203,10 @@ class WebsocketsTransport(Transport):
                 await self.ws.aclose(code, reason)
         except (ConnectionClosed, OSError):
             pass
+        except BaseException:
+            if self._asyncio and self.ws.transport is not None:
+                self.ws.transport.abort()
+            raise
 
 
 register_adapter(AsyncioConnection, WebsocketsTransport)
