@@ -128,11 +128,12 @@ async def test_every_fan_out_reaches_every_target_on_every_node_once_in_order(
         n1.add_to_group("alice", "room")
         n2.add_to_group("bob", "room")
         n3.add_to_group("dave", "room")
-        for manager in nodes.values():
-            await wait_until(
-                lambda m=manager: m.get_group_members("room") == {"alice", "bob", "dave"},  # type: ignore[misc]
-                "every node sees the room",
-            )
+        await wait_until(
+            lambda: all(
+                m.get_group_members("room") == {"alice", "bob", "dave"} for m in nodes.values()
+            ),
+            "every node sees the room",
+        )
 
         # Each operation: (call, the identifiers it targets).
         def operations(sender: str, i: int) -> list[tuple[str, tuple[Any, ...], set[str]]]:
