@@ -7,7 +7,6 @@ event and no queue are kept for it until it has something to send.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -71,8 +70,8 @@ class Connection(Lifecycle):
         self.socket = socket
         self.transport = transport
         self.identifier = identifier
-        #: Messages waiting to be written; ``None`` while there are none (saves a deque).
-        self.pending: deque[Outbound] | None = None
+        #: Messages waiting to be written; ``None`` while there are none (saves a list).
+        self.pending: list[Outbound] | None = None
         self.pending_bytes = 0
         #: In the manager's ready list, waiting for the flusher.
         self.scheduled = False

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
@@ -92,7 +92,7 @@ class Outbox:
                 continue
             queue = conn.pending
             if queue is None:
-                queue = conn.pending = deque()
+                queue = conn.pending = []
             elif len(queue) >= max_messages or conn.pending_bytes + size > max_bytes:
                 accepted_on_overflow += self._overflowed(conn, message, size)
                 continue
@@ -169,8 +169,8 @@ class Outbox:
 
     def queue_ping(self, conn: Connection) -> None:
         if conn.pending is None:
-            conn.pending = deque()
-        conn.pending.appendleft(PING)  # control frames jump the queue
+            conn.pending = []
+        conn.pending.insert(0, PING)  # control frames jump the queue (bounded: cheap)
         self.schedule(conn)
 
     # -- flushing ----------------------------------------------------------------------------
@@ -228,7 +228,7 @@ class Outbox:
                 if i % _FLUSH_SLICE == _FLUSH_SLICE - 1:
                     await checkpoint()
 
-    def _take_batch(self, conn: Connection) -> tuple[deque[Outbound], int, int]:
+    def _take_batch(self, conn: Connection) -> tuple[list[Outbound], int, int]:
         """Hand the whole queue over as one batch; a ping in it counts as sent from now."""
         batch = conn.pending
         assert batch is not None
