@@ -165,6 +165,8 @@ class Backplane:
         self._machine = FleetMachine(on_change=self._link_changed, on_retry=self._retry_after)
         self._manager: ConnectionManager | None = None
         self._outgoing: deque[Envelope] = deque()
+        #: Identifiers whose membership changed while the link was not CONNECTED.
+        self._unannounced: set[str] = set()
         self._outgoing_ready = anyio.Event()
         #: Identifiers whose record in the store must be rewritten (a mirrored join/leave).
         self._dirty: set[str] = set()
@@ -231,7 +233,10 @@ class Backplane:
             # Every node holding sockets of ``identifier`` follows (``_mirror_membership``).
             self._change_view(partial(self._follow, kind, identifier, group, None))
         if self.link.state is not C:
-            return  # re-asserted from the registry when the link is back
+            # Re-asserted when the link is back: by the resync's snapshot, and, for changes
+            # made while the resync awaits the store, from this set once CONNECTED.
+            self._unannounced.add(identifier)
+            return
         data: dict[str, Any] = {"id": identifier}
         if group is not None:
             data["group"] = group
@@ -333,10 +338,25 @@ class Backplane:
             with anyio.fail_after(self.op_timeout * 3):
                 await self._resync(session)
             self._machine.request(self.link, C, "connected")
+            self._announce_unannounced()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive, messages)
                 tg.start_soon(self._publish_loop, session)
                 tg.start_soon(self._heartbeat, session)
+
+    def _announce_unannounced(self) -> None:
+        """Announce what changed while the link was down, as the registry has it now."""
+        manager = self._manager
+        assert manager is not None
+        registry = manager._registry
+        changed, self._unannounced = self._unannounced, set()
+        for identifier in sorted(changed):
+            if identifier in registry.by_identifier:
+                self.membership("online", identifier)
+                for group in sorted(registry.memberships.get(identifier, ())):
+                    self.membership("join", identifier, group)
+            else:
+                self.membership("offline", identifier)
 
     async def _resync(self, session: StoreSession) -> None:
         """Re-assert this node's membership, reload the others', announce ourselves."""

@@ -297,6 +297,7 @@ class ConnectionManager:
             close = self._outbox.close
             self._spawn(close, conn.transport, 1000, "unregistered", name="wsfleet close")
         self._registry.remove(conn)
+        self._timers.forget(conn)
         if self._backplane is not None and conn.identifier not in self._registry.by_identifier:
             self._backplane.membership("offline", conn.identifier)
         self._resumption.forget(conn)
@@ -618,9 +619,12 @@ class ConnectionManager:
         """Queue ``message`` once for each socket of the named identifiers (duplicates too)."""
         if isinstance(identifiers, str | bytes):
             raise WrongType("identifiers must be an iterable of str, not a single str")
-        names = list(dict.fromkeys(identifiers))
-        for name in names:
-            check_name("identifier", name)
+        if not isinstance(identifiers, Iterable):
+            raise WrongType(f"identifiers must be an iterable of str, got {identifiers!r}")
+        given = list(identifiers)
+        for name in given:
+            check_name("identifier", name)  # before hashing: a list inside is a WrongType
+        names = list(dict.fromkeys(given))
         size = self._check(message)
         targets = [c for name in names for c in self._registry.connections_of(name)]
         count = self._outbox.fan_out(targets, message, size)

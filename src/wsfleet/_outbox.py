@@ -215,18 +215,17 @@ class Outbox:
             self._wake = anyio.Event()
             self._wake_requested = False
             ready, self._ready = self._ready, []
-            for i, conn in enumerate(ready):
-                conn.scheduled = False
-                state = conn.state
-                if (
-                    conn.pending
-                    and not conn.writing
-                    and (state is C or state is I)
-                    and conn.registered
-                ):
-                    self._write_now(conn)
-                if i % _FLUSH_SLICE == _FLUSH_SLICE - 1:
-                    await checkpoint()
+            await self._flush(ready)
+            del ready  # hold no connection while waiting: a closed one must be free to go
+
+    async def _flush(self, ready: list[Connection]) -> None:
+        for i, conn in enumerate(ready):
+            conn.scheduled = False
+            state = conn.state
+            if conn.pending and not conn.writing and (state is C or state is I) and conn.registered:
+                self._write_now(conn)
+            if i % _FLUSH_SLICE == _FLUSH_SLICE - 1:
+                await checkpoint()
 
     def _take_batch(self, conn: Connection) -> tuple[list[Outbound], int, int]:
         """Hand the whole queue over as one batch; a ping in it counts as sent from now."""

@@ -59,6 +59,12 @@ class Timers:
     def bind_loop(self) -> None:
         self._wake = anyio.Event()
 
+    def forget(self, conn: Connection) -> None:
+        """``conn`` was unregistered: its deadlines are stale (see ``Deadlines.forget``)."""
+        entries = int(conn.hb_armed) + int(conn.idle_armed)
+        if entries:
+            self._deadlines.forget(entries)
+
     def push(self, when: float, kind: Kind, conn: Connection, token: int = 0) -> None:
         if self._deadlines.push(when, kind, conn, token):
             self._wake.set()

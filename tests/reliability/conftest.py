@@ -176,10 +176,26 @@ async def serve(handler: Handler, **options: Any) -> AsyncIterator[str]:
     Like ``tests/adapters/harness_websockets.serve`` but every option of websockets' server
     may be given (compression, ``max_size``, ``close_timeout`` ...). wsfleet pings, so
     websockets' own keepalive is off; so is compression unless asked for.
+
+    On trio, leaving cancels the server's tasks; first it lets the handlers of connections
+    already closing finish (for up to a second), as websockets' asyncio server does. A
+    handler cancelled while its peer's close is on its way would otherwise spend the
+    manager's ``close_timeout`` on a closing handshake its cancelled connection cannot
+    finish.
     """
+    active: set[Any] = set()
 
     async def on_connection(ws: Any) -> None:
-        await handler(ws, identifier_of(ws.request.path))
+        active.add(ws)
+        try:
+            await handler(ws, identifier_of(ws.request.path))
+        finally:
+            active.discard(ws)
+
+    def closing() -> bool:
+        from websockets.protocol import State
+
+        return any(ws.protocol.state is not State.OPEN for ws in active)
 
     options.setdefault("ping_interval", None)
     options.setdefault("compression", None)
@@ -196,6 +212,9 @@ async def serve(handler: Handler, **options: Any) -> AsyncIterator[str]:
             try:
                 yield f"ws://127.0.0.1:{port}/ws"
             finally:
+                with anyio.move_on_after(1.0, shield=True):
+                    while closing():
+                        await anyio.sleep(0.001)
                 nursery.cancel_scope.cancel()
     else:
         from websockets.asyncio.server import serve as asyncio_serve
@@ -246,12 +265,16 @@ async def raw_connect(
     )
     if extensions is not None:
         request += f"Sec-WebSocket-Extensions: {extensions}\r\n"
-    await stream.send((request + "\r\n").encode())
     response = b""
-    with anyio.fail_after(5):
-        while b"\r\n\r\n" not in response:
-            response += await stream.receive(1)  # byte by byte: read nothing past the headers
-    assert response.startswith(b"HTTP/1.1 101"), response
+    try:
+        await stream.send((request + "\r\n").encode())
+        with anyio.fail_after(5):
+            while b"\r\n\r\n" not in response:
+                response += await stream.receive(1)  # byte by byte: nothing past the headers
+        assert response.startswith(b"HTTP/1.1 101"), response
+    except BaseException:
+        await stream.aclose()
+        raise
     return stream, response.decode("latin-1")
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -78,6 +79,27 @@ class Server:
                 await stop.wait()
                 tg.cancel_scope.cancel()
 
+    def stop(self, identifier: str) -> None:
+        stop = self.stop_handler.get(identifier)
+        if stop is not None:
+            stop.set()
+
+
+@dataclass
+class Tally:
+    calls: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    async def attempt(self, call: Callable[[], object]) -> None:
+        """Run ``call``; a ``WsfleetError`` is counted, anything else fails the test."""
+        self.calls += 1
+        try:
+            result = call()
+            if isinstance(result, Awaitable):
+                await result
+        except WsfleetError as exc:
+            self.errors[type(exc).__name__] += 1
+
 
 async def turns(rng: random.Random) -> None:
     for _ in range(rng.randrange(6)):
@@ -86,119 +108,97 @@ async def turns(rng: random.Random) -> None:
         await anyio.sleep(rng.random() / 1000)
 
 
+async def race(server: Server, url: str, i: int, rng: random.Random, tally: Tally) -> None:
+    """One socket going away while the manager's calls are fired at it."""
+    manager = server.manager
+    name, group = f"r{i}", f"g-r{i}"
+    killer = KILLERS[i % len(KILLERS)]
+    server.registered[name] = anyio.Event()
+    async with AsyncExitStack() as stack:
+        stack.callback(server.stop, name)  # last: whatever happened, the handler ends
+        if killer == "peer resets":
+            stream, _ = await raw_connect(f"{url}?id={name}")
+            stack.push_async_callback(stream.aclose)
+        else:
+            peer = await stack.enter_async_context(client(f"{url}?id={name}"))
+        await server.registered[name].wait()
+        ws = server.sockets[name]
+        conn = manager.connection(ws)
+
+        async def kill() -> None:
+            await turns(rng)
+            if killer == "peer closes":
+                await close_client(peer)
+            elif killer == "peer resets":
+                await reset(stream)
+            elif killer == "unregister":
+                await tally.attempt(lambda: manager.unregister(ws))
+            elif killer == "close":  # the caller may have got there first
+                await tally.attempt(lambda: manager.close(ws, 1000, "race"))
+            elif killer == "disconnect_identifier":
+                await tally.attempt(lambda: manager.disconnect_identifier(name, 1000, "race"))
+            else:
+                server.stop(name)
+
+        ops: list[Callable[[], object]] = [
+            lambda: manager.send_to_one(name, "one"),
+            lambda: manager.send_to_many([name, "nobody"], "many"),
+            lambda: manager.send_to_group(group, "group"),
+            lambda: manager.send_to_group("everyone", "all", exclude=ws),
+            lambda: manager.broadcast(b"bytes"),
+            lambda: conn.send("direct"),
+            lambda: manager.add_to_group(name, "extra"),
+            lambda: manager.remove_from_group(name, group),
+            lambda: manager.set_connection_state(ws, ConnectionState.IDLE),
+            lambda: manager.set_connection_state(ws, ConnectionState.CONNECTED),
+            lambda: manager.connection(ws),
+            lambda: manager.touch(ws),
+            lambda: manager.get_group_members(group),
+            lambda: manager.close(ws, 4000, "caller"),
+            lambda: manager.unregister(ws),
+        ]
+
+        async def call() -> None:
+            for _ in range(rng.randrange(3, 12)):
+                await turns(rng)
+                await tally.attempt(rng.choice(ops))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill)
+            tg.start_soon(call)
+
+
 async def test_sends_racing_disconnects_raise_only_wsfleet_errors(
     sizes: Sizes, figure: Figure
 ) -> None:
     races = sizes.pick(600, 10_000)
-    rng = random.Random(2024)
-    errors: Counter[str] = Counter()
-    calls = 0
+    seeds = random.Random(2024)
+    tally = Tally()
     async with ConnectionManager(close_timeout=1.0) as manager:
         server = Server(manager)
         async with serve(server.handler) as url:
             baseline_tasks = task_count()
-
-            async def race(i: int) -> None:
-                nonlocal calls
-                name = f"r{i}"
-                killer = KILLERS[i % len(KILLERS)]
-                local = random.Random(rng.random())
-                server.registered[name] = anyio.Event()
-                with anyio.fail_after(10):
-                    if killer == "peer resets":
-                        stream, _ = await raw_connect(f"{url}?id={name}")
-                        peer: Any = None
-                    else:
-                        stream = None
-                        peer_cm = client(f"{url}?id={name}")
-                        peer = await peer_cm.__aenter__()
-                    try:
-                        await server.registered[name].wait()
-                        ws = server.sockets[name]
-                        conn = manager.connection(ws)
-                        group = f"g-{name}"
-
-                        async def kill() -> None:
-                            await turns(local)
-                            try:
-                                if killer == "peer closes":
-                                    await close_client(peer)
-                                elif killer == "peer resets":
-                                    assert stream is not None
-                                    await reset(stream)
-                                elif killer == "unregister":
-                                    manager.unregister(ws)
-                                elif killer == "close":
-                                    await manager.close(ws, 1000, "race")
-                                elif killer == "disconnect_identifier":
-                                    await manager.disconnect_identifier(name, 1000, "race")
-                                else:
-                                    server.stop_handler[name].set()
-                            except WsfleetError as exc:  # the caller got there first
-                                errors[type(exc).__name__] += 1
-
-                        ops: list[Callable[[], Any]] = [
-                            lambda: manager.send_to_one(name, "one"),
-                            lambda: manager.send_to_many([name, "nobody"], "many"),
-                            lambda: manager.send_to_group(group, "group"),
-                            lambda: manager.send_to_group("everyone", "all", exclude=ws),
-                            lambda: manager.broadcast(b"bytes"),
-                            lambda: conn.send("direct"),
-                            lambda: manager.add_to_group(name, "extra"),
-                            lambda: manager.remove_from_group(name, group),
-                            lambda: manager.set_connection_state(ws, ConnectionState.IDLE),
-                            lambda: manager.set_connection_state(ws, ConnectionState.CONNECTED),
-                            lambda: manager.connection(ws),
-                            lambda: manager.touch(ws),
-                            lambda: manager.get_group_members(group),
-                            lambda: manager.close(ws, 4000, "caller"),
-                            lambda: manager.unregister(ws),
-                        ]
-
-                        async def call() -> None:
-                            nonlocal calls
-                            for _ in range(local.randrange(3, 12)):
-                                await turns(local)
-                                op = local.choice(ops)
-                                calls += 1
-                                try:
-                                    result = op()
-                                    if isinstance(result, Awaitable):
-                                        await result
-                                except WsfleetError as exc:  # anything else fails the test
-                                    errors[type(exc).__name__] += 1
-
-                        async with anyio.create_task_group() as tg:
-                            tg.start_soon(kill)
-                            tg.start_soon(call)
-                    finally:
-                        if peer is not None:
-                            with suppress(Exception):
-                                await peer_cm.__aexit__(None, None, None)
-                        if stream is not None:
-                            await stream.aclose()
-                        server.stop_handler[name].set()
-
             limiter = anyio.CapacityLimiter(CONCURRENT)
 
-            async def limited(i: int) -> None:
+            async def limited(i: int, rng: random.Random) -> None:
                 async with limiter:
-                    await race(i)
+                    with anyio.fail_after(10):
+                        await race(server, url, i, rng, tally)
 
             async with anyio.create_task_group() as tg:
                 for i in range(races):
-                    tg.start_soon(limited, i)
+                    tg.start_soon(limited, i, random.Random(seeds.random()))
 
             await wait_until(lambda: manager.count() == 0, "every race's socket gone", timeout=10)
             stats = manager.stats()
             await wait_until(lambda: task_count() <= baseline_tasks, "tasks back", timeout=5)
             tasks_after = task_count()
     figure("races", races)
-    figure("calls racing a disconnect", calls)
-    figure("wsfleet errors caught", str(dict(errors)))
-    figure("other errors", 0, "", "= 0")
+    figure("calls racing a disconnect", tally.calls)
+    figure("wsfleet errors caught", str(dict(tally.errors)))
+    figure("other errors", 0, "", "= 0 (any would have failed the test)")
     figure("connections left", stats.connections, "", "= 0")
-    figure("tasks", tasks_after - baseline_tasks, "", "<= 0 beyond baseline")
+    figure("tasks beyond the baseline", tasks_after - baseline_tasks, "", "<= 0")
     assert tasks_after <= baseline_tasks
     assert stats.connections == 0
     assert stats.identifiers == 0

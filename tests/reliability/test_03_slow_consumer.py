@@ -20,6 +20,7 @@ Real websockets server and clients on 127.0.0.1, asyncio and trio.
 from __future__ import annotations
 
 import struct
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,13 +85,18 @@ async def broadcast_run(total_bytes: int, *, slow: bool) -> Run:
             run.latencies.append(anyio.current_time() - struct.unpack("!d", data[:8])[0])
             run.received += 1
 
-    async with manager, serve(handler, max_size=None) as url, anyio.create_task_group() as tg:
+    async with (
+        manager,
+        serve(handler, max_size=None) as url,
+        AsyncExitStack() as closing,
+        anyio.create_task_group() as tg,
+    ):
         clients = []
         for i in range(HEALTHY):
             clients.append(await tg.start(hold, f"{url}?id=h{i}"))
-        stalled = None
         if slow:
             stalled, _ = await raw_connect(f"{url}?id=slow")
+            closing.push_async_callback(stalled.aclose)
         await wait_until(lambda: manager.count() == HEALTHY + slow, "all registered")
         for ws in clients:
             tg.start_soon(reader, ws)
@@ -109,8 +115,6 @@ async def broadcast_run(total_bytes: int, *, slow: bool) -> Run:
                             run.evicted_after = anyio.current_time() - started
                 await anyio.sleep(0.005)
             await wait_until(lambda: run.received >= count * HEALTHY, "healthy caught up")
-        if stalled is not None:
-            await stalled.aclose()
         tg.cancel_scope.cancel()
     return run
 
