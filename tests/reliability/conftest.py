@@ -30,6 +30,7 @@ import sniffio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import wsfleet.adapters.websockets  # noqa: F401  (registers the adapter)
+from adapters.clients import client  # noqa: F401  (shared with the adapter tests)
 
 T = TypeVar("T")
 
@@ -342,23 +343,6 @@ async def reset(stream: anyio.abc.SocketStream) -> None:
     raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await stream.aclose()
-
-
-@asynccontextmanager
-async def client(url: str, **options: Any) -> AsyncIterator[Any]:
-    """A websockets client on the test's loop; no keepalive, no compression unless asked."""
-    options.setdefault("ping_interval", None)
-    options.setdefault("compression", None)
-    if sniffio.current_async_library() == "trio":
-        from websockets.trio.client import connect as trio_connect
-
-        async with trio_connect(url, **options) as ws:
-            yield ws
-    else:
-        from websockets.asyncio.client import connect as asyncio_connect
-
-        async with asyncio_connect(url, **options) as ws:
-            yield ws
 
 
 def percentile(values: list[float], fraction: float) -> float:
