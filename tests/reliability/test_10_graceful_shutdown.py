@@ -142,7 +142,6 @@ async def test_leaving_the_block_under_load_closes_with_1001_and_loses_nothing_q
     # transport counts as sent and dies in its buffer when the socket is aborted; on trio a
     # batch cut off midway counts as dropped although its first frames got through.
     assert stalled_code in (1001, 1006)
-    assert stats.dropped > 0
     figure(
         "stalled peer: received + counted drops",
         stalled_reader.data_frames + stats.dropped,
