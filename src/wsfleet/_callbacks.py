@@ -1,26 +1,36 @@
-"""State-change callbacks: registered by the application, run by the manager's dispatcher.
+"""State-change callbacks: registered by the application, each run in a lane of its own.
 
 A callback may be sync or async and may take ``(socket, old, new)`` or the ``StateChange``
-record alone; which one is decided once, when it is added. The dispatcher runs callbacks one
-change at a time, in the order the changes happened, so each connection's callbacks see its
-changes in order. A callback that raises is logged and counted; one that hangs is abandoned
-after the manager's ``callback_timeout``. Neither stops the others.
+record alone; which one is decided once, when it is added. Every callback has its own queue
+of changes and its own task (its lane): it sees every change in the order the changes
+happened, one at a time, and only ever waits for itself. That is the point of lanes: with one
+queue for all, a callback that hangs on every change would hold each change's other callbacks
+back by ``callback_timeout``, so a burst of n changes would reach a well-behaved callback
+n x ``callback_timeout`` late. A callback that raises is logged and counted; one that hangs
+is abandoned after the manager's ``callback_timeout`` and counted. A lane more than
+``BACKLOG`` changes behind drops its oldest change, counted and logged, so a callback that
+cannot keep up costs bounded memory.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import anyio
+import anyio.abc
 
 from .fsm.machine import StateChange
 
 __all__ = ["CallbackHandle", "Callbacks", "StateCallback"]
 
 logger = logging.getLogger("wsfleet")
+
+#: How many changes a callback may be behind before its oldest is dropped (and counted).
+BACKLOG = 10_000
 
 StateCallback: TypeAlias = Callable[..., Awaitable[None] | None]
 
@@ -61,14 +71,38 @@ class CallbackHandle:
         return self.callback(*args, **kwargs)
 
 
-class Callbacks:
-    __slots__ = ("_handles", "errors", "timeout", "timeouts")
+class _Lane:
+    """One callback's queue of changes and the task that works through it."""
 
-    def __init__(self, timeout: float) -> None:
-        self._handles: dict[CallbackHandle, None] = {}
+    __slots__ = ("busy", "closed", "handle", "pending", "wake")
+
+    def __init__(self, handle: CallbackHandle) -> None:
+        self.handle = handle
+        self.pending: deque[tuple[StateChange, object]] = deque()
+        self.wake: anyio.Event | None = None  # made by the worker, inside the event loop
+        self.busy = False
+        self.closed = False
+
+    def poke(self) -> None:
+        wake = self.wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+
+class Callbacks:
+    """The callbacks, each with a lane of its own (see the module's docstring)."""
+
+    __slots__ = ("_idle", "_lanes", "_tg", "backlog", "dropped", "errors", "timeout", "timeouts")
+
+    def __init__(self, timeout: float, backlog: int = BACKLOG) -> None:
+        self._lanes: dict[CallbackHandle, _Lane] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._idle: anyio.Event | None = None
         self.timeout = timeout
+        self.backlog = backlog
         self.errors = 0
         self.timeouts = 0
+        self.dropped = 0
 
     def add(self, callback: StateCallback) -> CallbackHandle:
         if not callable(callback):
@@ -76,36 +110,101 @@ class Callbacks:
 
             raise WrongType(f"callback must be callable, got {type(callback).__name__}")
         handle = CallbackHandle(self, callback)
-        self._handles[handle] = None
+        lane = self._lanes[handle] = _Lane(handle)
+        if self._tg is not None:
+            self._tg.start_soon(self._work, lane, name=f"wsfleet callback {callback!r}")
         return handle
 
     def discard(self, handle: CallbackHandle) -> bool:
-        return self._handles.pop(handle, 0) is None
+        lane = self._lanes.pop(handle, None)
+        if lane is None:
+            return False
+        lane.closed = True
+        lane.pending.clear()  # unsubscribed: what it had not seen yet is no longer its
+        lane.poke()
+        if self._idle is not None:
+            self._idle.set()
+        return True
 
     def __bool__(self) -> bool:
-        return bool(self._handles)
+        return bool(self._lanes)
 
     def __len__(self) -> int:
-        return len(self._handles)
+        return len(self._lanes)
 
-    async def run(self, change: StateChange, socket: object) -> None:
-        """Call every callback for ``change``; none of them can stop the others."""
-        for handle in list(self._handles):
+    def publish(self, change: StateChange, socket: object) -> None:
+        """Queue ``change`` for every callback; O(number of callbacks), never waits."""
+        for lane in self._lanes.values():
+            pending = lane.pending
+            if len(pending) >= self.backlog:
+                pending.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % self.backlog == 0:
+                    logger.error(
+                        "state-change callback %r is %d changes behind; its oldest change was "
+                        "dropped (%d dropped so far, stats().drops['callback backlog'])",
+                        lane.handle.callback,
+                        len(pending),
+                        self.dropped,
+                    )
+            pending.append((change, socket))
+            lane.poke()
+
+    def busy(self) -> bool:
+        """Whether some callback still has a change to see, or is seeing one."""
+        return any(lane.busy or lane.pending for lane in self._lanes.values())
+
+    async def wait_idle(self) -> None:
+        """Return once no callback has a change left to see (bound it with a timeout)."""
+        while self.busy():
+            self._idle = idle = anyio.Event()
+            await idle.wait()
+
+    async def run(self) -> None:
+        """Run every lane until cancelled (the manager's dispatcher task)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
             try:
-                if handle.wants_record:
-                    result = handle.callback(change)
-                else:
-                    result = handle.callback(socket, change.old, change.new)
-                if inspect.isawaitable(result):
-                    with anyio.move_on_after(self.timeout) as scope:
-                        await result
-                    if scope.cancelled_caught:
-                        self.timeouts += 1
-                        logger.error(
-                            "state-change callback %r took longer than %.3g s; abandoned",
-                            handle.callback,
-                            self.timeout,
-                        )
-            except Exception:
-                self.errors += 1
-                logger.exception("state-change callback %r raised", handle.callback)
+                for lane in self._lanes.values():
+                    name = f"wsfleet callback {lane.handle.callback!r}"
+                    tg.start_soon(self._work, lane, name=name)
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    async def _work(self, lane: _Lane) -> None:
+        pending = lane.pending
+        while not lane.closed:
+            lane.wake = anyio.Event()
+            if not pending:
+                await lane.wake.wait()
+                continue
+            lane.busy = True
+            try:
+                while pending and not lane.closed:
+                    change, socket = pending.popleft()
+                    await self._call(lane.handle, change, socket)
+            finally:
+                lane.busy = False
+                if self._idle is not None:
+                    self._idle.set()
+
+    async def _call(self, handle: CallbackHandle, change: StateChange, socket: object) -> None:
+        try:
+            if handle.wants_record:
+                result = handle.callback(change)
+            else:
+                result = handle.callback(socket, change.old, change.new)
+            if inspect.isawaitable(result):
+                with anyio.move_on_after(self.timeout) as scope:
+                    await result
+                if scope.cancelled_caught:
+                    self.timeouts += 1
+                    logger.error(
+                        "state-change callback %r took longer than %.3g s; abandoned",
+                        handle.callback,
+                        self.timeout,
+                    )
+        except Exception:
+            self.errors += 1
+            logger.exception("state-change callback %r raised", handle.callback)

@@ -17,7 +17,6 @@ closes every socket with 1001 and waits for the tasks, each step bounded in time
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -131,10 +130,6 @@ class ConnectionManager:
         self._closing = False
         self._batching = 0
         self._resumption = Resumption(self)
-        self._changes: deque[StateChange] = deque()
-        self._changes_wake = anyio.Event()
-        self._dispatching = False
-        self._drained = anyio.Event()
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -145,13 +140,12 @@ class ConnectionManager:
         # Events are bound to the running event loop on asyncio: make them here.
         self._outbox.bind_loop()
         self._timers.bind_loop()
-        self._changes_wake = anyio.Event()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self._outbox.run, name="wsfleet flusher")
         tg.start_soon(self._timers.run, name="wsfleet timers")
-        tg.start_soon(self._dispatcher, name="wsfleet callbacks")
+        tg.start_soon(self._callbacks.run, name="wsfleet callbacks")
         if self._backplane is not None:
             await tg.start(self._backplane.run, self, name="wsfleet backplane")
         return self
@@ -199,9 +193,7 @@ class ConnectionManager:
         if self._backplane is not None:
             await self._backplane.close()
         with anyio.move_on_after(self.shutdown_timeout):
-            if self._changes or self._dispatching:
-                self._drained = anyio.Event()
-                await self._drained.wait()
+            await self._callbacks.wait_idle()
 
     def _running(self) -> anyio.abc.TaskGroup:
         if self._tg is None or self._closing:
@@ -748,26 +740,9 @@ class ConnectionManager:
         if new in (E, D) and conn.writer_scope is not None:
             conn.writer_scope.cancel()
         if self._callbacks:
-            self._changes.append(change)
-            if not self._changes_wake.is_set():
-                self._changes_wake.set()
+            self._callbacks.publish(change, conn.socket)
         if new is D and conn.held and conn.registered:
             self._unregister(conn, change.reason or "resume window expired")
-
-    async def _dispatcher(self) -> None:
-        while True:
-            await self._changes_wake.wait()
-            self._changes_wake = anyio.Event()
-            self._dispatching = True
-            try:
-                while self._changes:
-                    change = self._changes.popleft()
-                    conn = change.connection
-                    assert isinstance(conn, Connection)
-                    await self._callbacks.run(change, conn.socket)
-            finally:
-                self._dispatching = False
-                self._drained.set()
 
     # -- numbers -------------------------------------------------------------------------------
 
@@ -776,6 +751,8 @@ class ConnectionManager:
         registry = self._registry
         outbox = self._outbox
         drops = dict(outbox.drops)
+        if self._callbacks.dropped:
+            drops["callback backlog"] = self._callbacks.dropped
         backplane = self._backplane
         if backplane is not None:
             for key, value in backplane.stats.items():

@@ -14,9 +14,9 @@ Criteria:
   margin is for the scheduler and the garbage collector);
 * every error and every abandoned callback is counted in ``stats()``, exactly.
 
-The same bound is then asked of a burst of changes (several connections at once), which
-the serial dispatcher does not meet: a callback that hangs on every change is paid for once
-per queued change, so the lag of the last grows with the burst.
+The same bound is then asked of a burst of changes (several connections at once): each
+callback has a lane of its own, so one that hangs on every change holds back only its own
+later changes, never the recorder's.
 """
 
 from __future__ import annotations
@@ -170,16 +170,6 @@ async def test_misbehaving_callbacks_delay_neither_changes_nor_the_others(
         assert [new for who, _, new, _ in callbacks.seen if who == f"c{i}"] == [C, I, C, D]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: src/wsfleet/_manager.py ConnectionManager._dispatcher with "
-        "_callbacks.Callbacks.run: changes are dispatched one at a time and a hanging callback "
-        "is abandoned only after callback_timeout for EACH change, so in a burst of n changes "
-        "the other callbacks of the last one run n x callback_timeout late (and the queue of "
-        "changes grows without bound)"
-    ),
-)
 async def test_a_burst_of_changes_meets_the_same_bound(
     fleet: tuple[Server, Callbacks], sizes: Sizes, figure: Figure
 ) -> None:
