@@ -326,8 +326,9 @@ def test_should_reset_only_after_the_connection_stayed_up_long_enough(
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        (RetryPolicy(), 1.1 + 2.2 + 4.4 + 8.8 + 17.6),
-        (RetryPolicy(max_attempts=7, jitter=0.5), 1.5 + 3 + 6 + 12 + 24 + 30 + 30),
+        (RetryPolicy(), 1.1 + 1 + 2.2 + 4.4 + 8.8 + 17.6),  # the default first spread: 1 s
+        (RetryPolicy(first_delay_spread=0), 1.1 + 2.2 + 4.4 + 8.8 + 17.6),
+        (RetryPolicy(max_attempts=7, jitter=0.5), 2.5 + 3 + 6 + 12 + 24 + 30 + 30),
         (RetryPolicy(jitter_mode="full"), 1.0 + 2 + 4 + 8 + 16),
         (RetryPolicy(jitter_mode="equal"), 1.0 + 2 + 4 + 8 + 16),
         (RetryPolicy(jitter_mode="decorrelated"), 3.0 + 9 + 27 + 30 + 30),
@@ -382,12 +383,38 @@ def test_the_default_policy_is_the_documented_one() -> None:
         backoff_multiplier=2.0,
         jitter=0.1,
         jitter_mode=JitterMode.PROPORTIONAL,
-        first_delay_spread=0.0,
+        first_delay_spread=1.0,  # None: base_delay, as PROPORTIONAL jitter is on
         max_elapsed=None,
         reset_after=None,
         seed=None,
     )
     assert documented == DEFAULT_RETRY_POLICY
+    assert RetryPolicy(first_delay_spread=None) == DEFAULT_RETRY_POLICY
+
+
+@pytest.mark.parametrize(
+    ("settings", "spread"),
+    [
+        ({}, 1.0),
+        ({"base_delay": 0.25}, 0.25),
+        ({"jitter": 0}, 0.0),  # a deterministic schedule, asked for
+        ({"jitter_mode": "full"}, 0.0),  # modes that spread by themselves
+        ({"jitter_mode": "equal"}, 0.0),
+        ({"jitter_mode": "decorrelated"}, 0.0),
+        ({"first_delay_spread": 0}, 0.0),
+        ({"first_delay_spread": timedelta(seconds=3)}, 3.0),
+    ],
+)
+def test_the_first_delay_is_spread_over_one_base_delay_unless_said_otherwise(
+    settings: dict[str, Any], spread: float
+) -> None:
+    policy = RetryPolicy(**settings)
+    assert policy.first_delay_spread == spread
+    firsts = [RetryPolicy(**settings, seed=seed).delay(1) for seed in range(400)]
+    low, high = policy.base_delay * (1 - policy.jitter), policy.base_delay * (1 + policy.jitter)
+    if spread and policy.jitter_mode is JitterMode.PROPORTIONAL:
+        assert all(low <= d <= high + spread for d in firsts)
+        assert max(firsts) > high + spread / 2  # the spread is used, not just allowed
 
 
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
@@ -415,7 +442,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"jitter_mode": "bogus"}, "jitter_mode"),
     ({"jitter_mode": 3}, "jitter_mode"),
     ({"first_delay_spread": -1}, "first_delay_spread"),
-    ({"first_delay_spread": None}, "first_delay_spread"),
+    ({"first_delay_spread": "1"}, "first_delay_spread"),
     ({"max_elapsed": 0}, "max_elapsed"),
     ({"max_elapsed": -1}, "max_elapsed"),
     ({"max_elapsed": math.nan}, "max_elapsed"),

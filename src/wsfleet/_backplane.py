@@ -66,8 +66,10 @@ UNHEARD_RETRY: Final = 0.01
 MAX_BATCH: Final = 256
 
 #: The link keeps trying: a short cap on the delay brings it back soon after the store is.
+#: One link per process makes a herd of a few, which the ±20 % jitter spreads enough; no
+#: first spread, so a node is back (and announces what registered meanwhile) at once.
 DEFAULT_LINK_POLICY: Final = RetryPolicy(
-    max_attempts=1_000_000_000, base_delay=0.05, max_delay=1.0, jitter=0.2
+    max_attempts=1_000_000_000, base_delay=0.05, max_delay=1.0, jitter=0.2, first_delay_spread=0
 )
 
 

@@ -107,15 +107,6 @@ def seeded(**settings: object) -> Callable[[int], RetryPolicy]:
     return make
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: src/wsfleet/policies/retry.py DEFAULT_RETRY_POLICY / RetryPolicy defaults: "
-        "PROPORTIONAL jitter of +-10 % and first_delay_spread=0 put a whole fleet's first "
-        "attempts within 0.9-1.1 s, about 5,000 of 10,000 clients in one 100 ms bucket "
-        "(5x the uniform rate)"
-    ),
-)
 def test_the_default_policy_spreads_a_storm(sizes: Sizes, figure: Figure) -> None:
     clients = sizes.pick(2_000, 10_000)
     make = seeded()

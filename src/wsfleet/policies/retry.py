@@ -63,8 +63,12 @@ class RetryPolicy:
 
     ``first_delay_spread`` adds up to that many seconds to the first delay only: clients that
     lost the server at the same instant would otherwise all retry within the first, narrow,
-    jitter window. ``max_elapsed`` bounds one outage in time as ``max_attempts`` bounds it in
-    attempts. ``reset_after`` stops a server that accepts then drops connections from resetting
+    jitter window (with the default ±10 %, half of a 10,000-client fleet in one 100 ms). Left
+    out (``None``), it is ``base_delay`` under ``PROPORTIONAL`` jitter, so a fleet's first
+    attempts spread evenly over one more base delay (the uniform rate), and ``0`` when
+    ``jitter`` is 0 (a deterministic schedule, asked for) or the mode spreads by itself.
+    ``max_elapsed`` bounds one outage in time as ``max_attempts`` bounds it in attempts.
+    ``reset_after`` stops a server that accepts then drops connections from resetting
     the backoff on every brief success.
 
     Durations are seconds (``float``) or ``timedelta`` and are stored as float seconds; modes
@@ -77,7 +81,7 @@ class RetryPolicy:
     backoff_multiplier: float = 2.0
     jitter: float = 0.1
     jitter_mode: JitterMode = JitterMode.PROPORTIONAL
-    first_delay_spread: float = 0.0
+    first_delay_spread: float | None = None  # normalised to seconds: base_delay when None
     max_elapsed: float | None = None
     reset_after: float | None = None
     seed: int | None = None
@@ -95,7 +99,7 @@ class RetryPolicy:
             backoff_multiplier: float = 2.0,
             jitter: float = 0.1,
             jitter_mode: JitterMode | str = JitterMode.PROPORTIONAL,
-            first_delay_spread: float | timedelta = 0.0,
+            first_delay_spread: float | timedelta | None = None,
             max_elapsed: float | timedelta | None = None,
             reset_after: float | timedelta | None = None,
             seed: int | None = None,
@@ -115,8 +119,11 @@ class RetryPolicy:
         check_at_least("jitter", jitter, 0.0)
         check_at_most("jitter", jitter, 1.0)
         mode = to_member("jitter_mode", self.jitter_mode, JitterMode)
-        spread = to_seconds("first_delay_spread", self.first_delay_spread)
-        check_at_least("first_delay_spread", spread, 0.0)
+        if self.first_delay_spread is None:
+            spread = base_delay if mode is JitterMode.PROPORTIONAL and jitter > 0 else 0.0
+        else:
+            spread = to_seconds("first_delay_spread", self.first_delay_spread)
+            check_at_least("first_delay_spread", spread, 0.0)
 
         max_elapsed = self.max_elapsed
         if max_elapsed is not None:
@@ -165,8 +172,9 @@ class RetryPolicy:
         rng = self._random()
         cap = self.max_delay
         result = min(cap, _between(rng, *self._draw_range(attempt, previous)))
-        if attempt == 1 and self.first_delay_spread > 0:
-            result = min(cap, result + _between(rng, 0.0, self.first_delay_spread))
+        spread = self._spread()
+        if attempt == 1 and spread > 0:
+            result = min(cap, result + _between(rng, 0.0, spread))
         return result
 
     def delays(self) -> Iterator[float]:
@@ -205,7 +213,7 @@ class RetryPolicy:
         # The bounds come from the very ranges delay() draws from, so rounding cannot make a
         # drawn delay exceed its bound.
         largest = min(cap, self._draw_range(1, None)[1])
-        first = min(cap, largest + self.first_delay_spread)
+        first = min(cap, largest + self._spread())
         if decorrelated:
             largest = first  # the spread feeds the chain: the next delay may triple it
         grows = decorrelated or self.backoff_multiplier > 1
@@ -223,6 +231,11 @@ class RetryPolicy:
 
     def _random(self) -> random.Random:
         return self._rng
+
+    def _spread(self) -> float:
+        spread = self.first_delay_spread
+        assert spread is not None  # normalised by __post_init__
+        return spread
 
     def _draw_range(self, attempt: int, previous: float | None) -> tuple[float, float]:
         """The interval the delay before ``attempt`` is drawn from, before the cap and spread."""
