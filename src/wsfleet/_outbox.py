@@ -256,6 +256,9 @@ class Outbox:
             return
         if written:
             self.sent_messages += messages
+            if conn.transport.unsent:  # taken, not all on the wire yet: a writer finishes it
+                conn.writing = True
+                self._manager._spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
             return
         # The transport pushes back: put the batch back and give the connection a writer.
         conn.pending = batch
@@ -280,8 +283,13 @@ class Outbox:
         try:
             with anyio.CancelScope() as scope:
                 conn.writer_scope = scope
+                transport = conn.transport
                 while conn.registered and conn.state in WRITABLE:
-                    if not conn.pending:
+                    if conn.pending:
+                        batch, _, messages = self._take_batch(conn)
+                    elif transport.unsent:
+                        batch = []  # the rest of what send_nowait took
+                    else:
                         wake = conn.writer_wake = anyio.Event()
                         with anyio.move_on_after(WRITER_LINGER):
                             await wake.wait()
@@ -289,9 +297,8 @@ class Outbox:
                         if not conn.pending:
                             break
                         continue
-                    batch, _, messages = self._take_batch(conn)
                     try:
-                        await conn.transport.send(batch)
+                        await transport.send(batch)
                     except Exception as exc:
                         self.count_drop("send failed", messages)
                         messages = 0

@@ -83,6 +83,8 @@ class Transport(ABC):
     """
 
     connection: Connection | None = None
+    #: Bytes a ``send_nowait`` took but the socket did not accept yet (see ``send_nowait``).
+    unsent: int = 0
 
     def attach(self, connection: Connection) -> None:
         """Called by the manager when the transport is registered."""
@@ -91,7 +93,12 @@ class Transport(ABC):
     def send_nowait(self, batch: Sequence[Outbound]) -> bool:
         """Write the whole batch now without waiting, or nothing and return ``False``.
 
-        The default says "cannot"; the manager then awaits ``send`` in a writer task.
+        The default says "cannot"; the manager then awaits ``send`` in a writer task. A
+        transport that writes to a non-blocking socket itself may also take the batch, write
+        what the socket accepts and keep the rest: it returns ``True`` with ``unsent`` set to
+        the bytes it kept, and the manager's writer awaits ``send(())`` until ``unsent`` is 0
+        (``send`` writes what was kept before anything new; ``send_nowait`` declines while
+        something is kept).
         """
         return False
 

@@ -16,13 +16,20 @@ one message at a time. On a server connection without per-connection compression
 is the same bytes for every recipient, so it is encoded once per message and shared by the
 whole fan-out. When the socket is paused (the peer reads slowly), ``send_nowait`` declines
 and the manager's writer awaits ``send``, which goes through websockets' public API and its
-flow control. On trio every write is awaited: ``send`` serializes the batch's frames (shared
-ones too) and writes them with one ``send_all`` under the connection's send lock, the lock
-websockets' own writes take.
+flow control. On trio, ``send_nowait`` does the same over a plain TCP stream: when nobody
+holds the connection's send lock (the lock websockets' own writes take around every
+``send_all``, so no write of its own is under way), the batch's frames go to the
+non-blocking socket in one ``send`` system call, and whatever the kernel does not take is
+kept (``unsent``) for ``send`` to finish, under that lock, before anything else. trio has no
+synchronous write of its own: without this, every batch to every connection would wait for
+a writer task, and a fan-out would cost a task switch per connection (measured in
+``benchmarks/results/fanout.md``). Over TLS, or while the lock is held, ``send_nowait``
+declines and ``send`` writes the batch with one ``send_all`` under the lock.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -90,6 +97,16 @@ class WebsocketsTransport(Transport):
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self._asyncio = isinstance(ws, AsyncioConnection)
+        #: trio: the stream's socket when it is plain TCP (writable without awaiting).
+        self._socket: Any = None
+        #: trio: what ``send_nowait`` took but the socket did not (``unsent`` bytes of it).
+        self._rest = b""
+        if not self._asyncio:
+            import trio
+
+            stream = ws.stream
+            if isinstance(stream, trio.SocketStream):
+                self._socket = stream.socket
 
     def __repr__(self) -> str:
         return f"<WebsocketsTransport {self.ws.remote_address!r}>"
@@ -134,12 +151,34 @@ class WebsocketsTransport(Transport):
     def send_nowait(self, batch: Sequence[Outbound]) -> bool:
         ws = self.ws
         if not self._asyncio:
-            return False
+            return self._trio_send_nowait(batch)
         if ws.protocol.state is not State.OPEN:
             raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
         if ws.paused or ws.send_in_progress is not None:
             return False  # flow control says wait, or a fragmented send is under way
         ws.transport.write(self._frames(batch))
+        return True
+
+    def _trio_send_nowait(self, batch: Sequence[Outbound]) -> bool:
+        ws = self.ws
+        sock = self._socket
+        if sock is None or self.unsent or ws.send_lock.locked():
+            return False  # TLS, something kept from last time, or websockets is writing
+        if ws.protocol.state is not State.OPEN:
+            raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
+        data = self._frames(batch)
+        fd = sock.fileno()
+        if fd < 0:
+            raise TransportError("write failed: the socket is closed")
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from exc
+        if written < len(data):
+            self._rest = data[written:]
+            self.unsent = len(self._rest)
         return True
 
     async def send(self, batch: Sequence[Outbound]) -> None:
@@ -158,6 +197,10 @@ class WebsocketsTransport(Transport):
                 raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
             data = self._frames(batch)
             async with ws.send_lock:
+                if self.unsent:  # what send_nowait kept goes first
+                    rest, self._rest = self._rest, b""
+                    self.unsent = 0
+                    data = rest + data
                 await ws.stream.send_all(data)
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
