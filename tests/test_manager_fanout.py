@@ -354,7 +354,48 @@ async def test_messages_waiting_together_reach_the_transport_in_fewer_writes() -
         socket.resume()
         await eventually(lambda: len(socket.received) == 20)
         assert socket.received == [f"m{i}" for i in range(20)]
-        assert socket.writes == 2 < 20
+        assert socket.writes <= 2 < 20
+
+
+async def test_a_burst_of_awaited_broadcasts_goes_out_in_one_write_per_connection() -> None:
+    async with ConnectionManager() as manager:
+        sockets = [MemoryTransport(f"s{i}") for i in range(3)]  # take batches at once
+        for i, socket in enumerate(sockets):
+            manager.register(socket, f"user{i}")
+        for i in range(30):  # the application awaits each call: the flusher may run between
+            await manager.broadcast(f"m{i}")
+        await eventually(lambda: all(len(s.received) == 30 for s in sockets))
+        for socket in sockets:
+            assert socket.received == [f"m{i}" for i in range(30)]
+            assert socket.writes <= 2  # the burst is coalesced, not written call by call
+
+
+async def test_waiting_for_a_burst_to_end_never_overflows_a_queue() -> None:
+    """The flusher waits for at most a quarter of the queue bounds before it writes."""
+    tight = OverflowPolicy(
+        max_messages=8, max_bytes=1024, max_message_size=64, action="drop-oldest"
+    )
+    async with ConnectionManager(overflow=tight) as manager:
+        socket = MemoryTransport()
+        manager.register(socket, "alice")
+        for i in range(200):
+            await manager.broadcast(f"{i:03d}" + "x" * 29)  # 32 bytes: 1 KiB is 32 of them
+        await eventually(lambda: len(socket.received) == 200)
+        assert manager.stats().drops == {}
+        assert socket.received == [f"{i:03d}" + "x" * 29 for i in range(200)]
+        assert 200 / 2 >= socket.writes >= 200 / 8  # coalesced in twos (8 // 4), no more
+
+
+async def test_a_lone_message_is_written_after_a_few_rounds_of_the_event_loop() -> None:
+    async with ConnectionManager() as manager:
+        socket = MemoryTransport()
+        manager.register(socket, "alice")
+        await manager.broadcast("hello")
+        for _ in range(5):
+            if socket.received:
+                break
+            await checkpoint()
+        assert socket.received == ["hello"]
 
 
 async def test_a_slow_writer_batches_what_arrives_while_it_writes() -> None:

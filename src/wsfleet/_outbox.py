@@ -45,6 +45,9 @@ WRITABLE: Final = frozenset((C, I))
 
 _FLUSH_SLICE = 2048  # connections written per flusher step before letting others run
 
+#: The most fan-out calls the flusher lets queue up while a burst is under way (see ``run``).
+COALESCE_CALLS: Final = 64
+
 #: How long a writer task waits for more before it ends (see ``Outbox._writer``).
 WRITER_LINGER: Final = 1.0
 
@@ -66,6 +69,9 @@ class Outbox:
         self._ready: list[Connection] = []
         self._wake = anyio.Event()
         self._wake_requested = False
+        #: Fan-out calls and their bytes since the flusher was woken (see ``run``).
+        self._burst_calls = 0
+        self._burst_bytes = 0
         self.queued_messages = 0
         self.queued_bytes = 0
         self.sent_messages = 0
@@ -111,6 +117,8 @@ class Outbox:
                     ready.append(conn)
         self.queued_messages += queued
         self.queued_bytes += queued * size
+        self._burst_calls += 1
+        self._burst_bytes += size
         if ready and not self._wake_requested:
             self._request_flush()
         return queued + accepted_on_overflow
@@ -210,9 +218,32 @@ class Outbox:
         self._request_flush()
 
     async def run(self) -> None:
-        """The flusher task."""
+        """The flusher task.
+
+        Once woken, it lets the event loop go round before writing for as long as new
+        fan-outs keep coming in each round: an application sending a burst with one
+        ``await broadcast()`` after another then has it written as one batch per connection
+        (one system call where the library allows), as ``manager.batch()`` would, while a
+        lone message waits only two rounds. The wait is bounded by ``COALESCE_CALLS`` calls
+        and by a quarter of the queue bounds, so a burst can never overflow a queue because
+        of it, and a producer that never stops still gets its messages written.
+        """
+        overflow = self._manager.overflow
+        max_calls = max(1, min(COALESCE_CALLS, overflow.max_messages // 4))
+        max_bytes = overflow.max_bytes // 4
         while True:
             await self._wake.wait()
+            self._burst_calls = self._burst_bytes = 0
+            quiet = 0
+            while self._burst_calls < max_calls and self._burst_bytes < max_bytes:
+                calls = self._burst_calls
+                await checkpoint()
+                # Two rounds without a new fan-out: the burst, if any, is over. (One is not
+                # enough on trio, which may run the producer before the flusher in one round
+                # and after it in the next.)
+                quiet = quiet + 1 if self._burst_calls == calls else 0
+                if quiet == 2:
+                    break
             self._wake = anyio.Event()
             self._wake_requested = False
             ready, self._ready = self._ready, []

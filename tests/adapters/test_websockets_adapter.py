@@ -129,3 +129,34 @@ async def test_on_trio_a_write_of_websockets_own_in_progress_makes_send_nowait_w
             assert transport.send_nowait(["direct"]) is True
             with anyio.fail_after(5):
                 assert await ws.recv() == "direct"
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio's transport keeps whole frames
+async def test_on_trio_closing_a_peer_holding_half_a_frame_resets_it_at_once() -> None:
+    """A close frame after half a frame would be read as the rest of it: reset instead."""
+    from websockets.exceptions import ConnectionClosed
+
+    close_timeout = 2.0
+    async with ConnectionManager(overflow=ROOMY, close_timeout=close_timeout) as manager:
+        server = Server(manager)
+        async with serve(server.handler, max_message_size=2 * SIZE) as url:
+            async with client(f"{url}?id=reader", max_size=2 * SIZE) as ws:
+                await server.registered.wait()
+                native = server.sockets["reader"]
+                transport = manager.connection(native).transport
+                async with manager.batch():
+                    for i in range(MESSAGES):
+                        await manager.broadcast(message(i))
+                await wait_for(lambda: transport.unsent > 0, "part of the batch kept")
+                started = anyio.current_time()
+                await manager.close(native, 1008, "slow consumer")
+                took = anyio.current_time() - started
+                assert took < close_timeout / 4  # no closing handshake waited for
+                received: list[str] = []
+                with anyio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        received.append(await ws.recv())
+                # Whole messages, in order, up to where the connection was cut; then 1006.
+                assert 0 < len(received) < MESSAGES
+                assert received == [message(i) for i in range(len(received))]
+                assert closed.value.rcvd is None  # no close frame: the connection was reset

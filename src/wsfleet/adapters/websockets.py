@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import os
 import random
+import socket
+import struct
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import sniffio
@@ -101,6 +103,8 @@ class WebsocketsTransport(Transport):
         self._socket: Any = None
         #: trio: what ``send_nowait`` took but the socket did not (``unsent`` bytes of it).
         self._rest = b""
+        #: trio: a write was cut off (cancelled), so the peer may hold half a frame.
+        self._torn = False
         if not self._asyncio:
             import trio
 
@@ -132,6 +136,10 @@ class WebsocketsTransport(Transport):
         """Every frame of the batch, in order, as one buffer."""
         protocol = self.ws.protocol
         shared = protocol.side is SERVER and not protocol.extensions
+        if shared and len(batch) == 1:  # the usual fan-out of one message: no list, no join
+            item = batch[0]
+            if not isinstance(item, Ping):
+                return _shared_frame(item)
         ping_data = self._ping_data if self._asyncio else self._trio_ping_data
         parts: list[bytes] = []
         for item in batch:
@@ -198,10 +206,12 @@ class WebsocketsTransport(Transport):
             data = self._frames(batch)
             async with ws.send_lock:
                 if self.unsent:  # what send_nowait kept goes first
-                    rest, self._rest = self._rest, b""
+                    data = self._rest + data
+                    self._rest = b""
                     self.unsent = 0
-                    data = rest + data
+                self._torn = True  # until send_all returns, a frame may be half written
                 await ws.stream.send_all(data)
+                self._torn = False
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
         except (OSError, RuntimeError) as exc:
@@ -238,11 +248,16 @@ class WebsocketsTransport(Transport):
         A peer that stopped reading leaves websockets' asyncio ``close()`` waiting for the
         write buffer to drain, before its own close timeout even starts. When the manager
         gives up on it (``close_timeout``), the connection is aborted rather than left open.
+        On trio, a peer that was sent only part of a frame (the rest kept as ``unsent``, or a
+        write cut off when the manager evicted it) would read a close frame as the rest of
+        that frame: the connection is reset instead, and the peer sees 1006.
         """
         try:
             if self._asyncio:
                 await self.ws.close(code, reason)
             else:
+                if self.unsent or self._torn:
+                    self._reset()
                 await self.ws.aclose(code, reason)
         except (ConnectionClosed, OSError):
             pass
@@ -250,6 +265,22 @@ class WebsocketsTransport(Transport):
             if self._asyncio and self.ws.transport is not None:
                 self.ws.transport.abort()
             raise
+
+    def _reset(self) -> None:
+        """Drop what is kept and reset the TCP connection (trio): no close frame can follow."""
+        self._rest = b""
+        self.unsent = 0
+        sock = self._socket
+        if sock is None:  # TLS: the TCP socket is under the TLS stream
+            stream = self.ws.stream
+            while not hasattr(stream, "socket") and hasattr(stream, "transport_stream"):
+                stream = stream.transport_stream
+            sock = getattr(stream, "socket", None)
+        if sock is None:  # pragma: no cover - a stream wsfleet does not know
+            return
+        with suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
 
 
 register_adapter(AsyncioConnection, WebsocketsTransport)
