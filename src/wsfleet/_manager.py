@@ -6,7 +6,7 @@ This module holds the public API and wires the parts together:
 * ``fsm``: the shared state machine every connection's state change goes through;
 * ``_outbox``: bounded queues, one flusher, writer tasks only for peers that push back;
 * ``_timers``: heartbeats, idleness and retry attempts on one heap of deadlines;
-* ``_callbacks``: state-change callbacks, run by a dispatcher task after each change;
+* ``_callbacks``: state-change callbacks, each run after the change in a task of its own;
 * ``_session`` and ``_outbound``: the life of a server-side socket, and client connections
   that the manager dials and redials.
 
@@ -484,7 +484,7 @@ class ConnectionManager:
     ) -> None:
         """Apply the transition now, or raise ``InvalidTransition`` changing nothing.
 
-        Callbacks run afterwards, in the manager's dispatcher task.
+        Callbacks run afterwards, each in its own task of the manager's.
         """
         if not isinstance(state, ConnectionState):
             raise WrongType(f"state must be a ConnectionState, got {state!r}")
