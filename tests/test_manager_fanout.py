@@ -21,6 +21,7 @@ from wsfleet import (
     StateChange,
     TransportError,
 )
+from wsfleet._outbox import WRITER_LINGER
 from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio
@@ -396,6 +397,32 @@ async def test_a_lone_message_is_written_after_a_few_rounds_of_the_event_loop() 
                 break
             await checkpoint()
         assert socket.received == ["hello"]
+
+
+async def test_an_idle_writer_ends_after_its_linger_while_a_busy_one_goes_on() -> None:
+    async with ConnectionManager() as manager:
+        quiet, busy = MemoryTransport("quiet", sync=False), MemoryTransport("busy", sync=False)
+        quiet_conn = manager.register(quiet, "quiet")
+        busy_conn = manager.register(busy, "busy")
+        await manager.broadcast("first")
+        await eventually(lambda: quiet.received == busy.received == ["first"])
+        assert quiet_conn.writing  # both wait for more, for a while
+        assert busy_conn.writing
+        started = anyio.current_time()
+        sent = 0
+        while anyio.current_time() - started < 1.5 * WRITER_LINGER:
+            await manager.send_to_one("busy", f"more{sent}")
+            sent += 1
+            await anyio.sleep(WRITER_LINGER / 10)
+        assert not quiet_conn.writing  # its writer ended: no task for an idle connection
+        assert busy_conn.writing  # never idle for a whole linger
+        assert busy.received == ["first", *(f"more{i}" for i in range(sent))]
+        with anyio.fail_after(3 * WRITER_LINGER):
+            while busy_conn.writing:
+                await anyio.sleep(0.05)
+        await manager.broadcast("again")  # a new writer when there is something again
+        await eventually(lambda: quiet.received == ["first", "again"])
+        assert quiet_conn.writing
 
 
 async def test_a_slow_writer_batches_what_arrives_while_it_writes() -> None:

@@ -69,6 +69,9 @@ class Outbox:
         self._ready: list[Connection] = []
         self._wake = anyio.Event()
         self._wake_requested = False
+        #: Writers waiting for more, by when they started waiting (oldest first; see ``_reap``).
+        self._idle: dict[Connection, float] = {}
+        self._reaper_wake = anyio.Event()
         #: Fan-out calls and their bytes since the flusher was woken (see ``run``).
         self._burst_calls = 0
         self._burst_bytes = 0
@@ -81,6 +84,7 @@ class Outbox:
     def bind_loop(self) -> None:
         """Events belong to the running loop on asyncio: make them once it runs."""
         self._wake = anyio.Event()
+        self._reaper_wake = anyio.Event()
 
     # -- enqueueing ------------------------------------------------------------------------
 
@@ -228,6 +232,11 @@ class Outbox:
         and by a quarter of the queue bounds, so a burst can never overflow a queue because
         of it, and a producer that never stops still gets its messages written.
         """
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reap, name="wsfleet writer reaper")
+            await self._flusher()
+
+    async def _flusher(self) -> None:
         overflow = self._manager.overflow
         max_calls = max(1, min(COALESCE_CALLS, overflow.max_messages // 4))
         max_bytes = overflow.max_bytes // 4
@@ -309,6 +318,10 @@ class Outbox:
         Under steady traffic the next batch comes soon, and starting a task per batch costs
         more than the batch (a task spawn is tens of microseconds on trio); an idle
         connection still ends up with no task at all once ``WRITER_LINGER`` has passed.
+        The linger is not a timeout of the writer's own: a cancel scope with a deadline per
+        wait doubled the cost of a delivery on trio-websocket and ASGI (most of it in the
+        garbage collector, and growing with the fleet). A waiting writer is noted in
+        ``_idle`` instead, and ``_reap`` wakes the ones that waited too long.
         """
         messages = 0
         try:
@@ -322,11 +335,17 @@ class Outbox:
                         batch = []  # the rest of what send_nowait took
                     else:
                         wake = conn.writer_wake = anyio.Event()
-                        with anyio.move_on_after(WRITER_LINGER):
+                        idle = self._idle
+                        if not idle and not self._reaper_wake.is_set():
+                            self._reaper_wake.set()
+                        idle[conn] = anyio.current_time()  # new key: last, as the newest
+                        try:
                             await wake.wait()
+                        finally:
+                            idle.pop(conn, None)
                         conn.writer_wake = None
                         if not conn.pending:
-                            break
+                            break  # woken by the reaper (or for nothing): linger over
                         continue
                     try:
                         await transport.send(batch)
@@ -346,6 +365,29 @@ class Outbox:
             conn.writer_wake = None
             if conn.registered:
                 self.schedule(conn)
+
+    async def _reap(self) -> None:
+        """End the writers that have waited ``WRITER_LINGER`` with nothing to write.
+
+        ``_idle`` is in the order writers started waiting, so only its first entry is ever
+        looked at: O(1) per writer, however many wait.
+        """
+        idle = self._idle
+        while True:
+            if not idle:
+                self._reaper_wake = anyio.Event()
+                await self._reaper_wake.wait()
+                continue
+            conn, since = next(iter(idle.items()))
+            delay = since + WRITER_LINGER - anyio.current_time()
+            if delay > 0:
+                await anyio.sleep(delay)
+                continue
+            del idle[conn]
+            wake = conn.writer_wake
+            if wake is not None:
+                conn.writer_wake = None
+                wake.set()
 
     # -- cutting off -------------------------------------------------------------------------
 
