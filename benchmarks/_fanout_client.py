@@ -1,6 +1,6 @@
 """The cheapest WebSocket clients there are, for fanout_bench.py: count bytes, nothing else.
 
-    python benchmarks/_fanout_client.py <port> [--cpu <n>]
+    python benchmarks/_fanout_client.py <port> [--cpu <n>] [--socketio]
 
 Each connection is a raw TCP socket that performs the WebSocket opening handshake by hand and
 from then on only adds up how many bytes arrive (an asyncio ``BufferedProtocol`` reading into
@@ -14,7 +14,18 @@ byte count. Commands on stdin, one answer line each:
     arm <bytes> <timeout>               -> armed, later: done <json>
         every healthy connection must receive <bytes> more; "done" reports how many did and
         when (time.monotonic(), the system-wide clock the driver also reads) each finished
+    latency <0|1>                       -> latency <0|1>
+        from the next "arm" on, the healthy connections also parse frame headers and note,
+        for every message, the receive time minus the send time the server wrote into it
+        (``time.monotonic_ns()`` after the serial number); "done" then carries their
+        distribution
     quit
+
+With ``--socketio`` every connection speaks Engine.IO v4 / Socket.IO v5 over WebSocket:
+``/socket.io/?EIO=4&transport=websocket``, the open packet ``0{...}`` is answered with ``40``
+(connect to the default namespace), ``40{"sid":...}`` completes the handshake (a ping ``2``
+met on the way is answered with ``3``); from then on bytes are counted as before: the driver
+knows an event ``42["m","<text>"]`` is 10 bytes longer than the text.
 """
 
 from __future__ import annotations
@@ -32,6 +43,10 @@ import time
 
 BUFFER = bytearray(256 * 1024)  # every read lands here; the data is only counted
 CONCURRENT_HANDSHAKES = 64
+#: A stamped message starts ``<serial:8> <monotonic_ns:19> ``.
+STAMP_END = 28
+#: Quantiles of the latency distribution reported in "done", in steps of 0.5 %.
+QUANTILES = 200
 
 
 def say(line: str) -> None:
@@ -45,6 +60,10 @@ class Client:
         self.stalled: list[Conn] = []
         self.remaining = 0
         self.all_done: asyncio.Event | None = None
+        self.socketio = False
+        self.record = False
+        #: where the stamp starts in a payload: 0, or 8 after Socket.IO's ``42["m","``
+        self.stamp_at = 0
 
 
 class Conn(asyncio.BufferedProtocol):
@@ -53,12 +72,15 @@ class Conn(asyncio.BufferedProtocol):
         "done_at",
         "gap",
         "handshake",
+        "hdr",
         "head",
         "last",
+        "latencies",
         "lost",
         "open",
         "received",
         "request",
+        "skip",
         "stall",
         "target",
         "transport",
@@ -78,6 +100,10 @@ class Conn(asyncio.BufferedProtocol):
         self.last = 0.0  # when this connection last received bytes (0: not yet this round)
         self.gap = 0.0  # the longest wait between two reads (while armed)
         self.transport: asyncio.Transport | None = None
+        # latency mode: the frame being read (header and stamp so far, payload bytes left)
+        self.hdr = bytearray()
+        self.skip = 0
+        self.latencies: list[int] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -95,10 +121,15 @@ class Conn(asyncio.BufferedProtocol):
                 if self.last and now - self.last > self.gap:
                     self.gap = now - self.last
                 self.last = now
+                if self.client.record:
+                    self.note_latencies(nbytes)
                 if self.received >= self.target:
                     self.finished(now)
             return
         self.head += bytes(BUFFER[:nbytes])
+        if self.handshake.done():  # Socket.IO: HTTP done, Engine.IO packets under way
+            self.socketio_handshake()
+            return
         end = self.head.find(b"\r\n\r\n")
         if end < 0:
             return
@@ -108,14 +139,84 @@ class Conn(asyncio.BufferedProtocol):
             assert self.transport is not None
             self.transport.close()
             return
+        self.head = self.head[end + 4 :]  # frames sent right after the response
+        if self.client.socketio:
+            self.handshake.set_result(None)  # HTTP part; open_one waits on ``opened``
+            self.socketio_handshake()
+            return
+        self.opened()
+
+    def opened(self) -> None:
         self.open = True
-        self.received = len(self.head) - end - 4  # frames sent right after the response
+        self.received = len(self.head)
         self.head = b""
         if self.stall:
             assert self.transport is not None
             self.transport.pause_reading()
         if not self.handshake.done():
             self.handshake.set_result(None)
+
+    def socketio_handshake(self) -> None:
+        """Engine.IO open, Socket.IO connect: whole frames from ``head``, until ``40{``."""
+        assert self.transport is not None
+        while len(self.head) >= 2:
+            length = self.head[1] & 0x7F
+            start = 2 if length < 126 else 4
+            if length == 126:
+                length = int.from_bytes(self.head[2:4], "big")
+            if len(self.head) < start + length:
+                return
+            payload = self.head[start : start + length]
+            self.head = self.head[start + length :]
+            if payload.startswith(b"0{"):
+                self.transport.write(masked(b"40"))
+            elif payload == b"2":
+                self.transport.write(masked(b"3"))
+            elif payload.startswith(b"40"):
+                self.opened()
+                return
+
+    def note_latencies(self, nbytes: int) -> None:
+        """Walk the frames in the bytes just read; note each message's delay at its end."""
+        data = memoryview(BUFFER)[:nbytes]
+        pos = 0
+        stamp_end = self.client.stamp_at + STAMP_END
+        while pos < nbytes:
+            if self.skip:
+                take = min(self.skip, nbytes - pos)
+                self.skip -= take
+                pos += take
+                if not self.skip and self.hdr:
+                    at = len(self.hdr) - STAMP_END + 9
+                    sent = int(self.hdr[at : at + 19])
+                    self.latencies.append(time.monotonic_ns() - sent)
+                    self.hdr.clear()
+                continue
+            hdr = self.hdr
+            if len(hdr) < 2:
+                take = min(2 - len(hdr), nbytes - pos)
+                hdr += data[pos : pos + take]
+                pos += take
+                continue
+            length = hdr[1] & 0x7F
+            start = 2 if length < 126 else 4 if length == 126 else 10
+            text = hdr[0] & 0x0F == 1
+            want = start + (stamp_end if text else 0)
+            if len(hdr) < want:
+                take = min(want - len(hdr), nbytes - pos)
+                hdr += data[pos : pos + take]
+                pos += take
+                if len(hdr) < want:
+                    continue
+            if length >= 126:
+                length = int.from_bytes(hdr[2:start], "big")
+            self.skip = length - (want - start)
+            if not text:
+                hdr.clear()
+            elif not self.skip:
+                at = len(hdr) - STAMP_END + 9
+                self.latencies.append(time.monotonic_ns() - int(hdr[at : at + 19]))
+                hdr.clear()
 
     def finished(self, now: float) -> None:
         self.done_at = now
@@ -130,10 +231,20 @@ class Conn(asyncio.BufferedProtocol):
             self.handshake.set_exception(ConnectionError(f"connection lost: {exc!r}"))
 
 
-def upgrade_request(port: int, identifier: str) -> bytes:
+def masked(payload: bytes) -> bytes:
+    """A client's text frame: masked, as a client's must be."""
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + body
+
+
+def upgrade_request(port: int, identifier: str, socketio: bool = False) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
+    path = f"/socket.io/?EIO=4&transport=websocket&id={identifier}" if socketio else "/ws"
+    if not socketio:
+        path += f"?id={identifier}"
     return (
-        f"GET /ws?id={identifier} HTTP/1.1\r\n"
+        f"GET {path} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
@@ -145,12 +256,18 @@ def upgrade_request(port: int, identifier: str) -> bytes:
 async def open_one(client: Client, port: int, identifier: str, stall: bool) -> Conn:
     loop = asyncio.get_running_loop()
     for attempt in range(5):
-        conn = Conn(client, upgrade_request(port, identifier), stall)
+        conn = Conn(client, upgrade_request(port, identifier, client.socketio), stall)
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda conn=conn: conn, "127.0.0.1", port), 10
             )
             await asyncio.wait_for(conn.handshake, 10)
+            if client.socketio:
+                async with asyncio.timeout(10):
+                    while not conn.open:
+                        if conn.lost:
+                            raise ConnectionError("lost during the Socket.IO handshake")
+                        await asyncio.sleep(0.005)
         except (OSError, TimeoutError) as exc:
             if conn.transport is not None:
                 conn.transport.abort()
@@ -185,6 +302,9 @@ async def watch(client: Client, nbytes: int, limit: float) -> None:
         conn.target = conn.received + nbytes
         conn.last = 0.0
         conn.gap = 0.0
+        conn.latencies = []
+        conn.hdr.clear()
+        conn.skip = 0
     say("armed")
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(client.all_done.wait(), limit)
@@ -210,11 +330,27 @@ async def watch(client: Client, nbytes: int, limit: float) -> None:
         ),
         "now": time.monotonic(),
     }
+    if client.record:
+        report["latency"] = distribution([x for c in conns for x in c.latencies])
     say("done " + json.dumps(report))
 
 
-async def main(port: int) -> None:
+def distribution(samples_ns: list[int]) -> dict[str, object]:
+    """Quantiles in ms (0, 0.5, 1 ... 100 %) of the delays noted, and how many there were."""
+    samples_ns.sort()
+    n = len(samples_ns)
+    if not n:
+        return {"count": 0, "quantiles_ms": []}
+    quantiles = [
+        samples_ns[min(n - 1, round(i / QUANTILES * (n - 1)))] / 1e6 for i in range(QUANTILES + 1)
+    ]
+    return {"count": n, "quantiles_ms": quantiles}
+
+
+async def main(port: int, socketio: bool) -> None:
     client = Client()
+    client.socketio = socketio
+    client.stamp_at = 8 if socketio else 0
     loop = asyncio.get_running_loop()
     watcher: asyncio.Task[None] | None = None
     while True:
@@ -236,6 +372,9 @@ async def main(port: int) -> None:
                 await watcher
             watcher = asyncio.create_task(watch(client, int(args[0]), float(args[1])))
             await asyncio.sleep(0)  # "armed" is said before the next command is read
+        elif command == "latency":
+            client.record = args[0] == "1"
+            say(f"latency {int(client.record)}")
     sys.stdout.flush()
     os._exit(0)  # thousands of sockets die with the process; no need to close them one by one
 
@@ -244,13 +383,14 @@ def cli() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
+    parser.add_argument("--socketio", action="store_true", help="speak Engine.IO v4 on top")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(main(args.port))
+    asyncio.run(main(args.port, args.socketio))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,23 @@ connection's messages are written as one batch) or ``stream`` (the stalled-clien
 scenario: message after message, yielding to the event loop between two, then wait until
 all are written; a wsfleet producer also waits while more than 2 MiB is queued in all; the
 wsfleet variants evict a connection whose queue passes 1 MiB, the plain ones have no such
-bound). Library keepalives, compression and wsfleet's heartbeat are off everywhere.
+bound; each message then carries the moment it was handed over, for the clients' latency
+mode; ``stream:<rate>`` paces the messages at ``rate`` per second). Library keepalives,
+compression and wsfleet's heartbeat are off everywhere.
+
+Besides the libraries wsfleet is built on, three peers: ``fastapi-docs`` (the
+ConnectionManager of FastAPI's WebSockets page, under uvicorn), ``socketio-room``
+(python-socketio's ASGI server under uvicorn, ``emit`` to one room that every client joins;
+its clients speak Engine.IO v4) and ``raw-floor`` (an asyncio protocol that answers the
+upgrade by hand and then writes one pre-encoded frame to every transport).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import hashlib
 import json
 import os
 import resource
@@ -50,6 +61,9 @@ VARIANTS: dict[str, str] = {
     "wsfleet-trio-ws": "trio",
     "starlette-loop": "asyncio",
     "wsfleet-asgi": "asyncio",
+    "fastapi-docs": "asyncio",
+    "socketio-room": "asyncio",
+    "raw-floor": "asyncio",
 }
 
 #: The stalled-client scenario's bound: a connection 1 MiB behind is evicted (close 1008).
@@ -65,6 +79,15 @@ def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss() -> int | None:
+    """This process's resident memory in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def say(line: str) -> None:
@@ -91,6 +114,7 @@ class Fleet:
         self.ids: dict[int, str] = {}  # id(socket) -> identifier
         self.conns: list[Any] = []  # wsfleet Connection objects (wsfleet variants)
         self.errors = 0  # failed sends of the plain loops
+        self.native: Any = None  # the peer's own fan-out object (docs manager, sio server)
 
     def add(self, ws: Any, identifier: str) -> None:
         self.sockets.append(ws)
@@ -123,6 +147,13 @@ class Fleet:
 
 def message(serial: int, size: int) -> str:
     head = f"{serial:08d} "
+    return head + "x" * (size - len(head))
+
+
+def stamped(serial: int, size: int) -> str:
+    """A message that carries the moment it is handed over (``time.monotonic_ns()``, one
+    clock for every process here): the clients' latency mode reads it back."""
+    head = f"{serial:08d} {time.monotonic_ns():019d} "
     return head + "x" * (size - len(head))
 
 
@@ -249,6 +280,172 @@ async def starlette_hypercorn(fleet: Fleet) -> AsyncIterator[int]:
         tg.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def uvicorn_serving(app: Any) -> AsyncIterator[int]:
+    """An ASGI app under uvicorn (the server FastAPI's docs run), on its sans-IO websockets
+    protocol, with no keepalive and no compression."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        ws_ping_interval=None,
+        ws_per_message_deflate=False,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        backlog=2048,
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110 (uvicorn sets it)
+                await anyio.sleep(0.02)
+        yield port
+        server.should_exit = True
+        tg.cancel_scope.cancel()
+
+
+class DocsConnectionManager:
+    """The pattern of FastAPI's WebSockets page ("Handling disconnections and multiple
+    clients"), written here from its description: the accepted sockets in a plain list, and
+    a broadcast that awaits one ``send_text`` after another."""
+
+    def __init__(self) -> None:
+        self.sockets: list[Any] = []
+
+    async def connect(self, websocket: Any) -> None:
+        await websocket.accept()
+        self.sockets.append(websocket)
+
+    def disconnect(self, websocket: Any) -> None:
+        self.sockets.remove(websocket)  # a list: O(n), as in the pattern
+
+    async def broadcast(self, text: str) -> None:
+        for websocket in self.sockets:
+            await websocket.send_text(text)
+
+
+@asynccontextmanager
+async def fastapi_docs(fleet: Fleet) -> AsyncIterator[int]:
+    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+    app = FastAPI()
+    docs = fleet.native = DocsConnectionManager()
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await docs.connect(websocket)
+        fleet.add(websocket, websocket.query_params.get("id", "anonymous"))
+        try:
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            docs.disconnect(websocket)
+        finally:
+            fleet.remove(websocket)
+
+    # This module's annotations are strings, and FastAPI resolves them in the module's
+    # globals, where WebSocket (imported here, optional) is not: say it with the object.
+    endpoint.__annotations__["websocket"] = WebSocket
+    app.add_api_websocket_route("/ws", endpoint)
+    async with uvicorn_serving(app) as port:
+        yield port
+
+
+@asynccontextmanager
+async def socketio_room(fleet: Fleet) -> AsyncIterator[int]:
+    """python-socketio's ASGI server under uvicorn; every client joins room "r" on connect.
+
+    Its pings are pushed out to an hour so that the byte-counting clients see nothing but
+    the events (they answer a ping during the handshake only)."""
+    import socketio
+
+    sio = fleet.native = socketio.AsyncServer(
+        async_mode="asgi", ping_interval=3600, ping_timeout=60, logger=False
+    )
+
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any]) -> None:
+        await sio.enter_room(sid, "r")
+        fleet.add(sid, identifier_of("?" + environ.get("QUERY_STRING", "")))
+
+    @sio.event
+    async def disconnect(sid: str, *reason: Any) -> None:
+        fleet.remove(sid)
+
+    async with uvicorn_serving(socketio.ASGIApp(sio)) as port:
+        yield port
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame (server to client)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+class FloorProtocol(asyncio.Protocol):
+    """The least a server can do: answer the upgrade, then only ever ``transport.write``."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.head = b""
+        self.open = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.open:
+            return  # the clients send nothing once open; a close frame is met by EOF
+        self.head += data
+        if b"\r\n\r\n" not in self.head:
+            return
+        assert self.transport is not None
+        lines = self.head.split(b"\r\n")
+        key = b""
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"sec-websocket-key":
+                key = value.strip()
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        self.open = True
+        target = lines[0].split(b" ")[1].decode() if b" " in lines[0] else ""
+        self.fleet.add(self.transport, identifier_of(target))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.open:
+            self.fleet.remove(self.transport)
+
+
+@asynccontextmanager
+async def raw_floor(fleet: Fleet) -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: FloorProtocol(fleet), "127.0.0.1", 0, backlog=2048)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
 SERVERS: dict[str, Callable[[Fleet], AbstractAsyncContextManager[int]]] = {
     "ws-broadcast": websockets_asyncio,
     "wsfleet-ws-asyncio": websockets_asyncio,
@@ -257,6 +454,9 @@ SERVERS: dict[str, Callable[[Fleet], AbstractAsyncContextManager[int]]] = {
     "wsfleet-trio-ws": trio_websocket,
     "starlette-loop": starlette_hypercorn,
     "wsfleet-asgi": starlette_hypercorn,
+    "fastapi-docs": fastapi_docs,
+    "socketio-room": socketio_room,
+    "raw-floor": raw_floor,
 }
 
 
@@ -271,31 +471,86 @@ class Job:
         self.target = 0  # sent + dropped that the wsfleet job waits for
 
     async def run(self, m: int, size: int, mode: str, limit: float) -> None:
-        texts = [message(self.serial + i, size) for i in range(m)]
+        mode, _, rate = mode.partition(":")
+        texts: AsyncIterator[str]
+        if mode == "stream":
+            texts = self.stream(self.serial, m, size, float(rate or 0))
+        else:
+            texts = self.ready([message(self.serial + i, size) for i in range(m)])
         self.serial += m
         with anyio.fail_after(limit):
             if self.fleet.manager is not None:
                 await self.wsfleet(texts, mode)
             elif self.variant == "ws-broadcast":
                 await self.broadcast(texts, mode)
+            elif self.variant == "fastapi-docs":
+                await self.docs(texts)
+            elif self.variant == "socketio-room":
+                await self.socketio(texts, mode)
+            elif self.variant == "raw-floor":
+                await self.floor(texts, mode)
             else:
                 await self.loop(texts)
 
-    async def broadcast(self, texts: list[str], mode: str) -> None:
+    @staticmethod
+    async def ready(texts: list[str]) -> AsyncIterator[str]:
+        """Messages made beforehand, handed out without a pause."""
+        for text in texts:
+            yield text
+
+    @staticmethod
+    async def stream(serial: int, m: int, size: int, rate: float) -> AsyncIterator[str]:
+        """Messages stamped as each is handed over; ``rate`` > 0 paces them (per second)."""
+        start = time.monotonic()
+        for i in range(m):
+            if rate > 0:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await anyio.sleep(delay)
+            yield stamped(serial + i, size)
+
+    async def docs(self, texts: AsyncIterator[str]) -> None:
+        docs = self.fleet.native
+        async for text in texts:
+            try:
+                await docs.broadcast(text)
+            except Exception:
+                self.fleet.errors += 1
+
+    async def socketio(self, texts: AsyncIterator[str], mode: str) -> None:
+        sio = self.fleet.native
+        async for text in texts:
+            await sio.emit("m", text, room="r")
+            if mode != "burst":
+                await checkpoint()
+        await checkpoint()
+
+    async def floor(self, texts: AsyncIterator[str], mode: str) -> None:
+        """Encode once, write to every transport: what no library can undercut."""
+        transports = self.fleet.sockets
+        async for text in texts:
+            frame = text_frame(text.encode())
+            for transport in transports:
+                transport.write(frame)
+            if mode != "burst":
+                await checkpoint()
+        await checkpoint()
+
+    async def broadcast(self, texts: AsyncIterator[str], mode: str) -> None:
         from websockets.asyncio.server import broadcast
 
         sockets = self.fleet.sockets
-        for text in texts:
+        async for text in texts:
             broadcast(sockets, text)
             if mode != "burst":
                 await checkpoint()  # let the event loop write what the kernel did not take
         await checkpoint()
 
-    async def loop(self, texts: list[str]) -> None:
+    async def loop(self, texts: AsyncIterator[str]) -> None:
         """The plain loop an application writes: await each send, one socket after another."""
         starlette = self.variant == "starlette-loop"
         fleet = self.fleet
-        for text in texts:
+        async for text in texts:
             for ws in list(fleet.sockets):
                 try:
                     if starlette:
@@ -305,7 +560,7 @@ class Job:
                 except Exception:
                     fleet.errors += 1
 
-    async def wsfleet(self, texts: list[str], mode: str) -> None:
+    async def wsfleet(self, texts: AsyncIterator[str], mode: str) -> None:
         manager = self.fleet.manager
         assert manager is not None
         stats = manager.stats()
@@ -315,16 +570,16 @@ class Job:
             if batch is not None:
                 # The public way to queue a burst whole before anything is written.
                 async with batch():
-                    for text in texts:
+                    async for text in texts:
                         self.target += await manager.broadcast(text)
             else:
                 # Older managers: the same through a private call, as a diagnostic.
                 conns = list(self.fleet.conns)
-                for text in texts:
+                async for text in texts:
                     self.target += manager._send_to_connections(conns, text)
             await self.settle()
             return
-        for text in texts:
+        async for text in texts:
             self.target += await manager.broadcast(text)
             if mode == "single":
                 await self.settle()
@@ -399,7 +654,7 @@ async def serve(variant: str) -> None:
             elif command == "cpu":
                 say(f"cpu {time.process_time():.6f}")
             elif command == "stats":
-                info: dict[str, Any] = {"sockets": len(fleet.sockets)}
+                info: dict[str, Any] = {"sockets": len(fleet.sockets), "rss": rss()}
                 if manager is not None:
                     stats = manager.stats()
                     info.update(states=stats.states, drops=stats.drops, sent=stats.sent_messages)
