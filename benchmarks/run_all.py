@@ -363,7 +363,7 @@ def storm_section(plan: Plan) -> dict[str, Any]:
         make = _storm.seeded(**settings)
         result = _storm.storm(make, plan.storm_clients)
         buckets = result.buckets()
-        uniform = _storm.uniform_rate(make(0), plan.storm_clients)
+        uniform = result.uniform_rate(make(0).base_delay)
         out["policies"][name] = {
             "settings": settings,
             "attempts": len(result.attempts),

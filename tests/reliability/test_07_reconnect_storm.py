@@ -1,11 +1,12 @@
 """Check 7: a reconnect storm. 10,000 simulated clients lose their server for 10 s.
 
-No sockets and no event loop: the check is about the retry schedule, so it drives what the
-manager drives, the shared ``FleetMachine`` with one ``Lifecycle`` per client, on a virtual
-clock (``ManualClock``) and a heap of due retries, exactly as ``_timers.Timers`` does: on
-ERROR the machine asks for a retry after ``policy.delay(...)``; when it is due,
-``retry_due`` moves the client to RECONNECTING (one attempt, counted in its 100 ms bucket);
-an attempt before the server is back fails (ERROR again), one after it succeeds (CONNECTED).
+No sockets and no event loop: the check is about the retry schedule, so it runs
+``wsfleet.testing.reconnect_storm``, which drives what the manager drives, the shared
+``FleetMachine`` with one ``Lifecycle`` per client, on a virtual clock (``ManualClock``) and a
+heap of due retries, as ``_timers.Timers`` does: on ERROR the machine asks for a retry after
+``policy.delay(...)``; when it is due, ``retry_due`` moves the client to RECONNECTING (one
+attempt, counted in its 100 ms bucket); an attempt before the server is back fails (ERROR
+again), one after it succeeds (CONNECTED).
 Each client has its own seeded ``random.Random``, so the run is reproducible and no two
 clients share a stream of draws. The check does not depend on the event loop, so it runs
 once rather than on asyncio and trio. The short form simulates 2,000 clients, the full form
@@ -21,83 +22,28 @@ criterion rejects: that proves the measure can see a herd.
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 
-from wsfleet import ConnectionState, JitterMode, RetryPolicy
-from wsfleet.fsm.clock import ManualClock
-from wsfleet.fsm.machine import FleetMachine, Lifecycle
+from wsfleet import JitterMode, RetryPolicy
 from wsfleet.policies import DEFAULT_RETRY_POLICY
+from wsfleet.testing import Storm, reconnect_storm
 
 from .conftest import Figure, Sizes
 
 pytestmark = pytest.mark.reliability
 
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-
 OUTAGE = 10.0
 BUCKET = 0.1
 
 
-@dataclass(frozen=True)
-class Storm:
-    attempts: list[float]
-    reconnected: int
-    gave_up: int
-
-    def buckets(self) -> Counter[int]:
-        return Counter(math.floor(t / BUCKET) for t in self.attempts)
-
-    @property
-    def peak(self) -> int:
-        return max(self.buckets().values())
-
-
 def storm(make_policy: Callable[[int], RetryPolicy], clients: int) -> Storm:
     """Every client loses the server at t=0; the server answers again at ``OUTAGE``."""
-    clock = ManualClock()
-    due: list[tuple[float, int, Lifecycle]] = []
-    serial = 0
-
-    def retry_after(model: Lifecycle, delay: float) -> None:
-        nonlocal serial
-        serial += 1
-        heapq.heappush(due, (clock.now() + delay, serial, model))
-
-    machine = FleetMachine(clock=clock, on_retry=retry_after)
-    for i in range(clients):
-        client = Lifecycle(make_policy(i))
-        machine.start(client, C)
-        machine.request(client, E, "server lost")
-    attempts: list[float] = []
-    reconnected = gave_up = 0
-    while due:
-        when, _, client = heapq.heappop(due)
-        clock.advance(when - clock.now())
-        changes = machine.retry_due(client)
-        if not changes or changes[-1].new is not R:
-            gave_up += 1
-            continue
-        attempts.append(when)
-        if when < OUTAGE:
-            after = machine.request(client, E, "connection refused")
-            gave_up += after[-1].new is ConnectionState.DISCONNECTED
-        else:
-            machine.request(client, C, "reconnected")
-            reconnected += 1
-    return Storm(attempts, reconnected, gave_up)
-
-
-def uniform_rate(policy: RetryPolicy, clients: int) -> float:
-    return clients / (policy.base_delay / BUCKET)
+    policies = (make_policy(i) for i in range(clients))
+    return reconnect_storm(policies, outage=OUTAGE, bucket=BUCKET)
 
 
 def seeded(**settings: object) -> Callable[[int], RetryPolicy]:
@@ -112,7 +58,7 @@ def test_the_default_policy_spreads_a_storm(sizes: Sizes, figure: Figure) -> Non
     make = seeded()
     assert make(0) == DEFAULT_RETRY_POLICY  # the default in every field (rng aside)
     result = storm(make, clients)
-    uniform = uniform_rate(DEFAULT_RETRY_POLICY, clients)
+    uniform = result.uniform_rate(DEFAULT_RETRY_POLICY.base_delay)
     figure("attempts", len(result.attempts))
     figure("reconnected", result.reconnected, "clients", f"= {clients}")
     figure("peak attempts per 100 ms", result.peak, "", f"<= {2 * uniform:g}")
@@ -125,7 +71,7 @@ def test_without_jitter_the_whole_fleet_lands_in_one_bucket(sizes: Sizes, figure
     clients = sizes.pick(2_000, 10_000)
     make = seeded(jitter=0.0)
     result = storm(make, clients)
-    uniform = uniform_rate(make(0), clients)
+    uniform = result.uniform_rate(make(0).base_delay)
     first = min(result.attempts)
     figure("peak attempts per 100 ms", result.peak, "", f"= {clients} (every client at once)")
     figure("peak / uniform rate", result.peak / uniform, "", "> 2: the measure sees a herd")
@@ -144,7 +90,7 @@ def test_a_spreading_jitter_mode_keeps_the_peak_under_twice_the_uniform_rate(
     clients = sizes.pick(2_000, 10_000)
     make = seeded(jitter_mode=mode)
     result = storm(make, clients)
-    uniform = uniform_rate(make(0), clients)
+    uniform = result.uniform_rate(make(0).base_delay)
     figure("peak attempts per 100 ms", result.peak, "", f"<= {2 * uniform:g}")
     figure("peak / uniform rate", result.peak / uniform, "", "<= 2")
     figure("reconnected", result.reconnected, "clients")
