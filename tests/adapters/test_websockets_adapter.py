@@ -8,6 +8,8 @@ the kept part is real, and check that nothing is lost, doubled or reordered.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -46,6 +48,20 @@ class Server:
                 pass
 
 
+@asynccontextmanager
+async def one_reader(close_timeout: float = 1.0) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A manager, a websockets server feeding it, and one connected client that reads only
+    when told: (manager, the server's socket, the client)."""
+    async with ConnectionManager(overflow=ROOMY, close_timeout=close_timeout) as manager:
+        server = Server(manager)
+        async with (
+            serve(server.handler, max_message_size=2 * SIZE) as url,
+            client(f"{url}?id=reader", max_size=2 * SIZE) as ws,
+        ):
+            await server.registered.wait()
+            yield manager, server.sockets["reader"], ws
+
+
 async def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
@@ -53,64 +69,50 @@ async def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
 
 
 async def test_a_batch_the_socket_cannot_take_at_once_arrives_whole_and_in_order() -> None:
-    async with ConnectionManager(overflow=ROOMY, close_timeout=1.0) as manager:
-        server = Server(manager)
-        async with (
-            serve(server.handler, max_message_size=2 * SIZE) as url,
-            client(f"{url}?id=reader", max_size=2 * SIZE) as ws,
-        ):
-            await server.registered.wait()
-            conn = manager.connection(server.sockets["reader"])
-            transport = conn.transport
-            assert isinstance(transport, WebsocketsTransport)
-            async with manager.batch():  # one batch of 25 MiB; the client reads nothing yet
-                for i in range(MESSAGES):
-                    await manager.broadcast(message(i))
-            await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
-            if sniffio.current_async_library() == "trio":
-                # Written to the socket by send_nowait as far as the kernel took it; the
-                # rest is kept for the writer, which waits for the peer to read.
-                assert 0 < transport.unsent < MESSAGES * (SIZE + 10)
-                assert conn.writing
-            received = []
-            with anyio.fail_after(30):
-                for _ in range(MESSAGES):
-                    received.append(await ws.recv())
-            assert [m[:5] for m in received] == [f"{i:05d}" for i in range(MESSAGES)]
-            assert all(m == message(i) for i, m in enumerate(received))
-            await wait_for(lambda: transport.unsent == 0, "the kept part written")
-            assert manager.stats().sent_messages == MESSAGES
-            assert manager.stats().drops == {}
-            # The socket is usable as before: the next message takes the direct path.
-            await manager.broadcast("after")
-            with anyio.fail_after(5):
-                assert await ws.recv() == "after"
-            assert conn.state is C
+    async with one_reader() as (manager, native, ws):
+        conn = manager.connection(native)
+        transport = conn.transport
+        assert isinstance(transport, WebsocketsTransport)
+        async with manager.batch():  # one batch of 25 MiB; the client reads nothing yet
+            for i in range(MESSAGES):
+                await manager.broadcast(message(i))
+        await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
+        if sniffio.current_async_library() == "trio":
+            # Written to the socket by send_nowait as far as the kernel took it; the
+            # rest is kept for the writer, which waits for the peer to read.
+            assert 0 < transport.unsent < MESSAGES * (SIZE + 10)
+            assert conn.writing
+        received = []
+        with anyio.fail_after(30):
+            for _ in range(MESSAGES):
+                received.append(await ws.recv())
+        assert [m[:5] for m in received] == [f"{i:05d}" for i in range(MESSAGES)]
+        assert all(m == message(i) for i, m in enumerate(received))
+        await wait_for(lambda: transport.unsent == 0, "the kept part written")
+        assert manager.stats().sent_messages == MESSAGES
+        assert manager.stats().drops == {}
+        # The socket is usable as before: the next message takes the direct path.
+        await manager.broadcast("after")
+        with anyio.fail_after(5):
+            assert await ws.recv() == "after"
+        assert conn.state is C
 
 
 async def test_messages_sent_while_the_rest_is_kept_follow_it_in_order() -> None:
-    async with ConnectionManager(overflow=ROOMY, close_timeout=1.0) as manager:
-        server = Server(manager)
-        async with (
-            serve(server.handler, max_message_size=2 * SIZE) as url,
-            client(f"{url}?id=reader", max_size=2 * SIZE) as ws,
-        ):
-            await server.registered.wait()
-            half = MESSAGES // 2
-            async with manager.batch():
-                for i in range(half):
-                    await manager.broadcast(message(i))
-            await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
-            for i in range(half, MESSAGES):  # one by one, while the socket is full
+    async with one_reader() as (manager, _, ws):
+        half = MESSAGES // 2
+        async with manager.batch():
+            for i in range(half):
                 await manager.broadcast(message(i))
-            received = []
-            with anyio.fail_after(30):
-                for _ in range(MESSAGES):
-                    received.append((await ws.recv())[:5])
-            assert received == [f"{i:05d}" for i in range(MESSAGES)]
-            await wait_for(
-                lambda: manager.stats().sent_messages == MESSAGES, "every message counted"
-            )
+        await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
+        for i in range(half, MESSAGES):  # one by one, while the socket is full
+            await manager.broadcast(message(i))
+        received = []
+        with anyio.fail_after(30):
+            for _ in range(MESSAGES):
+                received.append((await ws.recv())[:5])
+        assert received == [f"{i:05d}" for i in range(MESSAGES)]
+        await wait_for(lambda: manager.stats().sent_messages == MESSAGES, "every message counted")
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # the lock is websockets.trio's
@@ -141,32 +143,25 @@ async def test_on_trio_closing_a_peer_holding_half_a_frame_resets_it_at_once() -
     from websockets.exceptions import ConnectionClosed
 
     close_timeout = 2.0
-    async with ConnectionManager(overflow=ROOMY, close_timeout=close_timeout) as manager:
-        server = Server(manager)
-        async with (
-            serve(server.handler, max_message_size=2 * SIZE) as url,
-            client(f"{url}?id=reader", max_size=2 * SIZE) as ws,
-        ):
-            await server.registered.wait()
-            native = server.sockets["reader"]
-            transport = manager.connection(native).transport
-            async with manager.batch():
-                for i in range(MESSAGES):
-                    await manager.broadcast(message(i))
-            await wait_for(lambda: transport.unsent > 0, "part of the batch kept")
-            started = anyio.current_time()
-            await manager.close(native, 1008, "slow consumer")
-            took = anyio.current_time() - started
-            assert took < close_timeout / 4  # no closing handshake waited for
-            received: list[str] = []
+    async with one_reader(close_timeout) as (manager, native, ws):
+        transport = manager.connection(native).transport
+        async with manager.batch():
+            for i in range(MESSAGES):
+                await manager.broadcast(message(i))
+        await wait_for(lambda: transport.unsent > 0, "part of the batch kept")
+        started = anyio.current_time()
+        await manager.close(native, 1008, "slow consumer")
+        took = anyio.current_time() - started
+        assert took < close_timeout / 4  # no closing handshake waited for
+        received: list[str] = []
 
-            async def read_until_closed() -> None:
-                while True:
-                    received.append(await ws.recv())
+        async def read_until_closed() -> None:
+            while True:
+                received.append(await ws.recv())
 
-            with anyio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
-                await read_until_closed()
-            # Whole messages, in order, up to where the connection was cut; then 1006.
-            assert 0 < len(received) < MESSAGES
-            assert received == [message(i) for i in range(len(received))]
-            assert closed.value.rcvd is None  # no close frame: the connection was reset
+        with anyio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+            await read_until_closed()
+        # Whole messages, in order, up to where the connection was cut; then 1006.
+        assert 0 < len(received) < MESSAGES
+        assert received == [message(i) for i in range(len(received))]
+        assert closed.value.rcvd is None  # no close frame: the connection was reset
