@@ -260,11 +260,12 @@ class Outbox:
             del ready  # hold no connection while waiting: a closed one must be free to go
 
     async def _flush(self, ready: list[Connection]) -> None:
+        write_now = self._write_now
         for i, conn in enumerate(ready):
             conn.scheduled = False
             state = conn.state
             if conn.pending and not conn.writing and (state is C or state is I) and conn.registered:
-                self._write_now(conn)
+                write_now(conn)
             if i % _FLUSH_SLICE == _FLUSH_SLICE - 1:
                 await checkpoint()
 
@@ -287,16 +288,27 @@ class Outbox:
         return batch, nbytes, messages
 
     def _write_now(self, conn: Connection) -> None:
-        batch, nbytes, messages = self._take_batch(conn)
+        batch = conn.pending
+        assert batch is not None
+        if batch[0] is PING:
+            batch, nbytes, messages = self._take_batch(conn)
+        else:  # ``_take_batch`` inlined: this runs once per connection per fan-out
+            nbytes = conn.pending_bytes
+            messages = len(batch)
+            conn.pending = None
+            conn.pending_bytes = 0
+            self.queued_messages -= messages
+            self.queued_bytes -= nbytes
+        transport = conn.transport
         try:
-            written = conn.transport.send_nowait(batch)
+            written = transport.send_nowait(batch)
         except Exception as exc:
             self.count_drop("send failed", messages)
             self._manager._transport_failed(conn, exc)
             return
         if written:
             self.sent_messages += messages
-            if conn.transport.unsent:  # taken, not all on the wire yet: a writer finishes it
+            if transport.unsent:  # taken, not all on the wire yet: a writer finishes it
                 conn.writing = True
                 self._manager._spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
             return

@@ -22,14 +22,16 @@ def identifier_of(path: str) -> str:
 
 
 @asynccontextmanager
-async def serve(handler: Handler, *, max_message_size: int = 65536) -> AsyncIterator[str]:
+async def serve(
+    handler: Handler, *, max_message_size: int = 65536, compression: str | None = None
+) -> AsyncIterator[str]:
     async def on_connection(ws: Any) -> None:
         await handler(ws, identifier_of(ws.request.path))
 
     options: dict[str, Any] = {
         "max_size": max_message_size,
         "ping_interval": None,  # wsfleet's HeartbeatPolicy does the pinging
-        "compression": None,
+        "compression": compression,
     }
     if sniffio.current_async_library() == "trio":
         import trio

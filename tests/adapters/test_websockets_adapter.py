@@ -165,3 +165,26 @@ async def test_on_trio_closing_a_peer_holding_half_a_frame_resets_it_at_once() -
         assert 0 < len(received) < MESSAGES
         assert received == [message(i) for i in range(len(received))]
         assert closed.value.rcvd is None  # no close frame: the connection was reset
+
+
+async def test_a_compressed_and_a_plain_connection_both_get_every_message_intact() -> None:
+    """Frames are shared between connections without compression; one with
+    permessage-deflate has its messages encoded by its own protocol."""
+    async with ConnectionManager() as manager:
+        server = Server(manager)
+        async with (
+            serve(server.handler, compression="deflate") as url,
+            client(f"{url}?id=plain") as plain,
+            client(f"{url}?id=deflate", compression="deflate") as deflated,
+        ):
+            await wait_for(lambda: len(server.sockets) == 2, "both registered")
+            assert deflated.protocol.extensions  # permessage-deflate was negotiated
+            assert not plain.protocol.extensions
+            texts = ["a" * 1000, "b" * 1000, "héllo"]
+            for text in texts:
+                await manager.broadcast(text)
+            await manager.broadcast(b"\x00\x01" * 500)
+            with anyio.fail_after(5):
+                for ws in (plain, deflated):
+                    assert [await ws.recv() for _ in texts] == texts
+                    assert await ws.recv() == b"\x00\x01" * 500

@@ -99,6 +99,10 @@ class WebsocketsTransport(Transport):
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self._asyncio = isinstance(ws, AsyncioConnection)
+        # Registered after the handshake, so the extensions are settled: a server frame
+        # without any is the same bytes for every recipient.
+        protocol = ws.protocol
+        self._shared = protocol.side is SERVER and not protocol.extensions
         #: trio: the stream's socket when it is plain TCP (writable without awaiting).
         self._socket: Any = None
         #: trio: what ``send_nowait`` took but the socket did not (``unsent`` bytes of it).
@@ -134,12 +138,12 @@ class WebsocketsTransport(Transport):
 
     def _frames(self, batch: Sequence[Outbound]) -> bytes:
         """Every frame of the batch, in order, as one buffer."""
-        protocol = self.ws.protocol
-        shared = protocol.side is SERVER and not protocol.extensions
+        shared = self._shared
         if shared and len(batch) == 1:  # the usual fan-out of one message: no list, no join
             item = batch[0]
             if not isinstance(item, Ping):
                 return _shared_frame(item)
+        protocol = self.ws.protocol
         ping_data = self._ping_data if self._asyncio else self._trio_ping_data
         parts: list[bytes] = []
         for item in batch:
