@@ -12,6 +12,7 @@ well under a second per test; every wait is bounded.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class Relay(Store):
         self.cut = False
         self._gates: dict[str, anyio.Event] = {}
         self._waiting: dict[str, int] = {}
+        #: Operations that went through, by name.
+        self.calls: Counter[str] = Counter()
 
     def hold(self, operation: str) -> None:
         self._gates[operation] = anyio.Event()
@@ -146,6 +149,7 @@ class Relay(Store):
     async def check(self, operation: str) -> None:
         if self.cut:
             raise ConnectionError("cut off")
+        self.calls[operation] += 1
         gate = self._gates.get(operation)
         if gate is not None:
             self._waiting[operation] = self._waiting.get(operation, 0) + 1
@@ -542,6 +546,31 @@ async def test_the_link_comes_back_after_repeated_outages() -> None:
         assert bob.received == ["kept 0", "kept 1", "kept 2"]
         assert n1.manager.stats().drops == {"backplane: link down": dropped}
         assert n2.manager.stats().dropped == 0
+
+
+async def test_what_registered_during_an_outage_comes_back_in_one_snapshot() -> None:
+    """Not one record and one announcement per identifier: after a long outage those
+    would hold back, by seconds, the changes made as the link came back."""
+    hub = InMemoryHub()
+    relay = Relay(hub)
+    async with fleet(hub, "n2") as (n2,), fleet(relay, "n1") as (n1,):
+        await wait_until(lambda: n2.backplane.view.nodes() == {"n1"}, "n2 knows n1")
+        relay.cut = True
+        await wait_until(lambda: down(n1.manager), "n1's link noticed")
+        names = [f"u{i}" for i in range(300)]
+        for name in names:
+            n1.connect(name)
+            n1.manager.add_to_group(name, "room")
+        relay.calls.clear()
+        relay.cut = False
+        await wait_until(lambda: connected(n1.manager), "n1's link back")
+        await wait_until(
+            lambda: all(n2.manager.presence(name) == {"n1"} for name in names), "n2 sees all"
+        )
+        assert n2.manager.get_group_members("room") >= set(names)
+        assert relay.calls["replace_node"] >= 1
+        assert relay.calls["put_member"] < 10  # nothing re-recorded one by one
+        assert relay.calls["publish"] < 20  # the hello, not 600 announcements
 
 
 async def test_a_buffer_keeps_up_to_n_messages_for_when_the_link_returns() -> None:

@@ -369,6 +369,11 @@ class Backplane:
             identifier: sorted(registry.memberships.get(identifier, ()))
             for identifier in registry.by_identifier
         }
+        # The snapshot says what changed while the link was down, and the others reload it
+        # when they hear the hello below: only what changes from here on (while this awaits
+        # the store) is still to announce one by one. Announcing the whole outage's changes
+        # again, two round trips each, held the newest back by seconds after a long outage.
+        self._unannounced.clear()
         await session.replace_node(self.node_id, snapshot, self.node_ttl)
         self._dirty.clear()
         live = await session.live_nodes()
