@@ -606,17 +606,7 @@ def report_fsm(section: dict[str, Any]) -> str:
     data = section.get("data")
     if not data:
         return text
-    rows = [
-        (
-            f"{r['connections']:,}",
-            f"{r['bytes_per_connection']:.0f}",
-            f"{r['create_us']:.2f}",
-            f"{r['change_us']:.2f}",
-            f"{r['changes_per_second']:,.0f}",
-            f"{r['churn_us']:.2f}",
-        )
-        for r in data["wsfleet"]
-    ]
+    rows = [fsm_bench.cells(r) for r in data["wsfleet"]]
     text += (
         "wsfleet's shared `FleetMachine` with one `Lifecycle` per connection (`fsm_bench.measure`)"
         ":\n\n"
