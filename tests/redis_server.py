@@ -1,21 +1,11 @@
 """A throw-away ``redis-server`` for tests: own process, free loopback port, no persistence.
 
-Plain module (not a conftest), so any test module can import it. Usage::
+Plain module (not a conftest), so any test module can import it (tests/ has no
+``__init__.py``: pytest puts tests/ on sys.path). The ``redis`` fixture of tests/conftest.py
+is ``running_redis()``; a test that wants a server of its own writes::
 
-    import pytest
-
-    # tests/ has no __init__.py: pytest (rootdir/prepend import mode) puts tests/ on
-    # sys.path, so the module is importable by its bare name from tests/ and tests/adapters/.
-    from redis_server import RedisServer, redis_binary
-
-
-    @pytest.fixture
-    def redis():
-        binary = redis_binary()
-        if binary is None:
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
-        with RedisServer(binary) as server:  # started; stopped on exit
-            yield server
+    with running_redis() as server:  # skips the test if redis-server is not installed
+        ...
 
 ``server.url`` is ``redis://127.0.0.1:<port>/0``. ``server.kill()`` SIGKILLs the process,
 ``server.start()`` brings it back on the *same* port, ``server.restart()`` does both
@@ -27,15 +17,21 @@ Never touches the system Redis on 6379: the port is picked by binding a socket t
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from types import TracebackType
 
-__all__ = ["RedisServer", "RedisServerError", "redis_binary"]
+__all__ = ["UNCLOSED", "RedisServer", "RedisServerError", "redis_binary", "running_redis"]
+
+#: The ResourceWarning coredis leaves behind on a failed dial (its streams are not closed).
+UNCLOSED = "Unclosed <MemoryObject"
 
 HOST = "127.0.0.1"
 
@@ -43,6 +39,25 @@ HOST = "127.0.0.1"
 def redis_binary() -> str | None:
     """Path of ``redis-server`` on ``PATH``, or ``None``."""
     return shutil.which("redis-server")
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A started server for the block; the calling test is skipped if there is no binary.
+
+    On the way out, coredis's unclosed leftovers are collected here, with their warning
+    silenced, rather than in whichever later test the garbage collector happens to run.
+    """
+    import pytest
+
+    binary = redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer(binary) as server:
+        yield server
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", UNCLOSED, ResourceWarning)
+        gc.collect()
 
 
 class RedisServerError(RuntimeError):

@@ -24,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 
 from adapters.clients import client
-from redis_server import RedisServer, redis_binary
+from redis_server import running_redis
 from wsfleet import ConnectionState
 from wsfleet.cli import main
 from wsfleet.demo import Demo, open_demo
@@ -429,10 +429,7 @@ async def test_a_dashboard_that_drops_itself_resumes_its_membership() -> None:
 # errors the backplane's link would fail on it.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 async def test_two_demos_share_a_fleet_through_redis() -> None:
-    binary = redis_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with RedisServer(binary) as redis:
+    with running_redis() as redis:
         async with (
             open_demo("127.0.0.1", 0, redis=redis.url) as one,
             open_demo("127.0.0.1", 0, redis=redis.url) as two,

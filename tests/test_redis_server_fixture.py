@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
 from redis_server import RedisServer, ping, redis_binary
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    binary = redis_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with RedisServer(binary) as server:
-        yield server
 
 
 def _port_is_free(port: int) -> bool:

@@ -18,12 +18,10 @@ Heartbeats and leases are short (0.2 s / 0.6 s); every wait is bounded.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 import signal
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -33,12 +31,11 @@ import anyio.lowlevel
 import coredis
 import pytest
 
-from redis_server import RedisServer, redis_binary
+from redis_server import UNCLOSED, RedisServer
 from wsfleet import ConnectionManager, Delivery
 from wsfleet.adapters.redis import RedisBackplane
 from wsfleet.testing import MemoryTransport
 
-UNCLOSED = "Unclosed <MemoryObject"
 pytestmark = [
     pytest.mark.anyio,
     # coredis creates a connection's memory streams before it dials and closes them only
@@ -49,18 +46,6 @@ pytestmark = [
 HEARTBEAT = 0.2
 TTL = 0.6
 NAMESPACE = "wsfleet-test"
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    binary = redis_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with RedisServer(binary) as server:
-        yield server
-    with warnings.catch_warnings():  # collect coredis's leftovers here, not in a later test
-        warnings.filterwarnings("ignore", UNCLOSED, ResourceWarning)
-        gc.collect()
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 3.0) -> None:

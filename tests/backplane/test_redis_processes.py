@@ -9,11 +9,9 @@ identifiers from presence and group membership within ``node_ttl + heartbeat_int
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
-import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,8 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from adapters.clients import client
-from redis_server import RedisServer, redis_binary
+from redis_server import UNCLOSED, RedisServer
 
-UNCLOSED = "Unclosed <MemoryObject"
 pytestmark = [
     pytest.mark.anyio,
     # coredis leaves the memory streams of a failed dial to the GC (see the other module).
@@ -38,18 +35,6 @@ HEARTBEAT = 0.2
 TTL = 0.6
 #: Scheduling slack on top of the documented bound: process start-up, polling, a busy CI box.
 SLACK = 0.4
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    binary = redis_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with RedisServer(binary) as server:
-        yield server
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", UNCLOSED, ResourceWarning)
-        gc.collect()
 
 
 class Node:

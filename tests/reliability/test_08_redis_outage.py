@@ -21,9 +21,7 @@ Criteria:
 
 from __future__ import annotations
 
-import gc
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -31,13 +29,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from redis_server import RedisServer, redis_binary
+from redis_server import UNCLOSED, RedisServer
 from wsfleet import ConnectionManager
 from wsfleet.adapters.redis import RedisBackplane
 
 from .conftest import Figure, Sizes, client, serve, wait_until
 
-UNCLOSED = "Unclosed <MemoryObject"
 pytestmark = [
     pytest.mark.reliability,
     pytest.mark.anyio,
@@ -51,18 +48,6 @@ RATE = 200  # messages per second and node
 DEAD_FOR = 0.2
 RESUBSCRIBE_BOUND = 2.0
 PUBLISH_BOUND = 0.1
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    binary = redis_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with RedisServer(binary) as server:
-        yield server
-    with warnings.catch_warnings():  # coredis's leftovers: collected here if they can be
-        warnings.filterwarnings("ignore", UNCLOSED, ResourceWarning)
-        gc.collect()
 
 
 class Node:
