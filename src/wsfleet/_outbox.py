@@ -288,17 +288,7 @@ class Outbox:
         return batch, nbytes, messages
 
     def _write_now(self, conn: Connection) -> None:
-        batch = conn.pending
-        assert batch is not None
-        if batch[0] is PING:
-            batch, nbytes, messages = self._take_batch(conn)
-        else:  # ``_take_batch`` inlined: this runs once per connection per fan-out
-            nbytes = conn.pending_bytes
-            messages = len(batch)
-            conn.pending = None
-            conn.pending_bytes = 0
-            self.queued_messages -= messages
-            self.queued_bytes -= nbytes
+        batch, nbytes, messages = self._take_batch(conn)
         transport = conn.transport
         try:
             written = transport.send_nowait(batch)

@@ -160,12 +160,16 @@ class WebsocketsTransport(Transport):
                 parts.extend(protocol.data_to_send())
         return b"".join(parts)
 
+    def _check_open(self) -> None:
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
+
     def send_nowait(self, batch: Sequence[Outbound]) -> bool:
         ws = self.ws
         if not self._asyncio:
             return self._trio_send_nowait(batch)
-        if ws.protocol.state is not State.OPEN:
-            raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
+        self._check_open()
         if ws.paused or ws.send_in_progress is not None:
             return False  # flow control says wait, or a fragmented send is under way
         ws.transport.write(self._frames(batch))
@@ -176,8 +180,7 @@ class WebsocketsTransport(Transport):
         sock = self._socket
         if sock is None or self.unsent or ws.send_lock.locked():
             return False  # TLS, something kept from last time, or websockets is writing
-        if ws.protocol.state is not State.OPEN:
-            raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
+        self._check_open()
         data = self._frames(batch)
         fd = sock.fileno()
         if fd < 0:
@@ -205,8 +208,7 @@ class WebsocketsTransport(Transport):
                         await ws.send(item)
                 return
             # trio: every frame of the batch in one send_all, under the connection's lock.
-            if ws.protocol.state is not State.OPEN:
-                raise TransportClosed(ws.close_code or 1006, ws.close_reason or "")
+            self._check_open()
             data = self._frames(batch)
             async with ws.send_lock:
                 if self.unsent:  # what send_nowait kept goes first
