@@ -264,3 +264,47 @@ async def test_drop_oldest_never_drops_a_queued_ping() -> None:
         assert socket.received == ["m0", "m5", "m6", "m7"]
         assert manager.stats().drops == {"overflow: drop-oldest": 4}
         assert socket.pings >= 2
+
+
+# -- reports that arrive from a library's internals, outside any task ------------------------
+
+
+async def test_a_pong_reported_from_a_loop_callback_outside_any_task_counts() -> None:
+    """websockets on asyncio resolves a ping's future on pong; its done-callbacks run from the
+    loop with no task current. The report must be taken there like anywhere else (it once
+    raised NoEventLoopError, and every healthy client timed out)."""
+    import asyncio
+    import contextvars
+
+    loop = asyncio.get_running_loop()
+    heartbeat = HeartbeatPolicy(ping_interval=INTERVAL, ping_timeout=TIMEOUT, idle_after=IDLE)
+    async with ConnectionManager(heartbeat=heartbeat) as manager:
+        socket = MemoryTransport(auto_pong=False)
+        conn = manager.register(socket, "alice")
+        await wait_for(lambda: conn.state is I)
+        reports: list[BaseException | None] = []
+
+        def from_the_loop(pong: bool) -> None:
+            assert asyncio.current_task() is None  # what the library's callback sees
+            try:
+                conn.touch(pong=pong)
+                reports.append(None)
+            except BaseException as exc:  # pragma: no cover - the regression
+                reports.append(exc)
+
+        for _ in range(6):  # several periods, each answered from outside a task
+            await wait_for(lambda: socket.pings > len(reports))
+            # A fresh context, as the library's: no task and nothing inherited from the test.
+            loop.call_soon(from_the_loop, True, context=contextvars.Context())
+            await wait_for(lambda: len(reports) == socket.pings)
+        # A message: IDLE -> CONNECTED, outside a task.
+        loop.call_soon(from_the_loop, False, context=contextvars.Context())
+        await wait_for(lambda: len(reports) == 7)
+        assert reports == [None] * 7
+        assert conn.state is C
+        assert manager.stats().heartbeat_timeouts == 0
+
+
+test_a_pong_reported_from_a_loop_callback_outside_any_task_counts = pytest.mark.parametrize(
+    "anyio_backend", ["asyncio"]
+)(test_a_pong_reported_from_a_loop_callback_outside_any_task_counts)

@@ -38,6 +38,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._cluster import ClusterView
 from ._errors import InvalidArgument
 from ._wire import Envelope, Kind, MalformedEnvelope, decode, encode, send_data
+from ._loop import loop_clock
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, Lifecycle, StateChange
 from .fsm.states import ConnectionState
@@ -284,7 +285,7 @@ class Backplane:
     ) -> None:
         """Keep the link up for the manager's whole life (a task of the manager)."""
         self._manager = manager
-        self._machine.clock = MonotonicClock(anyio.current_time)
+        self._machine.clock = MonotonicClock(loop_clock())
         self._outgoing_ready = anyio.Event()
         self._up = anyio.Event()
         self._machine.start(self.link, R, "connecting")

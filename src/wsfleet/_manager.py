@@ -45,6 +45,7 @@ from ._resumption import Resumption
 from ._session import Session, open_session
 from ._stats import Delivery, FleetStats
 from ._timers import Timers
+from ._loop import loop_clock
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, StateChange
 from .fsm.states import ConnectionState
@@ -136,7 +137,8 @@ class ConnectionManager:
     async def __aenter__(self) -> Self:
         if self._tg is not None or self._closing:
             raise ManagerClosed("a ConnectionManager can be entered once")
-        self._machine.clock = MonotonicClock(anyio.current_time)
+        # A clock that needs no task: pongs arrive from library callbacks (see _loop).
+        self._machine.clock = MonotonicClock(loop_clock())
         # Events are bound to the running event loop on asyncio: make them here.
         self._outbox.bind_loop()
         self._timers.bind_loop()
