@@ -37,8 +37,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._cluster import ClusterView
 from ._errors import InvalidArgument
-from ._wire import Envelope, Kind, MalformedEnvelope, decode, encode, send_data
 from ._loop import loop_clock
+from ._wire import Envelope, Kind, MalformedEnvelope, decode, encode, send_data
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, Lifecycle, StateChange
 from .fsm.states import ConnectionState

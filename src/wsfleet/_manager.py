@@ -38,6 +38,7 @@ from ._errors import (
     UnknownSocket,
     WrongType,
 )
+from ._loop import loop_clock
 from ._outbound import MessageHandler, OutboundSocket, Unconnected, dial, final_close
 from ._outbox import WRITABLE, Outbox, message_size
 from ._registry import Registry, check_name
@@ -45,7 +46,6 @@ from ._resumption import Resumption
 from ._session import Session, open_session
 from ._stats import Delivery, FleetStats
 from ._timers import Timers
-from ._loop import loop_clock
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, StateChange
 from .fsm.states import ConnectionState
