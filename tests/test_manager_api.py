@@ -7,6 +7,7 @@ and ``stats``; plus the message checks (type, size) and the manager's lifetime.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from wsfleet import (
     OverflowPolicy,
     RetryPolicy,
     StateChange,
+    UnencodableMessage,
     UnknownIdentifier,
     UnknownSocket,
     WrongType,
@@ -48,7 +50,7 @@ D = ConnectionState.DISCONNECTED
 NEVER = RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, jitter=0)
 
 BAD_NAME_TYPES = [None, 1, b"alice", ["alice"], 1.5]
-BAD_NAME_VALUES = ["", "x" * 257]
+BAD_NAME_VALUES = ["", "x" * 257, "lone \udc80 surrogate"]
 NOT_MESSAGES = [None, 1, 1.5, bytearray(b"hi"), memoryview(b"hi"), ["hi"], {"hi": 1}]
 
 
@@ -147,8 +149,8 @@ async def test_an_identifier_that_is_not_a_str_raises_type_error_and_changes_not
     assert socket.connection is None
 
 
-@pytest.mark.parametrize("identifier", BAD_NAME_VALUES, ids=["empty", "257-chars"])
-async def test_an_empty_or_overlong_identifier_raises_value_error_and_changes_nothing(
+@pytest.mark.parametrize("identifier", BAD_NAME_VALUES, ids=["empty", "257-chars", "surrogate"])
+async def test_an_empty_overlong_or_unencodable_identifier_raises_value_error_changing_nothing(
     manager: ConnectionManager, identifier: str
 ) -> None:
     populate(manager)
@@ -447,6 +449,31 @@ async def test_a_message_over_the_size_limit_raises_and_queues_nothing(call: str
             assert snapshot(manager) == before
         assert await SEND_CALLS[call](manager, "x" * 10) >= 1  # the limit itself is allowed
         await eventually(lambda: any(s.received for s in sockets.values()))
+
+
+UNENCODABLE = [
+    json.loads('"\\ud800"'),  # valid JSON, valid UTF-8 on the wire: a lone surrogate in Python
+    "hello \udfff",
+    "\ud83d" + "x" * 100,  # half an emoji, the other half lost
+]
+
+
+@pytest.mark.parametrize("call", SEND_CALLS)
+@pytest.mark.parametrize("message", UNENCODABLE, ids=["json", "trailing", "leading"])
+async def test_text_that_cannot_be_encoded_is_refused_by_the_call_and_queues_nothing(
+    manager: ConnectionManager, call: str, message: str
+) -> None:
+    sockets = populate(manager)
+    before = snapshot(manager)
+    with pytest.raises(UnencodableMessage) as info:
+        await SEND_CALLS[call](manager, message)
+    assert isinstance(info.value, ValueError)
+    assert message[info.value.position] in "\ud800\udfff\ud83d"
+    assert snapshot(manager) == before
+    assert await SEND_CALLS[call](manager, "after") >= 1  # nobody was harmed
+    await eventually(lambda: any(s.received == ["after"] for s in sockets.values()))
+    assert manager.stats().dropped == 0
+    assert manager.connections_in_state(ConnectionState.CONNECTED) == list(sockets.values())
 
 
 async def test_the_default_size_limit_is_one_mebibyte(manager: ConnectionManager) -> None:

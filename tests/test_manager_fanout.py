@@ -7,7 +7,7 @@ tests below check that bookkeeping exactly, not just that "something" happened.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import pytest
@@ -23,6 +23,7 @@ from wsfleet import (
 )
 from wsfleet._outbox import WRITER_LINGER
 from wsfleet.testing import MemoryTransport
+from wsfleet.transport import Outbound
 
 pytestmark = pytest.mark.anyio
 
@@ -265,9 +266,9 @@ async def test_a_slow_consumer_with_a_retry_policy_stays_in_error_awaiting_its_r
             id="TransportError-in-writer",
         ),
         pytest.param(
-            lambda: MemoryTransport("bug", fail_with=RuntimeError("adapter bug")),
-            "adapter bug",
-            id="any-exception-in-writer",
+            lambda: MemoryTransport("reset", fail_with=ConnectionResetError("peer reset")),
+            "peer reset",
+            id="OSError-in-writer",
         ),
     ],
 )
@@ -288,6 +289,42 @@ async def test_a_send_that_fails_moves_that_connection_to_error_and_never_raises
         assert stats.drops == {"send failed": 1}
         assert stats.queued_messages == 1
         assert failing.received == []
+
+
+class OneBadMessage(MemoryTransport):
+    """A transport whose library cannot write one particular message (not an I/O failure)."""
+
+    def send_nowait(self, batch: Sequence[Outbound]) -> bool:
+        if "bad" in batch:
+            raise RuntimeError("the library cannot build this frame")
+        return super().send_nowait(batch)
+
+    async def send(self, batch: Sequence[Outbound]) -> None:
+        if "bad" in batch:
+            raise RuntimeError("the library cannot build this frame")
+        await super().send(batch)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["flusher", "writer"])
+async def test_a_write_that_fails_for_its_message_keeps_every_connection(sync: bool) -> None:
+    """A failure that belongs to a message is not the peer's: the batch is dropped and
+    counted, nobody changes state, and later messages go out as usual."""
+    async with ConnectionManager() as manager:
+        sockets = [OneBadMessage(f"s{i}", sync=sync) for i in range(3)]
+        for i, socket in enumerate(sockets):
+            manager.register(socket, f"user{i}")
+        changes: list[StateChange] = []
+        manager.on_state_change(changes.append)
+        assert await manager.broadcast("bad") == 3
+        await eventually(lambda: manager.stats().drops.get("send error") == 3)
+        assert await manager.broadcast("good") == 3
+        await eventually(lambda: all(s.received == ["good"] for s in sockets))
+        assert changes == []
+        assert manager.connections_in_state(C) == sockets
+        stats = manager.stats()
+        assert stats.drops == {"send error": 3}
+        assert stats.sent_messages == 3
+        assert stats.queued_messages == 0
 
 
 async def test_a_socket_closed_under_us_fails_on_the_synchronous_path_too() -> None:

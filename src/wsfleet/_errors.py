@@ -11,6 +11,7 @@ conventions (``except ValueError``) keeps working::
     ├── InvalidArgument (ValueError)       bad identifier, group name, size ...
     ├── WrongType (TypeError)              a message that is neither str nor bytes ...
     ├── MessageTooLarge (ValueError)       .size, .limit
+    ├── UnencodableMessage (ValueError)    text that is not valid Unicode (lone surrogates)
     ├── AlreadyRegistered (ValueError)     the same socket registered twice
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
@@ -39,6 +40,7 @@ __all__ = [
     "RetriesExhausted",
     "TransportClosed",
     "TransportError",
+    "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
     "WrongType",
@@ -101,6 +103,22 @@ class MessageTooLarge(WsfleetError, ValueError):
         self.size = size
         self.limit = limit
         super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class UnencodableMessage(WsfleetError, ValueError):
+    """Text that cannot be put on the wire as UTF-8; nothing was queued or sent.
+
+    A Python ``str`` may hold lone surrogates (``json.loads('"\\ud800"')`` makes one from
+    valid JSON), which no UTF-8 encoder accepts. Refusing such text where it is offered
+    keeps the failure with the caller: accepted, it would fail later, once per recipient.
+    """
+
+    def __init__(self, position: int, reason: str) -> None:
+        #: Index in the text of the first character that cannot be encoded.
+        self.position = position
+        super().__init__(
+            f"text cannot be encoded as UTF-8 (character {position}: {reason}); nothing was sent"
+        )
 
 
 class AlreadyRegistered(WsfleetError, ValueError):

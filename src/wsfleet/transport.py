@@ -78,8 +78,10 @@ class Transport(ABC):
 
     The manager calls ``attach`` once at registration; from then on the transport reports
     inbound events through ``self.connection`` (``touch()`` for a message, ``touch(pong=True)``
-    for a pong, ``closed(...)``, ``failed(...)``). Methods must raise ``TransportError`` (or
-    let any exception escape, which the manager treats the same way) when the socket is gone.
+    for a pong, ``closed(...)``, ``failed(...)``). Methods must raise ``TransportError`` (an
+    ``OSError`` counts the same) when the socket is gone: the connection then goes to ERROR.
+    Any other exception from a write is taken as that batch's failure, not the peer's: the
+    batch is dropped, counted ("send error") and logged, and the connection stays as it was.
     """
 
     connection: Connection | None = None
