@@ -107,8 +107,8 @@ def test_failed_attempts_back_off_then_exhaustion_ends_disconnected(
     changes = machine.request(model, E, reason="refused")
     assert model.state is D
     assert changes[-1].reason == "retries exhausted (3 of 3 attempts)"
-    with pytest.raises(InvalidTransition, match="retries exhausted"):
-        machine.request(model, R)
+    with pytest.raises(InvalidTransition, match="not in the transition table"):
+        machine.request(model, R)  # DISCONNECTED is final
 
 
 def test_success_resets_the_attempts_when_reset_after_is_unset(
@@ -210,8 +210,9 @@ def test_fire_refuses_unknown_and_inapplicable_triggers(clock: ManualClock, rec:
         machine.fire(model, "explode")
     with pytest.raises(InvalidTransition, match="'retry' does not apply to CONNECTED"):
         machine.fire(model, "retry")
-    machine.request(model, D)
-    with pytest.raises(InvalidTransition, match="no retry policy") as info:
+    machine.request(model, E)
+    assert model.state is D  # no policy: it gave up at once, and DISCONNECTED is final
+    with pytest.raises(InvalidTransition, match="'retry' does not apply to DISCONNECTED") as info:
         machine.fire(model, "retry")
     assert info.value.target is R
     assert model.state is D

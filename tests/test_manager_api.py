@@ -515,18 +515,31 @@ async def test_group_membership_covers_sockets_registered_later(
     await eventually(lambda: late.received == ["hi"])
 
 
-async def test_group_calls_with_an_unknown_identifier_raise_a_key_error_and_change_nothing(
+async def test_joining_a_group_with_an_unknown_identifier_raises_a_key_error_changing_nothing(
     manager: ConnectionManager,
 ) -> None:
     populate(manager)
     before = snapshot(manager)
-    for call in (manager.add_to_group, manager.remove_from_group):
-        with pytest.raises(UnknownIdentifier) as info:
-            call("nobody", "room:1")
-        assert isinstance(info.value, KeyError)
-        assert isinstance(info.value, WsfleetError)
-        assert "nobody" in str(info.value)
+    with pytest.raises(UnknownIdentifier) as info:
+        manager.add_to_group("nobody", "room:1")
+    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, WsfleetError)
+    assert "nobody" in str(info.value)
     assert snapshot(manager) == before
+
+
+async def test_leaving_a_group_after_the_last_socket_left_is_a_no_op(
+    manager: ConnectionManager,
+) -> None:
+    """The routine race: a socket's cleanup ran before the application's "leave room"."""
+    sockets = populate(manager)
+    manager.unregister(sockets["bob"])  # bob's only socket: he leaves room:1 with it
+    before = snapshot(manager)
+    manager.remove_from_group("bob", "room:1")
+    manager.remove_from_group("nobody", "room:1")
+    manager.remove_from_group("bob", "no-such-room")
+    assert snapshot(manager) == before
+    assert manager.get_group_members("room:1") == {"alice"}
 
 
 @pytest.mark.parametrize("name", [*BAD_NAME_TYPES, *BAD_NAME_VALUES])
@@ -657,7 +670,7 @@ def _reach(manager: ConnectionManager, socket: MemoryTransport, state: Connectio
     """Register ``socket`` (with a retry that never fires) and walk it to ``state``."""
     manager.register(socket, "walker")
     manager.set_retry_policy(socket, NEVER)
-    path = {C: [], I: [I], E: [E], R: [E, R], D: [D]}[state]
+    path = {C: [], I: [I], E: [E], R: [E, R]}[state]
     for step in path:
         manager.set_connection_state(socket, step)
     assert manager.get_connection_state(socket) is state
@@ -665,11 +678,18 @@ def _reach(manager: ConnectionManager, socket: MemoryTransport, state: Connectio
 
 PAIRS = [(source, target) for source in ConnectionState for target in ConnectionState]
 ALLOWED = set(rules_by_pair())
+#: DISCONNECTED is final and a connection that reaches it leaves the registry, so no
+#: registered connection is ever in it (see the tests of DISCONNECTED below).
+LIVE = [p for p in PAIRS if p[0] is not D]
+
+
+def test_the_table_lets_nothing_leave_disconnected() -> None:
+    assert [pair for pair in ALLOWED if pair[0] is D] == []
 
 
 @pytest.mark.parametrize(
     ("source", "target"),
-    [p for p in PAIRS if p not in ALLOWED and p[0] is not p[1]],
+    [p for p in LIVE if p not in ALLOWED and p[0] is not p[1]],
     ids=lambda s: s.name,
 )
 async def test_every_pair_the_table_refuses_raises_invalid_transition_and_changes_nothing(
@@ -692,10 +712,62 @@ async def test_every_pair_the_table_allows_is_applied(
 ) -> None:
     socket = MemoryTransport()
     _reach(manager, socket, source)
+    conn = manager.connection(socket)
     manager.set_connection_state(socket, target)
-    assert manager.get_connection_state(socket) is target
-    assert socket in manager.connections_in_state(target)
+    assert conn.state is target
     assert socket not in manager.connections_in_state(source)
+    if target is D:  # the end: the connection leaves the registry in the same change
+        assert manager.get_connection_state(socket) is None
+        assert not any(socket in manager.connections_in_state(s) for s in ConnectionState)
+        assert manager.count() == manager.stats().connections == 0
+    else:
+        assert manager.get_connection_state(socket) is target
+        assert socket in manager.connections_in_state(target)
+
+
+@pytest.mark.parametrize("how", ["set_connection_state", "send failed", "peer closed"])
+async def test_a_connection_that_reaches_disconnected_leaves_the_registry_at_once(
+    manager: ConnectionManager, how: str
+) -> None:
+    """The seed's count() is "active connections": nothing holds a DISCONNECTED one."""
+    changes: list[StateChange] = []
+    manager.on_state_change(changes.append)
+    sockets = populate(manager)
+    alice_1 = sockets["alice-1"]
+    bob = sockets["bob"]
+    conn = manager.connection(bob)
+    if how == "set_connection_state":
+        manager.set_connection_state(bob, D)
+    elif how == "send failed":
+        bob.fail_with = wsfleet.TransportError("peer reset")
+        await manager.send_to_one("bob", "lost")
+        await eventually(lambda: conn.state is D)
+    else:
+        conn.closed(1000, "bye")
+    assert conn.state is D
+    assert not conn.registered
+    assert manager.count() == len(manager) == manager.stats().connections == 3
+    assert manager.identifiers() == {"alice", "carol"}
+    assert manager.get_group_members("room:1") == {"alice"}
+    assert manager.get_connection_state(bob) is None
+    assert manager.unregister(bob) is False  # already gone: no error
+    await eventually(lambda: [c.new for c in changes if c.connection is conn][-1:] == [D])
+    manager.unregister(alice_1)  # one of two tabs: alice stays in her groups
+    assert manager.get_group_members("room:1") == {"alice"}
+
+
+async def test_a_disconnected_connection_refuses_every_request_and_changes_nothing(
+    manager: ConnectionManager,
+) -> None:
+    populate(manager)
+    socket = MemoryTransport()
+    manager.register(socket, "walker")
+    manager.set_connection_state(socket, D)
+    before = snapshot(manager)
+    for target in ConnectionState:
+        with pytest.raises(UnknownSocket):
+            manager.set_connection_state(socket, target)
+    assert snapshot(manager) == before
 
 
 async def test_a_guard_that_says_no_refuses_the_change_and_changes_nothing(
@@ -703,7 +775,9 @@ async def test_a_guard_that_says_no_refuses_the_change_and_changes_nothing(
 ) -> None:
     socket = MemoryTransport()
     manager.register(socket, "alice")
-    manager.set_connection_state(socket, D)  # no retry policy: RECONNECTING is not allowed
+    manager.set_retry_policy(socket, NEVER)
+    manager.set_connection_state(socket, E)  # held: a retry is scheduled
+    manager.set_retry_policy(socket, None)  # no retry policy: RECONNECTING is not allowed
     before = snapshot(manager)
     with pytest.raises(InvalidTransition, match="no retry policy"):
         manager.set_connection_state(socket, R)
@@ -728,9 +802,10 @@ async def test_error_without_a_retry_policy_goes_on_to_disconnected(
     changes: list[tuple[ConnectionState | None, ConnectionState]] = []
     manager.on_state_change(lambda _s, old, new: changes.append((old, new)))
     socket = MemoryTransport()
-    manager.register(socket, "alice")
+    conn = manager.register(socket, "alice")
     manager.set_connection_state(socket, E)
-    assert manager.get_connection_state(socket) is D
+    assert conn.state is D  # in the same call
+    assert manager.count() == 0
     await eventually(lambda: len(changes) == 3)
     assert changes == [(None, C), (C, E), (E, D)]
 
@@ -744,10 +819,10 @@ async def test_set_retry_policy_overrides_the_managers_default_per_connection(
     manager.set_retry_policy(kept, NEVER)
     manager.set_connection_state(kept, E)
     manager.set_connection_state(dropped, E)
-    assert manager.get_connection_state(kept) is E  # a retry is scheduled
-    assert manager.get_connection_state(dropped) is D  # no policy: gave up at once
+    assert manager.get_connection_state(kept) is E  # a retry is scheduled: held
+    assert manager.get_connection_state(dropped) is None  # no policy: gave up, forgotten
+    assert manager.stats().held == 1
     manager.set_retry_policy(kept, None)  # back to the manager's default (none)
-    manager.set_connection_state(kept, D)
     with pytest.raises(InvalidTransition):
         manager.set_connection_state(kept, R)
 

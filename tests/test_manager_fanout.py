@@ -224,8 +224,9 @@ async def test_a_slow_consumer_is_disconnected_with_1008_and_goes_to_error() -> 
         await eventually(lambda: len(healthy.received) == N)
         await eventually(lambda: stalled.close_code is not None)
         assert (stalled.close_code, stalled.close_reason) == (1008, "slow consumer")
-        # No retry policy: ERROR, then on to DISCONNECTED, with the reason kept.
-        assert manager.get_connection_state(stalled) is D
+        # No retry policy: ERROR, then on to DISCONNECTED (and out of the registry).
+        assert manager.get_connection_state(stalled) is None
+        assert manager.count() == 1
         await eventually(lambda: len(changes) == 4)
         lost = [(c.old, c.new, c.reason) for c in changes if c.connection.socket is stalled]  # type: ignore[attr-defined]
         assert lost[0] == (None, C, "registered")
@@ -337,7 +338,7 @@ async def test_a_socket_closed_under_us_fails_on_the_synchronous_path_too() -> N
         manager.register(gone, "gone")
         await gone.close(1006)  # the socket died without the manager hearing of it
         assert await manager.broadcast("hello") == 2
-        await eventually(lambda: manager.get_connection_state(gone) is D)
+        await eventually(lambda: manager.get_connection_state(gone) is None)
         await eventually(lambda: len(changes) == 4)
         reasons = [c.reason for c in changes if c.new is E]
         assert len(reasons) == 1

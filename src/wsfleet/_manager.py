@@ -280,10 +280,10 @@ class ConnectionManager:
             return
         # Before the change to DISCONNECTED, which would count these drops as "disconnected".
         self._outbox.discard(conn, "unregistered")
-        conn.held = False  # removed here: the DISCONNECTED hook must not remove it again
+        conn.held = False
+        conn.registered = False  # first: the DISCONNECTED hook must not remove it again
         if conn.state is not D:
             self._machine.request(conn, D, reason)
-        conn.registered = False
         if conn.writer_scope is not None:
             conn.writer_scope.cancel()
         if isinstance(conn.socket, OutboundSocket):
@@ -743,8 +743,11 @@ class ConnectionManager:
             conn.writer_scope.cancel()
         if self._callbacks:
             self._callbacks.publish(change, conn.socket)
-        if new is D and conn.held and conn.registered:
-            self._unregister(conn, change.reason or "resume window expired")
+        if new is D and conn.registered:
+            # Nothing holds a DISCONNECTED connection (no retry is coming, no resume window
+            # is open): it is no longer active, so it leaves the registry at once and
+            # ``count()``, the groups and ``stats()`` stop showing it.
+            self._unregister(conn, change.reason or "disconnected")
 
     # -- numbers -------------------------------------------------------------------------------
 
@@ -762,6 +765,7 @@ class ConnectionManager:
                     drops["backplane: " + key.removeprefix("dropped: ")] = value
         return FleetStats(
             connections=len(registry),
+            held=len(registry.by_state[E]) + len(registry.by_state[R]),
             identifiers=len(registry.by_identifier),
             groups=len(registry.groups),
             states={state.name: len(conns) for state, conns in registry.by_state.items()},
