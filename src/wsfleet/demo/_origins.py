@@ -48,8 +48,8 @@ LOOPBACK: Final = ("127.0.0.1", "localhost", "[::1]")
 WILDCARD: Final = frozenset(("", "0.0.0.0", "::"))
 #: Ports a browser leaves out of an origin.
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-#: No origin is longer (a longer header is cut to this before it is compared or logged).
-MAX_SHOWN: Final = 300
+#: No origin is longer: a longer header is cut to this before it is compared or logged.
+MAX_ORIGIN: Final = 300
 #: How many refused origins are remembered so as to log each once; past that, no more logs.
 LOGGED_MAX: Final = 100
 
@@ -110,7 +110,7 @@ def normalize_origin(value: str) -> str:
 
 
 class OriginCheck:
-    """Decides, from the handshake request alone, whether its page may open a socket here."""
+    """Whether a handshake's page may open a socket here: from the request and its address."""
 
     def __init__(self, host: str, allow: Iterable[str] = ()) -> None:
         if isinstance(allow, str):  # one origin, not its characters
@@ -145,7 +145,7 @@ class OriginCheck:
             return self._refused("(several)", request.path, "more than one Origin or Host header")
         if origin is None:
             return None  # not a browser: see the module's docstring
-        origin = origin.strip().lower()[:MAX_SHOWN]
+        origin = origin.strip().lower()[:MAX_ORIGIN]
         if origin in self.allowed:
             return None
         if (
