@@ -517,6 +517,8 @@ async def test_dashboard_sees_every_connection_with_its_state_and_groups() -> No
         assert ("CONNECTED", "DISCONNECTED") in [c[:2] for c in board.changes("alice")]
         assert board.snapshot is not None
         assert board.snapshot["gone"] == 1
+        # The fleet's rows, the gone ones included, come before the dashboard watching them.
+        assert [row["identifier"] for row in board.snapshot["rows"]] == ["alice", "dashboard"]
 
 
 async def test_dashboard_updates_are_batched() -> None:

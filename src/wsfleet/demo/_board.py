@@ -167,6 +167,7 @@ class Board:
         }
 
     def _rows(self) -> list[dict[str, Any]]:
+        """The fleet's live rows, then the rows of connections gone, then the dashboards'."""
         manager = self.manager
         live: list[tuple[bool, int, dict[str, Any]]] = []
         for state in ConnectionState:
@@ -177,9 +178,11 @@ class Board:
                 tracked = self._track(conn)
                 row = self._row(conn, tracked)
                 live.append((row["kind"] == "dashboard", int(tracked.key[1:]), row))
-        live.sort(key=lambda item: item[:2])  # the fleet first, the dashboards watching it last
+        live.sort(key=lambda item: item[:2])
         rows = [row for _, _, row in live[:MAX_ROWS]]
         self._last_rows = {row["key"]: row for row in rows}
+        fleet = [row for row in rows if row["kind"] != "dashboard"]
+        watching = rows[len(fleet) :]
         expired = time.monotonic() - GONE_FOR
         for key in [key for key, (at, _) in self._gone.items() if at < expired]:
             del self._gone[key]
@@ -187,7 +190,7 @@ class Board:
             del self._gone[next(iter(self._gone))]
         gone = [row for _, row in self._gone.values()]
         room = max(0, MAX_ROWS - len(rows))
-        return rows + (gone[len(gone) - room :] if room else [])  # the latest that fit
+        return fleet + (gone[len(gone) - room :] if room else []) + watching  # latest gone
 
     def _watching(self) -> list[Connection]:
         """This node's dashboard connections, in whatever state."""
