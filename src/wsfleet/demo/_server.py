@@ -135,9 +135,10 @@ async def open_demo(
 
     ``port=0`` takes a free port (``demo.port`` says which). ``redis`` is a Redis URL for
     the backplane (needs ``wsfleet[redis]``); without it the fleet is this process alone.
-    The WebSockets accept pages of the demo's own origin, and of ``allow_origins``
+    The WebSockets accept pages of the demo's own origin and of ``allow_origins``
     (``"https://chat.example"``; ``InvalidArgument`` for anything else, before anything
-    starts), and clients that send no Origin, which browsers always do: see ``_origins``.
+    starts), and clients that send no Origin: programs, since browsers always send one
+    (see ``_origins``).
     """
     origins = OriginCheck(host, allow_origins)
     backend = sniffio.current_async_library()
