@@ -613,11 +613,6 @@ async def test_stall_evicts_a_slow_consumer() -> None:
         assert "slow-1" not in demo.manager.identifiers()  # forgotten once DISCONNECTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core names a policy of max_attempts=0 'retries exhausted (0 of 0 attempts)' "
-    "(fsm/machine.py, _refusal); remove this mark once it says 'no retry policy'",
-)
 async def test_an_evicted_slow_consumer_was_not_retried_for_want_of_a_policy() -> None:
     async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
         assert (await board.press(op="stall"))["ok"]

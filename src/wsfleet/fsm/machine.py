@@ -383,8 +383,8 @@ class FleetMachine:
     def _refusal(self, model: Lifecycle, now: float) -> str:
         """Why the ``can_retry`` guard said no; the only guard of the table."""
         policy = self.policy_of(model)
-        if policy is None:
-            return "no retry policy"
+        if policy is None or policy.max_attempts == 0:
+            return "no retry policy"  # a policy that allows no attempt is none at all
         if model.attempts >= policy.max_attempts:
             return f"retries exhausted ({model.attempts} of {policy.max_attempts} attempts)"
         return "retry time budget (max_elapsed) spent"
