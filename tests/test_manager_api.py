@@ -8,7 +8,7 @@ and ``stats``; plus the message checks (type, size) and the manager's lifetime.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from wsfleet import (
     UnencodableMessage,
     UnknownIdentifier,
     UnknownSocket,
+    WrongThread,
     WrongType,
     WsfleetError,
 )
@@ -1032,6 +1033,90 @@ async def test_the_manager_cannot_be_used_after_async_with() -> None:
     with pytest.raises(ManagerClosed):
         async with manager:
             pass
+
+
+async def _run(call: Callable[[], object]) -> object:
+    """Call, and await what the call returns if it is awaitable."""
+    result = call()
+    return await result if isinstance(result, Awaitable) else result
+
+
+def _mutating_calls(
+    manager: ConnectionManager, socket: object, conn: wsfleet.Connection
+) -> dict[str, Callable[[], object]]:
+    """Every call that changes the fleet, on a socket that was registered once."""
+    return {
+        "register": lambda: manager.register(MemoryTransport(), "bob"),
+        "unregister": lambda: manager.unregister(socket),
+        "close": lambda: manager.close(socket),
+        "clear": manager.clear,
+        "add_to_group": lambda: manager.add_to_group("alice", "room"),
+        "remove_from_group": lambda: manager.remove_from_group("alice", "room"),
+        "set_connection_state": lambda: manager.set_connection_state(socket, I),
+        "set_retry_policy": lambda: manager.set_retry_policy(socket, NEVER),
+        "set_reconnector": lambda: manager.set_reconnector(socket, None),
+        "on_state_change": lambda: manager.on_state_change(print),
+        "touch": lambda: manager.touch(socket),
+        "broadcast": lambda: manager.broadcast("hi"),
+        "send_to_one": lambda: manager.send_to_one("alice", "hi"),
+        "send_to_many": lambda: manager.send_to_many(["alice"], "hi"),
+        "send_to_group": lambda: manager.send_to_group("room", "hi"),
+        "disconnect_identifier": lambda: manager.disconnect_identifier("alice"),
+        "connect": lambda: manager.connect("ws://127.0.0.1:9/", "upstream"),
+        "session": lambda: manager.session(MemoryTransport(), "carol").__aenter__(),
+        "Connection.send": lambda: conn.send("hi"),
+        "Connection.touch": lambda: conn.touch(),
+    }
+
+
+async def test_after_the_block_every_mutating_call_raises_manager_closed() -> None:
+    """One clear answer, not UnknownIdentifier here and a silent 0 there."""
+    socket = MemoryTransport()
+    async with ConnectionManager() as manager:
+        conn = manager.register(socket, "alice")
+        manager.add_to_group("alice", "room")
+    calls = _mutating_calls(manager, socket, conn)
+    for name, call in calls.items():
+        if name == "Connection.touch":
+            call()  # an adapter's late report of a socket that is gone: ignored, no error
+            continue
+        with pytest.raises(ManagerClosed, match="block has ended"):
+            await _run(call)
+    assert manager.count() == 0
+    assert manager.stats().connections == 0
+
+
+def _from_another_thread(call: Callable[[], object]) -> BaseException | None:
+    """Run ``call`` in this (other) thread, its coroutine on an event loop of the thread's."""
+    try:
+        anyio.run(_run, call)
+    except BaseException as exc:
+        return exc
+    return None
+
+
+async def test_a_mutating_call_from_another_thread_names_anyio_from_thread() -> None:
+    socket = MemoryTransport()
+    async with ConnectionManager() as manager:
+        conn = manager.register(socket, "alice")
+        manager.add_to_group("alice", "room")
+        before = snapshot(manager)
+        calls = _mutating_calls(manager, socket, conn)
+        del calls["Connection.touch"]  # reports go through the adapter's loop anyway
+        for name, call in calls.items():
+            error = await anyio.to_thread.run_sync(_from_another_thread, call)
+            assert isinstance(error, WrongThread), (name, error)
+            assert isinstance(error, RuntimeError)
+            assert "anyio.from_thread" in str(error)
+        assert snapshot(manager) == before
+        # Reads are plain lookups; through the loop, a mutating call works from a thread.
+        assert await anyio.to_thread.run_sync(manager.count) == 1
+
+        def join_through_the_loop() -> None:
+            anyio.from_thread.run_sync(manager.add_to_group, "alice", "lobby")
+
+        await anyio.to_thread.run_sync(join_through_the_loop)
+        assert manager.groups_of("alice") == {"room", "lobby"}
 
 
 async def test_a_manager_can_be_entered_only_once_at_a_time(manager: ConnectionManager) -> None:

@@ -25,6 +25,7 @@ from ._errors import (
     UnencodableMessage,
     UnknownIdentifier,
     UnknownSocket,
+    WrongThread,
     WrongType,
     WsfleetError,
 )
@@ -74,7 +75,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names (and the subpackages already imported), not this file's helpers."""
+    loaded = {name for name in ("adapters", "fsm", "policies", "testing") if name in globals()}
+    return sorted(set(__all__) | loaded)
 
 
 __all__ = [
@@ -109,6 +112,7 @@ __all__ = [
     "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
+    "WrongThread",
     "WrongType",
     "WsfleetError",
     "__version__",

@@ -16,6 +16,7 @@ conventions (``except ValueError``) keeps working::
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
     ├── ManagerClosed (RuntimeError)       the manager is not running
+    ├── WrongThread (RuntimeError)         called from a thread other than the manager's loop
     └── TransportError (ConnectionError)   a socket failed or was closed under us
         └── TransportClosed                 .code, .reason: the peer closed the socket
 
@@ -43,6 +44,7 @@ __all__ = [
     "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
+    "WrongThread",
     "WrongType",
     "WsfleetError",
 ]
@@ -71,13 +73,20 @@ class InvalidTransition(WsfleetError, ValueError):
         source = "new" if state is None else state.name
         super().__init__(f"cannot go from {source} to {target.name}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.state, self.target, self.reason))
+
 
 class InvalidPolicy(WsfleetError, ValueError):
     """A policy was built with a value outside its range; ``field`` names the culprit."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.message = message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.field, self.message))
 
 
 class RetriesExhausted(WsfleetError):
@@ -86,6 +95,9 @@ class RetriesExhausted(WsfleetError):
     def __init__(self, attempts: int) -> None:
         self.attempts = attempts
         super().__init__(f"retry policy exhausted after {attempts} attempt(s)")
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.attempts,))
 
 
 class InvalidArgument(WsfleetError, ValueError):
@@ -104,6 +116,9 @@ class MessageTooLarge(WsfleetError, ValueError):
         self.limit = limit
         super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.size, self.limit))
+
 
 class UnencodableMessage(WsfleetError, ValueError):
     """Text that cannot be put on the wire as UTF-8; nothing was queued or sent.
@@ -116,9 +131,13 @@ class UnencodableMessage(WsfleetError, ValueError):
     def __init__(self, position: int, reason: str) -> None:
         #: Index in the text of the first character that cannot be encoded.
         self.position = position
+        self.reason = reason
         super().__init__(
             f"text cannot be encoded as UTF-8 (character {position}: {reason}); nothing was sent"
         )
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.position, self.reason))
 
 
 class AlreadyRegistered(WsfleetError, ValueError):
@@ -143,6 +162,14 @@ class ManagerClosed(WsfleetError, RuntimeError):
     """The manager is not running (not entered yet, or already closed)."""
 
 
+class WrongThread(WsfleetError, RuntimeError):
+    """A manager was called from a thread other than the one its event loop runs in.
+
+    Its state is guarded by running on one loop, not by locks: a call from another thread
+    would race the loop's own. Such calls go through the loop, with ``anyio.from_thread``.
+    """
+
+
 class TransportError(WsfleetError, ConnectionError):
     """A transport could not do what was asked: the peer is gone or the socket is closed.
 
@@ -163,6 +190,31 @@ class TransportClosed(TransportError):
         self.reason = reason
         super().__init__(f"closed with code {code}" + (f": {reason}" if reason else ""))
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.code, self.reason))
+
     @property
     def clean(self) -> bool:
         return self.code in (1000, 1001, 1005)
+
+
+# Shown as ``wsfleet.InvalidTransition`` in tracebacks and reprs, where users import them from.
+for _error in (
+    WsfleetError,
+    InvalidTransition,
+    InvalidPolicy,
+    RetriesExhausted,
+    InvalidArgument,
+    WrongType,
+    MessageTooLarge,
+    UnencodableMessage,
+    AlreadyRegistered,
+    UnknownSocket,
+    UnknownIdentifier,
+    ManagerClosed,
+    WrongThread,
+    TransportError,
+    TransportClosed,
+):
+    _error.__module__ = "wsfleet"
+del _error

@@ -55,7 +55,7 @@ _OPEN = frozenset((ConnectionState.CONNECTED, ConnectionState.IDLE))
 class Session:
     """An async iterator over the messages a registered socket receives."""
 
-    __slots__ = ("_connection", "_identifier", "close_code", "refused", "resumed")
+    __slots__ = ("_connection", "_identifier", "close_code", "close_reason", "refused", "resumed")
 
     def __init__(
         self,
@@ -69,6 +69,8 @@ class Session:
         self._identifier = identifier if connection is None else connection.identifier
         #: The close code that ended the iteration, once it has ended (1008 when refused).
         self.close_code: int | None = None if refused is None else 1008
+        #: The reason that came with ``close_code`` ("" when the close frame had none).
+        self.close_reason: str | None = refused
         #: Whether this socket took over a held session (its groups and buffered messages).
         self.resumed = resumed
         #: Why the session was refused (its socket closed with 1008); ``None`` if it was not.
@@ -107,10 +109,12 @@ class Session:
             message = await conn.transport.receive()
         except TransportClosed as closed:
             self.close_code = closed.code
+            self.close_reason = closed.reason
             conn.closed(closed.code, closed.reason)
             raise StopAsyncIteration from None
         except TransportError as exc:
             self.close_code = 1006
+            self.close_reason = str(exc)
             conn.failed(exc)
             raise StopAsyncIteration from None
         conn.touch()
@@ -147,7 +151,7 @@ async def _refuse(manager: ConnectionManager, socket: object, reason: str) -> No
         anyio.move_on_after(manager.close_timeout),
         suppress(Exception),  # the peer may be gone already
     ):
-        await transport.close(1008, close_reason(reason))
+        await transport.close(1008, reason)
 
 
 @asynccontextmanager
@@ -155,13 +159,15 @@ async def open_session(
     manager: ConnectionManager, socket: object, identifier: str, resume: str | None = None
 ) -> AsyncIterator[Session]:
     """Register ``socket`` for the duration of the block; see the module docstring."""
+    manager._running()
     try:
         check_name("identifier", identifier)
     except (InvalidArgument, WrongType) as exc:
-        await _refuse(manager, socket, f"invalid identifier: {exc}")
+        reason = close_reason(f"invalid identifier: {exc}")
+        await _refuse(manager, socket, reason)
         try:
             yield Session(
-                None, identifier=identifier if isinstance(identifier, str) else "", refused=str(exc)
+                None, identifier=identifier if isinstance(identifier, str) else "", refused=reason
             )
         except WsfleetError as exc:  # the block used the identifier it was refused for
             logger.debug("a refused session's block ended with %r", exc)

@@ -54,7 +54,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="wsfleet", description="wsfleet command line tools")
+    parser.add_argument("--version", action="version", version=f"wsfleet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     diagram = commands.add_parser(
         "diagram", help="draw the connection state diagram from the transition table"

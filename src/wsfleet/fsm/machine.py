@@ -47,6 +47,15 @@ __all__ = ["FleetMachine", "Lifecycle", "RetryHook", "StateChange", "StateChange
 
 logger = logging.getLogger("wsfleet.fsm")
 
+# ``transitions`` logs three INFO lines for every state change it runs ("Executed callback",
+# "Finished processing state ... callbacks"): here those are wsfleet's internals, once per
+# connection change, and they would flood an application logging at INFO. wsfleet logs each
+# change itself (DEBUG, ``wsfleet.fsm``). An application that set a level for
+# ``transitions`` keeps it.
+_transitions_logger = logging.getLogger("transitions")
+if _transitions_logger.level == logging.NOTSET:
+    _transitions_logger.setLevel(logging.WARNING)
+
 C = ConnectionState.CONNECTED
 E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
