@@ -115,9 +115,7 @@ asyncio.run(main())
     [
         pytest.param(WEBSOCKETS.format(check=_CHECK, backend="asyncio"), "websockets", id="ws"),
         pytest.param(WEBSOCKETS.format(check=_CHECK, backend="trio"), "websockets", id="ws-trio"),
-        pytest.param(
-            TRIO_WEBSOCKET.format(check=_CHECK), "trio_websocket", id="trio-websocket"
-        ),
+        pytest.param(TRIO_WEBSOCKET.format(check=_CHECK), "trio_websocket", id="trio-websocket"),
         pytest.param(STARLETTE.format(check=_CHECK), "asgi", id="fastapi"),
     ],
 )

@@ -14,8 +14,8 @@ the manager falls back to a writer task awaiting ``send`` only when it returns `
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
