@@ -140,7 +140,10 @@ class Timers:
         conn.last_ping = now
         conn.ping_queued_at = now
         self._manager._outbox.queue_ping(conn)
-        self.push(now + (timeout if timeout is not None else interval), "heartbeat", conn)
+        # Back at whichever comes first: the next ping's time (a pong answered by then lets
+        # it go out on schedule) or the pong's deadline.
+        wake = interval if timeout is None else min(interval, timeout)
+        self.push(now + wake, "heartbeat", conn)
 
     def _dead(self, conn: Connection, reason: str) -> None:
         self.heartbeat_timeouts += 1
