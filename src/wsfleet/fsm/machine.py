@@ -52,9 +52,15 @@ logger = logging.getLogger("wsfleet.fsm")
 # connection change, and they would flood an application logging at INFO. wsfleet logs each
 # change itself (DEBUG, ``wsfleet.fsm``). An application that set a level for
 # ``transitions`` keeps it.
-_transitions_logger = logging.getLogger("transitions")
-if _transitions_logger.level == logging.NOTSET:
-    _transitions_logger.setLevel(logging.WARNING)
+
+
+def quiet_library_logger(library: logging.Logger) -> None:
+    """Raise ``library`` to WARNING, unless the application set a level for it already."""
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.WARNING)
+
+
+quiet_library_logger(logging.getLogger("transitions"))
 
 C = ConnectionState.CONNECTED
 E = ConnectionState.ERROR
@@ -189,11 +195,11 @@ def _entered_error(event: Any) -> None:
 
 
 def _entered_reconnecting(event: Any) -> None:
+    # Only ERROR leads here (a connection born RECONNECTING is started, not entered), and
+    # entering ERROR started the outage.
     model: Lifecycle = event.model
     model.attempts += 1
     model.up_since = None
-    if model.outage_started is None:
-        model.outage_started = _step(event).now
 
 
 def _entered_disconnected(event: Any) -> None:
