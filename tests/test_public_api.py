@@ -17,6 +17,7 @@ PUBLIC = {
     "ConnectionManager",
     "ConnectionState",
     "Delivery",
+    "FinalRefusal",
     "FleetStats",
     "HeartbeatPolicy",
     "InMemoryHub",
@@ -29,6 +30,7 @@ PUBLIC = {
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
+    "ResumeExpired",
     "RetriesExhausted",
     "RetryPolicy",
     "Session",
@@ -117,11 +119,13 @@ def test_every_error_shares_the_root_and_a_builtin_where_one_fits() -> None:
         wsfleet.WrongThread: RuntimeError,
         wsfleet.TransportError: ConnectionError,
         wsfleet.TransportClosed: ConnectionError,
+        wsfleet.FinalRefusal: ConnectionError,
     }
     for error, builtin in errors.items():
         assert issubclass(error, wsfleet.WsfleetError)
         assert issubclass(error, builtin)
     assert issubclass(wsfleet.RetriesExhausted, wsfleet.WsfleetError)
+    assert issubclass(wsfleet.ResumeExpired, wsfleet.WsfleetError)
 
 
 def test_key_errors_read_as_sentences() -> None:

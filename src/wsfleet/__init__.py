@@ -12,13 +12,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
+from .errors import (
     AlreadyRegistered,
+    FinalRefusal,
     InvalidArgument,
     InvalidPolicy,
     InvalidTransition,
     ManagerClosed,
     MessageTooLarge,
+    ResumeExpired,
     RetriesExhausted,
     TransportClosed,
     TransportError,
@@ -90,6 +92,7 @@ __all__ = [
     "ConnectionManager",
     "ConnectionState",
     "Delivery",
+    "FinalRefusal",
     "FleetStats",
     "HeartbeatPolicy",
     "InMemoryHub",
@@ -102,6 +105,7 @@ __all__ = [
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
+    "ResumeExpired",
     "RetriesExhausted",
     "RetryPolicy",
     "Session",

@@ -36,9 +36,9 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._cluster import ClusterView
-from ._errors import InvalidArgument
 from ._loop import loop_clock
 from ._wire import Envelope, Kind, MalformedEnvelope, decode, encode, send_data
+from .errors import InvalidArgument
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, Lifecycle, StateChange
 from .fsm.states import ConnectionState

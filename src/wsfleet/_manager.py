@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeVarTuple
+from typing import Any, Self, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -30,7 +30,16 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from ._backplane import Backplane
 from ._callbacks import CallbackHandle, Callbacks, StateCallback
 from ._connection import Connection, Reconnector
-from ._errors import (
+from ._loop import loop_clock, loop_thread
+from ._outbound import MessageHandler, OutboundSocket, Unconnected, dial
+from ._outbox import WRITABLE, Outbox, message_size
+from ._registry import Registry, check_name
+from ._resumption import Resumption
+from ._session import Session, open_session
+from ._stats import Delivery, FleetStats
+from ._timers import Timers
+from .closecodes import is_clean, is_final
+from .errors import (
     AlreadyRegistered,
     InvalidArgument,
     ManagerClosed,
@@ -39,14 +48,6 @@ from ._errors import (
     WrongThread,
     WrongType,
 )
-from ._loop import loop_clock, loop_thread
-from ._outbound import MessageHandler, OutboundSocket, Unconnected, dial, final_close
-from ._outbox import WRITABLE, Outbox, message_size
-from ._registry import Registry, check_name
-from ._resumption import Resumption
-from ._session import Session, open_session
-from ._stats import Delivery, FleetStats
-from ._timers import Timers
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, StateChange
 from .fsm.states import ConnectionState
@@ -66,10 +67,6 @@ I = ConnectionState.IDLE  # noqa: E741
 E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
 D = ConnectionState.DISCONNECTED
-
-#: Close codes of a clean goodbye; any other close is abnormal. 1005 is what arrives when
-#: the closing frame carries no code, as a browser's plain ``ws.close()`` sends.
-CLEAN_CLOSE_CODES: Final = frozenset((1000, 1001, 1005))
 
 
 class ConnectionManager:
@@ -747,7 +744,7 @@ class ConnectionManager:
     def _transport_closed(self, conn: Connection, code: int | None, reason: str) -> None:
         if not conn.registered or conn.state not in WRITABLE:
             return
-        if code in CLEAN_CLOSE_CODES:
+        if is_clean(code):
             self._machine.request(conn, D, f"closed ({code}{': ' + reason if reason else ''})")
         else:
             self._machine.request(conn, E, f"abnormal close ({code or 1006})")
@@ -757,7 +754,7 @@ class ConnectionManager:
         if self._closing or not conn.registered or conn.state not in WRITABLE:
             return  # closing, the manager closed it itself: no error, no retry
         text = f"closed by the server ({code}{': ' + reason if reason else ''})"
-        self._machine.request(conn, D if final_close(code) else E, text)
+        self._machine.request(conn, D if is_final(code) else E, text)
 
     def _transport_failed(self, conn: Connection, error: BaseException | str) -> None:
         if not conn.registered or conn.state not in (C, I, R):

@@ -24,7 +24,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._connection import Connection
-from ._errors import TransportError, UnencodableMessage, WrongType
+from .errors import TransportError, UnencodableMessage, WrongType
 from .fsm.states import ConnectionState
 from .policies.overflow import OverflowDecision
 from .transport import PING, Message, Outbound, Transport

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ._connection import Connection
-from ._errors import InvalidArgument, UnknownIdentifier, WrongType
+from .errors import InvalidArgument, UnknownIdentifier, WrongType
 from .fsm.states import ConnectionState
 
 __all__ = ["MAX_NAME_LENGTH", "Registry", "check_name"]

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from ._connection import Connection
-from ._errors import AlreadyRegistered, InvalidTransition
-from ._timers import ResumeExpired
+from .errors import AlreadyRegistered, InvalidTransition, ResumeExpired
 from .fsm.states import ConnectionState
 from .policies.retry import RetryPolicy
 from .transport import Transport

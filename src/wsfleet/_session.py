@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._connection import Connection
-from ._errors import (
+from ._registry import check_name
+from .errors import (
     InvalidArgument,
     TransportClosed,
     TransportError,
@@ -38,7 +39,6 @@ from ._errors import (
     WrongType,
     WsfleetError,
 )
-from ._registry import check_name
 from .fsm.states import ConnectionState
 from .transport import Message
 

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, cast
 
-from ._errors import WsfleetError
+from .errors import WsfleetError
 
 __all__ = ["VERSION", "Envelope", "Kind", "MalformedEnvelope", "decode", "encode"]
 

@@ -114,7 +114,7 @@ class Transport(ABC):
 
         Used by ``manager.session``; a transport that only sends may leave it as is.
         """
-        from ._errors import TransportError
+        from .errors import TransportError
 
         raise TransportError(f"{type(self).__name__} cannot receive")
 

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._errors import InvalidArgument, TransportClosed, TransportError
+from ..errors import InvalidArgument, TransportClosed, TransportError
 from ..transport import Message, Outbound, Ping, Transport, register_adapter
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import WsfleetError
+from ..errors import WsfleetError
 from ._policies import ADMINS, RESERVED
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from websockets.datastructures import MultipleValuesError
 from websockets.http11 import Request
 
-from .._errors import InvalidArgument
+from ..errors import InvalidArgument
 
 __all__ = ["OriginCheck", "normalize_origin"]
 

@@ -26,9 +26,9 @@ import anyio
 import sniffio
 
 from .._backplane import Backplane
-from .._errors import InvalidArgument
 from .._manager import ConnectionManager
 from ..adapters import websockets as _websockets_adapter  # noqa: F401  (registers the sockets)
+from ..errors import InvalidArgument
 from ._board import Board
 from ._chat import check_identity, serve_chat
 from ._controls import Controls, serve_dashboard

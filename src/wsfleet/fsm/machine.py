@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from transitions import Machine, State
 
-from .._errors import InvalidTransition
+from ..errors import InvalidTransition
 from ..policies.retry import RetryPolicy
 from .clock import Clock, MonotonicClock
 from .states import ConnectionState

@@ -17,8 +17,10 @@ conventions (``except ValueError``) keeps working::
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
     ├── ManagerClosed (RuntimeError)       the manager is not running
     ├── WrongThread (RuntimeError)         called from a thread other than the manager's loop
+    ├── ResumeExpired                      a held session was not resumed within its window
     └── TransportError (ConnectionError)   a socket failed or was closed under us
-        └── TransportClosed                 .code, .reason: the peer closed the socket
+        ├── TransportClosed                 .code, .reason: the peer closed the socket
+        └── FinalRefusal                    a server refused in a way retrying will not fix
 
 Third-party exceptions (trio-websocket, websockets, starlette, coredis) never leave an
 adapter untranslated.
@@ -28,16 +30,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .closecodes import is_clean
+
 if TYPE_CHECKING:
     from .fsm.states import ConnectionState
 
 __all__ = [
     "AlreadyRegistered",
+    "FinalRefusal",
     "InvalidArgument",
     "InvalidPolicy",
     "InvalidTransition",
     "ManagerClosed",
     "MessageTooLarge",
+    "ResumeExpired",
     "RetriesExhausted",
     "TransportClosed",
     "TransportError",
@@ -195,7 +201,16 @@ class TransportClosed(TransportError):
 
     @property
     def clean(self) -> bool:
-        return self.code in (1000, 1001, 1005)
+        return is_clean(self.code)
+
+
+class FinalRefusal(TransportError):
+    """A server refused in a way that says retrying would not help: an HTTP 4xx answer to
+    the handshake. An outbound connection that meets one ends DISCONNECTED at once."""
+
+
+class ResumeExpired(WsfleetError):
+    """A held server-side session was not resumed within its window."""
 
 
 # Shown as ``wsfleet.InvalidTransition`` in tracebacks and reprs, where users import them from.
@@ -215,6 +230,8 @@ for _error in (
     WrongThread,
     TransportError,
     TransportClosed,
+    FinalRefusal,
+    ResumeExpired,
 ):
     _error.__module__ = "wsfleet"
 del _error
