@@ -19,20 +19,46 @@ D = ConnectionState.DISCONNECTED
 EXACT = RetryPolicy(max_attempts=3, base_delay=1.0, backoff_multiplier=2.0, jitter=0.0)
 
 
+class RecordingMachine(FleetMachine):
+    """A machine that keeps every change it returns, and every retry those changes ask for."""
+
+    def __init__(self, *, clock: ManualClock, retry_policy: RetryPolicy | None) -> None:
+        super().__init__(clock=clock, retry_policy=retry_policy)
+        self.changes: list[StateChange] = []
+        self.retries: list[tuple[Lifecycle, float]] = []
+
+    def _keep(self, changes: tuple[StateChange, ...]) -> tuple[StateChange, ...]:
+        self.changes.extend(changes)
+        self.retries.extend((c.connection, c.retry_in) for c in changes if c.retry_in is not None)
+        return changes
+
+    def start(self, model: Lifecycle, initial: ConnectionState = C, reason: str | None = None):  # type: ignore[no-untyped-def]
+        change = super().start(model, initial, reason)
+        self._keep((change,))
+        return change
+
+    def request(self, model: Lifecycle, target: ConnectionState, reason: str | None = None):  # type: ignore[no-untyped-def]
+        return self._keep(super().request(model, target, reason))
+
+    def fire(self, model: Lifecycle, trigger: str, reason: str | None = None):  # type: ignore[no-untyped-def]
+        return self._keep(super().fire(model, trigger, reason))
+
+    def retry_due(self, model: Lifecycle):  # type: ignore[no-untyped-def]
+        return self._keep(super().retry_due(model))
+
+
 class Recorder:
-    """Collects what the machine asks its owner to do."""
+    """Collects what the machine tells its owner to do: the changes and their retries."""
 
     def __init__(self) -> None:
         self.changes: list[StateChange] = []
         self.retries: list[tuple[Lifecycle, float]] = []
 
     def machine(self, clock: ManualClock, policy: RetryPolicy | None = EXACT) -> FleetMachine:
-        return FleetMachine(
-            clock=clock,
-            retry_policy=policy,
-            on_change=self.changes.append,
-            on_retry=lambda model, delay: self.retries.append((model, delay)),
-        )
+        machine = RecordingMachine(clock=clock, retry_policy=policy)
+        machine.changes = self.changes
+        machine.retries = self.retries
+        return machine
 
 
 @pytest.fixture
@@ -177,20 +203,27 @@ def test_stop_leaves_error_even_with_retries_left(clock: ManualClock, rec: Recor
     assert [(c.old, c.new, c.reason) for c in changes] == [(E, D, "unregistered")]
 
 
-def test_notifications_run_after_the_transition_has_finished(
-    clock: ManualClock,
-) -> None:
-    seen: list[tuple[ConnectionState, ConnectionState | None, ConnectionState]] = []
+def test_the_changes_come_back_once_the_request_is_over(clock: ManualClock) -> None:
+    """The machine calls nobody: its owner gets every change, the give-up included, after
+    the last transition, and applies their effects itself."""
     model = Lifecycle()
+    machine = FleetMachine(clock=clock)
+    born = machine.start(model)
+    changes = machine.request(model, E)
+    assert model.state is D  # by the time the owner sees the first change, all is done
+    assert [(c.old, c.new) for c in (born, *changes)] == [(None, C), (C, E), (E, D)]
+    assert [c.retry_in for c in changes] == [None, None]  # no policy: no retry to schedule
 
-    def on_change(change: StateChange) -> None:
-        seen.append((model.state, change.old, change.new))
 
-    machine = FleetMachine(clock=clock, on_change=on_change)
+def test_a_change_into_error_carries_the_retry_delay(clock: ManualClock) -> None:
+    model = Lifecycle()
+    machine = FleetMachine(clock=clock, retry_policy=EXACT)
     machine.start(model)
-    machine.request(model, E)
-    # When the first notification runs the give-up has already happened.
-    assert seen == [(C, None, C), (D, C, E), (D, E, D)]
+    (failed,) = machine.request(model, E)
+    assert failed.retry_in == 1.0
+    (retrying,) = machine.retry_due(model)
+    assert retrying.new is R
+    assert retrying.retry_in is None
 
 
 def test_fire_runs_a_named_trigger(clock: ManualClock, rec: Recorder) -> None:

@@ -42,19 +42,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.changes: list[StateChange] = []
         self.retries: list[float] = []
         self.policy = policy
-        self.machine = FleetMachine(
-            clock=self.clock,
-            retry_policy=policy,
-            on_change=self.changes.append,
-            on_retry=lambda _model, delay: self.retries.append(delay),
-        )
+        self.machine = FleetMachine(clock=self.clock, retry_policy=policy)
         self.model = Lifecycle()
-        self.machine.start(self.model, R if dial else C)
+        self.changes.append(self.machine.start(self.model, R if dial else C))
         self.expected_state = self.model.state
         self.last_time = self.model.changed_at
 
     def started(self) -> bool:
         return hasattr(self, "model")
+
+    def _keep(self, changes: tuple[StateChange, ...]) -> tuple[StateChange, ...]:
+        """What the machine's owner gets back: the changes, and the retry they ask for."""
+        self.changes.extend(changes)
+        self.retries.extend(c.retry_in for c in changes if c.retry_in is not None)
+        return changes
 
     @precondition(started)
     @rule(seconds=st.floats(0.0, 30.0))
@@ -68,7 +69,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         could_retry = self.machine.can_retry(self.model)
         retries_before = len(self.retries)
         try:
-            changes = self.machine.request(self.model, target_state)
+            changes = self._keep(self.machine.request(self.model, target_state))
         except InvalidTransition:
             assert source is not target_state
             assert (source, target_state) not in TABLE_PAIRS or (
@@ -92,13 +93,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule()
     def scheduled_retry_fires(self) -> None:
         could_retry = self.machine.can_retry(self.model)
-        changes = self.machine.retry_due(self.model)
+        changes = self._keep(self.machine.retry_due(self.model))
         assert [c.new for c in changes] == [R if could_retry else D]
 
     @precondition(lambda self: self.started() and self.model.state is R)
     @rule(succeeds=st.booleans())
     def attempt_ends(self, succeeds: bool) -> None:
-        self.machine.request(self.model, C if succeeds else E)
+        self._keep(self.machine.request(self.model, C if succeeds else E))
 
     @invariant()
     def attempts_never_exceed_the_policy(self) -> None:

@@ -21,7 +21,7 @@ from wsfleet import (
     StateChange,
     TransportError,
 )
-from wsfleet._outbox import WRITER_LINGER
+from wsfleet._runtime.outbox import WRITER_LINGER
 from wsfleet.testing import MemoryTransport
 from wsfleet.transport import Outbound
 
@@ -444,23 +444,23 @@ async def test_an_idle_writer_ends_after_its_linger_while_a_busy_one_goes_on() -
         busy_conn = manager.register(busy, "busy")
         await manager.broadcast("first")
         await eventually(lambda: quiet.received == busy.received == ["first"])
-        assert quiet_conn.writing  # both wait for more, for a while
-        assert busy_conn.writing
+        assert quiet_conn._out.writing  # both wait for more, for a while
+        assert busy_conn._out.writing
         started = anyio.current_time()
         sent = 0
         while anyio.current_time() - started < 1.5 * WRITER_LINGER:
             await manager.send_to_one("busy", f"more{sent}")
             sent += 1
             await anyio.sleep(WRITER_LINGER / 10)
-        assert not quiet_conn.writing  # its writer ended: no task for an idle connection
-        assert busy_conn.writing  # never idle for a whole linger
+        assert not quiet_conn._out.writing  # its writer ended: no task for an idle connection
+        assert busy_conn._out.writing  # never idle for a whole linger
         assert busy.received == ["first", *(f"more{i}" for i in range(sent))]
         with anyio.fail_after(3 * WRITER_LINGER):
-            while busy_conn.writing:
+            while busy_conn._out.writing:
                 await anyio.sleep(0.05)
         await manager.broadcast("again")  # a new writer when there is something again
         await eventually(lambda: quiet.received == ["first", "again"])
-        assert quiet_conn.writing
+        assert quiet_conn._out.writing
 
 
 async def test_a_slow_writer_batches_what_arrives_while_it_writes() -> None:
@@ -528,7 +528,7 @@ async def test_churn_of_connections_during_broadcasts_loses_and_duplicates_nothi
         # Writers may linger for more, but none has a batch in flight.
         await eventually(
             lambda: all(
-                not c.writing or c.writer_wake is not None
+                not c._out.writing or c._out.writer_wake is not None
                 for c in (manager.connection(s) for s in live)
             )
         )

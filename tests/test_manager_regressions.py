@@ -124,7 +124,7 @@ async def test_a_full_buffer_of_a_connection_that_is_down_does_not_evict_it_agai
         socket = Reporting("slow", stalled=True)
         conn = m.register(socket, "alice")
         assert await m.send_to_one("alice", "m0") == 1
-        await wait_for(lambda: conn.writing and conn.queued == 0)  # stuck in a stalled write
+        await wait_for(lambda: conn._out.writing and conn.queued == 0)  # stuck in a stalled write
         assert [await m.send_to_one("alice", f"m{i}") for i in (1, 2)] == [1, 1]
         # Two wait behind the stalled write: the next one does not fit.
         assert await m.send_to_one("alice", "too many") == 0
@@ -187,12 +187,12 @@ async def test_set_reconnector_refuses_what_cannot_be_called_and_changes_nothing
         with pytest.raises(WrongType) as refused:
             manager.set_reconnector(socket, 42)  # type: ignore[arg-type]
         assert isinstance(refused.value, TypeError)
-        assert conn.reconnector is reconnect
+        assert conn._beat.reconnector is reconnect
         assert conn.state is C
         with pytest.raises(UnknownSocket):
             manager.set_reconnector(MemoryTransport("stranger"), reconnect)
         manager.set_reconnector(socket, None)
-        assert conn.reconnector is None
+        assert conn._beat.reconnector is None
 
 
 # (e) ---------------------------------------------------------------------------------------

@@ -42,26 +42,26 @@ from .policies import (
 
 if TYPE_CHECKING:
     from ._backplane import Backplane, InMemoryHub
-    from ._callbacks import CallbackHandle
-    from ._connection import Connection
     from ._manager import ConnectionManager
-    from ._session import Session
-    from ._stats import Delivery, FleetStats
+    from ._runtime.callbacks import CallbackHandle
+    from ._runtime.connection import Connection
+    from ._runtime.session import Session
+    from ._runtime.stats import Delivery, FleetStats
     from .transport import PING, Message, Transport, register_adapter
 
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
     "Backplane": "._backplane",
-    "CallbackHandle": "._callbacks",
-    "Connection": "._connection",
+    "CallbackHandle": "._runtime.callbacks",
+    "Connection": "._runtime.connection",
     "ConnectionManager": "._manager",
-    "Delivery": "._stats",
-    "FleetStats": "._stats",
+    "Delivery": "._runtime.stats",
+    "FleetStats": "._runtime.stats",
     "InMemoryHub": "._backplane",
     "Message": ".transport",
     "PING": ".transport",
-    "Session": "._session",
+    "Session": "._runtime.session",
     "Transport": ".transport",
     "register_adapter": ".transport",
 }

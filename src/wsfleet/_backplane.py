@@ -36,7 +36,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._cluster import ClusterView
-from ._loop import loop_clock
+from ._runtime.loop import loop_clock
 from ._wire import Envelope, Kind, MalformedEnvelope, decode, encode, send_data
 from .errors import InvalidArgument
 from .fsm.clock import MonotonicClock
@@ -165,7 +165,7 @@ class Backplane:
         self.stats: Counter[str] = Counter()
         self.link = Lifecycle(retry_policy if retry_policy is not None else DEFAULT_LINK_POLICY)
         self._retry_delay: float | None = None
-        self._machine = FleetMachine(on_change=self._link_changed, on_retry=self._retry_after)
+        self._machine = FleetMachine()
         self._manager: ConnectionManager | None = None
         self._outgoing: deque[Envelope] = deque()
         #: Identifiers whose membership changed while the link was not CONNECTED.
@@ -274,8 +274,12 @@ class Backplane:
         elif change.old is C:
             self._up = anyio.Event()
 
-    def _retry_after(self, model: Lifecycle, delay: float) -> None:
-        self._retry_delay = delay
+    def _link_moved(self, changes: tuple[StateChange, ...] | StateChange) -> None:
+        """Act on what the link's machine returned: log each change, note the retry delay."""
+        for change in changes if isinstance(changes, tuple) else (changes,):
+            self._link_changed(change)
+            if change.retry_in is not None:
+                self._retry_delay = change.retry_in
 
     async def run(
         self,
@@ -288,7 +292,7 @@ class Backplane:
         self._machine.clock = MonotonicClock(loop_clock())
         self._outgoing_ready = anyio.Event()
         self._up = anyio.Event()
-        self._machine.start(self.link, R, "connecting")
+        self._link_moved(self._machine.start(self.link, R, "connecting"))
         self._stopped = anyio.Event()
         self._stop = anyio.CancelScope()
         task_status.started()
@@ -305,12 +309,14 @@ class Backplane:
             except BaseException as exc:
                 error = self._failure(exc)
                 if self.link.state in (C, R):
-                    self._machine.request(self.link, E, f"{type(error).__name__}: {error}")
+                    self._link_moved(
+                        self._machine.request(self.link, E, f"{type(error).__name__}: {error}")
+                    )
             if self.link.state is not E:
                 break  # stopped
             delay = self._retry_delay or 0.0
             await anyio.sleep(delay)
-            self._machine.retry_due(self.link)
+            self._link_moved(self._machine.retry_due(self.link))
             if self.link.state is not R:
                 logger.error("%r: giving up on the backplane link", self)
                 break
@@ -340,7 +346,7 @@ class Backplane:
         async with self.store.session() as session, session.subscribe() as messages:
             with anyio.fail_after(self.op_timeout * 3):
                 await self._resync(session)
-            self._machine.request(self.link, C, "connected")
+            self._link_moved(self._machine.request(self.link, C, "connected"))
             self._announce_unannounced()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive, messages)
@@ -592,7 +598,7 @@ class Backplane:
                         await self._progress.wait()
             if self.link.state is not D:
                 # First, so that what the store client raises while torn down is no error.
-                self._machine.request(self.link, D, "manager closed")
+                self._link_moved(self._machine.request(self.link, D, "manager closed"))
             if self._stop is not None:
                 self._stop.cancel()  # no heartbeat may renew the lease once it is gone
                 with anyio.move_on_after(self.op_timeout):

@@ -1,72 +1,68 @@
-"""The ConnectionManager: registry, groups, fan-out, states, callbacks, resumption.
+"""The ConnectionManager: the public API over one node's runtime and, if any, its backplane.
 
-This module holds the public API and wires the parts together:
+The manager is a facade. It checks what users pass (names, types, messages), then delegates:
+connections, their states and their delivery to the runtime (``_runtime.fleet.Fleet`` and
+its parts), what other nodes must hear to the backplane. It owns the task group of
+``async with``: leaving the block flushes what is queued, closes every socket with 1001 and
+waits for the tasks, each step bounded in time.
 
-* ``_registry``: who is connected, under which identifier, in which groups and states;
-* ``fsm``: the shared state machine every connection's state change goes through;
-* ``_outbox``: bounded queues, one flusher, writer tasks only for peers that push back;
-* ``_timers``: heartbeats, idleness and retry attempts on one heap of deadlines;
-* ``_callbacks``: state-change callbacks, each run after the change in a task of its own;
-* ``_session`` and ``_outbound``: the life of a server-side socket, and client connections
-  that the manager dials and redials.
-
-All tasks live in the manager's task group: leaving ``async with`` flushes what is queued,
-closes every socket with 1001 and waits for the tasks, each step bounded in time.
+Calls go one way: the manager calls the runtime and the backplane; the runtime's parts
+never call the manager, and the backplane reaches this node only through the small
+interface the manager gives it (``_Node``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVarTuple
+from typing import Any, Self
 
 import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._backplane import Backplane
-from ._callbacks import CallbackHandle, Callbacks, StateCallback
-from ._connection import Connection, Reconnector
-from ._loop import loop_clock, loop_thread
-from ._outbound import MessageHandler, OutboundSocket, Unconnected, dial
-from ._outbox import WRITABLE, Outbox, message_size
-from ._registry import Registry, check_name
-from ._resumption import Resumption
-from ._session import Session, open_session
-from ._stats import Delivery, FleetStats
-from ._timers import Timers
-from .closecodes import is_clean, is_final
-from .errors import (
-    AlreadyRegistered,
-    InvalidArgument,
-    ManagerClosed,
-    MessageTooLarge,
-    UnknownSocket,
-    WrongThread,
-    WrongType,
-)
-from .fsm.clock import MonotonicClock
-from .fsm.machine import FleetMachine, StateChange
+from ._runtime.callbacks import CallbackHandle, StateCallback
+from ._runtime.connection import Connection, Reconnector
+from ._runtime.fleet import Fleet
+from ._runtime.outbound import MessageHandler, dial
+from ._runtime.registry import Registry, check_name
+from ._runtime.routing import Kind, excluded, targets
+from ._runtime.session import Session, open_session
+from ._runtime.stats import Delivery, FleetStats
+from .errors import InvalidArgument, ManagerClosed, UnknownSocket, WrongType
 from .fsm.states import ConnectionState
 from .policies.heartbeat import HeartbeatPolicy
 from .policies.overflow import OverflowPolicy
 from .policies.retry import RetryPolicy
-from .transport import Message, Transport, adapter_for, no_adapter
+from .transport import Message
 
 __all__ = ["ConnectionManager"]
 
 logger = logging.getLogger("wsfleet")
 
-_Args = TypeVarTuple("_Args")
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
 E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
+
+
+class _Membership:
+    """Tells the backplane when an identifier comes to this node and when it leaves it."""
+
+    __slots__ = ("_backplane",)
+
+    def __init__(self, backplane: Backplane) -> None:
+        self._backplane = backplane
+
+    def online(self, identifier: str) -> Iterable[str]:
+        groups = self._backplane.view.groups_of(identifier)
+        self._backplane.membership("online", identifier)
+        return groups
+
+    def offline(self, identifier: str) -> None:
+        self._backplane.membership("offline", identifier)
 
 
 class ConnectionManager:
@@ -121,40 +117,32 @@ class ConnectionManager:
         self.resume_window = None if resume_window is None else float(resume_window)
         self.shutdown_timeout = float(shutdown_timeout)
         self.close_timeout = float(close_timeout)
-        self._registry = Registry()
-        self._outbox = Outbox(self)
-        self._timers = Timers(self)
-        self._callbacks = Callbacks(float(callback_timeout))
-        self._machine = FleetMachine(
+        self._fleet = Fleet(
             retry_policy=retry_policy,
-            on_change=self._state_changed,
-            on_retry=self._timers.retry_requested,
+            heartbeat=heartbeat,
+            overflow=self.overflow,
+            resume_window=self.resume_window,
+            callback_timeout=float(callback_timeout),
+            close_timeout=self.close_timeout,
         )
+        self._registry: Registry = self._fleet.registry
         self._backplane = backplane
+        if backplane is not None:
+            self._fleet.membership = _Membership(backplane)
         self._tg: anyio.abc.TaskGroup | None = None
-        self._closing = False
-        #: The thread the manager's loop runs in, once entered (see ``_running``).
-        self._thread: int | None = None
+        self._entered = False
         self._batching = 0
-        self._resumption = Resumption(self)
 
     # -- lifetime --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._tg is not None or self._closing:
+        if self._entered:
             raise ManagerClosed("a ConnectionManager can be entered once")
-        # A clock that needs no task: pongs arrive from library callbacks (see _loop).
-        self._machine.clock = MonotonicClock(loop_clock())
-        self._thread = loop_thread()
-        # Events are bound to the running event loop on asyncio: make them here.
-        self._outbox.bind_loop()
-        self._timers.bind_loop()
+        self._entered = True
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        tg.start_soon(self._outbox.run, name="wsfleet flusher")
-        tg.start_soon(self._timers.run, name="wsfleet timers")
-        tg.start_soon(self._callbacks.run, name="wsfleet callbacks")
+        self._fleet.bind(tg)
         if self._backplane is not None:
             await tg.start(self._backplane.run, self, name="wsfleet backplane")
         return self
@@ -171,7 +159,7 @@ class ConnectionManager:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
         finally:
-            self._closing = True
+            self._fleet.context.unbind()
             tg.cancel_scope.cancel()
             if isinstance(exc, Exception):
                 # The body's own error goes on as it is, not wrapped in the task group's
@@ -188,99 +176,30 @@ class ConnectionManager:
         Flushing and the callbacks are each bounded by ``shutdown_timeout``; closing a socket
         by ``close_timeout``. A socket whose peer stopped reading is closed all the same.
         """
-        self._closing = True
+        fleet = self._fleet
+        fleet.context.closing = True
         with anyio.move_on_after(self.shutdown_timeout):
-            while self._outbox.busy():
-                self._outbox.flush_soon()
-                await anyio.sleep(0.005)
-        conns = list(self._registry)
-        async with anyio.create_task_group() as closers:
-            for conn in conns:
-                closers.start_soon(self._outbox.close, conn.transport, 1001, "going away")
-        for conn in conns:
-            self._unregister(conn, "manager closed")
+            await fleet.flush()
+        await fleet.close_all()
         if self._backplane is not None:
             await self._backplane.close()
         with anyio.move_on_after(self.shutdown_timeout):
-            await self._callbacks.wait_idle()
+            await fleet.callbacks.wait_idle()
 
-    def _running(self, *, cleanup: bool = False) -> anyio.abc.TaskGroup:
-        """The task group, for a call that changes the fleet; refused outside the block.
-
-        ``cleanup`` calls (unregister, close, leaving a group) are still taken while the
-        manager shuts down, when handlers end and clean up after themselves.
-        """
-        if self._thread is not None and loop_thread() != self._thread:
-            raise WrongThread(
-                "a ConnectionManager is called from its event loop's thread only: from "
-                "another thread, go through the loop with anyio.from_thread.run_sync(...) "
-                "(anyio.from_thread.run(...) for coroutines) or a blocking portal"
-            )
-        if self._tg is None:
-            if self._closing:
-                raise ManagerClosed("the manager's block has ended: it takes no more calls")
-            raise ManagerClosed("the manager is not running (use 'async with ConnectionManager()')")
-        if self._closing and not cleanup:
-            raise ManagerClosed("the manager is shutting down: it takes no new work")
-        return self._tg
-
-    def _spawn(
-        self, func: Callable[[*_Args], Coroutine[Any, Any, None]], *args: *_Args, name: str
-    ) -> None:
-        """Start an internal task; unlike the public calls, this works while shutting down.
-
-        Flushing on exit needs writers, and an eviction on exit still closes its socket.
-        """
-        tg = self._tg
-        assert tg is not None, "internal tasks start only inside the manager's task group"
-        tg.start_soon(func, *args, name=name)
+    def _spawn(self, func: Any, *args: Any, name: str) -> None:
+        """Start a task in the manager's task group (the backplane's reloads)."""
+        self._fleet.context.spawn(func, *args, name=name)
 
     # -- registry ------------------------------------------------------------------------
 
     def register(self, socket: object, identifier: str) -> Connection:
         """Add a socket under ``identifier`` (one identifier may hold several sockets).
 
-        ``socket`` is a ``Transport`` or a socket of a library whose adapter is imported.
-        The connection starts CONNECTED.
+        ``socket`` is a ``Transport`` or a socket of a library wsfleet has an adapter for
+        (found from the socket's class and imported on first use). The connection starts
+        CONNECTED.
         """
-        return self._register(socket, identifier)
-
-    def _transport_for(self, socket: object) -> Transport:
-        if isinstance(socket, Transport):
-            return socket
-        factory = adapter_for(socket)  # imports a shipped adapter on first use
-        if factory is None:
-            raise WrongType(no_adapter(socket))
-        return factory(socket)
-
-    def _register(
-        self,
-        socket: object,
-        identifier: str,
-        *,
-        transport: Transport | None = None,
-        initial: ConnectionState = C,
-        retry_policy: RetryPolicy | None = None,
-    ) -> Connection:
-        self._running()
-        check_name("identifier", identifier)
-        if self._registry.get(socket) is not None:
-            raise AlreadyRegistered(f"{socket!r} is already registered")
-        if transport is None:
-            transport = self._transport_for(socket)
-        conn = Connection(self, socket, transport, identifier, self._machine.clock.now())
-        conn.retry_policy = retry_policy
-        transport.attach(conn)
-        self._registry.add(conn)
-        if self._backplane is not None and len(self._registry.by_identifier[identifier]) == 1:
-            # Groups belong to the identifier fleet-wide: take those it has on other nodes.
-            for group in self._backplane.view.groups_of(identifier):
-                self._registry.join(identifier, group)
-            self._backplane.membership("online", identifier)
-        if initial is C:
-            self._resumption.registered(conn)
-        self._machine.start(conn, initial, "registered" if initial is C else "dialling")
-        return conn
+        return self._fleet.register(socket, identifier)
 
     def unregister(self, socket: object) -> bool:
         """Move the socket to DISCONNECTED and forget it; ``False`` if it is not registered.
@@ -288,49 +207,30 @@ class ConnectionManager:
         Does not close the socket (``close`` does both). Messages still queued for it are
         dropped and counted.
         """
-        self._running(cleanup=True)
+        self._fleet.context.check(cleanup=True)
         conn = self._registry.get(socket)
         if conn is None:
             return False
-        self._unregister(conn, "unregistered")
+        self._fleet.forget(conn, "unregistered")
         return True
-
-    def _unregister(self, conn: Connection, reason: str) -> None:
-        if not conn.registered:
-            return
-        # Before the change to DISCONNECTED, which would count these drops as "disconnected".
-        self._outbox.discard(conn, "unregistered")
-        conn.held = False
-        conn.registered = False  # first: the DISCONNECTED hook must not remove it again
-        if conn.state is not D:
-            self._machine.request(conn, D, reason)
-        if conn.writer_scope is not None:
-            conn.writer_scope.cancel()
-        if isinstance(conn.socket, OutboundSocket):
-            # The manager dialled it, so nobody else would close it (nor end its reader).
-            close = self._outbox.close
-            self._spawn(close, conn.transport, 1000, "unregistered", name="wsfleet close")
-        self._registry.remove(conn)
-        self._timers.forget(conn)
-        if self._backplane is not None and conn.identifier not in self._registry.by_identifier:
-            self._backplane.membership("offline", conn.identifier)
-        self._resumption.forget(conn)
 
     async def close(self, socket: object, code: int = 1000, reason: str = "") -> None:
         """Close the socket with ``code`` and ``reason``, then unregister it."""
-        self._running(cleanup=True)
+        fleet = self._fleet
+        fleet.context.check(cleanup=True)
         conn = self._connection(socket)
-        await self._outbox.close(conn.transport, code, reason)
-        self._unregister(conn, f"closed by the server ({code})")
+        await fleet.outbox.close(conn.transport, code, reason)
+        fleet.forget(conn, f"closed by the server ({code})")
 
     def clear(self) -> None:
         """Unregister every connection (callbacks fire); groups empty with them."""
-        self._running(cleanup=True)
+        fleet = self._fleet
+        fleet.context.check(cleanup=True)
         for conn in list(self._registry):
-            self._unregister(conn, "cleared")
+            fleet.forget(conn, "cleared")
 
     def count(self) -> int:
-        """Registered sockets."""
+        """Registered sockets: the active ones and the held ones (``stats().held``)."""
         return len(self._registry)
 
     def __len__(self) -> int:
@@ -365,7 +265,7 @@ class ConnectionManager:
         With a backplane the membership is fleet-wide: other nodes holding sockets of
         ``identifier`` put them in the group too. ``identifier`` must have a socket here.
         """
-        self._running()
+        self._fleet.context.check()
         check_name("identifier", identifier)
         check_name("group", group)
         new = group not in self._registry.memberships.get(identifier, ())
@@ -375,7 +275,7 @@ class ConnectionManager:
 
     def remove_from_group(self, identifier: str, group: str) -> None:
         """Take ``identifier`` out of ``group``; idempotent, even once it has no socket left."""
-        self._running(cleanup=True)
+        self._fleet.context.check(cleanup=True)
         check_name("identifier", identifier)
         check_name("group", group)
         was = group in self._registry.memberships.get(identifier, ())
@@ -427,7 +327,7 @@ class ConnectionManager:
     ) -> int:
         """Close every socket of ``identifier`` on every node; returns how many were here."""
         check_name("identifier", identifier)
-        self._running()
+        self._fleet.context.check()
         closed = self._kick_local(identifier, code, reason)
         if self._backplane is not None:
             self._backplane.kick(identifier, code, reason)
@@ -435,10 +335,13 @@ class ConnectionManager:
         return closed
 
     def _kick_local(self, identifier: str, code: int, reason: str) -> int:
+        fleet = self._fleet
         conns = list(self._registry.connections_of(identifier))
         for conn in conns:
-            self._spawn(self._outbox.close, conn.transport, code, reason, name="wsfleet kick")
-            self._unregister(conn, f"disconnected by the server ({code})")
+            fleet.context.spawn(
+                fleet.outbox.close, conn.transport, code, reason, name="wsfleet kick"
+            )
+            fleet.forget(conn, f"disconnected by the server ({code})")
         return len(conns)
 
     def _mirror_membership(self, identifier: str, group: str, *, joined: bool) -> None:
@@ -450,30 +353,19 @@ class ConnectionManager:
                 self._registry.leave(identifier, group)
 
     def _deliver_remote(
-        self, to: str, target: Any, message: Message, data: Mapping[str, Any]
+        self, to: Kind, target: Any, message: Message, data: Mapping[str, Any]
     ) -> int:
         """Carry out another node's fan-out on this node's sockets (never republished)."""
-        size = message_size(message)
-        if size > self.overflow.max_message_size:
-            self._outbox.count_drop("backplane: too large here")
+        fleet = self._fleet
+        try:
+            size = fleet.check_message(message)
+        except ValueError:
+            fleet.outbox.count_drop("backplane: too large here")
             return 0
-        registry = self._registry
-        skip = set(data.get("exclude", ()))
-        targets: list[Connection]
-        if to == "all":
-            targets = [c for c in registry.by_socket.values() if c.identifier not in skip]
-        elif to == "one":
-            targets = list(registry.connections_of(target))
-        elif to == "many":
-            targets = [c for name in dict.fromkeys(target) for c in registry.connections_of(name)]
-        else:
-            targets = [
-                c
-                for name in list(registry.groups.get(target, ()))
-                if name not in skip
-                for c in registry.connections_of(name)
-            ]
-        return self._outbox.fan_out(targets, message, size)
+        skip: set[int] = set()
+        for name in data.get("exclude", ()):
+            skip.update(id(c.socket) for c in self._registry.connections_of(name))
+        return fleet.deliver(targets(self._registry, to, target, skip), message, size)
 
     def _publish(
         self, to: str, target: str | list[str] | None, message: Message, exclude: object
@@ -498,7 +390,7 @@ class ConnectionManager:
     def get_state_timestamp(self, socket: object) -> datetime | None:
         """When the socket entered its current state (aware UTC); ``None`` if unknown."""
         conn = self._registry.get(socket)
-        return None if conn is None else self._machine.timestamp(conn)
+        return None if conn is None else self._fleet.timestamp(conn)
 
     def connections_in_state(self, state: ConnectionState) -> list[object]:
         """Sockets currently in ``state``, from an index (no scan of the fleet)."""
@@ -516,15 +408,15 @@ class ConnectionManager:
         same call; DISCONNECTED is final, and the connection leaves the registry at once
         (callbacks still see both changes).
         """
-        self._running(cleanup=True)
+        self._fleet.context.check(cleanup=True)
         if not isinstance(state, ConnectionState):
             raise WrongType(f"state must be a ConnectionState, got {state!r}")
         conn = self._connection(socket)
-        self._machine.request(conn, state, reason if reason is not None else "set by application")
+        self._fleet.request(conn, state, reason if reason is not None else "set by application")
 
     def set_retry_policy(self, socket: object, policy: RetryPolicy | None) -> None:
         """This connection's own policy; ``None`` returns it to the manager's default."""
-        self._running()
+        self._fleet.context.check()
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise WrongType(f"policy must be a RetryPolicy or None, got {policy!r}")
         self._connection(socket).retry_policy = policy
@@ -534,10 +426,10 @@ class ConnectionManager:
 
         ``reconnector(connection)`` returns a new ``Transport`` or raises to fail the attempt.
         """
-        self._running()
+        self._fleet.context.check()
         if reconnector is not None and not callable(reconnector):
             raise WrongType(f"reconnector must be callable or None, got {reconnector!r}")
-        self._connection(socket).reconnector = reconnector
+        self._connection(socket)._beat.reconnector = reconnector
 
     def on_state_change(self, callback: StateCallback) -> CallbackHandle:
         """Call ``callback(socket, old, new)`` (or ``callback(change)``) after every change.
@@ -546,9 +438,9 @@ class ConnectionManager:
         Returns a handle whose ``remove()`` unsubscribes. Callbacks may be added before the
         manager is entered.
         """
-        if self._tg is not None or self._closing:
-            self._running(cleanup=True)  # from the loop's thread, and not once it has ended
-        return self._callbacks.add(callback)
+        if self._entered:
+            self._fleet.context.check(cleanup=True)  # the loop's thread; not once it has ended
+        return self._fleet.callbacks.add(callback)
 
     def session(
         self, socket: object, identifier: str, *, resume: str | None = None
@@ -562,25 +454,20 @@ class ConnectionManager:
         resume. ``resume`` is the ``session.resume_token`` the client got last time: when it
         names a held session of the same identifier, the new socket takes it over (its
         groups kept, its buffered messages delivered first); any other value starts afresh.
+        A bad identifier (it comes from the client) closes the socket with 1008 instead.
         """
-        return open_session(self, socket, identifier, resume)
+        return open_session(self._fleet, socket, identifier, resume)
 
     def touch(self, socket: object, *, pong: bool = False) -> None:
         """Report inbound activity on ``socket`` (adapters call it for each message/pong)."""
-        self._running(cleanup=True)
-        self._touch(self._connection(socket), pong)
-
-    # -- resumption (see _resumption.py) and outbound connections ---------------------------------
-
-    def _take_over(self, socket: object, identifier: str, token: str) -> Connection | None:
-        return self._resumption.take_over(socket, identifier, token)
-
-    def _hold(self, conn: Connection) -> bool:
-        return self._resumption.hold(conn)
+        self._fleet.context.check(cleanup=True)
+        self._fleet.touched(self._connection(socket), pong)
 
     def resume_window_of(self, conn: Connection) -> float:
         """How long a held session waits: the manager's window, or its policy's whole schedule."""
-        return self._resumption.window_of(conn)
+        return self._fleet.resumption.window_of(conn)
+
+    # -- outbound connections ------------------------------------------------------------------
 
     async def connect(
         self,
@@ -603,18 +490,8 @@ class ConnectionManager:
         ``backend`` is ``"websockets"`` (asyncio or trio) or ``"trio-websocket"`` (trio);
         ``options`` go to that library's client.
         """
-        return await dial(self, url, identifier, retry_policy, backend, on_message, options)
-
-    def _replace_transport(self, conn: Connection, transport: Transport) -> None:
-        """Swap in a new socket; the old one is detached (its late reports are ignored)."""
-        old = conn.transport
-        if old is transport:
-            return
-        old.connection = None
-        conn.transport = transport
-        transport.attach(conn)
-        if not isinstance(old, Unconnected):
-            self._spawn(self._outbox.close, old, 1000, "replaced", name="wsfleet close")
+        self._fleet.context.check()
+        return await dial(self._fleet, url, identifier, retry_policy, backend, on_message, options)
 
     # -- fan-out -----------------------------------------------------------------------------
 
@@ -625,12 +502,8 @@ class ConnectionManager:
         ``async with manager.batch():`` a burst is queued whole before anything is written.
         """
         size = self._check(message)
-        if exclude is None:
-            targets: Iterable[Connection] = list(self._registry.by_socket.values())
-        else:
-            skip = self._excluded(exclude)
-            targets = [c for k, c in self._registry.by_socket.items() if k not in skip]
-        count = self._outbox.fan_out(targets, message, size)
+        skip = () if exclude is None else excluded(self._registry, exclude)
+        count = self._fleet.deliver(targets(self._registry, "all", None, skip), message, size)
         published = self._publish("all", None, message, exclude)
         await self._yield()
         return Delivery(count, published)
@@ -639,7 +512,7 @@ class ConnectionManager:
         """Queue ``message`` for every socket of ``identifier``."""
         check_name("identifier", identifier)
         size = self._check(message)
-        count = self._outbox.fan_out(list(self._registry.connections_of(identifier)), message, size)
+        count = self._fleet.deliver(targets(self._registry, "one", identifier), message, size)
         published = self._publish("one", identifier, message, None)
         await self._yield()
         return Delivery(count, published)
@@ -655,8 +528,7 @@ class ConnectionManager:
             check_name("identifier", name)  # before hashing: a list inside is a WrongType
         names = list(dict.fromkeys(given))
         size = self._check(message)
-        targets = [c for name in names for c in self._registry.connections_of(name)]
-        count = self._outbox.fan_out(targets, message, size)
+        count = self._fleet.deliver(targets(self._registry, "many", names), message, size)
         published = self._publish("many", names, message, None)
         await self._yield()
         return Delivery(count, published)
@@ -665,15 +537,8 @@ class ConnectionManager:
         """Queue ``message`` for every socket of every member of ``group``."""
         check_name("group", group)
         size = self._check(message)
-        members = self._registry.groups.get(group, ())
-        skip = self._excluded(exclude) if exclude is not None else ()
-        targets = [
-            c
-            for name in list(members)
-            for c in self._registry.connections_of(name)
-            if id(c.socket) not in skip
-        ]
-        count = self._outbox.fan_out(targets, message, size)
+        skip = () if exclude is None else excluded(self._registry, exclude)
+        count = self._fleet.deliver(targets(self._registry, "group", group, skip), message, size)
         published = self._publish("group", group, message, exclude)
         await self._yield()
         return Delivery(count, published)
@@ -701,98 +566,20 @@ class ConnectionManager:
         else:
             await checkpoint()
 
-    def _send_to_connections(self, conns: Iterable[Connection], message: Message) -> int:
-        size = self._check(message)
-        return self._outbox.fan_out([c for c in conns if c.registered], message, size)
-
     def _check(self, message: object) -> int:
-        self._running()
-        size = message_size(message)
-        limit = self.overflow.max_message_size
-        if size > limit:
-            raise MessageTooLarge(size, limit)
-        return size
-
-    def _excluded(self, exclude: object) -> set[int]:
-        registry = self._registry
-        if isinstance(exclude, str) or registry.get(exclude) is not None:
-            items: Iterable[object] = (exclude,)
-        elif isinstance(exclude, Iterable):
-            items = exclude
-        else:
-            items = (exclude,)
-        skip: set[int] = set()
-        for item in items:
-            if isinstance(item, str):
-                skip.update(id(c.socket) for c in registry.connections_of(item))
-            elif registry.get(item) is not None:
-                skip.add(id(item))
-        return skip
-
-    # -- inbound events from transports ------------------------------------------------------
-
-    def _touch(self, conn: Connection, pong: bool) -> None:
-        if not conn.registered:
-            return
-        now = self._machine.clock.now()
-        conn.last_seen = now
-        if not pong:
-            conn.last_message = now
-            if conn.state is I:
-                self._machine.request(conn, C, "activity")
-
-    def _transport_closed(self, conn: Connection, code: int | None, reason: str) -> None:
-        if not conn.registered or conn.state not in WRITABLE:
-            return
-        if is_clean(code):
-            self._machine.request(conn, D, f"closed ({code}{': ' + reason if reason else ''})")
-        else:
-            self._machine.request(conn, E, f"abnormal close ({code or 1006})")
-
-    def _outbound_closed(self, conn: Connection, code: int, reason: str) -> None:
-        """A server closed a client connection: come back later, unless it said not to."""
-        if self._closing or not conn.registered or conn.state not in WRITABLE:
-            return  # closing, the manager closed it itself: no error, no retry
-        text = f"closed by the server ({code}{': ' + reason if reason else ''})"
-        self._machine.request(conn, D if is_final(code) else E, text)
-
-    def _transport_failed(self, conn: Connection, error: BaseException | str) -> None:
-        if not conn.registered or conn.state not in (C, I, R):
-            return
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        self._machine.request(conn, E, f"I/O failure: {text}")
-
-    # -- state changes: indexes, side effects, callbacks --------------------------------------
-
-    def _state_changed(self, change: StateChange) -> None:
-        conn = change.connection
-        assert isinstance(conn, Connection)
-        self._registry.moved(conn, change.old, change.new)
-        new = change.new
-        if new is C:
-            self._timers.arm(conn, reconnected=change.old is R)
-            self._outbox.schedule(conn)
-        elif new is D:
-            self._outbox.discard(conn, "disconnected")
-        if new in (E, D) and conn.writer_scope is not None:
-            conn.writer_scope.cancel()
-        if self._callbacks:
-            self._callbacks.publish(change, conn.socket)
-        if new is D and conn.registered:
-            # Nothing holds a DISCONNECTED connection (no retry is coming, no resume window
-            # is open): it is no longer active, so it leaves the registry at once and
-            # ``count()``, the groups and ``stats()`` stop showing it.
-            self._unregister(conn, change.reason or "disconnected")
+        return self._fleet.check_message(message)
 
     # -- numbers -------------------------------------------------------------------------------
 
     def stats(self) -> FleetStats:
         """Counts per state, queue depth, drops by reason, callback errors, groups."""
+        fleet = self._fleet
         registry = self._registry
-        outbox = self._outbox
+        outbox = fleet.outbox
+        callbacks = fleet.callbacks
         drops = dict(outbox.drops)
-        if self._callbacks.dropped:
-            drops["callback backlog"] = self._callbacks.dropped
+        if callbacks.dropped:
+            drops["callback backlog"] = callbacks.dropped
         backplane = self._backplane
         if backplane is not None:
             for key, value in backplane.stats.items():
@@ -808,17 +595,17 @@ class ConnectionManager:
             queued_bytes=outbox.queued_bytes,
             sent_messages=outbox.sent_messages,
             drops=drops,
-            callback_errors=self._callbacks.errors,
-            callback_timeouts=self._callbacks.timeouts,
+            callback_errors=callbacks.errors,
+            callback_timeouts=callbacks.timeouts,
             pings_sent=outbox.pings_sent,
-            heartbeat_timeouts=self._timers.heartbeat_timeouts,
+            heartbeat_timeouts=fleet.timers.heartbeat_timeouts,
             node_id=None if backplane is None else backplane.node_id,
             backplane_state=None if backplane is None else backplane.state.name,
             backplane=None if backplane is None else dict(backplane.stats),
         )
 
     def __repr__(self) -> str:
-        status = "running" if self._tg is not None and not self._closing else "stopped"
+        status = "running" if self._fleet.context.running else "stopped"
         return f"<ConnectionManager {status}, {len(self._registry)} connection(s)>"
 
     def __getstate__(self) -> Any:

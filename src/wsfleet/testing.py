@@ -22,7 +22,7 @@ import anyio
 
 from .errors import TransportError
 from .fsm.clock import ManualClock
-from .fsm.machine import FleetMachine, Lifecycle
+from .fsm.machine import FleetMachine, Lifecycle, StateChange
 from .fsm.states import ConnectionState
 from .policies.retry import RetryPolicy
 from .transport import Message, Outbound, Ping, Transport
@@ -172,16 +172,20 @@ def reconnect_storm(
     due: list[tuple[float, int, Lifecycle]] = []
     serial = 0
 
-    def retry_after(model: Lifecycle, delay: float) -> None:
+    def schedule(changes: tuple[StateChange, ...]) -> tuple[StateChange, ...]:
+        """Do what the manager's timers do with a change that asks for a retry."""
         nonlocal serial
-        serial += 1
-        heapq.heappush(due, (clock.now() + delay, serial, model))
+        for change in changes:
+            if change.retry_in is not None:
+                serial += 1
+                heapq.heappush(due, (clock.now() + change.retry_in, serial, change.connection))
+        return changes
 
-    machine = FleetMachine(clock=clock, on_retry=retry_after)
+    machine = FleetMachine(clock=clock)
     for policy in policies:
         client = Lifecycle(policy)
         machine.start(client, C)
-        machine.request(client, E, "server lost")
+        schedule(machine.request(client, E, "server lost"))
     attempts: list[float] = []
     reconnected = gave_up = 0
     while due:
@@ -193,7 +197,7 @@ def reconnect_storm(
             continue
         attempts.append(when)
         if when < outage:
-            after = machine.request(client, E, "connection refused")
+            after = schedule(machine.request(client, E, "connection refused"))
             gave_up += after[-1].new is ConnectionState.DISCONNECTED
         else:
             machine.request(client, C, "reconnected")

@@ -16,25 +16,50 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, Final, Protocol, TypeAlias
 
-if TYPE_CHECKING:
-    from ._connection import Connection
+from .errors import TransportError, UnencodableMessage, WrongType
 
 __all__ = [
     "PING",
+    "Dialer",
     "Message",
     "Outbound",
     "Ping",
     "PongSignal",
+    "Reporter",
     "Transport",
     "adapter_for",
+    "dialer_for",
+    "message_size",
     "register_adapter",
+    "register_dialer",
 ]
 
 Message: TypeAlias = str | bytes
 """A WebSocket message: ``str`` goes as a text frame, ``bytes`` as a binary frame."""
+
+
+def message_size(message: object) -> int:
+    """Bytes on the wire (UTF-8 for text); refuses what no transport could send.
+
+    ``WrongType`` for anything but str and bytes, ``UnencodableMessage`` for text with lone
+    surrogates: checked where a message is offered, once per call, so that one that cannot be
+    written never reaches a queue, where it would fail once for every recipient and look
+    like their fault.
+    """
+    if isinstance(message, str):
+        if message.isascii():
+            return len(message)
+        try:
+            return len(message.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise UnencodableMessage(exc.start, exc.reason) from None
+    if isinstance(message, bytes):
+        return len(message)
+    raise WrongType(f"message must be str or bytes, got {type(message).__name__}")
 
 
 class Ping:
@@ -53,6 +78,19 @@ class Ping:
 PING: Final = Ping()
 
 Outbound: TypeAlias = str | bytes | Ping
+
+
+class Reporter(Protocol):
+    """What a transport reports its socket's events to: its registered connection."""
+
+    def touch(self, *, pong: bool = False) -> None:
+        """A message arrived (or, with ``pong=True``, a pong)."""
+
+    def closed(self, code: int | None = 1000, reason: str = "") -> None:
+        """The socket closed, with this code and reason."""
+
+    def failed(self, error: BaseException | str) -> None:
+        """The socket failed (an I/O error): the connection goes to ERROR."""
 
 
 class PongSignal:
@@ -85,11 +123,15 @@ class Transport(ABC):
     batch is dropped, counted ("send error") and logged, and the connection stays as it was.
     """
 
-    connection: Connection | None = None
+    connection: Reporter | None = None
     #: Bytes a ``send_nowait`` took but the socket did not accept yet (see ``send_nowait``).
     unsent: int = 0
+    #: Whether the transport can send ``PING`` and report pongs. One that cannot says why in
+    #: ``no_ping_reason``; a manager whose heartbeat pings refuses to register it.
+    can_ping: ClassVar[bool] = True
+    no_ping_reason: ClassVar[str] = ""
 
-    def attach(self, connection: Connection) -> None:
+    def attach(self, connection: Reporter) -> None:
         """Called by the manager when the transport is registered."""
         self.connection = connection
 
@@ -114,8 +156,6 @@ class Transport(ABC):
 
         Used by ``manager.session``; a transport that only sends may leave it as is.
         """
-        from .errors import TransportError
-
         raise TransportError(f"{type(self).__name__} cannot receive")
 
     @abstractmethod
@@ -178,6 +218,36 @@ def adapter_for(socket: object) -> Callable[[Any], Transport] | None:
                 ) from exc
             return _registered(socket)
     return None
+
+
+class Dialer(Protocol):
+    """What a client backend provides: open a WebSocket, as a transport, for a block."""
+
+    def __call__(self, url: str, **options: Any) -> AbstractAsyncContextManager[Transport]: ...
+
+
+#: The client backends wsfleet ships, by the name ``manager.connect(backend=...)`` takes.
+KNOWN_DIALERS: Final[Mapping[str, str]] = {
+    "websockets": "wsfleet.adapters.websockets",
+    "trio-websocket": "wsfleet.adapters.trio_websocket",
+}
+
+_DIALERS: dict[str, tuple[Dialer, frozenset[str]]] = {}
+
+
+def register_dialer(
+    name: str, dialer: Dialer, *, loops: Iterable[str] = ("asyncio", "trio")
+) -> None:
+    """Let ``manager.connect(..., backend=name)`` dial with ``dialer`` on these event loops."""
+    _DIALERS[name] = (dialer, frozenset(loops))
+
+
+def dialer_for(name: str) -> tuple[Dialer, frozenset[str]] | None:
+    """The dialer registered as ``name`` and the loops it runs on, importing a shipped
+    backend on first use; ``None`` for a name nobody registered."""
+    if name not in _DIALERS and name in KNOWN_DIALERS:
+        importlib.import_module(KNOWN_DIALERS[name])
+    return _DIALERS.get(name)
 
 
 def no_adapter(socket: object) -> str:

@@ -81,7 +81,7 @@ async def test_a_batch_the_socket_cannot_take_at_once_arrives_whole_and_in_order
             # Written to the socket by send_nowait as far as the kernel took it; the
             # rest is kept for the writer, which waits for the peer to read.
             assert 0 < transport.unsent < MESSAGES * (SIZE + 10)
-            assert conn.writing
+            assert conn._out.writing
         received = []
         with anyio.fail_after(30):
             for _ in range(MESSAGES):
@@ -129,7 +129,7 @@ async def test_on_trio_a_write_of_websockets_own_in_progress_makes_send_nowait_w
                 assert transport.send_nowait(["direct"]) is False
                 await manager.broadcast("queued behind the lock")
                 await anyio.sleep(0.05)
-                assert manager.connection(native).writing  # the writer waits for the lock
+                assert manager.connection(native)._out.writing  # the writer waits for the lock
             with anyio.fail_after(5):
                 assert await ws.recv() == "queued behind the lock"
             assert transport.send_nowait(["direct"]) is True

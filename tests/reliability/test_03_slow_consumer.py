@@ -110,7 +110,7 @@ async def broadcast_run(total_bytes: int, *, slow: bool) -> Run:
                     run.sent += 1
                     if slow_conn is not None:
                         run.max_queued = max(run.max_queued, slow_conn.queued)
-                        run.max_queued_bytes = max(run.max_queued_bytes, slow_conn.pending_bytes)
+                        run.max_queued_bytes = max(run.max_queued_bytes, slow_conn.queued_bytes)
                         if run.evicted_after is None and slow_conn.state is not C:
                             run.evicted_after = anyio.current_time() - started
                 await anyio.sleep(0.005)

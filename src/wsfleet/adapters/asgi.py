@@ -60,15 +60,12 @@ which ends only when the server closes the socket after the application has fini
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from ..errors import InvalidArgument, TransportClosed, TransportError
 from ..transport import Message, Outbound, Ping, Transport, register_adapter
-
-if TYPE_CHECKING:
-    from .._connection import Connection
 
 try:
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -108,6 +105,9 @@ def _disconnect_code(event: Any) -> tuple[int, str]:
 class StarletteTransport(Transport):
     """An accepted Starlette (or FastAPI) ``WebSocket`` as a wsfleet ``Transport``."""
 
+    can_ping = False
+    no_ping_reason = _NO_PINGS
+
     def __init__(self, websocket: WebSocket) -> None:
         state = websocket.application_state
         if state is WebSocketState.CONNECTING:
@@ -126,12 +126,6 @@ class StarletteTransport(Transport):
         client = self.websocket.client
         where = f"{client.host}:{client.port}" if client is not None else "?"
         return f"<StarletteTransport {where}>"
-
-    def attach(self, connection: Connection) -> None:
-        heartbeat = connection.manager.heartbeat
-        if heartbeat is not None and heartbeat.ping_interval is not None:
-            raise InvalidArgument(_NO_PINGS)
-        super().attach(connection)
 
     def _closed_error(self, fallback: str) -> TransportClosed:
         if self._closed is None:

@@ -58,7 +58,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import FinalRefusal, TransportClosed, TransportError
-from ..transport import Message, Outbound, Ping, PongSignal, Transport, register_adapter
+from ..transport import (
+    Message,
+    Outbound,
+    Ping,
+    PongSignal,
+    Transport,
+    register_adapter,
+    register_dialer,
+)
 
 try:
     import trio
@@ -231,3 +239,6 @@ async def open_client(url: str, **options: Any) -> AsyncIterator[TrioWebsocketTr
             await stream.aclose()
     if failure is not None:
         raise failure
+
+
+register_dialer("trio-websocket", open_client, loops=("trio",))

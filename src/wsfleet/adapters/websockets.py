@@ -40,7 +40,15 @@ from typing import Any
 import sniffio
 
 from ..errors import FinalRefusal, TransportClosed, TransportError
-from ..transport import Message, Outbound, Ping, PongSignal, Transport, register_adapter
+from ..transport import (
+    Message,
+    Outbound,
+    Ping,
+    PongSignal,
+    Transport,
+    register_adapter,
+    register_dialer,
+)
 
 try:
     from websockets.asyncio.connection import Connection as AsyncioConnection
@@ -324,3 +332,6 @@ async def open_client(url: str, **options: Any) -> AsyncIterator[WebsocketsTrans
             raise
     else:
         await dial.__aexit__(None, None, None)
+
+
+register_dialer("websockets", open_client)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from .._connection import Connection
+from .._runtime.connection import Connection
 from ..fsm.machine import StateChange
 from ..fsm.states import ConnectionState
 from ..testing import MemoryTransport

@@ -34,7 +34,7 @@ try:
 except ImportError:  # trio is not installed: only the asyncio backend runs
     TrioWebSocket = None  # type: ignore[assignment,misc]
 
-from .._connection import Connection
+from .._runtime.connection import Connection
 from ..errors import InvalidTransition, UnknownSocket
 from ..fsm.states import ConnectionState
 from ..testing import MemoryTransport

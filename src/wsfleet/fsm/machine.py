@@ -18,7 +18,8 @@ The pitfalls this avoids, on purpose:
   in the state definitions instead.
 * An exception in an ``on_enter`` hook leaves the state changed: the hooks here only update
   the lifecycle's own counters; everything with side effects (notifications, scheduling a
-  retry) happens after the transition has finished.
+  retry) is left to the caller, which gets the changes back once the transition is over
+  (``StateChange.retry_in`` says when a retry is due) and applies their effects itself.
 * A trigger fired inside a callback runs nested: the one follow-up transition the lifecycle
   needs (ERROR -> DISCONNECTED when no retry is possible) is fired by the driver afterwards.
 * ``queued=True`` would share one queue across all connections; ``LockedMachine`` blocks the
@@ -43,7 +44,7 @@ from .clock import Clock, MonotonicClock
 from .states import ConnectionState
 from .table import TABLE, Rule, births, rules_by_pair
 
-__all__ = ["FleetMachine", "Lifecycle", "RetryHook", "StateChange", "StateChangeHook"]
+__all__ = ["FleetMachine", "Lifecycle", "StateChange"]
 
 logger = logging.getLogger("wsfleet.fsm")
 
@@ -114,11 +115,9 @@ class StateChange:
     new: ConnectionState
     at: datetime
     reason: str | None = None
-
-
-StateChangeHook = Callable[[StateChange], None]
-RetryHook = Callable[[Lifecycle, float], None]
-"""Called with (lifecycle, delay) when a retry should be attempted after ``delay`` seconds."""
+    retry_in: float | None = None
+    """On a change into ERROR whose retry policy allows another attempt: the seconds to wait
+    before it (the owner of the connection schedules it); ``None`` otherwise."""
 
 
 class _Step:
@@ -266,9 +265,10 @@ class FleetMachine:
     """Drives any number of ``Lifecycle`` objects through the shared machine.
 
     One per manager: it holds what is shared by that manager's connections (the clock, the
-    default retry policy, where notifications and retry requests go) so the lifecycles do
-    not have to. It does no I/O and starts nothing: ``on_change`` and ``on_retry`` are called
-    after each transition has finished, and only record what the manager must do.
+    default retry policy) so the lifecycles do not have to. It does no I/O, starts nothing
+    and calls nobody: every request returns the changes it made, in order, and the caller
+    applies their effects (as websockets' connections act on what their ``Protocol``
+    returns). A change into ERROR that leaves a retry to make carries its delay.
     """
 
     def __init__(
@@ -276,13 +276,9 @@ class FleetMachine:
         *,
         clock: Clock | None = None,
         retry_policy: RetryPolicy | None = None,
-        on_change: StateChangeHook | None = None,
-        on_retry: RetryHook | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.retry_policy = retry_policy
-        self._on_change = on_change
-        self._on_retry = on_retry
 
     # -- queries -------------------------------------------------------------------------
 
@@ -324,8 +320,6 @@ class FleetMachine:
             model.up_since = now
         change = StateChange(model, None, initial, self.clock.to_datetime(now), model.reason)
         logger.debug("%r: new -> %s (%s)", model, initial.name, model.reason)
-        if self._on_change is not None:
-            self._on_change(change)
         return change
 
     def request(
@@ -365,7 +359,7 @@ class FleetMachine:
         raise InvalidTransition(source, dest, self._refusal(model, step.now))
 
     def retry_due(self, model: Lifecycle) -> tuple[StateChange, ...]:
-        """The delay asked for by ``on_retry`` has passed: retry, or give up if it is too late.
+        """The delay of a change's ``retry_in`` has passed: retry, or give up if it is too late.
 
         The guard is evaluated again now, because the time budget may have run out while the
         connection waited; then the connection gives up rather than staying in ERROR forever.
@@ -385,15 +379,11 @@ class FleetMachine:
             step.reason = self._refusal(model, step.now)
             _EVENTS["give_up"].trigger(model, step)
         at = self.clock.to_datetime(step.now)
-        changes = tuple(
-            StateChange(model, old, new, at, reason) for old, new, reason in step.changes
+        delay = step.retry_delay
+        return tuple(
+            StateChange(model, old, new, at, reason, delay if new is E else None)
+            for old, new, reason in step.changes
         )
-        if self._on_change is not None:
-            for change in changes:
-                self._on_change(change)
-        if step.retry_delay is not None and self._on_retry is not None:
-            self._on_retry(model, step.retry_delay)
-        return changes
 
     def _refusal(self, model: Lifecycle, now: float) -> str:
         """Why the ``can_retry`` guard said no; the only guard of the table."""

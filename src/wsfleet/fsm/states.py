@@ -8,8 +8,9 @@ heard from for a while is IDLE.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
-__all__ = ["ConnectionState"]
+__all__ = ["HELD", "WRITABLE", "ConnectionState"]
 
 
 class ConnectionState(enum.Enum):
@@ -23,3 +24,11 @@ class ConnectionState(enum.Enum):
 
     def __repr__(self) -> str:
         return f"ConnectionState.{self.name}"
+
+
+#: The states in which messages are written to the socket (elsewhere they wait, or go).
+WRITABLE: Final = frozenset((ConnectionState.CONNECTED, ConnectionState.IDLE))
+
+#: The states of a connection kept for a retry or a resume: registered, in its groups,
+#: buffering what is sent to it, but with no socket to write to.
+HELD: Final = frozenset((ConnectionState.ERROR, ConnectionState.RECONNECTING))

@@ -25,13 +25,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
-from ._connection import Connection
-from ._registry import check_name
-from .errors import (
+from ..closecodes import POLICY_VIOLATION
+from ..errors import (
     InvalidArgument,
     TransportClosed,
     TransportError,
@@ -39,17 +38,33 @@ from .errors import (
     WrongType,
     WsfleetError,
 )
-from .fsm.states import ConnectionState
-from .transport import Message
+from ..fsm.states import WRITABLE
+from ..transport import Message, Transport
+from .connection import Connection
+from .registry import check_name
 
-if TYPE_CHECKING:
-    from ._manager import ConnectionManager
-
-__all__ = ["Session", "close_reason", "open_session"]
+__all__ = ["Session", "SessionHost", "close_reason", "open_session"]
 
 logger = logging.getLogger("wsfleet")
 
-_OPEN = frozenset((ConnectionState.CONNECTED, ConnectionState.IDLE))
+
+class SessionHost(Protocol):
+    """What a session needs from the runtime that holds its connection."""
+
+    close_timeout: float
+
+    def check(self) -> None:
+        """Refuse new work from another thread or outside the manager's block."""
+
+    def transport_for(self, socket: object) -> Transport: ...
+
+    def take_over(self, socket: object, identifier: str, token: str) -> Connection | None: ...
+
+    def register(self, socket: object, identifier: str) -> Connection: ...
+
+    def hold(self, conn: Connection) -> bool: ...
+
+    def forget(self, conn: Connection, reason: str) -> None: ...
 
 
 class Session:
@@ -102,7 +117,7 @@ class Session:
             conn is None
             or self.close_code is not None
             or not conn.registered
-            or conn.state not in _OPEN
+            or conn.state not in WRITABLE
         ):
             raise StopAsyncIteration
         try:
@@ -142,29 +157,29 @@ def close_reason(text: str) -> str:
     return data[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore") + "..."
 
 
-async def _refuse(manager: ConnectionManager, socket: object, reason: str) -> None:
+async def _refuse(host: SessionHost, socket: object, reason: str) -> None:
     """Close a socket whose session is refused with 1008; the reason tells the client why."""
     logger.info("refused a session: %s", reason)
-    transport = manager._transport_for(socket)
+    transport = host.transport_for(socket)
     with (
         anyio.CancelScope(shield=True),
-        anyio.move_on_after(manager.close_timeout),
+        anyio.move_on_after(host.close_timeout),
         suppress(Exception),  # the peer may be gone already
     ):
-        await transport.close(1008, reason)
+        await transport.close(POLICY_VIOLATION, reason)
 
 
 @asynccontextmanager
 async def open_session(
-    manager: ConnectionManager, socket: object, identifier: str, resume: str | None = None
+    host: SessionHost, socket: object, identifier: str, resume: str | None = None
 ) -> AsyncIterator[Session]:
     """Register ``socket`` for the duration of the block; see the module docstring."""
-    manager._running()
+    host.check()
     try:
         check_name("identifier", identifier)
     except (InvalidArgument, WrongType) as exc:
         reason = close_reason(f"invalid identifier: {exc}")
-        await _refuse(manager, socket, reason)
+        await _refuse(host, socket, reason)
         try:
             yield Session(
                 None, identifier=identifier if isinstance(identifier, str) else "", refused=reason
@@ -174,16 +189,16 @@ async def open_session(
         return
     if resume is not None and not isinstance(resume, str):
         resume = None  # whatever the client sent, it names no held session
-    conn = None if resume is None else manager._take_over(socket, identifier, resume)
+    conn = None if resume is None else host.take_over(socket, identifier, resume)
     resumed = conn is not None
     if conn is None:
-        conn = manager.register(socket, identifier)
+        conn = host.register(socket, identifier)
     try:
         yield Session(conn, resumed)
     finally:
-        if conn.registered and conn.socket is socket and not manager._hold(conn):
+        if conn.registered and conn.socket is socket and not host.hold(conn):
             with anyio.CancelScope(shield=True):
-                if conn.state in _OPEN:
-                    with anyio.move_on_after(manager.close_timeout), suppress(Exception):
+                if conn.state in WRITABLE:
+                    with anyio.move_on_after(host.close_timeout), suppress(Exception):
                         await conn.transport.close(1000, "")  # the peer may be gone already
-                manager.unregister(socket)
+                host.forget(conn, "unregistered")

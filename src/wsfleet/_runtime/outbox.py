@@ -1,7 +1,9 @@
 """Outbound delivery: bounded per-connection queues, one flusher, writers only when needed.
 
 * Fan-out only enqueues: it appends to each target's queue and puts the connection on a
-  ready list; it never awaits a peer.
+  ready list; it never awaits a peer, and it changes no state: a target whose queue is full
+  under the "disconnect" policy is put aside (``take_evictions``) for the caller to evict
+  once the loop is over.
 * One flusher task drains the ready list. A transport that can take a batch at once
   (``send_nowait``) gets it there and then, so the common case costs no task per
   connection; only a connection whose transport pushes back gets a writer task of its own,
@@ -11,28 +13,29 @@
   close code 1008 "slow consumer". Every message that is not delivered is counted by reason.
 * A ping (``PING``) travels at the head of the queue, so control frames never wait behind a
   burst of messages; it never counts against the limits and is never the one dropped.
+
+The outbox keeps its bookkeeping in each connection's ``_out`` (``Outgoing``) and reports
+what it cannot decide alone (a socket failed; a ping went out) through ``OutboxReports``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable, Sequence
+from typing import Final, Protocol
 
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._connection import Connection
-from .errors import TransportError, UnencodableMessage, WrongType
-from .fsm.states import ConnectionState
-from .policies.overflow import OverflowDecision
-from .transport import PING, Message, Outbound, Transport
+from ..errors import TransportError
+from ..fsm.states import ConnectionState
+from ..policies.overflow import OverflowDecision, OverflowPolicy
+from ..transport import PING, Message, Outbound, Transport, message_size
+from .connection import Connection
+from .context import Context
 
-if TYPE_CHECKING:
-    from ._manager import ConnectionManager
-
-__all__ = ["WRITABLE", "Outbox", "message_size"]
+__all__ = ["COALESCE_CALLS", "WRITER_LINGER", "Outbox", "OutboxReports"]
 
 logger = logging.getLogger("wsfleet")
 
@@ -41,7 +44,6 @@ I = ConnectionState.IDLE  # noqa: E741
 E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
 D = ConnectionState.DISCONNECTED
-WRITABLE: Final = frozenset((C, I))
 
 _FLUSH_SLICE = 2048  # connections written per flusher step before letting others run
 
@@ -52,31 +54,36 @@ COALESCE_CALLS: Final = 64
 WRITER_LINGER: Final = 1.0
 
 
-def message_size(message: object) -> int:
-    """Bytes on the wire (UTF-8 for text); refuses what no transport could send.
+class OutboxReports(Protocol):
+    """What the outbox tells its owner, which decides what follows."""
 
-    ``WrongType`` for anything but str and bytes, ``UnencodableMessage`` for text with lone
-    surrogates: checked here, once per call, so that a message that cannot be written never
-    reaches a queue, where it would fail once for every recipient and look like their fault.
-    """
-    if isinstance(message, str):
-        if message.isascii():
-            return len(message)
-        try:
-            return len(message.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise UnencodableMessage(exc.start, exc.reason) from None
-    if isinstance(message, bytes):
-        return len(message)
-    raise WrongType(f"message must be str or bytes, got {type(message).__name__}")
+    def ping_written(self, conn: Connection) -> None:
+        """A ping is being handed to the transport (its pong may come back at once)."""
+
+    def ping_unwritten(self, conn: Connection) -> None:
+        """The ping handed over just before was put back: the transport pushed back."""
+
+    def send_failed(self, conn: Connection, error: Exception) -> None:
+        """The socket failed under a write (an I/O error): the connection has failed."""
 
 
 class Outbox:
-    """The manager's outbound side; its counters feed ``manager.stats()``."""
+    """The fleet's outbound side; its counters feed ``manager.stats()``."""
 
-    def __init__(self, manager: ConnectionManager) -> None:
-        self._manager = manager
+    def __init__(
+        self,
+        context: Context,
+        overflow: OverflowPolicy,
+        reports: OutboxReports,
+        *,
+        close_timeout: float = 2.0,
+    ) -> None:
+        self._context = context
+        self._reports = reports
+        self.overflow = overflow
+        self.close_timeout = close_timeout
         self._ready: list[Connection] = []
+        self._evicted: list[Connection] = []
         self._wake = anyio.Event()
         self._wake_requested = False
         #: Writers waiting for more, by when they started waiting (oldest first; see ``_reap``).
@@ -99,8 +106,12 @@ class Outbox:
     # -- enqueueing ------------------------------------------------------------------------
 
     def fan_out(self, targets: Iterable[Connection], message: Message, size: int) -> int:
-        """Queue ``message`` for each target; returns how many it was queued for."""
-        overflow = self._manager.overflow
+        """Queue ``message`` for each target; returns how many it was queued for.
+
+        A target the overflow policy evicts is counted out and kept for
+        ``take_evictions``: the caller evicts it once this loop is over.
+        """
+        overflow = self.overflow
         max_messages = overflow.max_messages
         max_bytes = overflow.max_bytes
         ready = self._ready
@@ -110,24 +121,25 @@ class Outbox:
             state = conn.state
             if state is D:
                 continue
-            queue = conn.pending
+            out = conn._out
+            queue = out.pending
             if queue is None:
-                queue = conn.pending = []
-            elif len(queue) >= max_messages or conn.pending_bytes + size > max_bytes:
+                queue = out.pending = []
+            elif len(queue) >= max_messages or out.pending_bytes + size > max_bytes:
                 accepted_on_overflow += self._overflowed(conn, message, size)
                 continue
             queue.append(message)
-            conn.pending_bytes += size
+            out.pending_bytes += size
             queued += 1
             # ``schedule()`` inlined: a call per target costs more than the rest of the loop.
             if state is C or state is I:  # (identity: an Enum's hash is a Python call)
-                if conn.writing:
-                    wake = conn.writer_wake
+                if out.writing:
+                    wake = out.writer_wake
                     if wake is not None:
-                        conn.writer_wake = None
+                        out.writer_wake = None
                         wake.set()
-                elif not conn.scheduled:
-                    conn.scheduled = True
+                elif not out.scheduled:
+                    out.scheduled = True
                     ready.append(conn)
         self.queued_messages += queued
         self.queued_bytes += queued * size
@@ -139,15 +151,16 @@ class Outbox:
 
     def _overflowed(self, conn: Connection, message: Message, size: int) -> int:
         """The queue is full: apply the overflow policy. Returns 1 if the message was queued."""
-        policy = self._manager.overflow
-        queue = conn.pending
+        policy = self.overflow
+        out = conn._out
+        queue = out.pending
         assert queue is not None
         while True:
             pinged = 1 if queue and queue[0] is PING else 0
-            decision = policy.decide(len(queue) - pinged, conn.pending_bytes, size)
+            decision = policy.decide(len(queue) - pinged, out.pending_bytes, size)
             if decision is OverflowDecision.ACCEPT:
                 queue.append(message)
-                conn.pending_bytes += size
+                out.pending_bytes += size
                 self.queued_messages += 1
                 self.queued_bytes += size
                 self.schedule(conn)
@@ -156,14 +169,15 @@ class Outbox:
                 oldest = queue[pinged]
                 del queue[pinged]
                 dropped = message_size(oldest)
-                conn.pending_bytes -= dropped
+                out.pending_bytes -= dropped
                 self.queued_messages -= 1
                 self.queued_bytes -= dropped
                 self.count_drop("overflow: drop-oldest")
                 continue
-            if decision is OverflowDecision.DISCONNECT and conn.state in WRITABLE:
+            if decision is OverflowDecision.DISCONNECT and conn.writable:
                 self.count_drop("slow consumer")  # the message that did not fit
-                self.evict(conn, 1008, "slow consumer")
+                if conn not in self._evicted:  # (a short list: the evictions of one call)
+                    self._evicted.append(conn)
                 return 0
             if decision is OverflowDecision.DISCONNECT:
                 # Already down and buffering for a reconnect: there is nobody to cut off.
@@ -172,29 +186,46 @@ class Outbox:
             self.count_drop("overflow: drop-newest")
             return 0
 
+    def take_evictions(self) -> list[Connection]:
+        """The connections the last fan-outs found over their bound, to be evicted now."""
+        evicted, self._evicted = self._evicted, []
+        return evicted
+
+    @property
+    def has_evictions(self) -> bool:
+        return bool(self._evicted)
+
     def count_drop(self, reason: str, n: int = 1) -> None:
         if n:
             self.drops[reason] += n
 
     def discard(self, conn: Connection, reason: str) -> None:
         """Drop everything queued for ``conn``, counted under ``reason``."""
-        queue = conn.pending
+        out = conn._out
+        queue = out.pending
         if queue is None:
             return
         messages = sum(1 for item in queue if item is not PING)
         self.queued_messages -= messages
-        self.queued_bytes -= conn.pending_bytes
-        conn.pending = None
-        conn.pending_bytes = 0
+        self.queued_bytes -= out.pending_bytes
+        out.pending = None
+        out.pending_bytes = 0
         if messages:
             self.count_drop(reason, messages)
             logger.warning("%d message(s) for %r dropped: %s", messages, conn.identifier, reason)
 
     def queue_ping(self, conn: Connection) -> None:
-        if conn.pending is None:
-            conn.pending = []
-        conn.pending.insert(0, PING)  # control frames jump the queue (bounded: cheap)
+        out = conn._out
+        if out.pending is None:
+            out.pending = []
+        out.pending.insert(0, PING)  # control frames jump the queue (bounded: cheap)
         self.schedule(conn)
+
+    def stop_writer(self, conn: Connection) -> None:
+        """End ``conn``'s writer, if it has one: the connection is not writable any more."""
+        scope = conn._out.writer_scope
+        if scope is not None:
+            scope.cancel()
 
     # -- flushing ----------------------------------------------------------------------------
 
@@ -204,30 +235,31 @@ class Outbox:
 
     def schedule(self, conn: Connection) -> None:
         """Get what is queued for ``conn`` written: by its lingering writer, or the flusher."""
+        out = conn._out
         state = conn.state
-        if not conn.pending or not (state is C or state is I):
+        if not out.pending or not (state is C or state is I):
             return
-        if conn.writing:
-            wake = conn.writer_wake
+        if out.writing:
+            wake = out.writer_wake
             if wake is not None:
-                conn.writer_wake = None
+                out.writer_wake = None
                 wake.set()
-        elif not conn.scheduled:
-            conn.scheduled = True
+        elif not out.scheduled:
+            out.scheduled = True
             self._ready.append(conn)
             if not self._wake_requested:
                 self._request_flush()
 
-    def busy(self) -> bool:
-        """Whether anything writable is still queued or being written."""
+    def busy(self, conns: Iterable[Connection]) -> bool:
+        """Whether anything writable is still queued or being written for ``conns``."""
         return any(
-            c.pending or (c.writing and c.writer_wake is None)
-            for c in self._manager._registry
-            if c.state in WRITABLE
+            c._out.pending or (c._out.writing and c._out.writer_wake is None)
+            for c in conns
+            if c.writable
         )
 
-    def flush_soon(self) -> None:
-        for conn in self._manager._registry:
+    def flush_soon(self, conns: Iterable[Connection]) -> None:
+        for conn in conns:
             self.schedule(conn)
         self._request_flush()
 
@@ -247,7 +279,7 @@ class Outbox:
             await self._flusher()
 
     async def _flusher(self) -> None:
-        overflow = self._manager.overflow
+        overflow = self.overflow
         max_calls = max(1, min(COALESCE_CALLS, overflow.max_messages // 4))
         max_bytes = overflow.max_bytes // 4
         while True:
@@ -271,61 +303,75 @@ class Outbox:
 
     async def _flush(self, ready: list[Connection]) -> None:
         write_now = self._write_now
+        failed: list[tuple[Connection, Exception]] = []
         for i, conn in enumerate(ready):
-            conn.scheduled = False
+            out = conn._out
+            out.scheduled = False
             state = conn.state
-            if conn.pending and not conn.writing and (state is C or state is I) and conn.registered:
-                write_now(conn)
+            if out.pending and not out.writing and (state is C or state is I) and conn.registered:
+                error = write_now(conn)
+                if error is not None:
+                    failed.append((conn, error))
             if i % _FLUSH_SLICE == _FLUSH_SLICE - 1:
+                self._report_failures(failed)
                 await checkpoint()
+        self._report_failures(failed)
+
+    def _report_failures(self, failed: list[tuple[Connection, Exception]]) -> None:
+        """Decide, then act: the sockets that failed in a slice are reported after it."""
+        for conn, error in failed:
+            self._reports.send_failed(conn, error)
+        failed.clear()
 
     def _take_batch(self, conn: Connection) -> tuple[list[Outbound], int, int]:
         """Hand the whole queue over as one batch; a ping in it counts as sent from now."""
-        batch = conn.pending
+        out = conn._out
+        batch = out.pending
         assert batch is not None
-        nbytes = conn.pending_bytes
+        nbytes = out.pending_bytes
         messages = len(batch)
         if batch[0] is PING:
             messages -= 1
-            # Stamped before the write: a transport may report the pong while writing.
-            conn.ping_sent_at = self._manager._machine.clock.now()
-            conn.ping_queued_at = None
+            # Reported before the write: a transport may report the pong while writing.
+            self._reports.ping_written(conn)
             self.pings_sent += 1
-        conn.pending = None
-        conn.pending_bytes = 0
+        out.pending = None
+        out.pending_bytes = 0
         self.queued_messages -= messages
         self.queued_bytes -= nbytes
         return batch, nbytes, messages
 
-    def _write_now(self, conn: Connection) -> None:
+    def _write_now(self, conn: Connection) -> Exception | None:
+        """Hand ``conn``'s queue to its transport without waiting; the socket's failure, if
+        it failed (the caller reports it), else ``None``."""
         batch, nbytes, messages = self._take_batch(conn)
         transport = conn.transport
         try:
             written = transport.send_nowait(batch)
         except Exception as exc:
-            self._send_failed(conn, exc, messages)
-            return
+            return exc if self._send_failed(conn, exc, messages) else None
+        out = conn._out
         if written:
             self.sent_messages += messages
             if transport.unsent:  # taken, not all on the wire yet: a writer finishes it
-                conn.writing = True
-                self._manager._spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
-            return
+                out.writing = True
+                self._context.spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
+            return None
         # The transport pushes back: put the batch back and give the connection a writer.
-        conn.pending = batch
-        conn.pending_bytes = nbytes
+        out.pending = batch
+        out.pending_bytes = nbytes
         self.queued_messages += messages
         self.queued_bytes += nbytes
         if batch[0] is PING:  # not sent after all; the writer will stamp it
-            conn.ping_queued_at = conn.ping_sent_at
-            conn.ping_sent_at = None
+            self._reports.ping_unwritten(conn)
             self.pings_sent -= 1
-        conn.writing = True
-        self._manager._spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
+        out.writing = True
+        self._context.spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
+        return None
 
     def _send_failed(self, conn: Connection, error: Exception, messages: int) -> bool:
-        """A write raised: the socket failed (``True``: the connection goes to ERROR), or only
-        this batch did (``False``: dropped, counted and logged, the connection untouched).
+        """A write raised: the socket failed (``True``: the caller reports it), or only this
+        batch did (``False``: dropped, counted and logged, the connection untouched).
 
         Only an I/O failure says something about the peer. Anything else (an adapter's or a
         library's bug, a frame it would not build) belongs to the batch: taking it out on the
@@ -334,7 +380,6 @@ class Outbox:
         """
         if isinstance(error, TransportError | OSError):
             self.count_drop("send failed", messages)
-            self._manager._transport_failed(conn, error)
             return True
         self.count_drop("send error", messages)
         logger.error(
@@ -356,18 +401,20 @@ class Outbox:
         garbage collector, and growing with the fleet). A waiting writer is noted in
         ``_idle`` instead, and ``_reap`` wakes the ones that waited too long.
         """
+        out = conn._out
         messages = 0
         try:
             with anyio.CancelScope() as scope:
-                conn.writer_scope = scope
+                out.writer_scope = scope
                 transport = conn.transport
-                while conn.registered and conn.state in WRITABLE:
-                    if conn.pending:
+                while conn.registered and conn.writable:
+                    if out.pending:
+                        batch: Sequence[Outbound]
                         batch, _, messages = self._take_batch(conn)
                     elif transport.unsent:
-                        batch = []  # the rest of what send_nowait took
+                        batch = ()  # the rest of what send_nowait took
                     else:
-                        wake = conn.writer_wake = anyio.Event()
+                        wake = out.writer_wake = anyio.Event()
                         idle = self._idle
                         if not idle and not self._reaper_wake.is_set():
                             self._reaper_wake.set()
@@ -376,8 +423,8 @@ class Outbox:
                             await wake.wait()
                         finally:
                             idle.pop(conn, None)
-                        conn.writer_wake = None
-                        if not conn.pending:
+                        out.writer_wake = None
+                        if not out.pending:
                             break  # woken by the reaper (or for nothing): linger over
                         continue
                     try:
@@ -385,6 +432,7 @@ class Outbox:
                     except Exception as exc:
                         failed, messages = messages, 0
                         if self._send_failed(conn, exc, failed):
+                            self._reports.send_failed(conn, exc)
                             return
                         continue
                     self.sent_messages += messages
@@ -393,9 +441,9 @@ class Outbox:
                 # A batch was in flight when the connection was evicted or unregistered.
                 self.count_drop("connection lost", messages)
         finally:
-            conn.writing = False
-            conn.writer_scope = None
-            conn.writer_wake = None
+            out.writing = False
+            out.writer_scope = None
+            out.writer_wake = None
             if conn.registered:
                 self.schedule(conn)
 
@@ -417,25 +465,16 @@ class Outbox:
                 await anyio.sleep(delay)
                 continue
             del idle[conn]
-            wake = conn.writer_wake
+            wake = conn._out.writer_wake
             if wake is not None:
-                conn.writer_wake = None
+                conn._out.writer_wake = None
                 wake.set()
 
-    # -- cutting off -------------------------------------------------------------------------
-
-    def evict(self, conn: Connection, code: int, reason: str) -> None:
-        """Cut a connection off: ERROR (then whatever its retry policy says) and close it."""
-        if conn.writer_scope is not None:
-            conn.writer_scope.cancel()
-        self.discard(conn, reason)
-        if conn.state in (C, I, R):
-            self._manager._machine.request(conn, E, reason)
-        self._manager._spawn(self.close, conn.transport, code, reason, name="wsfleet close")
+    # -- closing ----------------------------------------------------------------------------
 
     async def close(self, transport: Transport, code: int, reason: str) -> None:
-        """Close a transport, bounded by the manager's ``close_timeout``; never raises."""
-        with anyio.move_on_after(self._manager.close_timeout, shield=True):
+        """Close a transport, bounded by ``close_timeout``; never raises."""
+        with anyio.move_on_after(self.close_timeout, shield=True):
             try:
                 await transport.close(code, reason)
             except Exception as exc:

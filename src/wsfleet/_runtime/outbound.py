@@ -17,23 +17,20 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 
-from ._connection import Connection
-from .errors import InvalidArgument, TransportClosed, TransportError, WrongType
-from .fsm.states import ConnectionState
-from .policies.retry import RetryPolicy
-from .transport import Message, Outbound, Transport
+from ..errors import InvalidArgument, TransportClosed, TransportError, WrongType
+from ..fsm.states import ConnectionState
+from ..policies.retry import RetryPolicy
+from ..transport import Dialer, Message, Outbound, Transport, dialer_for
+from .connection import Connection, Reconnector
+from .context import Context
 
-if TYPE_CHECKING:
-    from ._manager import ConnectionManager
-
-__all__ = ["Dialer", "OutboundSocket", "dial", "make_reconnector"]
+__all__ = ["DialHost", "OutboundSocket", "Unconnected", "dial", "make_reconnector"]
 
 R = ConnectionState.RECONNECTING
 
@@ -42,10 +39,24 @@ logger = logging.getLogger("wsfleet")
 MessageHandler = Callable[[Connection, Message], Awaitable[None] | None]
 
 
-class Dialer(Protocol):
-    """What a client backend provides: open a WebSocket, as a transport, for a block."""
+class DialHost(Protocol):
+    """What an outbound connection needs from the runtime that holds it."""
 
-    def __call__(self, url: str, **options: Any) -> AbstractAsyncContextManager[Transport]: ...
+    context: Context
+
+    def register(
+        self,
+        socket: object,
+        identifier: str,
+        *,
+        transport: Transport | None = None,
+        initial: ConnectionState = ConnectionState.CONNECTED,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Connection: ...
+
+    def outbound_closed(self, conn: Connection, code: int, reason: str) -> None: ...
+
+    async def attempt(self, conn: Connection, reconnector: Reconnector) -> None: ...
 
 
 class OutboundSocket:
@@ -85,7 +96,7 @@ async def _deliver(handler: MessageHandler | None, conn: Connection, message: Me
 
 
 async def holder(
-    manager: ConnectionManager,
+    host: DialHost,
     conn: Connection,
     dialer: Dialer,
     url: str,
@@ -115,7 +126,7 @@ async def holder(
                     await _deliver(on_message, conn, message)
             except TransportClosed as closed:
                 if conn.transport is transport:
-                    manager._outbound_closed(conn, closed.code, closed.reason)
+                    host.outbound_closed(conn, closed.code, closed.reason)
             except TransportError as exc:
                 if conn.transport is transport:
                     conn.failed(exc)
@@ -128,7 +139,7 @@ async def holder(
 
 
 def make_reconnector(
-    manager: ConnectionManager,
+    host: DialHost,
     dialer: Dialer,
     url: str,
     options: dict[str, Any],
@@ -137,13 +148,12 @@ def make_reconnector(
     """The ``Reconnector`` of an outbound connection: one holder task per attempt."""
 
     async def attempt(conn: Connection) -> Transport:
-        tg = manager._running()
         decided = anyio.Event()
-        transport: Transport = await tg.start(
-            holder, manager, conn, dialer, url, options, on_message, decided
+        transport: Transport = await host.context.task_group.start(
+            holder, host, conn, dialer, url, options, on_message, decided
         )
         # The holder wakes at the next checkpoint at the earliest: by then the caller
-        # (``Timers.attempt``) has installed or refused the transport, without awaiting.
+        # (``Fleet.attempt``) has installed or refused the transport, without awaiting.
         decided.set()
         return transport
 
@@ -161,7 +171,7 @@ def _host(url: str) -> str | None:
 
 
 async def dial(
-    manager: ConnectionManager,
+    host: DialHost,
     url: str,
     identifier: str,
     retry_policy: RetryPolicy | None,
@@ -174,23 +184,21 @@ async def dial(
         raise InvalidArgument(f"url must be a ws:// or wss:// URL with a host, got {url!r}")
     if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
         raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
-    dialer: Dialer
-    if backend == "websockets":
-        from .adapters.websockets import open_client as dialer
-    elif backend == "trio-websocket":
-        import sniffio  # trio needs it, so it is there whenever the adapter imports
-
-        from .adapters.trio_websocket import open_client as dialer
-
-        if sniffio.current_async_library() != "trio":
-            raise InvalidArgument("backend 'trio-websocket' runs on trio only")
-    else:
+    found = dialer_for(backend) if isinstance(backend, str) else None
+    if found is None:
         raise InvalidArgument(f"backend: 'websockets' or 'trio-websocket', not {backend!r}")
+    dialer, loops = found
+    if loops != {"asyncio", "trio"}:
+        import sniffio  # the event loops' own libraries depend on it
+
+        if sniffio.current_async_library() not in loops:
+            raise InvalidArgument(f"backend {backend!r} runs on {' and '.join(sorted(loops))} only")
     socket = OutboundSocket(url)
-    conn = manager._register(
+    conn = host.register(
         socket, identifier, transport=Unconnected(), initial=R, retry_policy=retry_policy
     )
-    conn.reconnector = make_reconnector(manager, dialer, url, options, on_message)
-    manager._spawn(manager._timers.attempt, conn, conn.reconnector, name=f"wsfleet dial {url}")
+    conn.dialled = True
+    reconnector = conn._beat.reconnector = make_reconnector(host, dialer, url, options, on_message)
+    host.context.spawn(host.attempt, conn, reconnector, name=f"wsfleet dial {url}")
     await anyio.lowlevel.checkpoint()
     return conn

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ._connection import Connection
-from .errors import InvalidArgument, UnknownIdentifier, WrongType
-from .fsm.states import ConnectionState
+from ..errors import InvalidArgument, UnknownIdentifier, WrongType
+from ..fsm.states import ConnectionState
+from .connection import Connection
 
 __all__ = ["MAX_NAME_LENGTH", "Registry", "check_name"]
 

@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Literal, TypeAlias
 
-from ._connection import Connection
+from .connection import Connection
 
 __all__ = ["Deadlines", "Kind"]
 

@@ -23,7 +23,8 @@ from typing import Any, TypeAlias
 import anyio
 import anyio.abc
 
-from .fsm.machine import StateChange
+from ..errors import WrongType
+from ..fsm.machine import StateChange
 
 __all__ = ["CallbackHandle", "Callbacks", "StateCallback"]
 
@@ -106,8 +107,6 @@ class Callbacks:
 
     def add(self, callback: StateCallback) -> CallbackHandle:
         if not callable(callback):
-            from .errors import WrongType
-
             raise WrongType(f"callback must be callable, got {type(callback).__name__}")
         handle = CallbackHandle(self, callback)
         lane = self._lanes[handle] = _Lane(handle)

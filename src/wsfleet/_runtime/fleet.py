@@ -1,0 +1,437 @@
+"""The runtime: one node's connections, and the one place a state change takes effect.
+
+The ``Fleet`` owns the parts (registry, outbox, timers, callbacks, resumption), each built
+with the little it needs (the context, a policy, this object as the protocol it reports
+to), and the state machine. It is to the parts what h11's ``Connection`` is to its
+``ConnectionState``: every request for a change goes to the machine, which decides and
+returns the changes; ``apply`` then carries out their effects, in one order, in one
+function:
+
+1. the registry's index by state;
+2. CONNECTED: the timers watch it, the outbox writes what waited;
+   DISCONNECTED: what is queued is dropped and counted;
+3. ERROR or DISCONNECTED: its writer stops;
+4. a change that asks for a retry: the timers schedule it;
+5. the callbacks' lanes get the change;
+6. DISCONNECTED: the connection leaves the registry (nothing holds it any more).
+
+The parts report what they see (a socket failed, a ping is due, a retry fell due, a queue
+overflowed) and this object decides what follows. Nothing here validates what users pass
+(the manager does) or knows other nodes (the manager's backplane does, through
+``Membership``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+import anyio
+
+from ..closecodes import GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, is_clean, is_final
+from ..errors import (
+    AlreadyRegistered,
+    FinalRefusal,
+    InvalidArgument,
+    InvalidTransition,
+    MessageTooLarge,
+    ResumeExpired,
+    WrongType,
+)
+from ..fsm.machine import FleetMachine, StateChange
+from ..fsm.states import HELD, ConnectionState
+from ..policies.heartbeat import HeartbeatPolicy
+from ..policies.overflow import OverflowPolicy
+from ..policies.retry import RetryPolicy
+from ..transport import Message, Transport, adapter_for, message_size, no_adapter
+from .callbacks import Callbacks
+from .connection import Connection, Reconnector
+from .context import Context
+from .outbox import Outbox
+from .registry import Registry, check_name
+from .resumption import Resumption
+from .timers import Timers
+
+__all__ = ["Fleet", "Membership"]
+
+logger = logging.getLogger("wsfleet")
+
+C = ConnectionState.CONNECTED
+I = ConnectionState.IDLE  # noqa: E741
+E = ConnectionState.ERROR
+R = ConnectionState.RECONNECTING
+D = ConnectionState.DISCONNECTED
+
+
+class Membership(Protocol):
+    """Who else is told when an identifier comes and goes here (the backplane, if any)."""
+
+    def online(self, identifier: str) -> Iterable[str]:
+        """``identifier`` has its first socket here: the groups it is in elsewhere."""
+
+    def offline(self, identifier: str) -> None:
+        """``identifier``'s last socket here is gone."""
+
+
+class _Alone:
+    """A node with no other node to tell."""
+
+    def online(self, identifier: str) -> Iterable[str]:
+        return ()
+
+    def offline(self, identifier: str) -> None:
+        return None
+
+
+class Fleet:
+    """One node's connections and their runtime; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        retry_policy: RetryPolicy | None,
+        heartbeat: HeartbeatPolicy | None,
+        overflow: OverflowPolicy,
+        resume_window: float | None,
+        callback_timeout: float,
+        close_timeout: float,
+    ) -> None:
+        self.context = Context()
+        self.registry = Registry()
+        self.machine = FleetMachine(retry_policy=retry_policy)
+        self.heartbeat = heartbeat
+        self.overflow = overflow
+        self.close_timeout = close_timeout
+        self.outbox = Outbox(self.context, overflow, self, close_timeout=close_timeout)
+        self.timers = Timers(self.context, heartbeat, self)
+        self.callbacks = Callbacks(callback_timeout)
+        self.resumption = Resumption(self.context, self.machine, resume_window)
+        self.membership: Membership = _Alone()
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def bind(self, tg: anyio.abc.TaskGroup) -> None:
+        """Inside the loop: take its clock and thread, make the events, start the tasks."""
+        self.context.bind(tg)
+        self.machine.clock = self.context.clock
+        self.outbox.bind_loop()
+        self.timers.bind_loop()
+        tg.start_soon(self.outbox.run, name="wsfleet flusher")
+        tg.start_soon(self.timers.run, name="wsfleet timers")
+        tg.start_soon(self.callbacks.run, name="wsfleet callbacks")
+
+    async def flush(self) -> None:
+        """Let the writers finish what is queued (bound it with a timeout)."""
+        while self.outbox.busy(self.registry):
+            self.outbox.flush_soon(self.registry)
+            await anyio.sleep(0.005)
+
+    async def close_all(self) -> None:
+        """Close every socket with 1001 and forget every connection."""
+        conns = list(self.registry)
+        async with anyio.create_task_group() as closers:
+            for conn in conns:
+                closers.start_soon(self.outbox.close, conn.transport, GOING_AWAY, "going away")
+        for conn in conns:
+            self.forget(conn, "manager closed")
+
+    def check(self) -> None:
+        """Refuse new work from another thread or outside the manager's block."""
+        self.context.check()
+
+    # -- registration ------------------------------------------------------------------------
+
+    def transport_for(self, socket: object) -> Transport:
+        """The transport of ``socket``: itself, or its library's adapter (imported on use)."""
+        if isinstance(socket, Transport):
+            return socket
+        factory = adapter_for(socket)
+        if factory is None:
+            raise WrongType(no_adapter(socket))
+        return factory(socket)
+
+    def _pings_to(self, transport: Transport) -> None:
+        heartbeat = self.heartbeat
+        if heartbeat is not None and heartbeat.ping_interval is not None and not transport.can_ping:
+            raise InvalidArgument(transport.no_ping_reason)
+
+    def register(
+        self,
+        socket: object,
+        identifier: str,
+        *,
+        transport: Transport | None = None,
+        initial: ConnectionState = C,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Connection:
+        """A new connection for ``socket``: CONNECTED (or RECONNECTING while dialling)."""
+        self.context.check()
+        check_name("identifier", identifier)
+        registry = self.registry
+        if registry.get(socket) is not None:
+            raise AlreadyRegistered(f"{socket!r} is already registered")
+        if transport is None:
+            transport = self.transport_for(socket)
+        self._pings_to(transport)
+        conn = Connection(self, socket, transport, identifier, self.context.now())
+        conn.retry_policy = retry_policy
+        transport.attach(conn)
+        first = identifier not in registry.by_identifier
+        registry.add(conn)
+        if first:
+            # Groups belong to the identifier fleet-wide: take those it has elsewhere.
+            for group in self.membership.online(identifier):
+                registry.join(identifier, group)
+        if initial is C:
+            self.resumption.registered(conn)
+        reason = "registered" if initial is C else "dialling"
+        self.apply((self.machine.start(conn, initial, reason),))
+        return conn
+
+    def forget(self, conn: Connection, reason: str) -> None:
+        """Unregister ``conn``: DISCONNECTED (if it is not already), out of every index."""
+        if not conn.registered:
+            return
+        outbox = self.outbox
+        # Before the change to DISCONNECTED, which would count these drops as "disconnected".
+        outbox.discard(conn, "unregistered")
+        conn._hold.held = False
+        conn.registered = False  # first: the DISCONNECTED effect must not forget it again
+        if conn.state is not D:
+            self.apply(self.machine.request(conn, D, reason))
+        outbox.stop_writer(conn)
+        if conn.dialled:
+            # The manager dialled it, so nobody else would close it (nor end its reader).
+            self.context.spawn(
+                outbox.close, conn.transport, 1000, "unregistered", name="wsfleet close"
+            )
+        registry = self.registry
+        registry.remove(conn)
+        self.timers.forget(conn)
+        if conn.identifier not in registry.by_identifier:
+            self.membership.offline(conn.identifier)
+        self.resumption.forget(conn)
+
+    def replace_transport(self, conn: Connection, transport: Transport) -> None:
+        """Swap in a new socket; the old one is detached (its late reports are ignored)."""
+        old = conn.transport
+        if old is transport:
+            return
+        old.connection = None
+        conn.transport = transport
+        transport.attach(conn)
+        self.context.spawn(self.outbox.close, old, 1000, "replaced", name="wsfleet close")
+
+    # -- state changes: the machine decides, ``apply`` acts ------------------------------------
+
+    def request(
+        self, conn: Connection, target: ConnectionState, reason: str
+    ) -> tuple[StateChange, ...]:
+        """Move ``conn`` to ``target`` (or ``InvalidTransition``, nothing changed) and apply."""
+        changes = self.machine.request(conn, target, reason)
+        self.apply(changes)
+        return changes
+
+    def apply(self, changes: Sequence[StateChange]) -> None:
+        """Carry out what the changes mean, in the order the module docstring gives."""
+        registry = self.registry
+        outbox = self.outbox
+        callbacks = self.callbacks
+        for change in changes:
+            conn = change.connection
+            assert isinstance(conn, Connection)
+            new = change.new
+            registry.moved(conn, change.old, new)
+            if new is C:
+                self.timers.arm(conn, reconnected=change.old is R)
+                outbox.schedule(conn)
+            elif new is D:
+                outbox.discard(conn, "disconnected")
+            if new is E or new is D:
+                outbox.stop_writer(conn)
+            if change.retry_in is not None:
+                self.timers.retry_after(conn, change.retry_in)
+            if callbacks:
+                callbacks.publish(change, conn.socket)
+            if new is D and conn.registered:
+                # Nothing holds a DISCONNECTED connection (no retry is coming, no resume
+                # window is open): it is no longer active, so it leaves the registry at once.
+                self.forget(conn, change.reason or "disconnected")
+
+    def timestamp(self, conn: Connection) -> datetime:
+        return self.machine.timestamp(conn)
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def check_message(self, message: object) -> int:
+        """The message's size on the wire; refused (changing nothing) if it cannot go out."""
+        self.context.check()
+        size = message_size(message)
+        limit = self.overflow.max_message_size
+        if size > limit:
+            raise MessageTooLarge(size, limit)
+        return size
+
+    def deliver(self, targets: Iterable[Connection], message: Message, size: int) -> int:
+        """Queue ``message`` for ``targets``; then evict the ones whose queue overflowed."""
+        outbox = self.outbox
+        count = outbox.fan_out(targets, message, size)
+        if outbox.has_evictions:
+            for conn in outbox.take_evictions():
+                if conn.registered and conn.writable:
+                    self.evict(conn, POLICY_VIOLATION, "slow consumer")
+        return count
+
+    def send_to(self, conn: Connection, message: Message) -> int:
+        """``Connection.send``: ``message`` for this one connection."""
+        size = self.check_message(message)
+        if not conn.registered:
+            return 0
+        return self.deliver((conn,), message, size)
+
+    def evict(self, conn: Connection, code: int, reason: str) -> None:
+        """Cut a connection off: ERROR (then whatever its retry policy says) and close it."""
+        outbox = self.outbox
+        outbox.stop_writer(conn)
+        outbox.discard(conn, reason)
+        if conn.state in (C, I, R):
+            self.request(conn, E, reason)
+        self.context.spawn(outbox.close, conn.transport, code, reason, name="wsfleet close")
+
+    # -- what the sockets report (``Connection`` calls these; adapters call it) ----------------
+
+    def touched(self, conn: Connection, pong: bool) -> None:
+        if not conn.registered:
+            return
+        self.timers.touched(conn, pong)
+        if not pong and conn.state is I:
+            self.request(conn, C, "activity")
+
+    def closed(self, conn: Connection, code: int | None, reason: str) -> None:
+        if not conn.registered or not conn.writable:
+            return
+        if is_clean(code):
+            self.request(conn, D, f"closed ({code}{': ' + reason if reason else ''})")
+        else:
+            self.request(conn, E, f"abnormal close ({code or 1006})")
+
+    def outbound_closed(self, conn: Connection, code: int, reason: str) -> None:
+        """A server closed a client connection: come back later, unless it said not to."""
+        if self.context.closing or not conn.registered or not conn.writable:
+            return  # closing, the manager closed it itself: no error, no retry
+        text = f"closed by the server ({code}{': ' + reason if reason else ''})"
+        self.request(conn, D if is_final(code) else E, text)
+
+    def failed(self, conn: Connection, error: BaseException | str) -> None:
+        if not conn.registered or conn.state not in (C, I, R):
+            return
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.request(conn, E, f"I/O failure: {text}")
+
+    # -- what the outbox reports -------------------------------------------------------------
+
+    def ping_written(self, conn: Connection) -> None:
+        self.timers.ping_written(conn)
+
+    def ping_unwritten(self, conn: Connection) -> None:
+        self.timers.ping_unwritten(conn)
+
+    def send_failed(self, conn: Connection, error: Exception) -> None:
+        self.failed(conn, error)
+
+    # -- what the timers report ------------------------------------------------------------------
+
+    def ping_due(self, conn: Connection) -> None:
+        self.outbox.queue_ping(conn)
+
+    def heartbeat_failed(self, conn: Connection, reason: str) -> None:
+        self.evict(conn, INTERNAL_ERROR, reason)
+
+    def went_idle(self, conn: Connection, reason: str) -> None:
+        self.request(conn, I, reason)
+
+    def retry_due(self, conn: Connection) -> None:
+        changes = self.machine.retry_due(conn)
+        self.apply(changes)
+        if not changes or changes[-1].new is not R:
+            return
+        reconnector = conn._beat.reconnector
+        if reconnector is None:
+            self.request(conn, E, "attempt failed: nothing can reconnect this socket")
+        else:
+            self.context.spawn(self.attempt, conn, reconnector, name="wsfleet retry")
+
+    async def attempt(self, conn: Connection, reconnector: Reconnector) -> None:
+        """Run one attempt; its transport replaces the old one, its failure means ERROR."""
+        serial = conn._beat.retry_serial
+        try:
+            transport = await reconnector(conn)
+        except ResumeExpired as exc:
+            if conn.registered and conn.state is R:
+                self.request(conn, D, str(exc) or "resume window expired")
+            return
+        except FinalRefusal as exc:  # e.g. HTTP 403 to the handshake: retrying will not help
+            if conn.registered and conn.state is R and conn._beat.retry_serial == serial:
+                self.request(conn, D, f"refused: {exc}")
+            return
+        except Exception as exc:
+            if conn.registered and conn.state is R and conn._beat.retry_serial == serial:
+                self.request(conn, E, f"attempt failed: {type(exc).__name__}: {exc}")
+            return
+        # No await between the reconnector's return and the decision below: an outbound
+        # holder relies on it (it starts reading only once the transport is installed).
+        if not conn.registered or conn.state is not R:
+            await self.outbox.close(transport, 1000, "no longer wanted")
+            return
+        self.replace_transport(conn, transport)
+        self.request(conn, C, "reconnected")
+
+    # -- resumption: it decides, this acts ------------------------------------------------------
+
+    def take_over(self, socket: object, identifier: str, token: str) -> Connection | None:
+        """Give a held session to a new socket, if ``token`` names one of ``identifier``'s."""
+        conn = self.resumption.find(identifier, token)
+        if conn is None:
+            return None
+        self.context.check()
+        if self.registry.get(socket) is not None:
+            raise AlreadyRegistered(f"{socket!r} is already registered")
+        transport = self.transport_for(socket)
+        self._pings_to(transport)
+        if conn.state is E:
+            try:
+                self.request(conn, R, "resuming")
+            except InvalidTransition:  # no retry left: the session is over, start afresh
+                return None
+        self.registry.rekey(conn, socket)
+        conn.socket = socket
+        self.replace_transport(conn, transport)
+        conn._hold.held = False
+        conn._beat.reconnector = None
+        self.resumption.resumed(conn)
+        self.request(conn, C, "resumed")
+        return conn
+
+    def hold(self, conn: Connection) -> bool:
+        """Keep a session whose handler ended abnormally, for its client to resume.
+
+        A server cannot redial, so its RECONNECTING means "holding": the session moves there
+        at once (the retry delay is the client's business) and waits for a resume until the
+        window closes.
+        """
+        hold = conn._hold
+        if hold.token is None or conn.state not in HELD:
+            return False
+        hold.held = True
+        wait = self.resumption.wait_for_resume
+        conn._beat.reconnector = wait
+        if conn.state is E:
+            try:
+                self.request(conn, R, "holding for the client to resume")
+            except InvalidTransition:  # no attempt left: nothing to hold
+                hold.held = False
+                return False
+            self.context.spawn(self.attempt, conn, wait, name="wsfleet hold")
+        return True

@@ -1,0 +1,72 @@
+"""Which of this node's connections a fan-out reaches: one function for every caller.
+
+A fan-out names its targets the same way whether the application called it here or another
+node's application did and the backplane carried it: everyone (``"all"``), one identifier's
+sockets (``"one"``), several identifiers' (``"many"``) or a group's members' (``"group"``),
+less the excluded identifiers and sockets. So local delivery and delivery from elsewhere
+cannot disagree about who gets a message. Lookups go through the registry's indexes: the
+cost is the size of the answer, never a scan of the fleet (except for ``"all"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from typing import Literal, TypeAlias
+
+from .connection import Connection
+from .registry import Registry
+
+__all__ = ["Kind", "excluded", "targets"]
+
+Kind: TypeAlias = Literal["all", "one", "many", "group"]
+
+_NOBODY: frozenset[int] = frozenset()
+
+
+def excluded(registry: Registry, exclude: object) -> set[int]:
+    """The sockets (by ``id``) that ``exclude`` names: a socket, an identifier, or an
+    iterable of either; anything unknown is ignored."""
+    if isinstance(exclude, str) or registry.get(exclude) is not None:
+        items: Iterable[object] = (exclude,)
+    elif isinstance(exclude, Iterable) and not isinstance(exclude, bytes):
+        items = exclude
+    else:
+        items = (exclude,)
+    skip: set[int] = set()
+    for item in items:
+        if isinstance(item, str):
+            skip.update(id(c.socket) for c in registry.connections_of(item))
+        elif registry.get(item) is not None:
+            skip.add(id(item))
+    return skip
+
+
+def targets(
+    registry: Registry,
+    to: Kind,
+    target: str | Sequence[str] | None = None,
+    skip: Collection[int] = _NOBODY,
+) -> list[Connection]:
+    """The connections ``to``/``target`` names on this node, less the sockets in ``skip``.
+
+    ``target`` is an identifier for ``"one"``, identifiers for ``"many"`` (a socket is
+    reached once however often its identifier is named), a group for ``"group"``.
+    """
+    if to == "all":
+        if not skip:
+            return list(registry.by_socket.values())
+        return [c for key, c in registry.by_socket.items() if key not in skip]
+    if to == "one":
+        assert isinstance(target, str)
+        found = registry.connections_of(target)
+    elif to == "many":
+        assert target is not None
+        assert not isinstance(target, str)
+        found = [c for name in dict.fromkeys(target) for c in registry.connections_of(name)]
+    else:
+        assert isinstance(target, str)
+        members = registry.groups.get(target, ())
+        found = [c for name in list(members) for c in registry.connections_of(name)]
+    if not skip:
+        return list(found)
+    return [c for c in found if id(c.socket) not in skip]
