@@ -97,10 +97,11 @@ class WrongType(WsfleetError, TypeError):
 class MessageTooLarge(WsfleetError, ValueError):
     """A message over the configured size limit; nothing was queued or sent."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, detail: str = "") -> None:
         self.size = size
         self.limit = limit
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        text = f"message of {size} bytes exceeds the limit of {limit} bytes"
+        super().__init__(text + detail)  # ``detail``: whose limit, and how to raise it
 
 
 class AlreadyRegistered(WsfleetError, ValueError):

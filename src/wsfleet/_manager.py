@@ -676,6 +676,8 @@ class ConnectionManager:
         limit = self.overflow.max_message_size
         if size > limit:
             raise MessageTooLarge(size, limit)
+        if self._backplane is not None:
+            self._backplane.check_message(message)
         return size
 
     def _excluded(self, exclude: object) -> set[int]:
