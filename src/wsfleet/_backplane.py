@@ -157,7 +157,14 @@ class StoreSession(ABC):
 
 
 class Backplane:
-    """Connects a manager to the other nodes of its fleet through a ``Store``."""
+    """Connects a manager to the other nodes of its fleet through a ``Store``.
+
+    ``buffer`` keeps up to that many sends while the link is down (0: refuse and count
+    them); ``max_pending`` bounds the sends waiting to be published while it is up;
+    ``op_timeout`` bounds each operation on the store. ``max_message_size`` bounds one
+    envelope on the bus, in bytes: ``check_message`` refuses a larger message before the
+    manager queues it, and an envelope over it from another node is malformed here.
+    """
 
     def __init__(
         self,
