@@ -32,7 +32,6 @@ from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,9 +48,11 @@ from ._wire import (
     Header,
     Kind,
     MalformedEnvelope,
-    decode,
+    check_body,
+    check_size,
     encode,
     encoded_size,
+    read_header,
     send_data,
 )
 from .fsm.clock import MonotonicClock
@@ -239,6 +240,9 @@ class Backplane:
         self._tally_queued = False
         #: What this node heard of the other nodes' sends.
         self._receipts = Receipts()
+        #: The time at the last heartbeat: when an envelope is heard, near enough to forget
+        #: origins silent for an hour, and cheaper than reading the clock per envelope.
+        self._heard_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Backplane {self.namespace}/{self.node_id} {self.link.state.name}>"
@@ -475,7 +479,7 @@ class Backplane:
         # So is a tally: the hello announces the count.
         self._outgoing = deque(e for e in self._outgoing if e.kind == "send")
         self._tally_queued = False
-        hello = replace(self._envelope("hello", {}), seq=self._numbers.seq(send=False))
+        hello = Envelope("hello", self.node_id, self._numbers.run, self._numbers.sent)
         await session.publish(encode(self.namespace, hello))
         self._numbers.published(hello.header)
 
@@ -542,7 +546,9 @@ class Backplane:
             send = envelope.kind == "send"
             if envelope.kind == "tally":
                 self._tally_queued = False
-            stamped = replace(envelope, seq=self._numbers.seq(send))
+            stamped = Envelope(
+                envelope.kind, envelope.node, envelope.run, self._numbers.seq(send), envelope.data
+            )
             reason = None
             try:
                 data = encode(self.namespace, stamped)
@@ -619,27 +625,26 @@ class Backplane:
                 await self._load(session, node)
             if self._numbers.unannounced():
                 self._want_tally()  # the last send may be the one a receiver missed
-            self._receipts.forget(anyio.current_time() - FORGET_ORIGINS_AFTER)
+            self._heard_at = anyio.current_time()
+            self._receipts.forget(self._heard_at - FORGET_ORIGINS_AFTER)
             await anyio.sleep(self.heartbeat_interval)
 
     async def _receive(self, messages: AsyncIterator[bytes]) -> None:
         async for raw in messages:
             try:
-                envelope = decode(self.namespace, raw, self.max_message_size)
+                header, body = read_header(self.namespace, raw)
+                if header.node == self.node_id:
+                    continue  # this node's own, back from the channel
+                check_size(header, raw, self.max_message_size)
+                envelope = check_body(header, body)
             except MalformedEnvelope as exc:
                 self.stats["malformed"] += 1
                 logger.warning("%r: skipped a malformed message: %s", self, exc)
-                # A send it replaced is dropped here, and counted as such (not as missed).
-                header = exc.header
-                if header is not None and header.node != self.node_id:
-                    new = self._arrived(header)
-                    if new and header.kind == "send":
-                        self._drop("malformed")
-                continue
-            if envelope.node == self.node_id:
+                if exc.header is not None:  # its header was sound, the rest was not
+                    self._unreadable(exc.header)
                 continue
             self.stats["received"] += 1
-            if not self._arrived(envelope.header):
+            if not self._arrived(header):
                 # A send received, or counted as missed, already: delivering it now would
                 # make it both. (A late publish from before the sender's link came back.)
                 self.stats["late"] += 1
@@ -652,10 +657,16 @@ class Backplane:
                 if envelope.kind == "send":
                     self._drop("malformed")
 
+    def _unreadable(self, header: Header) -> None:
+        """A send that arrived unreadable is dropped here, and counted as such (not as
+        missed when the next one shows the gap)."""
+        if self._arrived(header) and header.kind == "send":
+            self._drop("malformed")
+
     def _arrived(self, header: Header) -> bool:
         """Follow the origin's count: count the sends it skipped; ``False`` for a send
         already received or counted."""
-        new, skipped = self._receipts.arrived(header, anyio.current_time())
+        new, skipped = self._receipts.arrived(header, self._heard_at)
         if skipped:
             self._drop("lost in transit", skipped)
         return new

@@ -34,7 +34,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias, cast
+from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 from ._errors import WsfleetError
 
@@ -44,9 +44,12 @@ __all__ = [
     "Header",
     "Kind",
     "MalformedEnvelope",
+    "check_body",
+    "check_size",
     "decode",
     "encode",
     "encoded_size",
+    "read_header",
 ]
 
 VERSION: Final = 1
@@ -57,9 +60,9 @@ _SEND_TO: Final = frozenset(("all", "one", "many", "group"))
 _HEADER_FIELDS: Final = ("v", "ns", "node", "run", "seq", "k")
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """Who sent an envelope, in which run, at which count of its sends."""
+class Header(NamedTuple):
+    """Who sent an envelope, in which run, at which count of its sends (a tuple: one is
+    made for every envelope received)."""
 
     kind: Kind
     node: str
@@ -160,7 +163,9 @@ def _str(body: dict[str, Any], key: str, header: Header | None = None) -> str:
     return value
 
 
-def _header(namespace: str, raw: bytes | str) -> tuple[Header, dict[str, Any]]:
+def read_header(namespace: str, raw: bytes | str) -> tuple[Header, dict[str, Any]]:
+    """Parse an envelope and check its header: the header, and the body to hand to
+    ``check_body``. A subscriber reads its own envelopes back: it stops here for those."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
@@ -189,12 +194,23 @@ def decode(namespace: str, raw: bytes | str, max_size: int | None = None) -> Env
     ``max_size``: the most bytes an envelope may take (the backplane's bound); a larger one
     is refused, as a node that keeps to the bound never sends one.
     """
-    header, body = _header(namespace, raw)
+    header, body = read_header(namespace, raw)
     if max_size is not None:
-        size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
-        if size > max_size:
-            raise MalformedEnvelope(f"{size} bytes, over the bound of {max_size}", header)
-    data = {k: v for k, v in body.items() if k not in _HEADER_FIELDS}
+        check_size(header, raw, max_size)
+    return check_body(header, body)
+
+
+def check_size(header: Header, raw: bytes | str, max_size: int) -> None:
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_size:
+        raise MalformedEnvelope(f"{size} bytes, over the bound of {max_size}", header)
+
+
+def check_body(header: Header, body: dict[str, Any]) -> Envelope:
+    """The envelope, once its body (what ``read_header`` left) holds what its kind needs."""
+    for key in _HEADER_FIELDS:
+        del body[key]
+    data = body
     kind = header.kind
     if kind == "send":
         _check_send(data, header)
@@ -229,7 +245,7 @@ def _check_send(data: dict[str, Any], header: Header) -> None:
             base64.b64decode(data["b64"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise MalformedEnvelope("field 'b64' is not base64", header) from None
-    target = data.get("target")
+    target: Any = data.get("target")
     if data["to"] in ("one", "group") and not isinstance(target, str):
         raise MalformedEnvelope("field 'target' must be a string", header)
     if data["to"] == "many" and not (
@@ -239,11 +255,11 @@ def _check_send(data: dict[str, Any], header: Header) -> None:
     exclude = data.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
         raise MalformedEnvelope("field 'exclude' must be a list of strings", header)
-    names: list[str] = []  # an "all" has no target; any other's type was checked above
-    if isinstance(target, str):
-        names = [target]
-    elif data["to"] == "many" and isinstance(target, list):
-        names = target
-    for key, values in (("target", names), ("exclude", exclude)):
-        if not all(_utf8(value) for value in values):
-            raise MalformedEnvelope(f"field {key!r} is not valid Unicode", header)
+    if isinstance(target, str):  # an "all" has no target; the others' types are checked
+        valid = _utf8(target)
+    else:
+        valid = data["to"] != "many" or all(map(_utf8, target))
+    if not valid:
+        raise MalformedEnvelope("field 'target' is not valid Unicode", header)
+    if exclude and not all(map(_utf8, exclude)):
+        raise MalformedEnvelope("field 'exclude' is not valid Unicode", header)
