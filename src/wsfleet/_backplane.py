@@ -427,6 +427,7 @@ class Backplane:
 
     async def _connected_life(self) -> None:
         async with self.store.session() as session, session.subscribe() as messages:
+            self._heard_at = anyio.current_time()
             with anyio.fail_after(self.op_timeout * 3):
                 await self._resync(session)
             self._machine.request(self.link, C, "connected")
@@ -625,9 +626,9 @@ class Backplane:
                 await self._load(session, node)
             if self._numbers.unannounced():
                 self._want_tally()  # the last send may be the one a receiver missed
-            self._heard_at = anyio.current_time()
             self._receipts.forget(self._heard_at - FORGET_ORIGINS_AFTER)
             await anyio.sleep(self.heartbeat_interval)
+            self._heard_at = anyio.current_time()
 
     async def _receive(self, messages: AsyncIterator[bytes]) -> None:
         async for raw in messages:
