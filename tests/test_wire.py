@@ -131,7 +131,7 @@ LONE_SURROGATES: dict[str, bytes] = {
 
 @pytest.mark.parametrize("fields", list(LONE_SURROGATES.values()), ids=list(LONE_SURROGATES))
 def test_a_send_with_a_lone_surrogate_is_malformed_with_its_header(fields: bytes) -> None:
-    head = b'{"v": 1, "ns": "wsfleet", "node": "n9", "run": "r9", "seq": 3, "k": "send", '
+    head = b'{"v": 2, "ns": "wsfleet", "node": "n9", "run": "r9", "seq": 3, "k": "send", '
     data = head + (b"" if b'"to"' in fields else b'"to": "all", ') + fields + b"}"
     assert json.loads(data)  # valid JSON all the same
     with pytest.raises(MalformedEnvelope, match="not valid Unicode") as info:
@@ -203,7 +203,8 @@ REFUSED: dict[str, bytes | str] = {
     "no namespace": raw(ns=None),
     "namespace not a string": raw(ns=["wsfleet"]),
     # other version
-    "version 2": raw(v=VERSION + 1),
+    "next version": raw(v=VERSION + 1),
+    "version 1": raw(v=1),  # numbered every envelope, had no run: it cannot be counted
     "version 0": raw(v=0),
     "no version": raw(v=None),
     "version as string": raw(v=str(VERSION)),

@@ -2,7 +2,7 @@
 
 Every envelope is one JSON object::
 
-    {"v": 1, "ns": "wsfleet", "node": "<id>", "run": "<id>", "seq": 17, "k": "<kind>", ...}
+    {"v": 2, "ns": "wsfleet", "node": "<id>", "run": "<id>", "seq": 17, "k": "<kind>", ...}
 
 ``run`` names one run of the origin node (a fresh random value each time a backplane starts),
 so that a node id reused by a new process starts a new count. ``seq`` is the origin's count of
@@ -52,7 +52,9 @@ __all__ = [
     "read_header",
 ]
 
-VERSION: Final = 1
+#: Version 2 added ``run`` and made ``seq`` the count of sends (version 1 numbered every
+#: envelope, and nobody read it): a node of either refuses the other's envelopes outright.
+VERSION: Final = 2
 
 Kind: TypeAlias = Literal["send", "join", "leave", "online", "offline", "kick", "hello", "tally"]
 _KINDS: Final = frozenset(("send", "join", "leave", "online", "offline", "kick", "hello", "tally"))

@@ -220,7 +220,7 @@ async def test_a_forged_envelope_with_a_lone_surrogate_reaches_no_socket(
     """80 bytes of valid JSON on the bus, whose text no socket could send: every node counts
     it as malformed and drops it; no connection anywhere changes state; all keep receiving."""
     forged = (
-        b'{"v":1,"ns":"wsfleet-accounting","node":"x","run":"r","seq":1,"k":"send",'
+        b'{"v":2,"ns":"wsfleet-accounting","node":"x","run":"r","seq":1,"k":"send",'
         b'"to":"all","text":"\\ud800"}'
     )
     assert len(forged) <= 100

@@ -34,6 +34,7 @@ import pytest
 
 from redis_server import UNCLOSED, RedisServer
 from wsfleet import ConnectionManager, Delivery
+from wsfleet._wire import VERSION
 from wsfleet.adapters.redis import RedisBackplane
 from wsfleet.testing import MemoryTransport
 
@@ -306,14 +307,14 @@ async def test_membership_and_presence_agree_on_every_node(redis: RedisServer) -
 
 
 async def test_garbage_on_the_channel_is_skipped_and_counted(redis: RedisServer) -> None:
-    envelope = {"v": 1, "ns": NAMESPACE, "node": "intruder", "run": "r", "seq": 1, "k": "send"}
+    envelope = {"v": VERSION, "ns": NAMESPACE, "node": "x", "run": "r", "seq": 1, "k": "send"}
     envelope["to"] = "all"
     garbage = [
         b"not json",
         b"\xff\xfe\x00 binary",
         json.dumps([1, 2, 3]).encode(),
         json.dumps({**envelope, "ns": "another-app", "text": "hi"}).encode(),
-        json.dumps({**envelope, "v": 2, "text": "hi"}).encode(),
+        json.dumps({**envelope, "v": VERSION - 1, "text": "hi"}).encode(),
         json.dumps({**envelope, "k": "launch", "text": "hi"}).encode(),
         json.dumps({**envelope, "to": "all"}).encode(),  # neither text nor b64
     ]
