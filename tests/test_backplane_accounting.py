@@ -41,6 +41,12 @@ def drops(manager: ConnectionManager) -> dict[str, int]:
     return {k: v for k, v in manager.stats().drops.items() if k.startswith("backplane:")}
 
 
+def link_errors(manager: ConnectionManager) -> int:
+    stats = manager.stats().backplane
+    assert stats is not None
+    return stats.get("link error", 0)
+
+
 def connected(*managers: ConnectionManager) -> bool:
     return all(m.stats().backplane_state == "CONNECTED" for m in managers)
 
@@ -189,7 +195,7 @@ async def test_a_publish_whose_answer_was_lost_is_not_counted_twice() -> None:
         fa.lose_answers = 1
         await sender.send()
         await wait_until(lambda: bob.received == ["1"], "b delivered it")
-        await wait_until(lambda: connected(a, b), "a's link came back")
+        await wait_until(lambda: link_errors(a) == 1 and connected(a, b), "a's link came back")
         await sender.send()
         await wait_until(lambda: bob.received == ["1", "2"], "and the next one")
         await anyio.sleep(3 * HEARTBEAT)  # a's tallies come and go

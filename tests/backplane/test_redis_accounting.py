@@ -206,7 +206,10 @@ async def test_a_message_redis_drops_with_its_subscribers_is_counted(redis: Redi
         await ledger.send()
         await wait_until(lambda: len(ledger.socket.received) == 1, "the first arrived")
         await ledger.send("y" * (1024 * 1024))  # under the bound, over Redis' limit
-        await wait_until(lambda: counter(b, "link error") >= 1, "Redis dropped b's subscription")
+        await wait_until(
+            lambda: counter(a, "link error") >= 1 and counter(b, "link error") >= 1,
+            "Redis dropped both subscriptions",
+        )
         await wait_until(lambda: connected(a, b), "both back")
         await ledger.send()
         await wait_until(ledger.balanced, f"the sum balances: {ledger.explain()}")
