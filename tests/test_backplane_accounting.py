@@ -10,6 +10,7 @@ while another sent. The sum checked each time is the contract: what node a accep
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -17,7 +18,14 @@ from typing import Any
 import anyio
 import pytest
 
-from wsfleet import Backplane, ConnectionManager, InMemoryHub, MessageTooLarge, RetryPolicy
+from wsfleet import (
+    Backplane,
+    ConnectionManager,
+    InMemoryHub,
+    InvalidArgument,
+    MessageTooLarge,
+    RetryPolicy,
+)
 from wsfleet._accounting import Receipts, SendNumbers
 from wsfleet._backplane import ENVELOPE_ROOM, Store, StoreSession
 from wsfleet._wire import Header
@@ -64,6 +72,8 @@ class Faulty(Store):
         self.lose_answers = 0
         self.swallow = 0
         self.cut = False
+        #: The backplane of the node this store serves.
+        self.backplane: Backplane | None = None
 
     def check(self) -> None:
         if self.cut:
@@ -147,7 +157,7 @@ async def pair(
         faults, managers = [], []
         for name in ("a", "b"):
             faulty = Faulty(hub)
-            backplane = Backplane(faulty, node_id=name, **settings)
+            backplane = faulty.backplane = Backplane(faulty, node_id=name, **settings)
             manager = await stack.enter_async_context(ConnectionManager(backplane=backplane))
             faults.append(faulty)
             managers.append(manager)
@@ -274,10 +284,14 @@ async def test_a_node_restarted_under_the_same_id_is_counted_afresh() -> None:
         assert drops(b) == {}
 
 
-async def test_an_identifier_that_cannot_be_encoded_is_counted_by_the_sender() -> None:
-    async with pair() as (a, _, b, _, bob):
-        delivery = await a.send_to_one("bob\udc80", "hi")
-        assert delivery.published  # accepted: the envelope is built later
+async def test_a_send_that_cannot_be_encoded_is_counted_by_the_sender() -> None:
+    """The manager refuses names with a lone surrogate up front; were one to reach the
+    backplane, it is counted where it fails, and the link goes on."""
+    async with pair() as (a, fa, b, _, bob):
+        with pytest.raises(InvalidArgument, match="valid Unicode"):
+            await a.send_to_one("bob\udc80", "hi")
+        assert fa.backplane is not None
+        assert fa.backplane.send("one", "bob\udc80", "hi", [])  # accepted: built later
         await wait_until(lambda: drops(a) == {"backplane: unencodable": 1}, "counted")
         await a.broadcast("next")
         await wait_until(lambda: bob.received == ["next"], "the link lives on")
@@ -328,6 +342,11 @@ def test_check_message_measures_text_as_json_writes_it() -> None:
     for message in ("a" * 601, "\x00" * 101, b"\x00" * 451):
         with pytest.raises(MessageTooLarge):
             backplane.check_message(message)
+    with pytest.raises(MessageTooLarge) as info:
+        backplane.check_message("a" * 601)
+    copy = pickle.loads(pickle.dumps(info.value))  # its explanation goes with it
+    assert (str(copy), copy.size, copy.limit) == (str(info.value), 601 + ENVELOPE_ROOM, 4696)
+    assert "backplane" in copy.detail
     with pytest.raises(TypeError):
         backplane.check_message(["not", "a", "message"])
 

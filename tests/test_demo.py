@@ -8,7 +8,9 @@ and talks to it as the browser pages do: HTTP GETs for the pages, websockets cli
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,10 +27,12 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidS
 
 from adapters.clients import client
 from redis_server import running_redis
-from wsfleet import ConnectionState
+from wsfleet import ConnectionState, InvalidArgument
 from wsfleet.cli import main
 from wsfleet.demo import Demo, open_demo
 from wsfleet.demo._board import PUSH_INTERVAL
+from wsfleet.demo._origins import OriginCheck, normalize_origin
+from wsfleet.demo._pages import ENDPOINTS
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -51,6 +55,33 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
             while len(body) < int(headers["content-length"]):
                 body += await stream.receive()
     return int(lines[0].split()[1]), headers, body
+
+
+async def handshake(port: int, path: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    """A WebSocket opening handshake over raw TCP, with exactly ``headers`` besides the
+    upgrade's own (Host included, so that a test can send any): the status and the body."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        *(f"{name}: {value}" for name, value in headers),
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        with anyio.fail_after(5):
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            head, _, body = data.partition(b"\r\n\r\n")
+            status = int(head.split()[1])
+            if status != 101:
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += await stream.receive()
+    return status, body
 
 
 async def receive(ws: Any) -> dict[str, Any]:
@@ -143,7 +174,8 @@ async def drain(ws: Any) -> None:
 
 async def join(ws: Any, group: str) -> None:
     await ask(ws, op="join", group=group)
-    assert (await receive(ws))["op"] == "joined"
+    reply = await receive(ws)
+    assert (reply["op"], reply["already"]) == ("joined", False)
 
 
 pytestmark = pytest.mark.anyio
@@ -207,6 +239,179 @@ async def test_websocket_requests_are_checked_before_the_handshake() -> None:
         assert caught.value.response.status_code == 404
 
 
+# -- the origin check ---------------------------------------------------------------------------
+
+#: A request to each WebSocket endpoint that the demo would accept but for its origin.
+ENDPOINT_REQUESTS = {"/ws": "/ws?id=mallory", "/admin": "/admin"}
+EVIL = "https://evil.example"
+
+
+def test_every_endpoint_has_a_request_in_the_origin_tests() -> None:
+    assert set(ENDPOINT_REQUESTS) == set(ENDPOINTS)
+
+
+async def test_pages_of_another_site_may_not_open_any_socket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        open_demo("127.0.0.1", 0) as demo,
+        admin(demo) as board,
+        chatter(demo, "alice") as alice,
+    ):
+        await join(alice, "lobby")
+        await board.until(lambda: board.row("alice", "CONNECTED"))
+        port = demo.port
+        here = f"127.0.0.1:{port}"
+        refused = [
+            (EVIL, here),
+            ("null", here),  # a sandboxed frame, a file:// page
+            (f"https://{here}", here),  # the right host, another scheme
+            (f"http://127.0.0.1:{port + 1}", here),  # another port
+            (f"http://localhost:{port}", here),  # an alias, but not what the page was served as
+            (f"http://evil.example:{port}", f"evil.example:{port}"),  # DNS rebinding
+        ]
+        before = demo.manager.stats()
+        for rounds in range(2):  # the second round is not logged again
+            for path in ENDPOINT_REQUESTS.values():
+                for origin, host in refused:
+                    status, body = await handshake(port, path, [("Host", host), ("Origin", origin)])
+                    assert status == 403, (path, origin, host)
+                    assert b"not this demo" in body
+                status, _ = await handshake(
+                    port, path, [("Host", here), ("Origin", EVIL), ("Origin", f"http://{here}")]
+                )
+                assert status == 403, "two Origin headers"
+            # What a browser page would do: its websockets client gets the same answer.
+            for path in ENDPOINT_REQUESTS.values():
+                with pytest.raises(InvalidStatus) as caught:
+                    async with client(demo.ws_url + path, origin=EVIL):
+                        pass
+                assert caught.value.response.status_code == 403, path
+            if rounds == 0:
+                logged = [r for r in caplog.records if r.name == "wsfleet.demo"]
+        assert demo.origins.refused == 2 * len(ENDPOINT_REQUESTS) * (len(refused) + 2)
+        warnings = [r for r in caplog.records if r.name == "wsfleet.demo"]
+        assert warnings == logged, "a refused origin is logged once"
+        assert len(warnings) == len(refused) + 1  # each origin, and "(several)"
+        assert all(r.levelno == logging.WARNING and "403" in r.getMessage() for r in warnings)
+        assert any(EVIL in r.getMessage() for r in warnings)
+
+        # Nothing changed: no connection, no state change, no drop; the fleet goes on.
+        pushed = board.snapshots
+        await board.until(lambda: board.snapshots >= pushed + 2)
+        after = demo.manager.stats()
+        assert demo.manager.identifiers() == {"alice", "dashboard"}
+        assert (after.connections, after.drops, after.groups) == (
+            before.connections,
+            before.drops,
+            before.groups,
+        )
+        assert board.changes("mallory") == []
+        assert board.row("mallory") is None
+        assert board.acks == []
+        await ask(alice, op="say", group="lobby", text="still here")
+        assert (await receive(alice))["text"] == "still here"
+        assert board.row("alice", "CONNECTED") is not None
+
+
+async def test_the_demos_own_pages_may_open_every_socket() -> None:
+    async with open_demo("127.0.0.1", 0) as demo:
+        port = demo.port
+        own = f"http://127.0.0.1:{port}"
+        # As the browser sends it: the Origin is the page's, the Host is where it connects.
+        for name in ("127.0.0.1", "localhost", "[::1]"):
+            here = f"{name}:{port}"
+            for path in ENDPOINT_REQUESTS.values():
+                status, _ = await handshake(
+                    port, path, [("Host", here), ("Origin", f"http://{here}")]
+                )
+                assert status == 101, (path, here)
+        # A program sends no Origin at all: let in (the check is against pages, not programs).
+        for path in ENDPOINT_REQUESTS.values():
+            status, _ = await handshake(port, path, [("Host", f"127.0.0.1:{port}")])
+            assert status == 101, path
+        async with client(f"{demo.ws_url}/ws?id=alice", origin=own) as ws:
+            assert (await receive(ws))["op"] == "welcome"
+        async with client(f"{demo.ws_url}/admin", origin=own) as ws:
+            assert (await receive(ws))["type"] == "hello"
+        assert demo.origins.refused == 0
+
+
+async def test_allow_origin_widens_the_check() -> None:
+    allowed = ["https://Chat.Example:443", "http://10.0.0.7:8080/"]
+    async with open_demo("127.0.0.1", 0, allow_origins=allowed) as demo:
+        assert demo.origins.allowed == {"https://chat.example", "http://10.0.0.7:8080"}
+        here = f"127.0.0.1:{demo.port}"
+        for path in ENDPOINT_REQUESTS.values():
+            for origin, status in [
+                ("https://chat.example", 101),
+                ("http://10.0.0.7:8080", 101),
+                (f"http://{here}", 101),  # the demo's own pages still may
+                ("https://chat.example:8443", 403),
+                ("http://chat.example", 403),
+                (EVIL, 403),
+            ]:
+                got, _ = await handshake(demo.port, path, [("Host", here), ("Origin", origin)])
+                assert got == status, (path, origin)
+        async with client(f"{demo.ws_url}/admin", origin="https://chat.example") as ws:
+            assert (await receive(ws))["type"] == "hello"
+
+
+BAD_ORIGINS = [
+    "chat.example",
+    "https://chat.example/path",
+    "https://chat.example?x=1",
+    "https://user@chat.example",
+    "https://chat.example:99999",
+    "ftp://chat.example",
+    "https://",
+    "null",
+    "*",
+    "",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ORIGINS)
+def test_an_origin_that_is_not_one_is_refused_clearly(bad: str) -> None:
+    with pytest.raises(InvalidArgument, match="an origin is http"):
+        normalize_origin(bad)
+    with pytest.raises(InvalidArgument):
+        OriginCheck("127.0.0.1", ["https://fine.example", bad])
+
+
+async def test_a_bad_allowed_origin_stops_the_demo_before_it_starts() -> None:
+    entered = False
+    with pytest.raises(InvalidArgument, match=r"'chat\.example'"):
+        async with open_demo("127.0.0.1", 0, allow_origins=["chat.example"]):
+            entered = True
+    assert not entered
+
+
+def test_demo_command_refuses_a_bad_allowed_origin(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--port", "0", "--allow-origin", "https://chat.example/x"]) == 2
+    assert "--allow-origin: an origin is http(s)://host[:port]" in capsys.readouterr().err
+
+
+def test_own_origins_follow_the_address_the_demo_is_reached_on() -> None:
+    wildcard = OriginCheck("0.0.0.0")
+    assert wildcard.own_origins(("192.0.2.5", 8000)) == {"http://192.0.2.5:8000"}
+    assert wildcard.own_origins(("::ffff:127.0.0.1", 80, 0, 0)) == {
+        "http://127.0.0.1",
+        "http://localhost",
+        "http://[::1]",
+    }
+    named = OriginCheck("demo.example")
+    assert named.own_origins(("192.0.2.5", 8000)) == {
+        "http://demo.example:8000",
+        "http://192.0.2.5:8000",
+    }
+    assert OriginCheck("::1").own_origins(("::1", 8000, 0, 0)) == {
+        "http://127.0.0.1:8000",
+        "http://localhost:8000",
+        "http://[::1]:8000",
+    }
+
+
 # -- the chat ----------------------------------------------------------------------------------
 
 
@@ -243,8 +448,23 @@ async def test_chat_groups_people_and_everyone() -> None:
             "groups": ["lobby"],
         }
 
+        # Joining twice is harmless and says so (the page shows "already in lobby").
+        await ask(bob, op="join", group="lobby")
+        assert await receive(bob) == {
+            "op": "joined",
+            "group": "lobby",
+            "groups": ["lobby"],
+            "already": True,
+        }
         await ask(bob, op="leave", group="lobby")
-        assert await receive(bob) == {"op": "left", "group": "lobby", "groups": []}
+        assert await receive(bob) == {
+            "op": "left",
+            "group": "lobby",
+            "groups": [],
+            "already": False,
+        }
+        await ask(bob, op="leave", group="lobby")
+        assert (await receive(bob))["already"] is True
         await ask(bob, op="say", group="lobby", text="ghost")
         assert (await receive(bob))["op"] == "error"
         for bad in [
@@ -277,7 +497,17 @@ async def test_dashboard_sees_every_connection_with_its_state_and_groups() -> No
             assert me["groups"] == ["admins"]
             assert me["kind"] == "dashboard"
             assert board.snapshot is not None
-            assert board.snapshot["states"]["CONNECTED"] == 2
+            assert board.snapshot["rows"][-1] == me  # the fleet first, the dashboard last
+            # The dashboard is not counted among the fleet it watches.
+            assert board.snapshot["states"]["CONNECTED"] == 1
+            assert board.snapshot["dashboards"] == 1
+            counters = board.snapshot["stats"]
+            assert (counters["connections"], counters["identifiers"], counters["groups"]) == (
+                1,
+                1,
+                1,
+            )
+            assert demo.manager.stats().connections == 2  # the manager's own count is whole
             assert board.snapshot["backend"] in ("asyncio", "trio")
             assert (None, "CONNECTED", "registered") in board.changes("alice")
 
@@ -287,6 +517,8 @@ async def test_dashboard_sees_every_connection_with_its_state_and_groups() -> No
         assert ("CONNECTED", "DISCONNECTED") in [c[:2] for c in board.changes("alice")]
         assert board.snapshot is not None
         assert board.snapshot["gone"] == 1
+        # The fleet's rows, the gone ones included, come before the dashboard watching them.
+        assert [row["identifier"] for row in board.snapshot["rows"]] == ["alice", "dashboard"]
 
 
 async def test_dashboard_updates_are_batched() -> None:
@@ -372,11 +604,21 @@ async def test_stall_evicts_a_slow_consumer() -> None:
         assert row["kind"] == "simulated"
         assert row["groups"] == ["lobby"]
 
-        await board.until(lambda: board.row("slow-1", "DISCONNECTED"), timeout=10)
+        gone = await board.until(lambda: board.row("slow-1", "DISCONNECTED"), timeout=10)
         assert ("CONNECTED", "ERROR", "slow consumer") in board.changes("slow-1")
+        # Its row says both why it failed and why it was not retried.
+        assert gone["reason"].startswith("slow consumer / ")
         assert board.snapshot is not None
         assert board.snapshot["drops"].get("slow consumer", 0) > 0
         assert "slow-1" not in demo.manager.identifiers()  # forgotten once DISCONNECTED
+
+
+async def test_an_evicted_slow_consumer_was_not_retried_for_want_of_a_policy() -> None:
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        assert (await board.press(op="stall"))["ok"]
+        gone = await board.until(lambda: board.row("slow-1", "DISCONNECTED"), timeout=10)
+        assert ("ERROR", "DISCONNECTED", "no retry policy") in board.changes("slow-1")
+        assert gone["reason"] == "slow consumer / no retry policy"
 
 
 async def test_kill_closes_every_chat_connection_with_1001() -> None:

@@ -2,19 +2,24 @@
 
 ``python -m wsfleet demo`` runs as a program on a free port (once per backend) and real
 pages do what a visitor does: chat between two pages, watch them on the dashboard, close
-one, drop one, stall a simulated client. No browser is downloaded: Playwright launches the
-system's ``chromium`` (``apt-get install chromium``); these tests are skipped, saying why,
-when it or Playwright is missing. Every wait is bounded.
+one, drop one, stall a simulated client. A page of another site (a second origin: a tiny
+server on another port) tries to take the demo's sockets over, and must fail. No browser is
+downloaded: Playwright launches the system's ``chromium`` (``apt-get install chromium``);
+these tests are skipped, saying why, when it or Playwright is missing. Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,11 +56,25 @@ def free_port() -> int:
     return port
 
 
+@dataclass(frozen=True)
+class Served:
+    """A demo program: its base URL and the file its standard error goes to."""
+
+    url: str
+    stderr: Path
+
+    @property
+    def port(self) -> int:
+        port = urlsplit(self.url).port
+        assert port is not None
+        return port
+
+
 @pytest.fixture(scope="module", params=["asyncio", "trio"])
-def demo_url(
+def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """``python -m wsfleet demo --backend <loop>`` on a free port; its base URL."""
+) -> Iterator[Served]:
+    """``python -m wsfleet demo --backend <loop>`` on a free port."""
     port = free_port()
     stderr = tmp_path_factory.mktemp("demo") / "stderr.txt"
     with (
@@ -81,7 +100,7 @@ def demo_url(
             assert process.stdout is not None
             line = process.stdout.readline()
             assert f"http://127.0.0.1:{port}/" in line, line + stderr.read_text()
-            yield f"http://127.0.0.1:{port}/"
+            yield Served(f"http://127.0.0.1:{port}/", stderr)
         finally:
             process.terminate()
             try:
@@ -89,6 +108,11 @@ def demo_url(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+def demo_url(served: Served) -> str:
+    return served.url
 
 
 @pytest.fixture(scope="module")
@@ -229,4 +253,165 @@ def test_stall_shows_a_slow_consumer_evicted(visit: Visit) -> None:
     expect(slow).to_have_count(before + 1, timeout=WAIT)
     expect(slow.last.locator(".state")).to_have_text("DISCONNECTED", timeout=10_000)
     expect(slow.last.locator(".trail")).to_contain_text("ERROR", timeout=WAIT)
+    # Why it failed, then why it was not retried.
+    expect(slow.last.locator(".reason")).to_contain_text("slow consumer / ", timeout=WAIT)
     expect(dashboard.locator("#drops")).to_contain_text("slow consumer", timeout=WAIT)
+
+
+# -- the newcomer's path ------------------------------------------------------------------------
+
+
+def test_joined_lobby_is_said_once(visit: Visit) -> None:
+    gina = chat(visit, "gina")
+    lines = gina.locator("#messages li")
+    joined = gina.locator("#messages li", has_text="joined lobby")
+    expect(joined).to_have_count(1)
+    # The join box is empty: joining the lobby again is not offered; an empty join sends
+    # nothing.
+    expect(gina.locator("#group")).to_have_value("")
+    count = lines.count()
+    gina.click("#join-form button")
+    gina.fill("#group", "lobby")
+    gina.click("#join-form button")
+    expect(gina.locator("#messages li", has_text="already in lobby")).to_have_count(1)
+    assert lines.count() == count + 1
+    expect(joined).to_have_count(1)
+    # A second tab of the same name is in the lobby already: it says so, and joins nothing.
+    again = chat(visit, "gina")
+    expect(again.locator("#messages li", has_text="already in lobby")).to_have_count(1)
+    expect(again.locator("#messages li", has_text="joined")).to_have_count(0)
+
+
+def test_the_message_list_says_when_it_trims_old_lines(visit: Visit, served: Served) -> None:
+    from websockets.sync.client import connect
+
+    hank = chat(visit, "hank")
+    limit = 300  # MAX_MESSAGES in chat.js
+    extra = 5
+    with connect(f"ws://127.0.0.1:{served.port}/ws?id=ivy", open_timeout=5) as ivy:
+        assert json.loads(ivy.recv(timeout=5))["op"] == "welcome"
+        ivy.send(json.dumps({"op": "join", "group": "lobby"}))
+        assert json.loads(ivy.recv(timeout=5))["op"] == "joined"
+        # One line at a time, each read back, so that ivy never falls behind.
+        for n in range(limit + extra):
+            ivy.send(json.dumps({"op": "say", "group": "lobby", "text": f"line {n}"}))
+            assert json.loads(ivy.recv(timeout=5))["text"] == f"line {n}"
+    last = hank.locator("#messages li").last.locator(".text")
+    expect(last).to_have_text(f"line {limit + extra - 1}", timeout=10_000)
+    notice = hank.locator("#messages li.trimmed")
+    # "joined lobby" and the first lines are gone: 1 + 305 lines, 300 kept.
+    expect(notice).to_have_text(
+        f"{extra + 1} older messages were trimmed: this list keeps the latest {limit}"
+    )
+    expect(hank.locator("#messages li:not(.trimmed)")).to_have_count(limit)
+    expect(hank.locator("#messages li").first).to_have_class("trimmed")
+
+
+def test_the_dashboard_does_not_count_itself(visit: Visit) -> None:
+    dashboard = visit.page("/dashboard")
+    expect(dashboard.locator("#link")).to_have_text("live", timeout=WAIT)
+    chat(visit, "jill")
+    expect(state_of(dashboard, "jill")).to_have_text("CONNECTED", timeout=WAIT)
+    expect(dashboard.locator("#watching")).to_have_text(
+        "not counted: 1 dashboard watching", timeout=WAIT
+    )
+    counts = dashboard.evaluate(
+        """() => ({
+            chip: Number(document.querySelector("#count-CONNECTED").textContent),
+            rows: document.querySelectorAll(
+                '#connections tr[data-state="CONNECTED"]:not([data-kind="dashboard"])').length,
+            last: document.querySelector("#connections tbody tr:last-child").dataset.kind,
+        })"""
+    )
+    assert counts["chip"] == counts["rows"] >= 1
+    assert counts["last"] == "dashboard"  # the fleet's rows first, the watcher's last
+
+
+# -- another site -------------------------------------------------------------------------------
+
+#: A page of another site that tries to take the demo's sockets over: read the dashboard's
+#: feed and press "kill", talk in the chat. It reports what each socket managed to do.
+HOSTILE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>elsewhere</title></head><body>
+<script>
+function attempt(url, requests) {
+  return new Promise((resolve) => {
+    const result = { opened: false, received: 0, code: null };
+    const ws = new WebSocket(url);
+    ws.onopen = () => {
+      result.opened = true;
+      for (const request of requests) ws.send(JSON.stringify(request));
+    };
+    ws.onmessage = () => { result.received += 1; };
+    ws.onclose = (event) => { result.code = event.code; resolve(result); };
+    setTimeout(() => { ws.close(); resolve(result); }, 3000);  // bounded, opened or not
+  });
+}
+window.outcome = Promise.all([
+  attempt("ws://127.0.0.1:PORT/admin", [{ op: "kill" }, { op: "stall" }]),
+  attempt("ws://127.0.0.1:PORT/ws?id=mallory", [{ op: "shout", text: "pwned" }]),
+]);
+</script></body></html>
+"""
+
+
+@pytest.fixture
+def elsewhere(served: Served) -> Iterator[str]:
+    """A second origin: a tiny server on another port of 127.0.0.1 serving the hostile page."""
+    page = HOSTILE_PAGE.replace("PORT", str(served.port)).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the test reads what the browser says, not this server's access log."""
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        thread = threading.Thread(target=server.serve_forever, name="elsewhere", daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+
+
+def test_a_page_of_another_site_cannot_use_the_demo(
+    visit: Visit, browser: Browser, served: Served, elsewhere: str
+) -> None:
+    dashboard = visit.page("/dashboard")
+    expect(dashboard.locator("#link")).to_have_text("live", timeout=WAIT)
+    kate = chat(visit, "kate")
+    expect(state_of(dashboard, "kate")).to_have_text("CONNECTED", timeout=WAIT)
+
+    other = browser.new_context()
+    console: list[str] = []
+    try:
+        hostile = other.new_page()
+        hostile.set_default_timeout(WAIT)
+        hostile.on("console", lambda message: console.append(message.text))
+        hostile.goto(elsewhere)
+        admin, chat_socket = hostile.evaluate("() => window.outcome")
+    finally:
+        other.close()
+    for name, result in [("/admin", admin), ("/ws", chat_socket)]:
+        assert result == {"opened": False, "received": 0, "code": 1006}, name
+        # The browser says why: the server answered the handshake with 403.
+        refused = [text for text in console if name in text and "403" in text]
+        assert refused, (name, console)
+
+    # The demo refused the page and said so, once for its origin; nothing happened.
+    origin = elsewhere.rstrip("/")
+    log = served.stderr.read_text()
+    assert log.count(f"the page is from {origin}, not this demo") == 1, log
+    expect(dashboard.locator("#link")).to_have_text("live")
+    expect(dashboard.locator("#ack")).to_have_text("")
+    expect(dashboard.locator('#connections tr[data-identifier="mallory"]')).to_have_count(0)
+    expect(state_of(dashboard, "kate")).to_have_text("CONNECTED")
+    expect(kate.locator("#status")).to_have_text("connected as kate")
+    expect(kate.locator("#messages")).not_to_contain_text("pwned")

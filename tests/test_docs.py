@@ -240,3 +240,19 @@ def test_the_testing_how_to_test_module_passes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7 passed" in result.stdout
+
+
+def test_the_fastapi_how_to_app_passes_its_own_test_twice_in_one_process(tmp_path: Path) -> None:
+    """The lifespan owns the manager: two TestClient(app) runs in one process both work."""
+    page = DOCS / "howto" / "fastapi.md"
+    (tmp_path / "app.py").write_text(titled(page, "app.py"), encoding="utf-8")
+    (tmp_path / "test_app.py").write_text(titled(page, "test_app.py"), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout

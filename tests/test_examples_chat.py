@@ -19,8 +19,18 @@ pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+class Chat(str):
+    """The URL of a running chat example; ``log()`` is what it logged so far."""
+
+    log_file: Path
+    kind: str
+
+    def log(self) -> str:
+        return self.log_file.read_text(encoding="utf-8")
+
+
 @pytest.fixture(params=["asyncio", "trio", "asgi"])
-def chat_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def chat_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chat]:
     """Start ``examples/<kind>/chat.py`` on a free port; yield its URL."""
     script = EXAMPLES / request.param / "chat.py"
     errors = tmp_path / "stderr.txt"
@@ -37,7 +47,11 @@ def chat_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
             assert process.stdout is not None
             line = process.stdout.readline()
             assert line.startswith("listening on ws://127.0.0.1:"), line + errors.read_text()
-            yield line.split("listening on ", 1)[1].strip()
+            chat = Chat(line.split("listening on ", 1)[1].strip())
+            chat.log_file = errors
+            chat.kind = request.param
+            yield chat
+            assert process.poll() is None, "the server died: " + errors.read_text()
         finally:
             process.terminate()
             try:
@@ -86,3 +100,87 @@ async def test_chat_groups_private_messages_and_errors(chat_server: str) -> None
         assert (await reply(bob))["op"] == "error"
         await ask(bob, {"op": "tell", "to": "alice", "text": "still here"})
         assert await reply(alice) == {"op": "told", "from": "bob", "text": "still here"}
+
+
+async def closed_with(url: str) -> tuple[int | None, str]:
+    """Connect and wait for the server to close: the close code and reason it sent."""
+    async with client(url) as ws:
+        with anyio.fail_after(5):
+            await ws.wait_closed()
+        return ws.close_code, ws.close_reason
+
+
+async def test_a_missing_or_bad_identifier_is_closed_with_1008_the_same_everywhere(
+    chat_server: Chat,
+) -> None:
+    for url in (chat_server, f"{chat_server}?id=", f"{chat_server}?id={'x' * 300}"):
+        code, reason = await closed_with(url)
+        assert code == 1008
+        assert reason.startswith("invalid identifier: identifier must")
+    async with client(f"{chat_server}?id=alice") as alice:  # still serving
+        await ask(alice, {"op": "join", "group": "g"})
+        assert await reply(alice) == {"op": "joined", "group": "g"}
+
+
+HOSTILE: list[str | bytes] = [
+    "not json",
+    "[" * 100_000 + "]" * 100_000,  # nesting deep enough to exhaust the parser's recursion
+    json.dumps([1, 2]),
+    json.dumps({"op": ["unhashable"]}),
+    json.dumps({"op": "join"}),
+    json.dumps({"op": "join", "group": 7}),
+    json.dumps({"op": "join", "group": ""}),
+    json.dumps({"op": "join", "group": "g" * 300}),
+    json.dumps({"op": "say", "group": "g", "text": "\ud800 lone surrogate"}),
+    '{"op": "say", "group": "g", "text": "\\ud800 as an escape in valid JSON"}',
+    json.dumps({"op": "tell", "to": "x" * 300, "text": "hi"}),
+    json.dumps({"op": "tell", "to": "nobody", "text": "hi"}),
+    json.dumps({"op": "leave", "group": "never-joined"}),
+    b"\xff\xfe binary, not UTF-8",
+]
+
+
+async def test_hostile_input_gets_a_readable_answer_and_harms_nobody(chat_server: Chat) -> None:
+    async with (
+        client(f"{chat_server}?id=alice", max_size=None) as alice,
+        client(f"{chat_server}?id=mallory", max_size=None) as mallory,
+    ):
+        for ws in (alice, mallory):
+            await ask(ws, {"op": "join", "group": "g"})
+            assert (await reply(ws))["op"] == "joined"
+        for message in HOSTILE:
+            await mallory.send(message)
+            with anyio.move_on_after(1):  # some requests are carried out without a reply
+                answer = json.loads(await mallory.recv())
+                if answer.get("op") == "error":
+                    assert "Error" not in answer["reason"]  # no exception names
+                    assert "'" not in answer["reason"][:1]
+        # The lone surrogate, escaped by json.dumps, reached the group as text; nobody died.
+        await ask(alice, {"op": "say", "group": "g", "text": "still here"})
+        with anyio.fail_after(5):
+            while (said := json.loads(await alice.recv())).get("text") != "still here":
+                assert said["op"] == "said"
+    async with client(f"{chat_server}?id=carol") as carol:  # and new clients are served
+        await ask(carol, {"op": "join", "group": "g"})
+        assert await reply(carol) == {"op": "joined", "group": "g"}
+
+
+async def test_each_connection_and_disconnection_is_logged_once(chat_server: Chat) -> None:
+    async with client(f"{chat_server}?id=dora") as dora:
+        await ask(dora, {"op": "join", "group": "g"})
+        await reply(dora)
+        close = dora.aclose if hasattr(dora, "aclose") else dora.close  # trio: aclose
+        await close(1000, "bye")
+    with anyio.fail_after(5):
+        while "dora disconnected" not in chat_server.log():
+            await anyio.sleep(0.02)
+    log = chat_server.log()
+    assert log.count("dora connected from") == 1
+    assert log.count("dora disconnected: ") == 1
+    # hypercorn (the ASGI example's server) reports 1006 for every close a client starts
+    # (pgjones/hypercorn#127); the other servers pass the client's code and reason on.
+    expected = (
+        "dora disconnected: 1006" if chat_server.kind == "asgi" else "dora disconnected: 1000 bye"
+    )
+    assert expected in log
+    assert "Executed callback" not in log  # the state machine library's INFO chatter

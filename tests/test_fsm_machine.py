@@ -107,8 +107,8 @@ def test_failed_attempts_back_off_then_exhaustion_ends_disconnected(
     changes = machine.request(model, E, reason="refused")
     assert model.state is D
     assert changes[-1].reason == "retries exhausted (3 of 3 attempts)"
-    with pytest.raises(InvalidTransition, match="retries exhausted"):
-        machine.request(model, R)
+    with pytest.raises(InvalidTransition, match="not in the transition table"):
+        machine.request(model, R)  # DISCONNECTED is final
 
 
 def test_success_resets_the_attempts_when_reset_after_is_unset(
@@ -210,8 +210,9 @@ def test_fire_refuses_unknown_and_inapplicable_triggers(clock: ManualClock, rec:
         machine.fire(model, "explode")
     with pytest.raises(InvalidTransition, match="'retry' does not apply to CONNECTED"):
         machine.fire(model, "retry")
-    machine.request(model, D)
-    with pytest.raises(InvalidTransition, match="no retry policy") as info:
+    machine.request(model, E)
+    assert model.state is D  # no policy: it gave up at once, and DISCONNECTED is final
+    with pytest.raises(InvalidTransition, match="'retry' does not apply to DISCONNECTED") as info:
         machine.fire(model, "retry")
     assert info.value.target is R
     assert model.state is D
@@ -291,3 +292,28 @@ def test_every_change_is_logged_at_debug_under_the_wsfleet_logger(
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("wsfleet")]
     assert any("new -> CONNECTED" in m for m in messages)
     assert any("CONNECTED -> IDLE (quiet)" in m for m in messages)
+
+
+def test_fire_refuses_a_row_whose_guard_says_no(clock: ManualClock, rec: Recorder) -> None:
+    machine = rec.machine(clock)
+    model = Lifecycle()
+    machine.start(model)
+    machine.request(model, E)  # a retry is due later: the connection waits in ERROR
+    model.retry_policy = RetryPolicy(max_attempts=0)  # then it may not retry after all
+    with pytest.raises(InvalidTransition, match="no retry policy") as info:
+        machine.fire(model, "retry")
+    assert info.value.target is ConnectionState.RECONNECTING
+    assert model.state is E
+
+
+def test_the_state_machine_library_is_kept_quiet_unless_the_application_chose() -> None:
+    from wsfleet.fsm.machine import quiet_library_logger
+
+    unset = logging.getLogger("wsfleet-test.unset")
+    chosen = logging.getLogger("wsfleet-test.chosen")
+    chosen.setLevel(logging.INFO)
+    quiet_library_logger(unset)
+    quiet_library_logger(chosen)
+    assert unset.level == logging.WARNING
+    assert chosen.level == logging.INFO
+    assert logging.getLogger("transitions").getEffectiveLevel() >= logging.WARNING

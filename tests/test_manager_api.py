@@ -7,7 +7,8 @@ and ``stats``; plus the message checks (type, size) and the manager's lifetime.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,8 +29,10 @@ from wsfleet import (
     OverflowPolicy,
     RetryPolicy,
     StateChange,
+    UnencodableMessage,
     UnknownIdentifier,
     UnknownSocket,
+    WrongThread,
     WrongType,
     WsfleetError,
 )
@@ -48,7 +51,7 @@ D = ConnectionState.DISCONNECTED
 NEVER = RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, jitter=0)
 
 BAD_NAME_TYPES = [None, 1, b"alice", ["alice"], 1.5]
-BAD_NAME_VALUES = ["", "x" * 257]
+BAD_NAME_VALUES = ["", "x" * 257, "lone \udc80 surrogate"]
 NOT_MESSAGES = [None, 1, 1.5, bytearray(b"hi"), memoryview(b"hi"), ["hi"], {"hi": 1}]
 
 
@@ -147,8 +150,8 @@ async def test_an_identifier_that_is_not_a_str_raises_type_error_and_changes_not
     assert socket.connection is None
 
 
-@pytest.mark.parametrize("identifier", BAD_NAME_VALUES, ids=["empty", "257-chars"])
-async def test_an_empty_or_overlong_identifier_raises_value_error_and_changes_nothing(
+@pytest.mark.parametrize("identifier", BAD_NAME_VALUES, ids=["empty", "257-chars", "surrogate"])
+async def test_an_empty_overlong_or_unencodable_identifier_raises_value_error_changing_nothing(
     manager: ConnectionManager, identifier: str
 ) -> None:
     populate(manager)
@@ -449,6 +452,31 @@ async def test_a_message_over_the_size_limit_raises_and_queues_nothing(call: str
         await eventually(lambda: any(s.received for s in sockets.values()))
 
 
+UNENCODABLE = [
+    json.loads('"\\ud800"'),  # valid JSON, valid UTF-8 on the wire: a lone surrogate in Python
+    "hello \udfff",
+    "\ud83d" + "x" * 100,  # half an emoji, the other half lost
+]
+
+
+@pytest.mark.parametrize("call", SEND_CALLS)
+@pytest.mark.parametrize("message", UNENCODABLE, ids=["json", "trailing", "leading"])
+async def test_text_that_cannot_be_encoded_is_refused_by_the_call_and_queues_nothing(
+    manager: ConnectionManager, call: str, message: str
+) -> None:
+    sockets = populate(manager)
+    before = snapshot(manager)
+    with pytest.raises(UnencodableMessage) as info:
+        await SEND_CALLS[call](manager, message)
+    assert isinstance(info.value, ValueError)
+    assert message[info.value.position] in "\ud800\udfff\ud83d"
+    assert snapshot(manager) == before
+    assert await SEND_CALLS[call](manager, "after") >= 1  # nobody was harmed
+    await eventually(lambda: any(s.received == ["after"] for s in sockets.values()))
+    assert manager.stats().dropped == 0
+    assert manager.connections_in_state(ConnectionState.CONNECTED) == list(sockets.values())
+
+
 async def test_the_default_size_limit_is_one_mebibyte(manager: ConnectionManager) -> None:
     socket = MemoryTransport()
     manager.register(socket, "alice")
@@ -488,18 +516,31 @@ async def test_group_membership_covers_sockets_registered_later(
     await eventually(lambda: late.received == ["hi"])
 
 
-async def test_group_calls_with_an_unknown_identifier_raise_a_key_error_and_change_nothing(
+async def test_joining_a_group_with_an_unknown_identifier_raises_a_key_error_changing_nothing(
     manager: ConnectionManager,
 ) -> None:
     populate(manager)
     before = snapshot(manager)
-    for call in (manager.add_to_group, manager.remove_from_group):
-        with pytest.raises(UnknownIdentifier) as info:
-            call("nobody", "room:1")
-        assert isinstance(info.value, KeyError)
-        assert isinstance(info.value, WsfleetError)
-        assert "nobody" in str(info.value)
+    with pytest.raises(UnknownIdentifier) as info:
+        manager.add_to_group("nobody", "room:1")
+    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, WsfleetError)
+    assert "nobody" in str(info.value)
     assert snapshot(manager) == before
+
+
+async def test_leaving_a_group_after_the_last_socket_left_is_a_no_op(
+    manager: ConnectionManager,
+) -> None:
+    """The routine race: a socket's cleanup ran before the application's "leave room"."""
+    sockets = populate(manager)
+    manager.unregister(sockets["bob"])  # bob's only socket: he leaves room:1 with it
+    before = snapshot(manager)
+    manager.remove_from_group("bob", "room:1")
+    manager.remove_from_group("nobody", "room:1")
+    manager.remove_from_group("bob", "no-such-room")
+    assert snapshot(manager) == before
+    assert manager.get_group_members("room:1") == {"alice"}
 
 
 @pytest.mark.parametrize("name", [*BAD_NAME_TYPES, *BAD_NAME_VALUES])
@@ -630,7 +671,7 @@ def _reach(manager: ConnectionManager, socket: MemoryTransport, state: Connectio
     """Register ``socket`` (with a retry that never fires) and walk it to ``state``."""
     manager.register(socket, "walker")
     manager.set_retry_policy(socket, NEVER)
-    path = {C: [], I: [I], E: [E], R: [E, R], D: [D]}[state]
+    path = {C: [], I: [I], E: [E], R: [E, R]}[state]
     for step in path:
         manager.set_connection_state(socket, step)
     assert manager.get_connection_state(socket) is state
@@ -638,11 +679,18 @@ def _reach(manager: ConnectionManager, socket: MemoryTransport, state: Connectio
 
 PAIRS = [(source, target) for source in ConnectionState for target in ConnectionState]
 ALLOWED = set(rules_by_pair())
+#: DISCONNECTED is final and a connection that reaches it leaves the registry, so no
+#: registered connection is ever in it (see the tests of DISCONNECTED below).
+LIVE = [p for p in PAIRS if p[0] is not D]
+
+
+def test_the_table_lets_nothing_leave_disconnected() -> None:
+    assert [pair for pair in ALLOWED if pair[0] is D] == []
 
 
 @pytest.mark.parametrize(
     ("source", "target"),
-    [p for p in PAIRS if p not in ALLOWED and p[0] is not p[1]],
+    [p for p in LIVE if p not in ALLOWED and p[0] is not p[1]],
     ids=lambda s: s.name,
 )
 async def test_every_pair_the_table_refuses_raises_invalid_transition_and_changes_nothing(
@@ -665,10 +713,62 @@ async def test_every_pair_the_table_allows_is_applied(
 ) -> None:
     socket = MemoryTransport()
     _reach(manager, socket, source)
+    conn = manager.connection(socket)
     manager.set_connection_state(socket, target)
-    assert manager.get_connection_state(socket) is target
-    assert socket in manager.connections_in_state(target)
+    assert conn.state is target
     assert socket not in manager.connections_in_state(source)
+    if target is D:  # the end: the connection leaves the registry in the same change
+        assert manager.get_connection_state(socket) is None
+        assert not any(socket in manager.connections_in_state(s) for s in ConnectionState)
+        assert manager.count() == manager.stats().connections == 0
+    else:
+        assert manager.get_connection_state(socket) is target
+        assert socket in manager.connections_in_state(target)
+
+
+@pytest.mark.parametrize("how", ["set_connection_state", "send failed", "peer closed"])
+async def test_a_connection_that_reaches_disconnected_leaves_the_registry_at_once(
+    manager: ConnectionManager, how: str
+) -> None:
+    """The seed's count() is "active connections": nothing holds a DISCONNECTED one."""
+    changes: list[StateChange] = []
+    manager.on_state_change(changes.append)
+    sockets = populate(manager)
+    alice_1 = sockets["alice-1"]
+    bob = sockets["bob"]
+    conn = manager.connection(bob)
+    if how == "set_connection_state":
+        manager.set_connection_state(bob, D)
+    elif how == "send failed":
+        bob.fail_with = wsfleet.TransportError("peer reset")
+        await manager.send_to_one("bob", "lost")
+        await eventually(lambda: conn.state is D)
+    else:
+        conn.closed(1000, "bye")
+    assert conn.state is D
+    assert not conn.registered
+    assert manager.count() == len(manager) == manager.stats().connections == 3
+    assert manager.identifiers() == {"alice", "carol"}
+    assert manager.get_group_members("room:1") == {"alice"}
+    assert manager.get_connection_state(bob) is None
+    assert manager.unregister(bob) is False  # already gone: no error
+    await eventually(lambda: [c.new for c in changes if c.connection is conn][-1:] == [D])
+    manager.unregister(alice_1)  # one of two tabs: alice stays in her groups
+    assert manager.get_group_members("room:1") == {"alice"}
+
+
+async def test_a_disconnected_connection_refuses_every_request_and_changes_nothing(
+    manager: ConnectionManager,
+) -> None:
+    populate(manager)
+    socket = MemoryTransport()
+    manager.register(socket, "walker")
+    manager.set_connection_state(socket, D)
+    before = snapshot(manager)
+    for target in ConnectionState:
+        with pytest.raises(UnknownSocket):
+            manager.set_connection_state(socket, target)
+    assert snapshot(manager) == before
 
 
 async def test_a_guard_that_says_no_refuses_the_change_and_changes_nothing(
@@ -676,7 +776,9 @@ async def test_a_guard_that_says_no_refuses_the_change_and_changes_nothing(
 ) -> None:
     socket = MemoryTransport()
     manager.register(socket, "alice")
-    manager.set_connection_state(socket, D)  # no retry policy: RECONNECTING is not allowed
+    manager.set_retry_policy(socket, NEVER)
+    manager.set_connection_state(socket, E)  # held: a retry is scheduled
+    manager.set_retry_policy(socket, None)  # no retry policy: RECONNECTING is not allowed
     before = snapshot(manager)
     with pytest.raises(InvalidTransition, match="no retry policy"):
         manager.set_connection_state(socket, R)
@@ -701,9 +803,10 @@ async def test_error_without_a_retry_policy_goes_on_to_disconnected(
     changes: list[tuple[ConnectionState | None, ConnectionState]] = []
     manager.on_state_change(lambda _s, old, new: changes.append((old, new)))
     socket = MemoryTransport()
-    manager.register(socket, "alice")
+    conn = manager.register(socket, "alice")
     manager.set_connection_state(socket, E)
-    assert manager.get_connection_state(socket) is D
+    assert conn.state is D  # in the same call
+    assert manager.count() == 0
     await eventually(lambda: len(changes) == 3)
     assert changes == [(None, C), (C, E), (E, D)]
 
@@ -717,10 +820,10 @@ async def test_set_retry_policy_overrides_the_managers_default_per_connection(
     manager.set_retry_policy(kept, NEVER)
     manager.set_connection_state(kept, E)
     manager.set_connection_state(dropped, E)
-    assert manager.get_connection_state(kept) is E  # a retry is scheduled
-    assert manager.get_connection_state(dropped) is D  # no policy: gave up at once
+    assert manager.get_connection_state(kept) is E  # a retry is scheduled: held
+    assert manager.get_connection_state(dropped) is None  # no policy: gave up, forgotten
+    assert manager.stats().held == 1
     manager.set_retry_policy(kept, None)  # back to the manager's default (none)
-    manager.set_connection_state(kept, D)
     with pytest.raises(InvalidTransition):
         manager.set_connection_state(kept, R)
 
@@ -930,6 +1033,90 @@ async def test_the_manager_cannot_be_used_after_async_with() -> None:
     with pytest.raises(ManagerClosed):
         async with manager:
             pass
+
+
+async def _run(call: Callable[[], object]) -> object:
+    """Call, and await what the call returns if it is awaitable."""
+    result = call()
+    return await result if isinstance(result, Awaitable) else result
+
+
+def _mutating_calls(
+    manager: ConnectionManager, socket: object, conn: wsfleet.Connection
+) -> dict[str, Callable[[], object]]:
+    """Every call that changes the fleet, on a socket that was registered once."""
+    return {
+        "register": lambda: manager.register(MemoryTransport(), "bob"),
+        "unregister": lambda: manager.unregister(socket),
+        "close": lambda: manager.close(socket),
+        "clear": manager.clear,
+        "add_to_group": lambda: manager.add_to_group("alice", "room"),
+        "remove_from_group": lambda: manager.remove_from_group("alice", "room"),
+        "set_connection_state": lambda: manager.set_connection_state(socket, I),
+        "set_retry_policy": lambda: manager.set_retry_policy(socket, NEVER),
+        "set_reconnector": lambda: manager.set_reconnector(socket, None),
+        "on_state_change": lambda: manager.on_state_change(print),
+        "touch": lambda: manager.touch(socket),
+        "broadcast": lambda: manager.broadcast("hi"),
+        "send_to_one": lambda: manager.send_to_one("alice", "hi"),
+        "send_to_many": lambda: manager.send_to_many(["alice"], "hi"),
+        "send_to_group": lambda: manager.send_to_group("room", "hi"),
+        "disconnect_identifier": lambda: manager.disconnect_identifier("alice"),
+        "connect": lambda: manager.connect("ws://127.0.0.1:9/", "upstream"),
+        "session": lambda: manager.session(MemoryTransport(), "carol").__aenter__(),
+        "Connection.send": lambda: conn.send("hi"),
+        "Connection.touch": lambda: conn.touch(),
+    }
+
+
+async def test_after_the_block_every_mutating_call_raises_manager_closed() -> None:
+    """One clear answer, not UnknownIdentifier here and a silent 0 there."""
+    socket = MemoryTransport()
+    async with ConnectionManager() as manager:
+        conn = manager.register(socket, "alice")
+        manager.add_to_group("alice", "room")
+    calls = _mutating_calls(manager, socket, conn)
+    for name, call in calls.items():
+        if name == "Connection.touch":
+            call()  # an adapter's late report of a socket that is gone: ignored, no error
+            continue
+        with pytest.raises(ManagerClosed, match="block has ended"):
+            await _run(call)
+    assert manager.count() == 0
+    assert manager.stats().connections == 0
+
+
+def _from_another_thread(call: Callable[[], object]) -> BaseException | None:
+    """Run ``call`` in this (other) thread, its coroutine on an event loop of the thread's."""
+    try:
+        anyio.run(_run, call)
+    except BaseException as exc:
+        return exc
+    return None
+
+
+async def test_a_mutating_call_from_another_thread_names_anyio_from_thread() -> None:
+    socket = MemoryTransport()
+    async with ConnectionManager() as manager:
+        conn = manager.register(socket, "alice")
+        manager.add_to_group("alice", "room")
+        before = snapshot(manager)
+        calls = _mutating_calls(manager, socket, conn)
+        del calls["Connection.touch"]  # reports go through the adapter's loop anyway
+        for name, call in calls.items():
+            error = await anyio.to_thread.run_sync(_from_another_thread, call)
+            assert isinstance(error, WrongThread), (name, error)
+            assert isinstance(error, RuntimeError)
+            assert "anyio.from_thread" in str(error)
+        assert snapshot(manager) == before
+        # Reads are plain lookups; through the loop, a mutating call works from a thread.
+        assert await anyio.to_thread.run_sync(manager.count) == 1
+
+        def join_through_the_loop() -> None:
+            anyio.from_thread.run_sync(manager.add_to_group, "alice", "lobby")
+
+        await anyio.to_thread.run_sync(join_through_the_loop)
+        assert manager.groups_of("alice") == {"room", "lobby"}
 
 
 async def test_a_manager_can_be_entered_only_once_at_a_time(manager: ConnectionManager) -> None:

@@ -7,7 +7,7 @@ tests below check that bookkeeping exactly, not just that "something" happened.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import pytest
@@ -23,6 +23,7 @@ from wsfleet import (
 )
 from wsfleet._outbox import WRITER_LINGER
 from wsfleet.testing import MemoryTransport
+from wsfleet.transport import Outbound
 
 pytestmark = pytest.mark.anyio
 
@@ -223,8 +224,9 @@ async def test_a_slow_consumer_is_disconnected_with_1008_and_goes_to_error() -> 
         await eventually(lambda: len(healthy.received) == N)
         await eventually(lambda: stalled.close_code is not None)
         assert (stalled.close_code, stalled.close_reason) == (1008, "slow consumer")
-        # No retry policy: ERROR, then on to DISCONNECTED, with the reason kept.
-        assert manager.get_connection_state(stalled) is D
+        # No retry policy: ERROR, then on to DISCONNECTED (and out of the registry).
+        assert manager.get_connection_state(stalled) is None
+        assert manager.count() == 1
         await eventually(lambda: len(changes) == 4)
         lost = [(c.old, c.new, c.reason) for c in changes if c.connection.socket is stalled]  # type: ignore[attr-defined]
         assert lost[0] == (None, C, "registered")
@@ -265,9 +267,9 @@ async def test_a_slow_consumer_with_a_retry_policy_stays_in_error_awaiting_its_r
             id="TransportError-in-writer",
         ),
         pytest.param(
-            lambda: MemoryTransport("bug", fail_with=RuntimeError("adapter bug")),
-            "adapter bug",
-            id="any-exception-in-writer",
+            lambda: MemoryTransport("reset", fail_with=ConnectionResetError("peer reset")),
+            "peer reset",
+            id="OSError-in-writer",
         ),
     ],
 )
@@ -290,6 +292,42 @@ async def test_a_send_that_fails_moves_that_connection_to_error_and_never_raises
         assert failing.received == []
 
 
+class OneBadMessage(MemoryTransport):
+    """A transport whose library cannot write one particular message (not an I/O failure)."""
+
+    def send_nowait(self, batch: Sequence[Outbound]) -> bool:
+        if "bad" in batch:
+            raise RuntimeError("the library cannot build this frame")
+        return super().send_nowait(batch)
+
+    async def send(self, batch: Sequence[Outbound]) -> None:
+        if "bad" in batch:
+            raise RuntimeError("the library cannot build this frame")
+        await super().send(batch)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["flusher", "writer"])
+async def test_a_write_that_fails_for_its_message_keeps_every_connection(sync: bool) -> None:
+    """A failure that belongs to a message is not the peer's: the batch is dropped and
+    counted, nobody changes state, and later messages go out as usual."""
+    async with ConnectionManager() as manager:
+        sockets = [OneBadMessage(f"s{i}", sync=sync) for i in range(3)]
+        for i, socket in enumerate(sockets):
+            manager.register(socket, f"user{i}")
+        changes: list[StateChange] = []
+        manager.on_state_change(changes.append)
+        assert await manager.broadcast("bad") == 3
+        await eventually(lambda: manager.stats().drops.get("send error") == 3)
+        assert await manager.broadcast("good") == 3
+        await eventually(lambda: all(s.received == ["good"] for s in sockets))
+        assert changes == []
+        assert manager.connections_in_state(C) == sockets
+        stats = manager.stats()
+        assert stats.drops == {"send error": 3}
+        assert stats.sent_messages == 3
+        assert stats.queued_messages == 0
+
+
 async def test_a_socket_closed_under_us_fails_on_the_synchronous_path_too() -> None:
     changes: list[StateChange] = []
     async with ConnectionManager() as manager:
@@ -300,7 +338,7 @@ async def test_a_socket_closed_under_us_fails_on_the_synchronous_path_too() -> N
         manager.register(gone, "gone")
         await gone.close(1006)  # the socket died without the manager hearing of it
         assert await manager.broadcast("hello") == 2
-        await eventually(lambda: manager.get_connection_state(gone) is D)
+        await eventually(lambda: manager.get_connection_state(gone) is None)
         await eventually(lambda: len(changes) == 4)
         reasons = [c.reason for c in changes if c.new is E]
         assert len(reasons) == 1

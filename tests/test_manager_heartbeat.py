@@ -140,8 +140,15 @@ async def test_pongs_keep_a_peer_alive_but_do_not_count_as_activity() -> None:
 # -- pings ------------------------------------------------------------------------------
 
 
-async def test_a_ping_is_sent_every_ping_interval() -> None:
-    policy = HeartbeatPolicy(ping_interval=INTERVAL, ping_timeout=TIMEOUT, idle_after=None)
+@pytest.mark.parametrize(
+    "timeout",
+    [TIMEOUT, 4 * INTERVAL, INTERVAL / 4],
+    ids=["timeout=interval", "timeout>interval", "timeout<interval"],
+)
+async def test_a_ping_is_sent_every_ping_interval(timeout: float) -> None:
+    """Whatever the timeout: a pong answered in time leaves the next ping to the interval
+    (a longer timeout once spaced the pings by the timeout instead)."""
+    policy = HeartbeatPolicy(ping_interval=INTERVAL, ping_timeout=timeout, idle_after=None)
     async with ConnectionManager(heartbeat=policy) as manager:
         socket = TimedTransport()
         conn = manager.register(socket, "alice")

@@ -112,9 +112,10 @@ async def test_error_waits_the_policys_delay_then_retries_until_attempts_run_out
 async def test_with_no_attempts_allowed_error_goes_straight_to_disconnected() -> None:
     async with ConnectionManager(retry_policy=quick(max_attempts=0)) as manager:
         socket = MemoryTransport()
-        manager.register(socket, "alice")
+        conn = manager.register(socket, "alice")
         manager.set_connection_state(socket, E)
-        assert manager.get_connection_state(socket) is D
+        assert conn.state is D
+        assert manager.get_connection_state(socket) is None  # over, and forgotten
 
 
 async def test_a_spent_time_budget_ends_the_retries_early() -> None:

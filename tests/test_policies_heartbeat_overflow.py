@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import wsfleet.policies
-from wsfleet._errors import InvalidPolicy
+from wsfleet.errors import InvalidPolicy
 from wsfleet.policies import HeartbeatPolicy, OverflowAction, OverflowDecision, OverflowPolicy
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsfleet._errors import InvalidPolicy, RetriesExhausted
+from wsfleet.errors import InvalidPolicy, RetriesExhausted
 from wsfleet.policies import DEFAULT_RETRY_POLICY, JitterMode, RetryPolicy
 
 # The policy and these tests compute the same bounds in different orders; allow for rounding.

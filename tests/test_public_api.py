@@ -17,6 +17,7 @@ PUBLIC = {
     "ConnectionManager",
     "ConnectionState",
     "Delivery",
+    "FinalRefusal",
     "FleetStats",
     "HeartbeatPolicy",
     "InMemoryHub",
@@ -29,6 +30,7 @@ PUBLIC = {
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
+    "ResumeExpired",
     "RetriesExhausted",
     "RetryPolicy",
     "Session",
@@ -36,8 +38,10 @@ PUBLIC = {
     "Transport",
     "TransportClosed",
     "TransportError",
+    "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
+    "WrongThread",
     "WrongType",
     "WsfleetError",
     "__version__",
@@ -57,7 +61,47 @@ def test_every_export_exists() -> None:
 
 def test_public_classes_live_in_private_modules_or_subpackages() -> None:
     assert wsfleet.ConnectionManager.__module__ == "wsfleet._manager"
-    assert wsfleet.WsfleetError.__module__ == "wsfleet._errors"
+
+
+def test_errors_are_shown_under_the_name_they_are_imported_by() -> None:
+    import pickle
+    import traceback
+
+    for name in wsfleet.__all__:
+        value = getattr(wsfleet, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert value.__module__ == "wsfleet", name
+    error = wsfleet.InvalidTransition(None, wsfleet.ConnectionState.IDLE)
+    shown = "".join(traceback.format_exception_only(error))
+    assert shown.startswith("wsfleet.InvalidTransition: cannot go from new to IDLE")
+    copy = pickle.loads(pickle.dumps(error))  # through processes and task queues too
+    assert (type(copy), copy.state, copy.target, str(copy)) == (
+        wsfleet.InvalidTransition,
+        None,
+        wsfleet.ConnectionState.IDLE,
+        str(error),
+    )
+
+
+def test_dir_shows_the_public_names_only() -> None:
+    shown = set(dir(wsfleet))
+    assert set(wsfleet.__all__) <= shown
+    assert not shown & {"Any", "TYPE_CHECKING", "annotations", "importlib"}
+    assert all(not name.startswith("_") or name == "__version__" for name in shown)
+
+
+def test_the_command_line_tells_its_version() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "wsfleet", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out == f"wsfleet {wsfleet.__version__}\n"
 
 
 def test_every_error_shares_the_root_and_a_builtin_where_one_fits() -> None:
@@ -66,18 +110,22 @@ def test_every_error_shares_the_root_and_a_builtin_where_one_fits() -> None:
         wsfleet.InvalidPolicy: ValueError,
         wsfleet.InvalidArgument: ValueError,
         wsfleet.MessageTooLarge: ValueError,
+        wsfleet.UnencodableMessage: ValueError,
         wsfleet.AlreadyRegistered: ValueError,
         wsfleet.WrongType: TypeError,
         wsfleet.UnknownSocket: KeyError,
         wsfleet.UnknownIdentifier: KeyError,
         wsfleet.ManagerClosed: RuntimeError,
+        wsfleet.WrongThread: RuntimeError,
         wsfleet.TransportError: ConnectionError,
         wsfleet.TransportClosed: ConnectionError,
+        wsfleet.FinalRefusal: ConnectionError,
     }
     for error, builtin in errors.items():
         assert issubclass(error, wsfleet.WsfleetError)
         assert issubclass(error, builtin)
     assert issubclass(wsfleet.RetriesExhausted, wsfleet.WsfleetError)
+    assert issubclass(wsfleet.ResumeExpired, wsfleet.WsfleetError)
 
 
 def test_key_errors_read_as_sentences() -> None:

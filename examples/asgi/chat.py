@@ -5,7 +5,8 @@
 Clients connect to ws://127.0.0.1:<port>/ws?id=<name> and send JSON text:
 {"op": "join", "group": g}, {"op": "leave", "group": g}, {"op": "say", "group": g,
 "text": t} (to every socket of every member of g) and {"op": "tell", "to": name, "text": t}.
-Anything else is answered with {"op": "error", "reason": ...}.
+Anything else is answered with {"op": "error", "reason": ...}; a missing or bad ?id= closes
+the socket with 1008. One line is logged per connection and per disconnection.
 
 ASGI has no ping event, so wsfleet's heartbeat only tracks idleness here and keepalive is the
 server's job: uvicorn pings by default; hypercorn does with websocket_ping_interval, left off
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import socket
-from typing import Any
 
 import anyio
 from hypercorn.config import Config
@@ -28,46 +29,72 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-import wsfleet.adapters.asgi  # noqa: F401  (lets the manager take Starlette's WebSocket)
-from wsfleet import ConnectionManager, HeartbeatPolicy, InvalidArgument
+from wsfleet import ConnectionManager, HeartbeatPolicy
+
+log = logging.getLogger("chat")
 
 
-async def handle(manager: ConnectionManager, me: str, request: Any) -> dict[str, str] | None:
-    """Carry out one request; returns the reply for the sender, if any."""
-    if not isinstance(request, dict):
-        return {"op": "error", "reason": "expected a JSON object"}
-    op, group, text, to = (request.get(key) for key in ("op", "group", "text", "to"))
-    if op in ("join", "leave") and isinstance(group, str):
+#: The requests a client may send, and the string fields each one needs.
+REQUESTS = {
+    "join": ("group",),
+    "leave": ("group",),
+    "say": ("group", "text"),
+    "tell": ("to", "text"),
+}
+
+
+def error(reason: str) -> dict[str, str]:
+    return {"op": "error", "reason": reason}
+
+
+async def handle(
+    manager: ConnectionManager, me: str, message: str | bytes
+) -> dict[str, str] | None:
+    """Carry out one request; returns the reply for the sender, if it gets one.
+
+    Whatever a client sends gets an answer it can read, never a Python exception's name.
+    """
+    try:
+        request = json.loads(message)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested absurdly deep
+        return error('not JSON: send a JSON object such as {"op": "join", "group": "g"}')
+    op = request.get("op") if isinstance(request, dict) else None
+    if not isinstance(op, str) or op not in REQUESTS:
+        return error("expected a JSON object whose op is join, leave, say or tell")
+    missing = [name for name in REQUESTS[op] if not isinstance(request.get(name), str)]
+    if missing:
+        return error(f"{op} needs {' and '.join(missing)} (a string)")
+    try:
         if op == "join":
-            manager.add_to_group(me, group)
-            return {"op": "joined", "group": group}
-        manager.remove_from_group(me, group)
-        return {"op": "left", "group": group}
-    if op == "say" and isinstance(group, str) and isinstance(text, str):
-        said = {"op": "said", "group": group, "from": me, "text": text}
-        await manager.send_to_group(group, json.dumps(said))
+            manager.add_to_group(me, request["group"])
+            return {"op": "joined", "group": request["group"]}
+        if op == "leave":
+            manager.remove_from_group(me, request["group"])
+            return {"op": "left", "group": request["group"]}
+        if op == "say":
+            said = {"op": "said", "group": request["group"], "from": me, "text": request["text"]}
+            await manager.send_to_group(request["group"], json.dumps(said))
+            return None
+        told = {"op": "told", "from": me, "text": request["text"]}
+        await manager.send_to_one(request["to"], json.dumps(told))
         return None
-    if op == "tell" and isinstance(to, str) and isinstance(text, str):
-        await manager.send_to_one(to, json.dumps({"op": "told", "from": me, "text": text}))
-        return None
-    return {"op": "error", "reason": f"unknown or incomplete request: {request!r}"}
+    except ValueError as exc:  # wsfleet refused it: a bad group name, a message too large
+        return error(str(exc))
 
 
 def chat_app(manager: ConnectionManager) -> Starlette:
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()  # the app accepts; wsfleet never does it behind its back
-        me = websocket.query_params.get("id", "")
-        try:
-            async with manager.session(websocket, me) as session:
-                async for message in session:
-                    try:
-                        reply = await handle(manager, me, json.loads(message))
-                    except ValueError as exc:  # not JSON, or a bad group or identifier
-                        reply = {"op": "error", "reason": str(exc)}
-                    if reply is not None:
-                        await session.send(json.dumps(reply))
-        except InvalidArgument as exc:  # no or bad ?id=
-            await websocket.close(1008, str(exc)[:120])
+        who = websocket.query_params.get("id", "")
+        async with manager.session(websocket, who) as session:  # a bad id: 1008, nothing runs
+            if session.refused:
+                return
+            log.info("%s connected from %s", who, websocket.client)
+            async for message in session:
+                reply = await handle(manager, who, message)
+                if reply is not None:
+                    await session.send(json.dumps(reply))  # to this socket only
+        log.info("%s disconnected: %s %s", who, session.close_code, session.close_reason)
 
     return Starlette(routes=[WebSocketRoute("/ws", endpoint)])
 
@@ -104,4 +131,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     anyio.run(main, args.port, args.backend, backend=args.backend)

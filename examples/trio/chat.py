@@ -4,7 +4,9 @@
 
 Connect to ws://127.0.0.1:8765/ws?id=<name> and send JSON: {"op": "join", "group": "g"},
 {"op": "leave", "group": "g"}, {"op": "say", "group": "g", "text": "..."},
-{"op": "tell", "to": "bob", "text": "..."}. The same server exists for asyncio
+{"op": "tell", "to": "bob", "text": "..."}. Anything else is answered with
+{"op": "error", "reason": "..."}; a missing or bad ?id= closes the socket with 1008. One line
+is logged per connection and per disconnection. The same server exists for asyncio
 (examples/asyncio/chat.py) and for ASGI (examples/asgi/chat.py).
 """
 
@@ -13,51 +15,83 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import signal
 from functools import partial
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-import wsfleet.adapters.trio_websocket  # noqa: F401  (lets the manager take trio-websocket's sockets)
 from wsfleet import ConnectionManager, HeartbeatPolicy, ManagerClosed
 
+log = logging.getLogger("chat")
 
-async def handle(manager: ConnectionManager, who: str, request: Any) -> dict[str, str] | None:
-    """Carry out one request; return the reply for the sender, if it gets one."""
+#: The requests a client may send, and the string fields each one needs.
+REQUESTS = {
+    "join": ("group",),
+    "leave": ("group",),
+    "say": ("group", "text"),
+    "tell": ("to", "text"),
+}
+
+
+def error(reason: str) -> dict[str, str]:
+    return {"op": "error", "reason": reason}
+
+
+async def handle(
+    manager: ConnectionManager, me: str, message: str | bytes
+) -> dict[str, str] | None:
+    """Carry out one request; returns the reply for the sender, if it gets one.
+
+    Whatever a client sends gets an answer it can read, never a Python exception's name.
+    """
+    try:
+        request = json.loads(message)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested absurdly deep
+        return error('not JSON: send a JSON object such as {"op": "join", "group": "g"}')
     op = request.get("op") if isinstance(request, dict) else None
-    if op == "join":
-        manager.add_to_group(who, request["group"])
-        return {"op": "joined", "group": request["group"]}
-    if op == "leave":
-        manager.remove_from_group(who, request["group"])
-        return {"op": "left", "group": request["group"]}
-    if op == "say":
-        said = {"op": "said", "group": request["group"], "from": who, "text": request["text"]}
-        await manager.send_to_group(request["group"], json.dumps(said))
-        return None
-    if op == "tell":
-        told = {"op": "told", "from": who, "text": request["text"]}
+    if not isinstance(op, str) or op not in REQUESTS:
+        return error("expected a JSON object whose op is join, leave, say or tell")
+    missing = [name for name in REQUESTS[op] if not isinstance(request.get(name), str)]
+    if missing:
+        return error(f"{op} needs {' and '.join(missing)} (a string)")
+    try:
+        if op == "join":
+            manager.add_to_group(me, request["group"])
+            return {"op": "joined", "group": request["group"]}
+        if op == "leave":
+            manager.remove_from_group(me, request["group"])
+            return {"op": "left", "group": request["group"]}
+        if op == "say":
+            said = {"op": "said", "group": request["group"], "from": me, "text": request["text"]}
+            await manager.send_to_group(request["group"], json.dumps(said))
+            return None
+        told = {"op": "told", "from": me, "text": request["text"]}
         await manager.send_to_one(request["to"], json.dumps(told))
         return None
-    raise ValueError(f"unknown op {op!r}")
+    except ValueError as exc:  # wsfleet refused it: a bad group name, a message too large
+        return error(str(exc))
 
 
 async def serve_client(manager: ConnectionManager, request: WebSocketRequest) -> None:
-    """One client for its whole life: a wsfleet session around trio-websocket's socket."""
-    who = parse_qs(urlsplit(request.path).query).get("id", ["anonymous"])[0]
+    """One client for its whole life: a wsfleet session around trio-websocket's socket.
+
+    Nothing may escape from here: on trio an error in one handler ends the whole server.
+    """
+    who = parse_qs(urlsplit(request.path).query).get("id", [""])[0]
     ws = await request.accept()
     with contextlib.suppress(ManagerClosed):  # a client arriving while the server shuts down
-        async with manager.session(ws, who) as session:
+        async with manager.session(ws, who) as session:  # a bad id: 1008, nothing runs
+            if session.refused:
+                return
+            log.info("%s connected from %s", who, ws.remote)
             async for message in session:
-                try:
-                    reply = await handle(manager, who, json.loads(message))
-                except (ValueError, KeyError, TypeError) as exc:
-                    reply = {"op": "error", "reason": f"{type(exc).__name__}: {exc}"}
+                reply = await handle(manager, who, message)
                 if reply is not None:
                     await session.send(json.dumps(reply))  # to this socket only
+        log.info("%s disconnected: %s %s", who, session.close_code, session.close_reason)
 
 
 async def main(port: int) -> None:
@@ -79,4 +113,5 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8765)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     trio.run(main, parser.parse_args().port)

@@ -12,18 +12,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
+from .errors import (
     AlreadyRegistered,
+    FinalRefusal,
     InvalidArgument,
     InvalidPolicy,
     InvalidTransition,
     ManagerClosed,
     MessageTooLarge,
+    ResumeExpired,
     RetriesExhausted,
     TransportClosed,
     TransportError,
+    UnencodableMessage,
     UnknownIdentifier,
     UnknownSocket,
+    WrongThread,
     WrongType,
     WsfleetError,
 )
@@ -73,7 +77,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names (and the subpackages already imported), not this file's helpers."""
+    loaded = {name for name in ("adapters", "fsm", "policies", "testing") if name in globals()}
+    return sorted(set(__all__) | loaded)
 
 
 __all__ = [
@@ -86,6 +92,7 @@ __all__ = [
     "ConnectionManager",
     "ConnectionState",
     "Delivery",
+    "FinalRefusal",
     "FleetStats",
     "HeartbeatPolicy",
     "InMemoryHub",
@@ -98,6 +105,7 @@ __all__ = [
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
+    "ResumeExpired",
     "RetriesExhausted",
     "RetryPolicy",
     "Session",
@@ -105,8 +113,10 @@ __all__ = [
     "Transport",
     "TransportClosed",
     "TransportError",
+    "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
+    "WrongThread",
     "WrongType",
     "WsfleetError",
     "__version__",

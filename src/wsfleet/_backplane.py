@@ -41,7 +41,6 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._accounting import Receipts, SendNumbers
 from ._cluster import ClusterView
-from ._errors import InvalidArgument, MessageTooLarge, WrongType
 from ._loop import loop_clock
 from ._wire import (
     Envelope,
@@ -55,6 +54,7 @@ from ._wire import (
     read_header,
     send_data,
 )
+from .errors import InvalidArgument, MessageTooLarge, WrongType
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, Lifecycle, StateChange
 from .fsm.states import ConnectionState

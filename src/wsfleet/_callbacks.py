@@ -106,7 +106,7 @@ class Callbacks:
 
     def add(self, callback: StateCallback) -> CallbackHandle:
         if not callable(callback):
-            from ._errors import WrongType
+            from .errors import WrongType
 
             raise WrongType(f"callback must be callable, got {type(callback).__name__}")
         handle = CallbackHandle(self, callback)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeVarTuple
+from typing import Any, Self, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -30,29 +30,31 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from ._backplane import Backplane
 from ._callbacks import CallbackHandle, Callbacks, StateCallback
 from ._connection import Connection, Reconnector
-from ._errors import (
-    AlreadyRegistered,
-    InvalidArgument,
-    ManagerClosed,
-    MessageTooLarge,
-    UnknownSocket,
-    WrongType,
-)
-from ._loop import loop_clock
-from ._outbound import MessageHandler, OutboundSocket, Unconnected, dial, final_close
+from ._loop import loop_clock, loop_thread
+from ._outbound import MessageHandler, OutboundSocket, Unconnected, dial
 from ._outbox import WRITABLE, Outbox, message_size
 from ._registry import Registry, check_name
 from ._resumption import Resumption
 from ._session import Session, open_session
 from ._stats import Delivery, FleetStats
 from ._timers import Timers
+from .closecodes import is_clean, is_final
+from .errors import (
+    AlreadyRegistered,
+    InvalidArgument,
+    ManagerClosed,
+    MessageTooLarge,
+    UnknownSocket,
+    WrongThread,
+    WrongType,
+)
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, StateChange
 from .fsm.states import ConnectionState
 from .policies.heartbeat import HeartbeatPolicy
 from .policies.overflow import OverflowPolicy
 from .policies.retry import RetryPolicy
-from .transport import Message, Transport, adapter_for
+from .transport import Message, Transport, adapter_for, no_adapter
 
 __all__ = ["ConnectionManager"]
 
@@ -66,10 +68,6 @@ E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
 D = ConnectionState.DISCONNECTED
 
-#: Close codes of a clean goodbye; any other close is abnormal. 1005 is what arrives when
-#: the closing frame carries no code, as a browser's plain ``ws.close()`` sends.
-CLEAN_CLOSE_CODES: Final = frozenset((1000, 1001, 1005))
-
 
 class ConnectionManager:
     """Holds a fleet of WebSocket connections and delivers messages to them.
@@ -80,6 +78,12 @@ class ConnectionManager:
             conn = manager.register(socket, "alice")
             manager.add_to_group("alice", "room:1")
             await manager.send_to_group("room:1", "hello")
+
+    It belongs to the loop (and thread) that entered it: calls that change the fleet raise
+    ``WrongThread`` from another thread (go through ``anyio.from_thread``) and
+    ``ManagerClosed`` once the block has ended. ``count()`` counts the active connections
+    and the held ones (kept for a retry or a resume; ``stats().held``); a connection that
+    reaches DISCONNECTED leaves the registry at once.
     """
 
     def __init__(
@@ -129,6 +133,8 @@ class ConnectionManager:
         self._backplane = backplane
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
+        #: The thread the manager's loop runs in, once entered (see ``_running``).
+        self._thread: int | None = None
         self._batching = 0
         self._resumption = Resumption(self)
 
@@ -139,6 +145,7 @@ class ConnectionManager:
             raise ManagerClosed("a ConnectionManager can be entered once")
         # A clock that needs no task: pongs arrive from library callbacks (see _loop).
         self._machine.clock = MonotonicClock(loop_clock())
+        self._thread = loop_thread()
         # Events are bound to the running event loop on asyncio: make them here.
         self._outbox.bind_loop()
         self._timers.bind_loop()
@@ -197,9 +204,24 @@ class ConnectionManager:
         with anyio.move_on_after(self.shutdown_timeout):
             await self._callbacks.wait_idle()
 
-    def _running(self) -> anyio.abc.TaskGroup:
-        if self._tg is None or self._closing:
+    def _running(self, *, cleanup: bool = False) -> anyio.abc.TaskGroup:
+        """The task group, for a call that changes the fleet; refused outside the block.
+
+        ``cleanup`` calls (unregister, close, leaving a group) are still taken while the
+        manager shuts down, when handlers end and clean up after themselves.
+        """
+        if self._thread is not None and loop_thread() != self._thread:
+            raise WrongThread(
+                "a ConnectionManager is called from its event loop's thread only: from "
+                "another thread, go through the loop with anyio.from_thread.run_sync(...) "
+                "(anyio.from_thread.run(...) for coroutines) or a blocking portal"
+            )
+        if self._tg is None:
+            if self._closing:
+                raise ManagerClosed("the manager's block has ended: it takes no more calls")
             raise ManagerClosed("the manager is not running (use 'async with ConnectionManager()')")
+        if self._closing and not cleanup:
+            raise ManagerClosed("the manager is shutting down: it takes no new work")
         return self._tg
 
     def _spawn(
@@ -226,12 +248,9 @@ class ConnectionManager:
     def _transport_for(self, socket: object) -> Transport:
         if isinstance(socket, Transport):
             return socket
-        factory = adapter_for(socket)
+        factory = adapter_for(socket)  # imports a shipped adapter on first use
         if factory is None:
-            raise WrongType(
-                f"no transport adapter for {type(socket).__name__}: pass a "
-                "wsfleet.Transport or import the adapter for its library"
-            )
+            raise WrongType(no_adapter(socket))
         return factory(socket)
 
     def _register(
@@ -269,6 +288,7 @@ class ConnectionManager:
         Does not close the socket (``close`` does both). Messages still queued for it are
         dropped and counted.
         """
+        self._running(cleanup=True)
         conn = self._registry.get(socket)
         if conn is None:
             return False
@@ -280,10 +300,10 @@ class ConnectionManager:
             return
         # Before the change to DISCONNECTED, which would count these drops as "disconnected".
         self._outbox.discard(conn, "unregistered")
-        conn.held = False  # removed here: the DISCONNECTED hook must not remove it again
+        conn.held = False
+        conn.registered = False  # first: the DISCONNECTED hook must not remove it again
         if conn.state is not D:
             self._machine.request(conn, D, reason)
-        conn.registered = False
         if conn.writer_scope is not None:
             conn.writer_scope.cancel()
         if isinstance(conn.socket, OutboundSocket):
@@ -298,12 +318,14 @@ class ConnectionManager:
 
     async def close(self, socket: object, code: int = 1000, reason: str = "") -> None:
         """Close the socket with ``code`` and ``reason``, then unregister it."""
+        self._running(cleanup=True)
         conn = self._connection(socket)
         await self._outbox.close(conn.transport, code, reason)
         self._unregister(conn, f"closed by the server ({code})")
 
     def clear(self) -> None:
         """Unregister every connection (callbacks fire); groups empty with them."""
+        self._running(cleanup=True)
         for conn in list(self._registry):
             self._unregister(conn, "cleared")
 
@@ -343,6 +365,7 @@ class ConnectionManager:
         With a backplane the membership is fleet-wide: other nodes holding sockets of
         ``identifier`` put them in the group too. ``identifier`` must have a socket here.
         """
+        self._running()
         check_name("identifier", identifier)
         check_name("group", group)
         new = group not in self._registry.memberships.get(identifier, ())
@@ -351,6 +374,8 @@ class ConnectionManager:
             self._backplane.membership("join", identifier, group)
 
     def remove_from_group(self, identifier: str, group: str) -> None:
+        """Take ``identifier`` out of ``group``; idempotent, even once it has no socket left."""
+        self._running(cleanup=True)
         check_name("identifier", identifier)
         check_name("group", group)
         was = group in self._registry.memberships.get(identifier, ())
@@ -486,8 +511,12 @@ class ConnectionManager:
     ) -> None:
         """Apply the transition now, or raise ``InvalidTransition`` changing nothing.
 
-        Callbacks run afterwards, each in its own task of the manager's.
+        Callbacks run afterwards, each in its own task of the manager's. ERROR with no retry
+        policy (the connection's, or the manager's default) goes on to DISCONNECTED in the
+        same call; DISCONNECTED is final, and the connection leaves the registry at once
+        (callbacks still see both changes).
         """
+        self._running(cleanup=True)
         if not isinstance(state, ConnectionState):
             raise WrongType(f"state must be a ConnectionState, got {state!r}")
         conn = self._connection(socket)
@@ -495,6 +524,7 @@ class ConnectionManager:
 
     def set_retry_policy(self, socket: object, policy: RetryPolicy | None) -> None:
         """This connection's own policy; ``None`` returns it to the manager's default."""
+        self._running()
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise WrongType(f"policy must be a RetryPolicy or None, got {policy!r}")
         self._connection(socket).retry_policy = policy
@@ -504,6 +534,7 @@ class ConnectionManager:
 
         ``reconnector(connection)`` returns a new ``Transport`` or raises to fail the attempt.
         """
+        self._running()
         if reconnector is not None and not callable(reconnector):
             raise WrongType(f"reconnector must be callable or None, got {reconnector!r}")
         self._connection(socket).reconnector = reconnector
@@ -512,8 +543,11 @@ class ConnectionManager:
         """Call ``callback(socket, old, new)`` (or ``callback(change)``) after every change.
 
         Sync or async; usable as a decorator. ``old`` is ``None`` for a new connection.
-        Returns a handle whose ``remove()`` unsubscribes.
+        Returns a handle whose ``remove()`` unsubscribes. Callbacks may be added before the
+        manager is entered.
         """
+        if self._tg is not None or self._closing:
+            self._running(cleanup=True)  # from the loop's thread, and not once it has ended
         return self._callbacks.add(callback)
 
     def session(
@@ -533,6 +567,7 @@ class ConnectionManager:
 
     def touch(self, socket: object, *, pong: bool = False) -> None:
         """Report inbound activity on ``socket`` (adapters call it for each message/pong)."""
+        self._running(cleanup=True)
         self._touch(self._connection(socket), pong)
 
     # -- resumption (see _resumption.py) and outbound connections ---------------------------------
@@ -711,7 +746,7 @@ class ConnectionManager:
     def _transport_closed(self, conn: Connection, code: int | None, reason: str) -> None:
         if not conn.registered or conn.state not in WRITABLE:
             return
-        if code in CLEAN_CLOSE_CODES:
+        if is_clean(code):
             self._machine.request(conn, D, f"closed ({code}{': ' + reason if reason else ''})")
         else:
             self._machine.request(conn, E, f"abnormal close ({code or 1006})")
@@ -721,7 +756,7 @@ class ConnectionManager:
         if self._closing or not conn.registered or conn.state not in WRITABLE:
             return  # closing, the manager closed it itself: no error, no retry
         text = f"closed by the server ({code}{': ' + reason if reason else ''})"
-        self._machine.request(conn, D if final_close(code) else E, text)
+        self._machine.request(conn, D if is_final(code) else E, text)
 
     def _transport_failed(self, conn: Connection, error: BaseException | str) -> None:
         if not conn.registered or conn.state not in (C, I, R):
@@ -745,8 +780,11 @@ class ConnectionManager:
             conn.writer_scope.cancel()
         if self._callbacks:
             self._callbacks.publish(change, conn.socket)
-        if new is D and conn.held and conn.registered:
-            self._unregister(conn, change.reason or "resume window expired")
+        if new is D and conn.registered:
+            # Nothing holds a DISCONNECTED connection (no retry is coming, no resume window
+            # is open): it is no longer active, so it leaves the registry at once and
+            # ``count()``, the groups and ``stats()`` stop showing it.
+            self._unregister(conn, change.reason or "disconnected")
 
     # -- numbers -------------------------------------------------------------------------------
 
@@ -764,6 +802,7 @@ class ConnectionManager:
                     drops["backplane: " + key.removeprefix("dropped: ")] = value
         return FleetStats(
             connections=len(registry),
+            held=len(registry.by_state[E]) + len(registry.by_state[R]),
             identifiers=len(registry.by_identifier),
             groups=len(registry.groups),
             states={state.name: len(conns) for state, conns in registry.by_state.items()},

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 
 from ._connection import Connection
-from ._errors import InvalidArgument, TransportClosed, TransportError, WrongType
+from .errors import InvalidArgument, TransportClosed, TransportError, WrongType
 from .fsm.states import ConnectionState
 from .policies.retry import RetryPolicy
 from .transport import Message, Outbound, Transport
@@ -33,7 +33,7 @@ from .transport import Message, Outbound, Transport
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
 
-__all__ = ["Dialer", "FinalRefusal", "OutboundSocket", "dial", "final_close", "make_reconnector"]
+__all__ = ["Dialer", "OutboundSocket", "dial", "make_reconnector"]
 
 R = ConnectionState.RECONNECTING
 
@@ -46,15 +46,6 @@ class Dialer(Protocol):
     """What a client backend provides: open a WebSocket, as a transport, for a block."""
 
     def __call__(self, url: str, **options: Any) -> AbstractAsyncContextManager[Transport]: ...
-
-
-class FinalRefusal(TransportError):
-    """The server refused in a way that says retrying would not help (HTTP 4xx)."""
-
-
-def final_close(code: int) -> bool:
-    """Close codes after which a client should not come back."""
-    return code == 1008 or 4000 <= code <= 4999
 
 
 class OutboundSocket:

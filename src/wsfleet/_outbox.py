@@ -24,7 +24,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._connection import Connection
-from ._errors import WrongType
+from .errors import TransportError, UnencodableMessage, WrongType
 from .fsm.states import ConnectionState
 from .policies.overflow import OverflowDecision
 from .transport import PING, Message, Outbound, Transport
@@ -53,9 +53,19 @@ WRITER_LINGER: Final = 1.0
 
 
 def message_size(message: object) -> int:
-    """Bytes on the wire (UTF-8 for text), or ``WrongType`` for anything but str and bytes."""
+    """Bytes on the wire (UTF-8 for text); refuses what no transport could send.
+
+    ``WrongType`` for anything but str and bytes, ``UnencodableMessage`` for text with lone
+    surrogates: checked here, once per call, so that a message that cannot be written never
+    reaches a queue, where it would fail once for every recipient and look like their fault.
+    """
     if isinstance(message, str):
-        return len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
+        if message.isascii():
+            return len(message)
+        try:
+            return len(message.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise UnencodableMessage(exc.start, exc.reason) from None
     if isinstance(message, bytes):
         return len(message)
     raise WrongType(f"message must be str or bytes, got {type(message).__name__}")
@@ -293,8 +303,7 @@ class Outbox:
         try:
             written = transport.send_nowait(batch)
         except Exception as exc:
-            self.count_drop("send failed", messages)
-            self._manager._transport_failed(conn, exc)
+            self._send_failed(conn, exc, messages)
             return
         if written:
             self.sent_messages += messages
@@ -313,6 +322,28 @@ class Outbox:
             self.pings_sent -= 1
         conn.writing = True
         self._manager._spawn(self._writer, conn, name=f"wsfleet writer {conn.identifier}")
+
+    def _send_failed(self, conn: Connection, error: Exception, messages: int) -> bool:
+        """A write raised: the socket failed (``True``: the connection goes to ERROR), or only
+        this batch did (``False``: dropped, counted and logged, the connection untouched).
+
+        Only an I/O failure says something about the peer. Anything else (an adapter's or a
+        library's bug, a frame it would not build) belongs to the batch: taking it out on the
+        connection would disconnect a peer that did nothing wrong, and with a shared frame,
+        every recipient of the message at once.
+        """
+        if isinstance(error, TransportError | OSError):
+            self.count_drop("send failed", messages)
+            self._manager._transport_failed(conn, error)
+            return True
+        self.count_drop("send error", messages)
+        logger.error(
+            "writing %d message(s) to %r raised; dropped, the connection is kept",
+            messages,
+            conn,
+            exc_info=error,
+        )
+        return False
 
     async def _writer(self, conn: Connection) -> None:
         """Write ``conn``'s queue for as long as it has something, then linger a little.
@@ -352,10 +383,10 @@ class Outbox:
                     try:
                         await transport.send(batch)
                     except Exception as exc:
-                        self.count_drop("send failed", messages)
-                        messages = 0
-                        self._manager._transport_failed(conn, exc)
-                        return
+                        failed, messages = messages, 0
+                        if self._send_failed(conn, exc, failed):
+                            return
+                        continue
                     self.sent_messages += messages
                     messages = 0
             if scope.cancelled_caught and messages:

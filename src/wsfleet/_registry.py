@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ._connection import Connection
-from ._errors import InvalidArgument, UnknownIdentifier, WrongType
+from .errors import InvalidArgument, UnknownIdentifier, WrongType
 from .fsm.states import ConnectionState
 
 __all__ = ["MAX_NAME_LENGTH", "Registry", "check_name"]
@@ -19,7 +19,12 @@ MAX_NAME_LENGTH = 256
 
 
 def check_name(kind: str, value: object) -> str:
-    """An identifier or group name: a non-empty ``str`` of at most 256 characters."""
+    """An identifier or group name: a non-empty ``str`` of at most 256 characters.
+
+    It must also be valid Unicode (no lone surrogates): names travel to other nodes and to
+    logs and dashboards as UTF-8, and one that cannot be encoded would fail there, far from
+    the call that let it in.
+    """
     if not isinstance(value, str):
         raise WrongType(f"{kind} must be a str, got {type(value).__name__}")
     if not value:
@@ -28,6 +33,13 @@ def check_name(kind: str, value: object) -> str:
         raise InvalidArgument(
             f"{kind} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}"
         )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                f"{kind} must be valid Unicode text (character {exc.start}: {exc.reason})"
+            ) from None
     return value
 
 
@@ -109,8 +121,11 @@ class Registry:
         self.memberships.setdefault(identifier, set()).add(group)
 
     def leave(self, identifier: str, group: str) -> None:
-        if identifier not in self.by_identifier:
-            raise UnknownIdentifier(f"no connection is registered as {identifier!r}")
+        """Idempotent, even for an identifier with no socket left: it is in no group then.
+
+        An application's "leave the room" routinely races the cleanup of the identifier's
+        last socket, which has already taken it out of every group.
+        """
         groups = self.memberships.get(identifier)
         if groups is None or group not in groups:
             return

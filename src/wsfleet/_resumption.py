@@ -9,6 +9,11 @@ session over: buffered messages first, in order, exactly once; state back to CON
 window is the time a client following that policy would keep retrying (the sum of its
 largest delays) unless set explicitly; when it closes, the session ends DISCONNECTED and its
 buffer is dropped and counted. A wrong token never takes a session over.
+
+A token is good for one resumption: the socket that takes a session over gets a fresh token
+(``session.resume_token``) and the old one is void at once. A token travels in URLs, logs
+and proxies; one that stayed valid would let whoever saw it take the session over again,
+after the next drop.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from ._connection import Connection
-from ._errors import AlreadyRegistered, InvalidTransition
-from ._timers import ResumeExpired
+from .errors import AlreadyRegistered, InvalidTransition, ResumeExpired
 from .fsm.states import ConnectionState
 from .policies.retry import RetryPolicy
 from .transport import Transport
@@ -51,8 +55,14 @@ class Resumption:
             # A resume window alone makes sessions resumable: one "attempt", the hold.
             conn.retry_policy = HOLD_ONLY
         if manager._machine.policy_of(conn) is not None:
-            conn.resume_token = secrets.token_urlsafe(18)
-            self._tokens[conn.resume_token] = conn
+            self._issue(conn)
+
+    def _issue(self, conn: Connection) -> None:
+        """A fresh token for ``conn``; the one it had names nothing from now on."""
+        if conn.resume_token is not None:
+            self._tokens.pop(conn.resume_token, None)
+        conn.resume_token = secrets.token_urlsafe(18)
+        self._tokens[conn.resume_token] = conn
 
     def forget(self, conn: Connection) -> None:
         """``conn`` was unregistered: its token is void and its hold ends."""
@@ -88,6 +98,7 @@ class Resumption:
         if waiter is not None:
             waiter.set()
         manager._machine.request(conn, C, "resumed")
+        self._issue(conn)  # one use per token (see the module docstring)
         return conn
 
     def hold(self, conn: Connection) -> bool:

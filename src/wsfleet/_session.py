@@ -11,10 +11,18 @@ reports each message to the heartbeat/idle logic. A close from the peer ends the
 1000 and 1001 move the connection to DISCONNECTED, any other code (1006 for a lost TCP
 connection, 1009 for an oversize message, 1011 for a timeout ...) to ERROR. Leaving the
 block closes the socket if it is still open and unregisters the connection.
+
+The identifier usually comes from the client (a query parameter, a token's subject), so a
+bad one is the client's mistake, not the server's: the session is *refused*. The socket is
+closed with 1008 and the reason, one line is logged, and the block runs with a session that
+yields nothing; a wsfleet error the block raises because that identifier is not registered
+(``add_to_group(bad, ...)``) ends the block quietly. Nothing reaches the server's task group:
+on trio, an exception escaping one handler would end the whole server.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING
@@ -22,14 +30,24 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._connection import Connection
-from ._errors import TransportClosed, TransportError
+from ._registry import check_name
+from .errors import (
+    InvalidArgument,
+    TransportClosed,
+    TransportError,
+    UnknownSocket,
+    WrongType,
+    WsfleetError,
+)
 from .fsm.states import ConnectionState
 from .transport import Message
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
 
-__all__ = ["Session", "open_session"]
+__all__ = ["Session", "close_reason", "open_session"]
+
+logger = logging.getLogger("wsfleet")
 
 _OPEN = frozenset((ConnectionState.CONNECTED, ConnectionState.IDLE))
 
@@ -37,48 +55,103 @@ _OPEN = frozenset((ConnectionState.CONNECTED, ConnectionState.IDLE))
 class Session:
     """An async iterator over the messages a registered socket receives."""
 
-    __slots__ = ("close_code", "connection", "resumed")
+    __slots__ = ("_connection", "_identifier", "close_code", "close_reason", "refused", "resumed")
 
-    def __init__(self, connection: Connection, resumed: bool = False) -> None:
-        self.connection = connection
-        #: The close code that ended the iteration, once it has ended.
-        self.close_code: int | None = None
+    def __init__(
+        self,
+        connection: Connection | None,
+        resumed: bool = False,
+        *,
+        identifier: str = "",
+        refused: str | None = None,
+    ) -> None:
+        self._connection = connection
+        self._identifier = identifier if connection is None else connection.identifier
+        #: The close code that ended the iteration, once it has ended (1008 when refused).
+        self.close_code: int | None = None if refused is None else 1008
+        #: The reason that came with ``close_code`` ("" when the close frame had none).
+        self.close_reason: str | None = refused
         #: Whether this socket took over a held session (its groups and buffered messages).
         self.resumed = resumed
+        #: Why the session was refused (its socket closed with 1008); ``None`` if it was not.
+        self.refused = refused
+
+    @property
+    def connection(self) -> Connection:
+        """The registered connection; ``UnknownSocket`` for a refused session (it has none)."""
+        if self._connection is None:
+            raise UnknownSocket(f"this session was refused ({self.refused}): it has no connection")
+        return self._connection
 
     @property
     def identifier(self) -> str:
-        return self.connection.identifier
+        return self._identifier
 
     @property
     def resume_token(self) -> str | None:
         """Hand this to the client: passed back to ``manager.session(..., resume=token)`` by
         the next socket, it takes the session over. ``None`` without a retry policy."""
-        return self.connection.resume_token
+        return None if self._connection is None else self._connection.resume_token
 
     def __aiter__(self) -> Session:
         return self
 
     async def __anext__(self) -> Message:
-        conn = self.connection
-        if self.close_code is not None or not conn.registered or conn.state not in _OPEN:
+        conn = self._connection
+        if (
+            conn is None
+            or self.close_code is not None
+            or not conn.registered
+            or conn.state not in _OPEN
+        ):
             raise StopAsyncIteration
         try:
             message = await conn.transport.receive()
         except TransportClosed as closed:
             self.close_code = closed.code
+            self.close_reason = closed.reason
             conn.closed(closed.code, closed.reason)
             raise StopAsyncIteration from None
         except TransportError as exc:
             self.close_code = 1006
+            self.close_reason = str(exc)
             conn.failed(exc)
             raise StopAsyncIteration from None
         conn.touch()
         return message
 
     async def send(self, message: Message) -> int:
-        """Queue ``message`` for this socket alone (it goes through the same bounded queue)."""
-        return await self.connection.send(message)
+        """Queue ``message`` for this socket alone (it goes through the same bounded queue).
+
+        Returns 0 for a refused session: there is no connection to queue for.
+        """
+        if self._connection is None:
+            return 0
+        return await self._connection.send(message)
+
+
+#: The longest close reason the WebSocket protocol allows, in bytes of UTF-8.
+MAX_CLOSE_REASON = 123
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what fits in a close frame, on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= MAX_CLOSE_REASON:
+        return text
+    return data[: MAX_CLOSE_REASON - 3].decode("utf-8", "ignore") + "..."
+
+
+async def _refuse(manager: ConnectionManager, socket: object, reason: str) -> None:
+    """Close a socket whose session is refused with 1008; the reason tells the client why."""
+    logger.info("refused a session: %s", reason)
+    transport = manager._transport_for(socket)
+    with (
+        anyio.CancelScope(shield=True),
+        anyio.move_on_after(manager.close_timeout),
+        suppress(Exception),  # the peer may be gone already
+    ):
+        await transport.close(1008, reason)
 
 
 @asynccontextmanager
@@ -86,6 +159,21 @@ async def open_session(
     manager: ConnectionManager, socket: object, identifier: str, resume: str | None = None
 ) -> AsyncIterator[Session]:
     """Register ``socket`` for the duration of the block; see the module docstring."""
+    manager._running()
+    try:
+        check_name("identifier", identifier)
+    except (InvalidArgument, WrongType) as exc:
+        reason = close_reason(f"invalid identifier: {exc}")
+        await _refuse(manager, socket, reason)
+        try:
+            yield Session(
+                None, identifier=identifier if isinstance(identifier, str) else "", refused=reason
+            )
+        except WsfleetError as exc:  # the block used the identifier it was refused for
+            logger.debug("a refused session's block ended with %r", exc)
+        return
+    if resume is not None and not isinstance(resume, str):
+        resume = None  # whatever the client sent, it names no held session
     conn = None if resume is None else manager._take_over(socket, identifier, resume)
     resumed = conn is not None
     if conn is None:

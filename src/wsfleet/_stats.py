@@ -36,6 +36,9 @@ class FleetStats:
     """A snapshot of one manager's fleet."""
 
     connections: int
+    """Registered connections: the active ones and the held ones (see ``held``)."""
+    held: int
+    """Connections kept for a retry or a resume (ERROR or RECONNECTING); counted above."""
     identifiers: int
     groups: int
     states: Mapping[str, int]

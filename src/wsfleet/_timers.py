@@ -26,15 +26,15 @@ import anyio
 
 from ._connection import Connection, Reconnector
 from ._deadlines import Deadlines, Kind
-from ._outbound import FinalRefusal
 from ._outbox import WRITABLE
+from .errors import FinalRefusal, ResumeExpired
 from .fsm.machine import Lifecycle
 from .fsm.states import ConnectionState
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
 
-__all__ = ["ResumeExpired", "Timers"]
+__all__ = ["Timers"]
 
 logger = logging.getLogger("wsfleet")
 
@@ -43,10 +43,6 @@ E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
 D = ConnectionState.DISCONNECTED
 I = ConnectionState.IDLE  # noqa: E741
-
-
-class ResumeExpired(Exception):
-    """A held server-side session was not resumed within its window."""
 
 
 class Timers:
@@ -140,7 +136,10 @@ class Timers:
         conn.last_ping = now
         conn.ping_queued_at = now
         self._manager._outbox.queue_ping(conn)
-        self.push(now + (timeout if timeout is not None else interval), "heartbeat", conn)
+        # Back at whichever comes first: the next ping's time (a pong answered by then lets
+        # it go out on schedule) or the pong's deadline.
+        wake = interval if timeout is None else min(interval, timeout)
+        self.push(now + wake, "heartbeat", conn)
 
     def _dead(self, conn: Connection, reason: str) -> None:
         self.heartbeat_timeouts += 1

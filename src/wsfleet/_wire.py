@@ -36,7 +36,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
-from ._errors import WsfleetError
+from .errors import WsfleetError
 
 __all__ = [
     "VERSION",

@@ -44,11 +44,20 @@ def _demo(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"wsfleet demo --redis: {exc}", file=sys.stderr)
             return 1
-    return run(args.host, args.port, backend=args.backend, redis=args.redis)
+    return run(
+        args.host,
+        args.port,
+        backend=args.backend,
+        redis=args.redis,
+        allow_origins=args.allow_origin,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="wsfleet", description="wsfleet command line tools")
+    parser.add_argument("--version", action="version", version=f"wsfleet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     diagram = commands.add_parser(
         "diagram", help="draw the connection state diagram from the transition table"
@@ -66,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a chat and a live dashboard of its connections (pages and WebSockets)",
         description="Serve a chat (/) and a live dashboard of the fleet (/dashboard) on one "
         "port: the websockets library's server answers the pages and the WebSockets, on "
-        "asyncio or trio. Anyone who can reach the port can press the dashboard's buttons.",
+        "asyncio or trio. Anyone who can reach the port can press the dashboard's buttons; "
+        "in a browser, only the demo's own pages (and --allow-origin) may open its "
+        "WebSockets.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     demo.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (8000)")
@@ -77,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         "--redis",
         metavar="URL",
         help="share the fleet through Redis (redis://host:6379/0; needs wsfleet[redis])",
+    )
+    demo.add_argument(
+        "--allow-origin",
+        metavar="ORIGIN",
+        action="append",
+        default=[],
+        help="let pages from ORIGIN (https://chat.example) open the WebSockets too; "
+        "repeatable. By default only the demo's own pages may; clients that send no "
+        "Origin header (not browsers) are let in",
     )
     demo.set_defaults(run=_demo)
     return parser

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from ._errors import TransportError
+from .errors import TransportError
 from .fsm.clock import ManualClock
 from .fsm.machine import FleetMachine, Lifecycle
 from .fsm.states import ConnectionState

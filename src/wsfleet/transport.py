@@ -14,8 +14,9 @@ the manager falls back to a writer task awaiting ``send`` only when it returns `
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 if TYPE_CHECKING:
@@ -78,8 +79,10 @@ class Transport(ABC):
 
     The manager calls ``attach`` once at registration; from then on the transport reports
     inbound events through ``self.connection`` (``touch()`` for a message, ``touch(pong=True)``
-    for a pong, ``closed(...)``, ``failed(...)``). Methods must raise ``TransportError`` (or
-    let any exception escape, which the manager treats the same way) when the socket is gone.
+    for a pong, ``closed(...)``, ``failed(...)``). Methods must raise ``TransportError`` (an
+    ``OSError`` counts the same) when the socket is gone: the connection then goes to ERROR.
+    Any other exception from a write is taken as that batch's failure, not the peer's: the
+    batch is dropped, counted ("send error") and logged, and the connection stays as it was.
     """
 
     connection: Connection | None = None
@@ -111,7 +114,7 @@ class Transport(ABC):
 
         Used by ``manager.session``; a transport that only sends may leave it as is.
         """
-        from ._errors import TransportError
+        from .errors import TransportError
 
         raise TransportError(f"{type(self).__name__} cannot receive")
 
@@ -127,6 +130,15 @@ class Transport(ABC):
 
 _ADAPTERS: dict[type, Callable[[Any], Transport]] = {}
 
+#: The adapters wsfleet ships, by the top-level package of the socket classes they take:
+#: (adapter module, the extra that installs its library, the library's name for people).
+KNOWN_ADAPTERS: Final[Mapping[str, tuple[str, str, str]]] = {
+    "websockets": ("wsfleet.adapters.websockets", "websockets", "websockets"),
+    "trio_websocket": ("wsfleet.adapters.trio_websocket", "trio", "trio-websocket"),
+    "starlette": ("wsfleet.adapters.asgi", "asgi", "Starlette/FastAPI"),
+    "fastapi": ("wsfleet.adapters.asgi", "asgi", "Starlette/FastAPI"),
+}
+
 
 def register_adapter(native: type, factory: Callable[[Any], Transport]) -> None:
     """Let ``manager.register`` accept instances of ``native`` (and its subclasses)."""
@@ -135,10 +147,48 @@ def register_adapter(native: type, factory: Callable[[Any], Transport]) -> None:
     _ADAPTERS[native] = factory
 
 
-def adapter_for(socket: object) -> Callable[[Any], Transport] | None:
-    """The factory registered for ``socket``'s class or its nearest registered base."""
+def _registered(socket: object) -> Callable[[Any], Transport] | None:
     for cls in type(socket).__mro__:
         factory = _ADAPTERS.get(cls)
         if factory is not None:
             return factory
     return None
+
+
+def adapter_for(socket: object) -> Callable[[Any], Transport] | None:
+    """The factory registered for ``socket``'s class or its nearest registered base.
+
+    A socket of a library wsfleet ships an adapter for needs no import first: the adapter
+    is imported on first use, found from the package of the socket's class. ``None`` for
+    any other class; ``ImportError`` (naming the extra) when the adapter's library is
+    missing.
+    """
+    factory = _registered(socket)
+    if factory is not None:
+        return factory
+    for cls in type(socket).__mro__:
+        known = KNOWN_ADAPTERS.get(cls.__module__.partition(".")[0])
+        if known is not None:
+            module, extra, _ = known
+            try:
+                importlib.import_module(module)  # registers its socket classes
+            except ImportError as exc:
+                raise ImportError(
+                    f"{module} cannot be imported ({exc}): pip install 'wsfleet[{extra}]'"
+                ) from exc
+            return _registered(socket)
+    return None
+
+
+def no_adapter(socket: object) -> str:
+    """What to tell someone who registered a socket no adapter takes."""
+    cls = type(socket)
+    choices = ", ".join(
+        f"{name} (pip install 'wsfleet[{extra}]')"
+        for module, extra, name in dict.fromkeys(KNOWN_ADAPTERS.values())
+    )
+    return (
+        f"no transport adapter for {cls.__module__}.{cls.__qualname__}: wsfleet takes the "
+        f"sockets of {choices}, or any wsfleet.Transport (subclass it for another library "
+        "and call wsfleet.register_adapter)"
+    )

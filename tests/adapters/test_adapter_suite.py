@@ -100,6 +100,30 @@ async def test_a_dropped_tcp_connection_is_an_abnormal_close(harness: ModuleType
         await app.wait_for("alice", D)  # no retry policy: it gives up
 
 
+@pytest.mark.parametrize("name", ["x" * 300, "y" * 257], ids=["300-chars", "257-chars"])
+async def test_a_bad_identifier_from_a_client_closes_only_that_socket_with_1008(
+    harness: ModuleType, app: App, name: str
+) -> None:
+    """The identifier comes from the client: a bad one is refused on its socket, and the
+    server (whose task group an escaping error would end, on trio) goes on serving."""
+    async with harness.serve(app.handler) as url, client(f"{url}?id=alice") as alice:
+        await app.wait_for("alice", C)
+        for _ in range(3):
+            async with client(f"{url}?id={name}") as bad:
+                with anyio.fail_after(5):
+                    await bad.wait_closed()
+                assert bad.close_code == 1008
+                assert bad.close_reason.startswith("invalid identifier: identifier must")
+        async with client(f"{url}?id=bob") as bob:  # still serving, new clients included
+            await app.wait_for("bob", C)
+            await bob.send("hi")
+            with anyio.fail_after(5):
+                assert await alice.recv() == "bob: hi"
+                assert await bob.recv() == "bob: hi"
+        assert app.manager.identifiers() <= {"alice", "bob"}
+        assert app.manager.stats().connections <= 2
+
+
 async def test_an_oversize_inbound_message_is_closed_with_1009(
     harness: ModuleType, app: App
 ) -> None:

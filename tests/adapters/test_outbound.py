@@ -272,7 +272,7 @@ async def test_a_refused_dial_retries_by_the_policy_then_gives_up(backend: str) 
         assert conn.state is R
         await wait_for(lambda: conn.state is D)
         await wait_for(lambda: len(changes) == 3 + 2 * retry.max_attempts)
-        assert len(manager) == 1  # gave up, but still known until the application lets go
+        assert len(manager) == 0  # gave up: DISCONNECTED, and forgotten
     assert pairs(changes) == [(None, R), (R, E), *[(E, R), (R, E)] * 3, (E, D)]
     assert all("attempt failed" in (c.reason or "") for c in changes if c.new is E)
     assert changes[-1].reason == "retries exhausted (3 of 3 attempts)"

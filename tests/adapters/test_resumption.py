@@ -225,6 +225,44 @@ async def test_a_wrong_token_never_takes_over(whose: str) -> None:
                 assert app.sessions[2].connection is held
 
 
+async def test_a_token_is_good_for_one_resumption_and_the_new_socket_gets_a_fresh_one() -> None:
+    """A token travels in URLs: replayed after it was used, it names nothing."""
+    async with chat() as (app, url):
+        manager = app.manager
+        old_token = await vanishing_client(url, "alice")
+        await wait_for(lambda: app.sessions[0].connection.state is R)
+        held = app.sessions[0].connection
+        async with client(f"{url}?id=alice&resume={old_token}") as alice:
+            assert await receive_all(alice, 1) == ["welcome back"]
+            resumed = app.sessions[1]
+            assert resumed.resumed
+            new_token = resumed.resume_token
+            assert new_token is not None
+            assert new_token != old_token
+            assert held.resume_token == new_token
+            await manager.send_to_one("alice", "for the resumed socket")
+            assert await receive_all(alice, 1) == ["for the resumed socket"]
+        # The resumed socket is gone too (cleanly): the session ends, nothing is held.
+        await wait_for(lambda: not held.registered)
+
+        alice_again = await vanishing_client(url, "alice")  # a later session, dropped, held
+        await wait_for(lambda: app.sessions[2].connection.state is R)
+        await manager.send_to_one("alice", "buffered for the holder of the new token")
+
+        async with client(f"{url}?id=alice&resume={old_token}") as replay:
+            first = await receive_all(replay, 1)
+            fresh = app.sessions[3]
+            assert not fresh.resumed
+            assert first == [f"token:{fresh.resume_token}"]  # a fresh session ...
+            assert await nothing_more(replay)  # ... and none of the buffered data
+        assert app.sessions[2].connection.queued == 1  # still waiting for its own token
+        async with client(f"{url}?id=alice&resume={alice_again}") as alice:
+            assert await receive_all(alice, 2) == [
+                "buffered for the holder of the new token",
+                "welcome back",
+            ]
+
+
 # -- the window ------------------------------------------------------------------------------
 
 
@@ -371,6 +409,9 @@ async def test_a_taken_over_session_can_be_held_and_taken_over_again() -> None:
         second_peer = Peer("second")
         async with manager.session(second_peer, "alice", resume=token) as second:
             assert second.resumed
+            fresh = second.resume_token  # each resumption hands out a new token
+            assert fresh is not None
+            assert fresh != token
             second_peer.vanish()
             async for _ in second:
                 raise AssertionError("the peer sends nothing")  # pragma: no cover
@@ -380,7 +421,7 @@ async def test_a_taken_over_session_can_be_held_and_taken_over_again() -> None:
         assert conn.attempts == 1  # it was up again: a new outage starts from zero, then holds
         await manager.send_to_one("alice", "still here")
         third_peer = Peer("third")
-        async with manager.session(third_peer, "alice", resume=token) as third:
+        async with manager.session(third_peer, "alice", resume=fresh) as third:
             assert third.resumed
             assert third.connection is conn
             await wait_for(lambda: third_peer.received == ["still here"])

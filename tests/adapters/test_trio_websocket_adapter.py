@@ -9,8 +9,8 @@ import pytest
 from trio_websocket import WebSocketConnection
 
 from wsfleet import ConnectionManager, ConnectionState
-from wsfleet._errors import TransportClosed
 from wsfleet.adapters.trio_websocket import TrioWebsocketTransport
+from wsfleet.errors import TransportClosed
 
 from .app import App
 from .clients import client

@@ -42,9 +42,13 @@ skipped and never reported as answered.
 Close codes
 -----------
 ``websocket.disconnect`` carries the close code the server reports; the session maps it as
-usual (1000/1001 DISCONNECTED, anything else ERROR). Servers differ: hypercorn up to at
+usual (1000/1001/1005 DISCONNECTED, anything else ERROR). Servers differ: hypercorn up to at
 least 0.18 reports 1006 for every close the client starts, even a clean 1000
-(pgjones/hypercorn#127), so over hypercorn a clean client close ends in ERROR.
+(pgjones/hypercorn#127), so over hypercorn a clean client close ends in ERROR. uvicorn
+reports a connection lost without a close frame (a dead peer its keepalive gave up on, a
+dropped TCP connection) as 1005, the code of a close frame without one; it leaves out the
+event's ``reason`` then, which a close read from a frame always has, so this adapter
+reports such a 1005 as 1006 (abnormal, ERROR).
 
 When the adapter closes a socket (``close``, e.g. an eviction or the manager shutting down),
 a ``receive`` waiting on it ends at once with that code rather than waiting for the peer to
@@ -60,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._errors import InvalidArgument, TransportClosed, TransportError
+from ..errors import InvalidArgument, TransportClosed, TransportError
 from ..transport import Message, Outbound, Ping, Transport, register_adapter
 
 if TYPE_CHECKING:
@@ -81,6 +85,24 @@ _NO_PINGS = (
     "connections alive (uvicorn --ws-ping-interval/--ws-ping-timeout, hypercorn "
     "websocket_ping_interval)"
 )
+
+
+def _disconnect_code(event: Any) -> tuple[int, str]:
+    """The close code and reason of a ``websocket.disconnect`` event.
+
+    ASGI says 1005 when the peer's close frame carried no code (a browser's plain
+    ``ws.close()``), which is a clean close. uvicorn (its websockets-sansio and wsproto
+    implementations) also reports a connection lost without any close frame, its own
+    keepalive timeout included, as 1005, but without the event's ``reason`` field, which
+    every close it reads from a frame carries. Such a 1005 is reported as 1006: a dead peer
+    is an abnormal close, held for a resume like any other, not a goodbye.
+    """
+    code = int(event.get("code", 1005))
+    if "reason" not in event:
+        if code == 1005:
+            return 1006, "connection lost"
+        return code, ""
+    return code, str(event.get("reason") or "")
 
 
 class StarletteTransport(Transport):
@@ -174,9 +196,7 @@ class StarletteTransport(Transport):
                 return bytes(data)
             raise TransportError("websocket.receive event with neither text nor bytes")
         if kind == "websocket.disconnect":
-            # ASGI: 1005 when the peer's close frame had no code.
-            code = int(event.get("code", 1005))
-            reason = str(event.get("reason") or "")
+            code, reason = _disconnect_code(event)
             self._closed = self._closed or (code, reason)
             raise TransportClosed(code, reason)
         raise TransportError(f"unexpected ASGI event {kind!r}")

@@ -57,8 +57,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
-from .._errors import TransportClosed, TransportError
-from .._outbound import FinalRefusal
+from ..errors import FinalRefusal, TransportClosed, TransportError
 from ..transport import Message, Outbound, Ping, PongSignal, Transport, register_adapter
 
 try:

@@ -39,8 +39,7 @@ from typing import Any
 
 import sniffio
 
-from .._errors import TransportClosed, TransportError
-from .._outbound import FinalRefusal
+from ..errors import FinalRefusal, TransportClosed, TransportError
 from ..transport import Message, Outbound, Ping, PongSignal, Transport, register_adapter
 
 try:

@@ -14,10 +14,13 @@ Redis backplane, so demos on several ports share one fleet.
 The modules, in the order a request meets them: ``_pages`` (HTTP), ``_server`` (the
 listening server and the lifetime of everything), ``_chat`` (the chat protocol),
 ``_controls`` (the dashboard's socket and buttons), ``_board`` (what dashboards see, pushed
-in batches), ``_policies`` (short heartbeat, retry and overflow policies).
+in batches), ``_policies`` (short heartbeat, retry and overflow policies), ``_origins``
+(which pages may open the WebSockets).
 
 It is a demo: anyone who can reach its port can press the dashboard's buttons. It listens
-on 127.0.0.1 unless told otherwise.
+on 127.0.0.1 unless told otherwise, and its WebSockets refuse pages of other sites (the
+``Origin`` check, widened by ``--allow-origin``), since a browser would otherwise let any
+page it shows reach 127.0.0.1.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ purpose: a short key per connection for the buttons, the trail of its recent sta
 rows of connections that are gone, shown DISCONNECTED for a while.
 
 The dashboards are the members of the ``admins`` group; a snapshot describes this node, so
-it goes to this node's admin sockets only, not through the backplane.
+it goes to this node's admin sockets only, not through the backplane. A dashboard is not
+part of the fleet it watches: the counts it shows (states, connections, identifiers,
+groups) leave the dashboards out and say how many are watching; their rows come last.
 """
 
 from __future__ import annotations
@@ -45,17 +47,24 @@ MAX_ROWS: Final = 150
 FEED_KEPT: Final = 100
 TRAIL: Final = 6
 
+C = ConnectionState.CONNECTED
+E = ConnectionState.ERROR
 D = ConnectionState.DISCONNECTED
 
 
 class _Tracked:
-    """What the board remembers about one live connection; the trail comes from its changes."""
+    """What the board remembers about one live connection; the trail comes from its changes.
 
-    __slots__ = ("key", "trail")
+    ``failure`` is why it last went to ERROR: a connection that ends from there ends for
+    two reasons, what went wrong and why it was not retried, and its row shows both.
+    """
+
+    __slots__ = ("failure", "key", "trail")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.trail: deque[str] = deque(maxlen=TRAIL)
+        self.failure: str | None = None
 
 
 class Board:
@@ -97,6 +106,10 @@ class Board:
         if not tracked.trail and change.old is not None:
             tracked.trail.append(change.old.name)
         tracked.trail.append(change.new.name)
+        if change.new is E:
+            tracked.failure = change.reason
+        elif change.new is C:
+            tracked.failure = None
         self._unsent.append(
             {
                 "n": next(self._events),
@@ -112,11 +125,14 @@ class Board:
             # The manager forgets a connection once it is DISCONNECTED; the board shows it
             # a little longer, as it was last seen.
             row = dict(self._last_rows.get(tracked.key) or self._row(conn, tracked))
+            reason = change.reason
+            if tracked.failure and reason and tracked.failure != reason:
+                reason = f"{tracked.failure} / {reason}"  # "slow consumer / no retry policy"
             row.update(
                 state=D.name,
                 since=change.at.timestamp(),
                 queued=0,
-                reason=change.reason,
+                reason=reason,
                 trail=list(tracked.trail),
             )
             self._gone[tracked.key] = (time.monotonic(), row)
@@ -151,18 +167,22 @@ class Board:
         }
 
     def _rows(self) -> list[dict[str, Any]]:
+        """The fleet's live rows, then the rows of connections gone, then the dashboards'."""
         manager = self.manager
-        live: list[tuple[int, dict[str, Any]]] = []
+        live: list[tuple[bool, int, dict[str, Any]]] = []
         for state in ConnectionState:
             if state is D:
                 continue  # on its way out: shown from the gone rows
             for socket in manager.connections_in_state(state):
                 conn = manager.connection(socket)
                 tracked = self._track(conn)
-                live.append((int(tracked.key[1:]), self._row(conn, tracked)))
-        live.sort(key=lambda item: item[0])
-        rows = [row for _, row in live[:MAX_ROWS]]
+                row = self._row(conn, tracked)
+                live.append((row["kind"] == "dashboard", int(tracked.key[1:]), row))
+        live.sort(key=lambda item: item[:2])
+        rows = [row for _, _, row in live[:MAX_ROWS]]
         self._last_rows = {row["key"]: row for row in rows}
+        fleet = [row for row in rows if row["kind"] != "dashboard"]
+        watching = rows[len(fleet) :]
         expired = time.monotonic() - GONE_FOR
         for key in [key for key, (at, _) in self._gone.items() if at < expired]:
             del self._gone[key]
@@ -170,14 +190,30 @@ class Board:
             del self._gone[next(iter(self._gone))]
         gone = [row for _, row in self._gone.values()]
         room = max(0, MAX_ROWS - len(rows))
-        return rows + (gone[len(gone) - room :] if room else [])  # the latest that fit
+        return fleet + (gone[len(gone) - room :] if room else []) + watching  # latest gone
+
+    def _watching(self) -> list[Connection]:
+        """This node's dashboard connections, in whatever state."""
+        manager = self.manager
+        return [
+            manager.connection(socket) for name in RESERVED for socket in manager.sockets_of(name)
+        ]
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything a dashboard shows, and the changes since the last snapshot."""
-        stats = self.manager.stats()
+        """Everything a dashboard shows, and the changes since the last snapshot.
+
+        The counts are the manager's less the dashboards' own connections (and their
+        identifier and group), which ``dashboards`` counts apart.
+        """
+        manager = self.manager
+        stats = manager.stats()
         events, self._unsent = self._unsent, []
         self._feed.extend(events)
         rows = self._rows()
+        watching = self._watching()
+        states = dict(stats.states)
+        for conn in watching:
+            states[conn.state.name] -= 1
         return {
             "type": "snapshot",
             "now": time.time(),
@@ -185,13 +221,15 @@ class Board:
             "node": stats.node_id,
             "backplane": stats.backplane_state,
             "rows": rows,
-            "states": dict(stats.states),
-            "gone": sum(1 for row in rows if row["state"] == D.name),
+            "states": states,
+            "dashboards": len(watching),
+            "gone": sum(1 for row in rows if row["state"] == D.name and row["kind"] != "dashboard"),
             "drops": dict(stats.drops),
             "stats": {
-                "connections": stats.connections,
-                "identifiers": stats.identifiers,
-                "groups": stats.groups,
+                "connections": stats.connections - len(watching),
+                "identifiers": stats.identifiers
+                - sum(1 for name in RESERVED if manager.sockets_of(name)),
+                "groups": stats.groups - int(ADMINS in manager.groups()),
                 "queued_messages": stats.queued_messages,
                 "sent_messages": stats.sent_messages,
                 "pings_sent": stats.pings_sent,

@@ -1,6 +1,7 @@
 """The chat: what a browser page says over ``/ws?id=<name>`` and what the server does with it.
 
-Requests are JSON objects with an ``op``: ``join``/``leave`` a group, ``say`` to a group,
+Requests are JSON objects with an ``op``: ``join``/``leave`` a group (the reply's
+``already`` says the page was in it, or out of it, before), ``say`` to a group,
 ``tell`` a person, ``shout`` to everyone, ``who`` is here. Everything a client receives is
 JSON with an ``op`` too, starting with ``welcome``, which carries the session's resume
 token: the page keeps it and, after an abnormal close, reconnects with
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import WsfleetError
+from ..errors import WsfleetError
 from ._policies import ADMINS, RESERVED
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ async def handle(manager: ConnectionManager, who: str, request: object) -> dict[
     op = request.get("op")
     if op in ("join", "leave"):
         group = _group(request)
+        was_member = group in manager.groups_of(who)
         if op == "join":
             manager.add_to_group(who, group)
         else:
@@ -87,6 +89,9 @@ async def handle(manager: ConnectionManager, who: str, request: object) -> dict[
             "op": "joined" if op == "join" else "left",
             "group": group,
             "groups": _groups(manager, who),
+            # Joining a group twice is harmless; the page says "already in" rather than
+            # "joined" a second time.
+            "already": was_member == (op == "join"),
         }
     if op == "say":
         group = _group(request)

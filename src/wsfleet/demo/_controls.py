@@ -35,7 +35,7 @@ except ImportError:  # trio is not installed: only the asyncio backend runs
     TrioWebSocket = None  # type: ignore[assignment,misc]
 
 from .._connection import Connection
-from .._errors import InvalidTransition, UnknownSocket
+from ..errors import InvalidTransition, UnknownSocket
 from ..fsm.states import ConnectionState
 from ..testing import MemoryTransport
 from ._board import Board

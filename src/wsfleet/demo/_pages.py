@@ -5,7 +5,9 @@ there is sent instead of upgrading the connection. That is all a demo needs to s
 static files, on asyncio and on trio alike, without an HTTP or ASGI server next to it.
 
 The files ship inside the package (``wsfleet/demo/static``) and are read once, into a dict
-looked up by file name: no request path ever reaches the file system. The dashboard gets
+looked up by file name: no request path ever reaches the file system. A WebSocket
+handshake is let through to the handler only to a known endpoint, from a page the
+``OriginCheck`` accepts (403 otherwise), with a usable name for the chat. The dashboard gets
 the state diagram inlined (the committed SVG, drawn from the transition table, and the
 mermaid text rendered from the table at start-up), so nothing is fetched from the network;
 the Content-Security-Policy says so to the browser as well.
@@ -24,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ._chat import ChatError, check_identity
+from ._origins import OriginCheck
 
 __all__ = ["ENDPOINTS", "Pages"]
 
@@ -83,7 +86,8 @@ def _is_upgrade(request: Request) -> bool:
 class Pages:
     """The static files, and the ``process_request`` hook that serves them."""
 
-    def __init__(self) -> None:
+    def __init__(self, origins: OriginCheck) -> None:
+        self.origins = origins
         static = resources.files(__package__) / "static"
         self.files: dict[str, bytes] = {
             entry.name: entry.read_bytes()
@@ -103,12 +107,19 @@ class Pages:
         content_type = next(t for ext, t in TYPES.items() if name.endswith(ext))
         return _response(200, "OK", content_type, body)
 
-    def route(self, request: Request) -> Response | None:
-        """The HTTP answer to ``request``, or ``None`` to go on with a WebSocket handshake."""
+    def route(self, request: Request, local_address: Any = None) -> Response | None:
+        """The HTTP answer to ``request``, or ``None`` to go on with a WebSocket handshake.
+
+        ``local_address`` is the server's end of the connection (``(host, port)``): it tells
+        the origin check which origins are the demo's own.
+        """
         parts = urlsplit(request.path)
         if _is_upgrade(request):
             if parts.path not in ENDPOINTS:
                 return _text(404, "Not Found", f"no WebSocket endpoint at {parts.path}")
+            refusal = self.origins.refusal(request, local_address)
+            if refusal is not None:
+                return _text(403, "Forbidden", refusal)
             if parts.path == "/ws":
                 try:
                     check_identity(parse_qs(parts.query))
@@ -125,6 +136,6 @@ class Pages:
         """``process_request`` for websockets' ``serve`` (asyncio and trio alike)."""
 
         def process_request(connection: Any, request: Request) -> Response | None:
-            return self.route(request)
+            return self.route(request, connection.local_address)
 
         return process_request

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -28,9 +28,11 @@ import sniffio
 from .._backplane import Backplane
 from .._manager import ConnectionManager
 from ..adapters import websockets as _websockets_adapter  # noqa: F401  (registers the sockets)
+from ..errors import InvalidArgument
 from ._board import Board
 from ._chat import check_identity, serve_chat
 from ._controls import Controls, serve_dashboard
+from ._origins import OriginCheck
 from ._pages import Pages
 from ._policies import HEARTBEAT, OVERFLOW, RETRY
 
@@ -49,6 +51,7 @@ class Demo:
     manager: ConnectionManager
     board: Board
     controls: Controls
+    origins: OriginCheck
     host: str
     port: int
     backend: str
@@ -122,15 +125,24 @@ async def _listen(
 
 @asynccontextmanager
 async def open_demo(
-    host: str = "127.0.0.1", port: int = 8000, *, redis: str | None = None
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    redis: str | None = None,
+    allow_origins: Iterable[str] = (),
 ) -> AsyncIterator[Demo]:
     """Run the demo for the duration of the block, on the running loop (asyncio or trio).
 
     ``port=0`` takes a free port (``demo.port`` says which). ``redis`` is a Redis URL for
     the backplane (needs ``wsfleet[redis]``); without it the fleet is this process alone.
+    The WebSockets accept pages of the demo's own origin and of ``allow_origins``
+    (``"https://chat.example"``; ``InvalidArgument`` for anything else, before anything
+    starts), and clients that send no Origin: programs, since browsers always send one
+    (see ``_origins``).
     """
+    origins = OriginCheck(host, allow_origins)
     backend = sniffio.current_async_library()
-    pages = Pages()
+    pages = Pages(origins)
     manager = ConnectionManager(
         heartbeat=HEARTBEAT, retry_policy=RETRY, overflow=OVERFLOW, backplane=_backplane(redis)
     )
@@ -141,12 +153,14 @@ async def open_demo(
         manager.on_state_change(controls.changed)
         tg.start_soon(board.run, name="demo board")
         async with _listen(_router(manager, board, controls), pages.hook(), host, port) as bound:
-            yield Demo(manager, board, controls, host, bound, backend)
+            yield Demo(manager, board, controls, origins, host, bound, backend)
         tg.cancel_scope.cancel()
 
 
-async def _serve_until_stopped(host: str, port: int, redis: str | None) -> None:
-    async with open_demo(host, port, redis=redis) as demo:
+async def _serve_until_stopped(
+    host: str, port: int, redis: str | None, allow_origins: Sequence[str]
+) -> None:
+    async with open_demo(host, port, redis=redis, allow_origins=allow_origins) as demo:
         # One line a script can wait for; the URLs end with a space so they can be cut out.
         print(
             f"wsfleet demo ({demo.backend}): chat at {demo.url} dashboard at {demo.url}dashboard ",
@@ -157,10 +171,21 @@ async def _serve_until_stopped(host: str, port: int, redis: str | None) -> None:
                 break
 
 
-def run(host: str, port: int, backend: str = "asyncio", redis: str | None = None) -> int:
+def run(
+    host: str,
+    port: int,
+    backend: str = "asyncio",
+    redis: str | None = None,
+    allow_origins: Sequence[str] = (),
+) -> int:
     """Serve until SIGINT or SIGTERM (what ``wsfleet demo`` calls); returns an exit status."""
     try:
-        anyio.run(_serve_until_stopped, host, port, redis, backend=backend)
+        OriginCheck(host, allow_origins)  # a bad origin is reported before anything starts
+    except InvalidArgument as exc:
+        print(f"wsfleet demo: --allow-origin: {exc}", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(_serve_until_stopped, host, port, redis, allow_origins, backend=backend)
     except KeyboardInterrupt:
         pass
     except Exception as exc:

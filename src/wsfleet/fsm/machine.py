@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from transitions import Machine, State
 
-from .._errors import InvalidTransition
+from ..errors import InvalidTransition
 from ..policies.retry import RetryPolicy
 from .clock import Clock, MonotonicClock
 from .states import ConnectionState
@@ -46,6 +46,21 @@ from .table import TABLE, Rule, births, rules_by_pair
 __all__ = ["FleetMachine", "Lifecycle", "RetryHook", "StateChange", "StateChangeHook"]
 
 logger = logging.getLogger("wsfleet.fsm")
+
+# ``transitions`` logs three INFO lines for every state change it runs ("Executed callback",
+# "Finished processing state ... callbacks"): here those are wsfleet's internals, once per
+# connection change, and they would flood an application logging at INFO. wsfleet logs each
+# change itself (DEBUG, ``wsfleet.fsm``). An application that set a level for
+# ``transitions`` keeps it.
+
+
+def quiet_library_logger(library: logging.Logger) -> None:
+    """Raise ``library`` to WARNING, unless the application set a level for it already."""
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.WARNING)
+
+
+quiet_library_logger(logging.getLogger("transitions"))
 
 C = ConnectionState.CONNECTED
 E = ConnectionState.ERROR
@@ -180,11 +195,11 @@ def _entered_error(event: Any) -> None:
 
 
 def _entered_reconnecting(event: Any) -> None:
+    # Only ERROR leads here (a connection born RECONNECTING is started, not entered), and
+    # entering ERROR started the outage.
     model: Lifecycle = event.model
     model.attempts += 1
     model.up_since = None
-    if model.outage_started is None:
-        model.outage_started = _step(event).now
 
 
 def _entered_disconnected(event: Any) -> None:
@@ -383,8 +398,8 @@ class FleetMachine:
     def _refusal(self, model: Lifecycle, now: float) -> str:
         """Why the ``can_retry`` guard said no; the only guard of the table."""
         policy = self.policy_of(model)
-        if policy is None:
-            return "no retry policy"
+        if policy is None or policy.max_attempts == 0:
+            return "no retry policy"  # a policy that allows no attempt is none at all
         if model.attempts >= policy.max_attempts:
             return f"retries exhausted ({model.attempts} of {policy.max_attempts} attempts)"
         return "retry time budget (max_elapsed) spent"

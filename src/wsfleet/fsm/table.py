@@ -13,6 +13,9 @@ Rules of the table
 4. Rows say nothing about what happens on entering a state (timestamps, attempt counters,
    retry scheduling): that lives in the per-state hooks of ``machine.py``, so one table
    drives the running machine, the diagrams, the docs and the property tests alike.
+5. DISCONNECTED is final: no row leaves it. Whatever could still bring a connection back (a
+   retry policy with attempts left, a resume window) keeps it in ERROR or RECONNECTING; a
+   connection that reaches DISCONNECTED is over, and its owner forgets it.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ TABLE: Final[tuple[Rule, ...]] = (
     Rule("activity",    (I,),       C, "a message or a pong arrived"),
     Rule("close",       (C, I),     D, "clean close, from either side"),
     Rule("fail",        (C, I, R),  E, "I/O failure, abnormal close, heartbeat timeout, failed attempt"),
-    Rule("retry",       (E, D),     R, "the retry policy's delay has passed", conditions=("can_retry",)),
+    Rule("retry",       (E,),       R, "the retry policy's delay has passed", conditions=("can_retry",)),
     Rule("give_up",     (E,),       D, "no policy, attempts exhausted or time budget spent", unless=("can_retry",)),
     Rule("stop",        (E, R),     D, "stopped by its owner while retrying"),
     Rule("reconnected", (R,),       C, "an attempt succeeded"),

@@ -12,7 +12,7 @@ from datetime import timedelta
 from enum import Enum
 from typing import TypeVar
 
-from wsfleet._errors import InvalidPolicy
+from wsfleet.errors import InvalidPolicy
 
 __all__ = [
     "check_above",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from wsfleet._errors import InvalidPolicy
+from wsfleet.errors import InvalidPolicy
 
 from ._validate import check_above, to_seconds
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from wsfleet._errors import InvalidPolicy, RetriesExhausted
+from wsfleet.errors import InvalidPolicy, RetriesExhausted
 
 from ._validate import (
     check_above,

@@ -6,6 +6,9 @@
 // would, and the server hands it its held session back: groups kept, missed messages first.
 // A clean close by the server (1000, 1001) ends the session; the page then offers to
 // connect again.
+//
+// The message list keeps the latest MAX_MESSAGES lines; when it drops older ones, its first
+// line says how many.
 "use strict";
 
 (() => {
@@ -20,6 +23,7 @@
   let wanted = false;
   let attempt = 0;
   let timer = null;
+  let trimmed = 0; // lines dropped from the top of the message list
 
   function setStatus(state, text) {
     const pill = $("status");
@@ -41,8 +45,27 @@
     }
     const list = $("messages");
     list.append(item);
-    while (list.children.length > MAX_MESSAGES) list.firstElementChild.remove();
+    let notice = list.querySelector("li.trimmed");
+    let excess = list.children.length - (notice ? 1 : 0) - MAX_MESSAGES;
+    if (excess > 0) {
+      if (!notice) {
+        notice = document.createElement("li");
+        notice.className = "trimmed";
+        list.prepend(notice);
+      }
+      for (; excess > 0; excess -= 1) {
+        notice.nextElementSibling.remove();
+        trimmed += 1;
+      }
+      const lines = trimmed === 1 ? "1 older message was" : `${trimmed} older messages were`;
+      notice.textContent = `${lines} trimmed: this list keeps the latest ${MAX_MESSAGES}`;
+    }
     item.scrollIntoView({ block: "nearest" });
+  }
+
+  function clearMessages() {
+    $("messages").replaceChildren();
+    trimmed = 0;
   }
 
   function send(request) {
@@ -84,13 +107,19 @@
 
   function connect() {
     clearTimeout(timer);
+    // One socket at a time: a second Connect must not leave the first one talking.
+    const previous = ws;
+    ws = null;
+    if (previous) previous.close(1000, "replaced");
     const params = new URLSearchParams({ id: name });
     if (token) params.set("resume", token);
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws?${params}`);
     ws = socket;
     if (!attempt) setStatus("CONNECTING", "connecting…");
-    socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
+    socket.addEventListener("message", (event) => {
+      if (ws === socket) receive(JSON.parse(event.data));
+    });
     socket.addEventListener("close", (event) => closed(socket, event));
   }
 
@@ -133,20 +162,27 @@
           log("system", [["text", "session resumed: groups kept, missed messages delivered"]]);
           groups = message.groups;
         } else {
-          // A new session: (re)join what this page was in, or the lobby the first time.
+          // A new session: (re)join what this page was in, or the lobby the first time,
+          // except the groups the name is in already (another tab of the same name).
           const wantedGroups = groups.length ? groups : ["lobby"];
+          groups = message.groups;
           if (lost) log("system", [["text", "the session had expired: starting a new one"]]);
-          for (const group of wantedGroups) send({ op: "join", group });
+          for (const group of wantedGroups) {
+            if (groups.includes(group)) log("system", [["text", `already in ${group}`]]);
+            else send({ op: "join", group });
+          }
         }
         showGroups();
         break;
       }
       case "joined":
-      case "left":
+      case "left": {
         groups = message.groups;
         showGroups();
-        log("system", [["text", `${message.op} ${message.group}`]]);
+        const already = message.op === "joined" ? "already in" : "not in";
+        log("system", [["text", `${message.already ? already : message.op} ${message.group}`]]);
         break;
+      }
       case "said":
         log("said", [["where", `#${message.group}`], ["from", message.from], ["text", message.text]]);
         break;
@@ -182,12 +218,13 @@
     groups = [];
     wanted = true;
     attempt = 0;
-    $("messages").replaceChildren();
+    clearMessages();
     connect();
   });
   onSubmit("join-form", () => {
-    const group = $("group").value.trim();
-    if (group) send({ op: "join", group });
+    const input = $("group");
+    const group = input.value.trim();
+    if (group && send({ op: "join", group })) input.value = "";
   });
   onSubmit("say-form", () => {
     const input = $("say-text");

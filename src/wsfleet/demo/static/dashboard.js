@@ -129,10 +129,12 @@
     replay();
   }
 
-  function drawCounts(states, gone) {
+  function drawCounts(states, gone, dashboards) {
     // DISCONNECTED connections leave the manager at once; the table keeps them a minute.
+    // The server leaves the dashboards (this one included) out of the counts.
     states = { ...states, DISCONNECTED: (states.DISCONNECTED || 0) + gone };
     for (const state of STATES) setText($(`count-${state}`), String(states[state] || 0));
+    setText($("watching"), `not counted: ${dashboards} dashboard${dashboards === 1 ? "" : "s"} watching`);
     for (const node of document.querySelectorAll("#diagram g.node")) {
       const state = node.querySelector("title").textContent;
       node.classList.add(`s-${state}`);
@@ -231,7 +233,7 @@
         setText($("where"), `${message.backend} · ${node}`);
         addEvents(message.events, true); // first: the rows replay these changes
         drawRows(message.rows);
-        drawCounts(message.states, message.gone);
+        drawCounts(message.states, message.gone, message.dashboards);
         drawTable("drops", Object.entries(message.drops), "nothing dropped");
         drawTable("stats", Object.entries(message.stats), "");
         break;

@@ -10,13 +10,17 @@ conventions (``except ValueError``) keeps working::
     ├── RetriesExhausted                   .attempts
     ├── InvalidArgument (ValueError)       bad identifier, group name, size ...
     ├── WrongType (TypeError)              a message that is neither str nor bytes ...
-    ├── MessageTooLarge (ValueError)       .size, .limit
+    ├── MessageTooLarge (ValueError)       .size, .limit, .detail
+    ├── UnencodableMessage (ValueError)    text that is not valid Unicode (lone surrogates)
     ├── AlreadyRegistered (ValueError)     the same socket registered twice
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
     ├── ManagerClosed (RuntimeError)       the manager is not running
+    ├── WrongThread (RuntimeError)         called from a thread other than the manager's loop
+    ├── ResumeExpired                      a held session was not resumed within its window
     └── TransportError (ConnectionError)   a socket failed or was closed under us
-        └── TransportClosed                 .code, .reason: the peer closed the socket
+        ├── TransportClosed                 .code, .reason: the peer closed the socket
+        └── FinalRefusal                    a server refused in a way retrying will not fix
 
 Third-party exceptions (trio-websocket, websockets, starlette, coredis) never leave an
 adapter untranslated.
@@ -26,21 +30,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .closecodes import is_clean
+
 if TYPE_CHECKING:
     from .fsm.states import ConnectionState
 
 __all__ = [
     "AlreadyRegistered",
+    "FinalRefusal",
     "InvalidArgument",
     "InvalidPolicy",
     "InvalidTransition",
     "ManagerClosed",
     "MessageTooLarge",
+    "ResumeExpired",
     "RetriesExhausted",
     "TransportClosed",
     "TransportError",
+    "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
+    "WrongThread",
     "WrongType",
     "WsfleetError",
 ]
@@ -69,13 +79,20 @@ class InvalidTransition(WsfleetError, ValueError):
         source = "new" if state is None else state.name
         super().__init__(f"cannot go from {source} to {target.name}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.state, self.target, self.reason))
+
 
 class InvalidPolicy(WsfleetError, ValueError):
     """A policy was built with a value outside its range; ``field`` names the culprit."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.message = message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.field, self.message))
 
 
 class RetriesExhausted(WsfleetError):
@@ -84,6 +101,9 @@ class RetriesExhausted(WsfleetError):
     def __init__(self, attempts: int) -> None:
         self.attempts = attempts
         super().__init__(f"retry policy exhausted after {attempts} attempt(s)")
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.attempts,))
 
 
 class InvalidArgument(WsfleetError, ValueError):
@@ -100,8 +120,32 @@ class MessageTooLarge(WsfleetError, ValueError):
     def __init__(self, size: int, limit: int, detail: str = "") -> None:
         self.size = size
         self.limit = limit
-        text = f"message of {size} bytes exceeds the limit of {limit} bytes"
-        super().__init__(text + detail)  # ``detail``: whose limit, and how to raise it
+        #: Whose limit it is, and how to raise it, when not the manager's own.
+        self.detail = detail
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes{detail}")
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.size, self.limit, self.detail))
+
+
+class UnencodableMessage(WsfleetError, ValueError):
+    """Text that cannot be put on the wire as UTF-8; nothing was queued or sent.
+
+    A Python ``str`` may hold lone surrogates (``json.loads('"\\ud800"')`` makes one from
+    valid JSON), which no UTF-8 encoder accepts. Refusing such text where it is offered
+    keeps the failure with the caller: accepted, it would fail later, once per recipient.
+    """
+
+    def __init__(self, position: int, reason: str) -> None:
+        #: Index in the text of the first character that cannot be encoded.
+        self.position = position
+        self.reason = reason
+        super().__init__(
+            f"text cannot be encoded as UTF-8 (character {position}: {reason}); nothing was sent"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.position, self.reason))
 
 
 class AlreadyRegistered(WsfleetError, ValueError):
@@ -126,6 +170,14 @@ class ManagerClosed(WsfleetError, RuntimeError):
     """The manager is not running (not entered yet, or already closed)."""
 
 
+class WrongThread(WsfleetError, RuntimeError):
+    """A manager was called from a thread other than the one its event loop runs in.
+
+    Its state is guarded by running on one loop, not by locks: a call from another thread
+    would race the loop's own. Such calls go through the loop, with ``anyio.from_thread``.
+    """
+
+
 class TransportError(WsfleetError, ConnectionError):
     """A transport could not do what was asked: the peer is gone or the socket is closed.
 
@@ -146,6 +198,42 @@ class TransportClosed(TransportError):
         self.reason = reason
         super().__init__(f"closed with code {code}" + (f": {reason}" if reason else ""))
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.code, self.reason))
+
     @property
     def clean(self) -> bool:
-        return self.code in (1000, 1001, 1005)
+        return is_clean(self.code)
+
+
+class FinalRefusal(TransportError):
+    """A server refused in a way that says retrying would not help: an HTTP 4xx answer to
+    the handshake. An outbound connection that meets one ends DISCONNECTED at once."""
+
+
+class ResumeExpired(WsfleetError):
+    """A held server-side session was not resumed within its window."""
+
+
+# Shown as ``wsfleet.InvalidTransition`` in tracebacks and reprs, where users import them from.
+for _error in (
+    WsfleetError,
+    InvalidTransition,
+    InvalidPolicy,
+    RetriesExhausted,
+    InvalidArgument,
+    WrongType,
+    MessageTooLarge,
+    UnencodableMessage,
+    AlreadyRegistered,
+    UnknownSocket,
+    UnknownIdentifier,
+    ManagerClosed,
+    WrongThread,
+    TransportError,
+    TransportClosed,
+    FinalRefusal,
+    ResumeExpired,
+):
+    _error.__module__ = "wsfleet"
+del _error
