@@ -26,7 +26,9 @@ def loaded_after(statement: str, candidates: list[str]) -> list[str]:
     return loaded
 
 
-@pytest.mark.parametrize("package", ["wsfleet.fsm", "wsfleet.policies"])
+@pytest.mark.parametrize(
+    "package", ["wsfleet.fsm", "wsfleet.policies", "wsfleet._wire", "wsfleet._accounting"]
+)
 def test_the_core_imports_no_event_loop_or_socket_library(package: str) -> None:
     assert loaded_after(f"import {package}", IO_MODULES) == []
 

@@ -2,7 +2,9 @@
 
 Every way a message can fail to be a wsfleet envelope of this namespace ends in
 ``MalformedEnvelope`` (a ``WsfleetError`` and a ``ValueError``), which the subscriber counts and
-skips; no other exception may come out of ``decode``, whatever the bytes.
+skips; no other exception may come out of ``decode``, whatever the bytes. Text that no UTF-8
+encoder accepts (a lone surrogate, which valid JSON can spell as ``"\\ud800"``) is refused
+too: it would fail at every socket it was written to.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsfleet import WsfleetError
-from wsfleet._wire import VERSION, Envelope, MalformedEnvelope, decode, encode, send_data
+from wsfleet._wire import (
+    VERSION,
+    Envelope,
+    Header,
+    MalformedEnvelope,
+    decode,
+    encode,
+    encoded_size,
+    send_data,
+)
 
 NS = "wsfleet"
 
@@ -26,7 +37,8 @@ def raw(**fields: Any) -> bytes:
 
     A field given as ``None`` is left out.
     """
-    body: dict[str, Any] = {"v": VERSION, "ns": NS, "node": "n1", "seq": 1, "k": "hello"}
+    body: dict[str, Any] = {"v": VERSION, "ns": NS, "node": "n1", "run": "r1", "seq": 1}
+    body["k"] = "hello"
     body.update(fields)
     return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
 
@@ -38,18 +50,19 @@ def send(**fields: Any) -> bytes:
 # -- round trips --------------------------------------------------------------------------
 
 ROUND_TRIPS = [
-    Envelope("send", "n1", 1, send_data("all", None, "hello", [])),
-    Envelope("send", "n1", 2, send_data("all", None, b"\x00\xff binary", ["ann"])),
-    Envelope("send", "n1", 3, send_data("one", "ann", "héllo wörld ✓ 🚀", [])),
-    Envelope("send", "n1", 4, send_data("many", ["ann", "bob", "ann"], b"", [])),
-    Envelope("send", "n1", 5, send_data("group", "room:1", "", ["bob", "cy"])),
-    Envelope("join", "n1", 6, {"id": "ann", "group": "room:1"}),
-    Envelope("leave", "n1", 7, {"id": "ann", "group": "комната"}),
-    Envelope("online", "n1", 8, {"id": "日本"}),
-    Envelope("offline", "n1", 9, {"id": "ann"}),
-    Envelope("kick", "n1", 10, {"id": "ann", "code": 4000, "reason": "bye ☺"}),
-    Envelope("kick", "n1", 11, {"id": "ann", "code": 1000}),
-    Envelope("hello", "node-ü", 0, {}),
+    Envelope("send", "n1", "r1", 1, send_data("all", None, "hello", [])),
+    Envelope("send", "n1", "r1", 2, send_data("all", None, b"\x00\xff binary", ["ann"])),
+    Envelope("send", "n1", "r1", 3, send_data("one", "ann", "héllo wörld ✓ 🚀", [])),
+    Envelope("send", "n1", "r1", 4, send_data("many", ["ann", "bob", "ann"], b"", [])),
+    Envelope("send", "n1", "r1", 5, send_data("group", "room:1", "", ["bob", "cy"])),
+    Envelope("join", "n1", "r1", 6, {"id": "ann", "group": "room:1"}),
+    Envelope("leave", "n1", "r1", 7, {"id": "ann", "group": "комната"}),
+    Envelope("online", "n1", "r1", 8, {"id": "日本"}),
+    Envelope("offline", "n1", "r1", 9, {"id": "ann"}),
+    Envelope("kick", "n1", "r1", 10, {"id": "ann", "code": 4000, "reason": "bye ☺"}),
+    Envelope("kick", "n1", "r1", 11, {"id": "ann", "code": 1000}),
+    Envelope("hello", "node-ü", "rün", 0, {}),
+    Envelope("tally", "n1", "r1", 12, {}),
 ]
 
 
@@ -65,25 +78,94 @@ def test_every_kind_round_trips(envelope: Envelope) -> None:
     "message", ["plain", "", "ünïcödé ✓ 🚀 \u2028 \x00", b"", b"\x00\x01\xfe\xff", "€".encode()]
 )
 def test_a_send_carries_its_message_exactly(message: str | bytes) -> None:
-    envelope = Envelope("send", "n1", 1, send_data("all", None, message, []))
+    envelope = Envelope("send", "n1", "r1", 1, send_data("all", None, message, []))
     decoded = decode(NS, encode(NS, envelope))
     assert decoded.message == message
     assert type(decoded.message) is type(message)
     assert ("text" in decoded.data) is isinstance(message, str)
 
 
-def test_text_with_a_lone_surrogate_round_trips() -> None:
-    # The manager accepts such a str (it sizes text with "surrogatepass"); encoding it for
-    # the other nodes must not fail, or the publisher would drop it and reset the link.
-    envelope = Envelope("send", "n1", 1, send_data("one", "ann\udc80", "a\ud800b", []))
-    assert decode(NS, encode(NS, envelope)) == envelope
+@pytest.mark.parametrize(
+    "data",
+    [
+        send_data("all", None, "a\ud800b", []),
+        send_data("one", "ann\udc80", "hi", []),
+        send_data("many", ["ann", "\udfff"], "hi", []),
+        send_data("all", None, "hi", ["\ud800"]),
+    ],
+    ids=["text", "target", "targets", "exclude"],
+)
+def test_text_with_a_lone_surrogate_is_not_encoded(data: dict[str, Any]) -> None:
+    # No node could write it to a socket: the manager refuses such text up front, and what
+    # slips through (an identifier) must fail here, where the sender counts it, not later.
+    with pytest.raises(UnicodeEncodeError):
+        encode(NS, Envelope("send", "n1", "r1", 1, data))
+
+
+def test_encoded_size_is_what_the_message_takes_in_the_envelope() -> None:
+    for message in ["", "plain", 'quote " and \\', "\x00\x01\n", "ünï ✓ 🚀", b"", b"\xff" * 10]:
+        envelope = Envelope("send", "n1", "r1", 1, send_data("all", None, message, []))
+        empty = b"" if isinstance(message, bytes) else ""
+        bare = Envelope("send", "n1", "r1", 1, send_data("all", None, empty, []))
+        assert encoded_size(message) == len(encode(NS, envelope)) - len(encode(NS, bare))
+    assert encoded_size("\x00" * 100) == 600  # JSON's \u0000: six bytes each
+    assert encoded_size(b"\x00" * 100) == 136  # base64
+
+
+def test_decode_refuses_an_envelope_over_the_bound_and_names_its_header() -> None:
+    data = encode(NS, Envelope("send", "n1", "r1", 7, send_data("all", None, "x" * 100, [])))
+    assert decode(NS, data, max_size=len(data)).seq == 7
+    with pytest.raises(MalformedEnvelope, match="over the bound") as info:
+        decode(NS, data, max_size=len(data) - 1)
+    assert info.value.header == Header("send", "n1", "r1", 7)
+
+
+LONE_SURROGATES: dict[str, bytes] = {
+    # Valid JSON, whose strings Python reads back with a lone surrogate in them.
+    "text": b'"text": "a\\ud800b"',
+    "target": b'"to": "one", "target": "\\udc80", "text": "hi"',
+    "targets": b'"to": "many", "target": ["ann", "\\udfff"], "text": "hi"',
+    "exclude": b'"exclude": ["\\ud800"], "text": "hi"',
+}
+
+
+@pytest.mark.parametrize("fields", list(LONE_SURROGATES.values()), ids=list(LONE_SURROGATES))
+def test_a_send_with_a_lone_surrogate_is_malformed_with_its_header(fields: bytes) -> None:
+    head = b'{"v": 2, "ns": "wsfleet", "node": "n9", "run": "r9", "seq": 3, "k": "send", '
+    data = head + (b"" if b'"to"' in fields else b'"to": "all", ') + fields + b"}"
+    assert json.loads(data)  # valid JSON all the same
+    with pytest.raises(MalformedEnvelope, match="not valid Unicode") as info:
+        decode(NS, data)
+    assert info.value.header == Header("send", "n9", "r9", 3)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        raw(k="join", id="\ud800", group="g"),
+        raw(k="leave", id="ann", group="\udc00"),
+        raw(k="online", id="\ud800"),
+        raw(k="kick", id="ann", code=1000, reason="\ud800"),
+    ],
+    ids=["join id", "leave group", "online id", "kick reason"],
+)
+def test_membership_with_a_lone_surrogate_is_malformed(data: bytes) -> None:
+    assert b"\\ud" in data  # json.dumps escaped it: valid JSON
+    with pytest.raises(MalformedEnvelope, match="valid") as info:
+        decode(NS, data)
+    assert info.value.header is not None
+
+
+def test_a_bad_header_is_not_named() -> None:
+    with pytest.raises(MalformedEnvelope) as info:
+        decode(NS, raw(node="\ud800"))
+    assert info.value.header is None
 
 
 def test_the_header_is_versioned_and_namespaced() -> None:
-    body = json.loads(encode("other-ns", Envelope("online", "n7", 42, {"id": "ann"})))
-    assert body == {"v": VERSION, "ns": "other-ns", "node": "n7", "seq": 42, "k": "online"} | {
-        "id": "ann"
-    }
+    body = json.loads(encode("other-ns", Envelope("online", "n7", "r7", 42, {"id": "ann"})))
+    header = {"v": VERSION, "ns": "other-ns", "node": "n7", "run": "r7", "seq": 42}
+    assert body == header | {"k": "online", "id": "ann"}
     assert decode("other-ns", raw(ns="other-ns")).kind == "hello"
 
 
@@ -121,7 +203,8 @@ REFUSED: dict[str, bytes | str] = {
     "no namespace": raw(ns=None),
     "namespace not a string": raw(ns=["wsfleet"]),
     # other version
-    "version 2": raw(v=VERSION + 1),
+    "next version": raw(v=VERSION + 1),
+    "version 1": raw(v=1),  # numbered every envelope, had no run: it cannot be counted
     "version 0": raw(v=0),
     "no version": raw(v=None),
     "version as string": raw(v=str(VERSION)),
@@ -136,7 +219,11 @@ REFUSED: dict[str, bytes | str] = {
     "no node": raw(node=None),
     "empty node": raw(node=""),
     "node not a string": raw(node=7),
+    "no run": raw(run=None),
+    "empty run": raw(run=""),
+    "run not a string": raw(run=1),
     "no seq": raw(seq=None),
+    "negative seq": raw(seq=-1),
     "seq as string": raw(seq="1"),
     "seq as float": raw(seq=1.5),
     "seq as bool": raw(seq=True),
@@ -191,7 +278,7 @@ def test_decode_refuses(data: bytes | str) -> None:
 
 
 def test_a_foreign_namespace_is_refused_even_when_otherwise_valid() -> None:
-    data = encode("app-a", Envelope("online", "n1", 1, {"id": "ann"}))
+    data = encode("app-a", Envelope("online", "n1", "r1", 1, {"id": "ann"}))
     assert decode("app-a", data).kind == "online"
     with pytest.raises(MalformedEnvelope, match="namespace"):
         decode("app-b", data)
@@ -201,7 +288,7 @@ def test_a_foreign_namespace_is_refused_even_when_otherwise_valid() -> None:
 
 NAMES = st.text(min_size=1, max_size=12)
 SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
-MESSAGES = st.text(st.characters() | SURROGATES, max_size=40) | st.binary(max_size=40)
+MESSAGES = st.text(max_size=40) | st.binary(max_size=40)
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 JSON = st.recursive(
     JSON_SCALARS,
@@ -215,7 +302,8 @@ EXTRAS = st.dictionaries(st.text(max_size=5).map(lambda k: "x-" + k), JSON, max_
 
 @st.composite
 def envelopes(draw: st.DrawFn) -> Envelope:
-    kind = draw(st.sampled_from(["send", "join", "leave", "online", "offline", "kick", "hello"]))
+    kinds = ["send", "join", "leave", "online", "offline", "kick", "hello", "tally"]
+    kind = draw(st.sampled_from(kinds))
     data: dict[str, Any]
     if kind == "send":
         to = draw(st.sampled_from(["all", "one", "many", "group"]))
@@ -236,7 +324,7 @@ def envelopes(draw: st.DrawFn) -> Envelope:
     else:
         data = {}
     data.update(draw(EXTRAS))
-    return Envelope(kind, draw(NAMES), draw(st.integers()), data)
+    return Envelope(kind, draw(NAMES), draw(NAMES), draw(st.integers(min_value=0)), data)
 
 
 @given(namespace=NAMES, envelope=envelopes())
@@ -247,6 +335,19 @@ def test_any_valid_envelope_round_trips(namespace: str, envelope: Envelope) -> N
     assert encode(namespace, decoded) == data
     if envelope.kind == "send":
         assert decoded.message == envelope.message
+
+
+@given(envelope=envelopes(), bad=SURROGATES, pick=st.integers())  # one: a pair would be valid
+def test_a_lone_surrogate_in_any_string_is_refused(envelope: Envelope, bad: str, pick: int) -> None:
+    body = json.loads(encode(NS, envelope))
+    fields = [k for k in ("node", "run", "text", "target", "id", "group", "reason") if k in body]
+    field = fields[pick % len(fields)]
+    if isinstance(body[field], list):
+        body[field] = [*body[field], bad]
+    else:
+        body[field] += bad
+    with pytest.raises(MalformedEnvelope):
+        decode(NS, json.dumps(body).encode())  # ASCII-escaped: valid JSON, valid UTF-8
 
 
 def _decode_or_refuse(data: bytes | str) -> None:
@@ -273,6 +374,7 @@ HEADERS = st.fixed_dictionaries(
         "v": st.sampled_from([VERSION]) | JSON,
         "ns": st.sampled_from([NS]) | JSON,
         "node": NAMES | JSON,
+        "run": NAMES | JSON,
         "seq": st.integers() | JSON,
         "k": st.sampled_from(["send", "join", "leave", "online", "offline", "kick", "hello"])
         | JSON,

@@ -15,6 +15,10 @@ nodes that cannot be published are dropped and counted (or kept, up to ``buffer`
 when the link is back). After every reconnection the node re-asserts its membership in the
 store, reloads the other nodes' from it, and resubscribes.
 
+A send this node accepted (``send`` returned ``True``) is, on every other node, delivered or
+counted as dropped, once: the sender numbers its sends and each receiver counts the numbers
+it missed (``_accounting`` explains how, and why the sender cannot).
+
 ``Store`` is what a concrete backplane provides (Redis in ``wsfleet.adapters.redis``; an
 in-process hub here, for tests and for several managers in one process). The logic above is
 shared by all of them.
@@ -26,7 +30,7 @@ import logging
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -35,10 +39,22 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ._accounting import Receipts, SendNumbers
 from ._cluster import ClusterView
 from ._runtime.loop import loop_clock
-from ._wire import Envelope, Kind, MalformedEnvelope, decode, encode, send_data
-from .errors import InvalidArgument
+from ._wire import (
+    Envelope,
+    Header,
+    Kind,
+    MalformedEnvelope,
+    check_body,
+    check_size,
+    encode,
+    encoded_size,
+    read_header,
+    send_data,
+)
+from .errors import InvalidArgument, MessageTooLarge, WrongType
 from .fsm.clock import MonotonicClock
 from .fsm.machine import FleetMachine, Lifecycle, StateChange
 from .fsm.states import ConnectionState
@@ -65,6 +81,23 @@ UNHEARD_RETRY: Final = 0.01
 
 #: The most messages one publish round trip carries.
 MAX_BATCH: Final = 256
+
+#: The default bound on one envelope, in bytes. Redis disconnects a pub/sub subscriber whose
+#: output buffer passes 32 MiB, or stays above 8 MiB for a minute (its default
+#: ``client-output-buffer-limit pubsub``); one message far below both leaves room for a burst.
+#: A message of the manager's default limit (1 MiB) fits whether bytes (base64: 1.4 MiB) or
+#: text (JSON escapes make it larger only for control characters, six bytes each).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
+
+#: What ``check_message`` keeps, within the bound, for the rest of the envelope: its header
+#: and the fan-out's targets. An envelope still too large when built (thousands of targets)
+#: is dropped and counted by the sender ("too large for the backplane").
+ENVELOPE_ROOM: Final = 4096
+
+#: How long this node remembers the count of a node it no longer hears from. A node away
+#: for longer (a partition, say) comes back as if new: the sends it made just before it
+#: went are then not counted here.
+FORGET_ORIGINS_AFTER: Final = 3600.0
 
 #: The link keeps trying: a short cap on the delay brings it back soon after the store is.
 #: One link per process makes a herd of a few, which the ±20 % jitter spreads enough; no
@@ -125,7 +158,14 @@ class StoreSession(ABC):
 
 
 class Backplane:
-    """Connects a manager to the other nodes of its fleet through a ``Store``."""
+    """Connects a manager to the other nodes of its fleet through a ``Store``.
+
+    ``buffer`` keeps up to that many sends while the link is down (0: refuse and count
+    them); ``max_pending`` bounds the sends waiting to be published while it is up;
+    ``op_timeout`` bounds each operation on the store. ``max_message_size`` bounds one
+    envelope on the bus, in bytes: ``check_message`` refuses a larger message before the
+    manager queues it, and an envelope over it from another node is malformed here.
+    """
 
     def __init__(
         self,
@@ -139,6 +179,7 @@ class Backplane:
         buffer: int = 0,
         max_pending: int = 10_000,
         op_timeout: float = 2.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if not isinstance(namespace, str) or not namespace:
             raise InvalidArgument("namespace must be a non-empty str")
@@ -153,6 +194,15 @@ class Backplane:
             raise InvalidArgument("node_ttl must be longer than heartbeat_interval")
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 0:
             raise InvalidArgument(f"buffer must be an int >= 0, got {buffer!r}")
+        if (
+            isinstance(max_message_size, bool)
+            or not isinstance(max_message_size, int)
+            or max_message_size <= ENVELOPE_ROOM
+        ):
+            raise InvalidArgument(
+                f"max_message_size must be an int > {ENVELOPE_ROOM} (bytes of one envelope), "
+                f"got {max_message_size!r}"
+            )
         self.store = store
         self.namespace = namespace
         self.node_id = node_id if node_id is not None else secrets.token_hex(6)
@@ -161,6 +211,7 @@ class Backplane:
         self.buffer = buffer
         self.max_pending = max(max_pending, buffer)
         self.op_timeout = float(op_timeout)
+        self.max_message_size = max_message_size
         self.view = ClusterView()
         self.stats: Counter[str] = Counter()
         self.link = Lifecycle(retry_policy if retry_policy is not None else DEFAULT_LINK_POLICY)
@@ -173,7 +224,7 @@ class Backplane:
         self._outgoing_ready = anyio.Event()
         #: Identifiers whose record in the store must be rewritten (a mirrored join/leave).
         self._dirty: set[str] = set()
-        #: Other nodes expected to hear what this node publishes (see ``_expected``).
+        #: Other nodes expected to hear what this node publishes (see ``_unheard``).
         self._peers: set[str] = set()
         self._grace_until = 0.0
         #: Per load of a node's record under way: the view changes made meanwhile.
@@ -182,8 +233,16 @@ class Backplane:
         self._stopped = anyio.Event()
         #: Set by the publish loop at every message it is done with (``close`` waits on it).
         self._progress = anyio.Event()
-        self._seq = 0
         self._up = anyio.Event()
+        #: This run's numbering of its sends (a new run each time the link task starts).
+        self._numbers = SendNumbers(secrets.token_hex(6))
+        #: Whether a ``tally`` waits in the queue (one is enough).
+        self._tally_queued = False
+        #: What this node heard of the other nodes' sends.
+        self._receipts = Receipts()
+        #: The time at the last heartbeat: when an envelope is heard, near enough to forget
+        #: origins silent for an hour, and cheaper than reading the clock per envelope.
+        self._heard_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Backplane {self.namespace}/{self.node_id} {self.link.state.name}>"
@@ -195,18 +254,44 @@ class Backplane:
     # -- what the manager calls (all synchronous: they only enqueue) --------------------------
 
     def _envelope(self, kind: Kind, data: dict[str, Any]) -> Envelope:
-        self._seq += 1
-        return Envelope(kind, self.node_id, self._seq, data)
+        """An envelope to queue; its ``seq`` is set when it is published (``_take``)."""
+        return Envelope(kind, self.node_id, self._numbers.run, 0, data)
 
     def _enqueue(self, envelope: Envelope) -> None:
         self._outgoing.append(envelope)
         self._outgoing_ready.set()
 
+    def check_message(self, message: object) -> None:
+        """Refuse, with ``MessageTooLarge``, a message whose envelope would exceed
+        ``max_message_size``. The manager asks before it queues anything, so that a message
+        too large for the other nodes reaches nobody rather than only this node's sockets.
+
+        Cheap for the common case: the exact size (JSON-escaped text) is measured only for
+        text long enough to come near the bound.
+        """
+        if isinstance(message, str):
+            if len(message) * 6 + ENVELOPE_ROOM <= self.max_message_size:
+                return  # no character takes more than six bytes in JSON
+        elif not isinstance(message, bytes):
+            raise WrongType(f"message must be str or bytes, got {type(message).__name__}")
+        size = encoded_size(message) + ENVELOPE_ROOM
+        if size > self.max_message_size:
+            raise MessageTooLarge(
+                size,
+                self.max_message_size,
+                " on the backplane (counted as its envelope carries it: text JSON-escaped, "
+                f"bytes in base64, plus {ENVELOPE_ROOM} bytes for the header and targets); "
+                "pass a larger max_message_size to the Backplane (RedisBackplane(..., "
+                "max_message_size=...)), and keep it well below Redis' "
+                "client-output-buffer-limit for pubsub",
+            )
+
     def send(
         self, to: str, target: str | list[str] | None, message: str | bytes, exclude: list[str]
     ) -> bool:
-        """Publish a fan-out for the other nodes; ``False`` if it was dropped (and counted)."""
-        envelope = self._envelope("send", send_data(to, target, message, exclude))
+        """Publish a fan-out for the other nodes: ``True`` if this node accepted it, then
+        each other node delivers it or counts it as dropped; ``False`` if it was dropped
+        here and counted (the link is down, the queue is full)."""
         queued_sends = self.stats["queued sends"]
         if self.link.state is not C:
             if queued_sends >= self.buffer:
@@ -216,18 +301,22 @@ class Backplane:
             self._drop("publish queue full")
             return False
         self.stats["queued sends"] += 1
-        self._enqueue(envelope)
+        self._enqueue(self._envelope("send", send_data(to, target, message, exclude)))
         return True
 
-    def _drop(self, reason: str) -> None:
-        self.stats[f"dropped: {reason}"] += 1
-        self.stats["dropped"] += 1
-        if self.stats["dropped"] in (1, 10, 100) or self.stats["dropped"] % 1000 == 0:
+    def _drop(self, reason: str, count: int = 1) -> None:
+        before = self.stats["dropped"]
+        self.stats[f"dropped: {reason}"] += count
+        self.stats["dropped"] += count
+        after = self.stats["dropped"]
+        # Logged at the 1st, 10th, 100th, then every 1000th drop: a flood is not a log flood.
+        if any(before < t <= after for t in (1, 10, 100)) or before // 1000 < after // 1000:
             logger.warning(
-                "%r: cross-node message dropped (%s); %d so far",
+                "%r: cross-node message(s) dropped (%s: %d); %d so far",
                 self,
                 reason,
-                self.stats["dropped"],
+                count,
+                after,
             )
 
     def membership(self, kind: Kind, identifier: str, group: str | None = None) -> None:
@@ -344,6 +433,7 @@ class Backplane:
 
     async def _connected_life(self) -> None:
         async with self.store.session() as session, session.subscribe() as messages:
+            self._heard_at = anyio.current_time()
             with anyio.fail_after(self.op_timeout * 3):
                 await self._resync(session)
             self._link_moved(self._machine.request(self.link, C, "connected"))
@@ -393,14 +483,12 @@ class Backplane:
         for node in live - {self.node_id}:
             await self._load(session, node)
         # Membership deltas queued while down are stale: the snapshot above replaced them.
+        # So is a tally: the hello announces the count.
         self._outgoing = deque(e for e in self._outgoing if e.kind == "send")
-        hello = self._envelope("hello", {})
+        self._tally_queued = False
+        hello = Envelope("hello", self.node_id, self._numbers.run, self._numbers.sent)
         await session.publish(encode(self.namespace, hello))
-
-    def _expected(self) -> int:
-        """How many other nodes should hear a publish: those holding a live lease, and for
-        ``node_ttl`` after this node's link came back, those that held one before."""
-        return len(self._peers)
+        self._numbers.published(hello.header)
 
     def _unheard(self, receivers: int | None) -> bool:
         """Whether a publish that no other node heard should wait and go again: while the
@@ -437,42 +525,86 @@ class Backplane:
     async def _publish_loop(self, session: StoreSession) -> None:
         while True:
             while self._outgoing:
-                batch = self._batch()
-                if batch[0].kind in _MEMBERSHIP:
+                head = self._outgoing[0]
+                if head.kind in _MEMBERSHIP:
                     # Written before it is announced: a node that loads this one's record
                     # after applying the announcement finds the change in it.
-                    await self._record(session, batch[0].data["id"])
-                with anyio.fail_after(self.op_timeout):
-                    try:
-                        answers = await session.publish_many(
-                            [encode(self.namespace, envelope) for envelope in batch]
-                        )
-                    except BaseException:
-                        for envelope in batch:
-                            if envelope.kind == "send":
-                                self._outgoing.popleft()
-                                self.stats["queued sends"] -= 1
-                                self._drop("publish failed")
-                        raise
-                if batch[0].kind == "send" and len(batch) == 1 and self._unheard(answers[0]):
-                    await anyio.sleep(UNHEARD_RETRY)
-                    continue  # nobody else got it, so publishing it again cannot duplicate it
-                for envelope, receivers in zip(batch, answers, strict=True):
-                    self._outgoing.popleft()
-                    if envelope.kind == "send":
-                        self.stats["queued sends"] -= 1
-                        # Redis answers how many subscriptions got it (ours is one of them):
-                        # a node that was not subscribed then (reconnecting) never will.
-                        if receivers is not None and receivers - 1 < self._expected():
-                            self._drop("missed by a node")
-                        else:
-                            self.stats["published"] += 1
+                    await self._record(session, head.data["id"])
+                batch = self._take(self._batch())
+                if batch:
+                    await self._publish(session, batch)
                 self._progress.set()
             while self._dirty and not self._outgoing:
                 await self._record(session, self._dirty.pop())
             self._outgoing_ready = anyio.Event()
             if not self._outgoing and not self._dirty:
                 await self._outgoing_ready.wait()
+
+    def _take(self, envelopes: list[Envelope]) -> list[tuple[Envelope, bytes]]:
+        """Take ``envelopes`` off the queue, number them and encode them.
+
+        A send gets its number here, when it is about to be handed to the store, never
+        earlier: one that cannot be (its envelope would not encode, or would be over the
+        bound) is dropped and counted here, and the others never see a gap for it.
+        """
+        taken: list[tuple[Envelope, bytes]] = []
+        for envelope in envelopes:
+            self._outgoing.popleft()
+            send = envelope.kind == "send"
+            if envelope.kind == "tally":
+                self._tally_queued = False
+            stamped = Envelope(
+                envelope.kind, envelope.node, envelope.run, self._numbers.seq(send), envelope.data
+            )
+            reason = None
+            try:
+                data = encode(self.namespace, stamped)
+            except ValueError:  # a lone surrogate in an identifier or a group
+                reason = "unencodable"
+            else:
+                if len(data) > self.max_message_size:
+                    reason = "too large for the backplane"
+            if reason is not None:
+                if send:
+                    self.stats["queued sends"] -= 1
+                    self._drop(reason)
+                else:
+                    logger.warning("%r: could not publish %r: %s", self, envelope, reason)
+                continue
+            if send:
+                self._numbers.sent += 1
+            taken.append((stamped, data))
+        return taken
+
+    async def _publish(self, session: StoreSession, batch: list[tuple[Envelope, bytes]]) -> None:
+        """Publish a numbered batch; what the store took is then the receivers' to count.
+
+        If the publish fails, times out or is cancelled, each of these may or may not have
+        reached the other nodes: nothing is counted here. The receivers count what they
+        missed when this node next announces its count (the hello after reconnecting).
+        """
+        sends = sum(1 for envelope, _ in batch if envelope.kind == "send")
+        try:
+            while True:
+                with anyio.fail_after(self.op_timeout):
+                    answers = await session.publish_many([data for _, data in batch])
+                if len(batch) == 1 and batch[0][0].kind == "send" and self._unheard(answers[0]):
+                    # Nobody else got it, so publishing it again cannot duplicate it (and
+                    # a receiver skips a number it has seen).
+                    await anyio.sleep(UNHEARD_RETRY)
+                    continue
+                break
+        finally:
+            self.stats["queued sends"] -= sends
+        self.stats["published"] += sends
+        for envelope, _ in batch:
+            self._numbers.published(envelope.header)
+
+    def _want_tally(self) -> None:
+        """Queue a ``tally`` (unless one waits already): the others learn this node's count."""
+        if not self._tally_queued and self._numbers.sent:
+            self._tally_queued = True
+            self._enqueue(self._envelope("tally", {}))
 
     async def _record(self, session: StoreSession, identifier: str) -> None:
         """Write ``identifier``'s membership on this node to the store, where nodes that
@@ -498,24 +630,53 @@ class Backplane:
                 self.view.drop(node)
             for node in live - self.view.nodes() - {self.node_id}:
                 await self._load(session, node)
+            if self._numbers.unannounced():
+                self._want_tally()  # the last send may be the one a receiver missed
+            self._receipts.forget(self._heard_at - FORGET_ORIGINS_AFTER)
             await anyio.sleep(self.heartbeat_interval)
+            self._heard_at = anyio.current_time()
 
     async def _receive(self, messages: AsyncIterator[bytes]) -> None:
         async for raw in messages:
             try:
-                envelope = decode(self.namespace, raw)
+                header, body = read_header(self.namespace, raw)
+                if header.node == self.node_id:
+                    continue  # this node's own, back from the channel
+                check_size(header, raw, self.max_message_size)
+                envelope = check_body(header, body)
             except MalformedEnvelope as exc:
                 self.stats["malformed"] += 1
                 logger.warning("%r: skipped a malformed message: %s", self, exc)
-                continue
-            if envelope.node == self.node_id:
+                if exc.header is not None:  # its header was sound, the rest was not
+                    self._unreadable(exc.header)
                 continue
             self.stats["received"] += 1
+            if not self._arrived(header):
+                # A send received, or counted as missed, already: delivering it now would
+                # make it both. (A late publish from before the sender's link came back.)
+                self.stats["late"] += 1
+                continue
             try:
                 self._apply(envelope)
             except Exception:
                 self.stats["malformed"] += 1
                 logger.exception("%r: could not apply %r", self, envelope)
+                if envelope.kind == "send":
+                    self._drop("malformed")
+
+    def _unreadable(self, header: Header) -> None:
+        """A send that arrived unreadable is dropped here, and counted as such (not as
+        missed when the next one shows the gap)."""
+        if self._arrived(header) and header.kind == "send":
+            self._drop("malformed")
+
+    def _arrived(self, header: Header) -> bool:
+        """Follow the origin's count: count the sends it skipped; ``False`` for a send
+        already received or counted."""
+        new, skipped = self._receipts.arrived(header, self._heard_at)
+        if skipped:
+            self._drop("lost in transit", skipped)
+        return new
 
     def _apply(self, envelope: Envelope) -> None:
         manager = self._manager
@@ -537,10 +698,13 @@ class Backplane:
             self._change_view(partial(self.view.offline, node, data["id"]))
         elif kind == "kick":
             manager._kick_local(data["id"], data["code"], data.get("reason", ""))
-        else:  # hello: a node (re)joined; its state is in the store
+        elif kind == "hello":  # a node (re)joined; its state is in the store
             self.stats["hellos"] += 1
             self._peers.add(node)
             manager._spawn(self._reload, node, name="wsfleet backplane reload")
+            # It may have been away when this node last announced its count.
+            self._want_tally()
+        # A tally has done its work in ``_arrived``.
 
     def _online(self, node: str, identifier: str) -> None:
         if node not in self.view.presence(identifier):
@@ -586,14 +750,23 @@ class Backplane:
             logger.warning("%r: could not load node %s: %r", self, node, exc)
 
     async def close(self) -> None:
-        """Leave the fleet cleanly: publish what is queued (for up to ``op_timeout``), stop
-        the link, remove this node's records at once. Sends still queued then are dropped
-        and counted ("manager closed"), like any other cross-node message that is lost."""
+        """Leave the fleet cleanly: publish what is queued and announce the count (for up
+        to ``op_timeout``), stop the link, remove this node's records at once.
+
+        Sends still queued then are dropped and counted ("manager closed"). So are sends
+        whose publish was cut short if the count could not be announced ("unconfirmed at
+        close"): no other node would ever learn of them. That is the one count made
+        without knowing: such a send may have reached a node all the same.
+        """
         with anyio.CancelScope(shield=True):
             connected = self.link.state is C
             if connected:
                 with anyio.move_on_after(self.op_timeout):
-                    while self.stats["queued sends"] and self.link.state is C:
+                    while self.link.state is C and (
+                        self.stats["queued sends"] or self._numbers.unannounced()
+                    ):
+                        if not self.stats["queued sends"]:
+                            self._want_tally()
                         self._progress = anyio.Event()
                         await self._progress.wait()
             if self.link.state is not D:
@@ -615,6 +788,10 @@ class Backplane:
                     self._drop("manager closed")
             self._outgoing.clear()
             self.stats["queued sends"] = 0
+            unknown = self._numbers.unknown()
+            if unknown:
+                self._drop("unconfirmed at close", unknown)
+                self._numbers.confirmed = self._numbers.sent
 
 
 class InMemoryHub(Store):
@@ -662,12 +839,16 @@ class _HubSession(StoreSession):
         self.hub._subscribers.append(send)
         try:
             async with receive:
-                yield self._messages(receive)
+                messages = self._messages(receive)
+                try:
+                    yield messages
+                finally:
+                    await messages.aclose()  # left suspended, it would be finalised by the GC
         finally:
             self.hub._subscribers.remove(send)
             send.close()
 
-    async def _messages(self, receive: Any) -> AsyncIterator[bytes]:
+    async def _messages(self, receive: Any) -> AsyncGenerator[bytes]:
         async for data in receive:
             self._check()
             yield data

@@ -567,7 +567,10 @@ class ConnectionManager:
             await checkpoint()
 
     def _check(self, message: object) -> int:
-        return self._fleet.check_message(message)
+        size = self._fleet.check_message(message)
+        if self._backplane is not None:
+            self._backplane.check_message(message)  # what the other nodes can be sent
+        return size
 
     # -- numbers -------------------------------------------------------------------------------
 

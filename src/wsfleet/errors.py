@@ -10,7 +10,7 @@ conventions (``except ValueError``) keeps working::
     ├── RetriesExhausted                   .attempts
     ├── InvalidArgument (ValueError)       bad identifier, group name, size ...
     ├── WrongType (TypeError)              a message that is neither str nor bytes ...
-    ├── MessageTooLarge (ValueError)       .size, .limit
+    ├── MessageTooLarge (ValueError)       .size, .limit, .detail
     ├── UnencodableMessage (ValueError)    text that is not valid Unicode (lone surrogates)
     ├── AlreadyRegistered (ValueError)     the same socket registered twice
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
@@ -117,13 +117,15 @@ class WrongType(WsfleetError, TypeError):
 class MessageTooLarge(WsfleetError, ValueError):
     """A message over the configured size limit; nothing was queued or sent."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, detail: str = "") -> None:
         self.size = size
         self.limit = limit
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        #: Whose limit it is, and how to raise it, when not the manager's own.
+        self.detail = detail
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes{detail}")
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        return (type(self), (self.size, self.limit))
+        return (type(self), (self.size, self.limit, self.detail))
 
 
 class UnencodableMessage(WsfleetError, ValueError):

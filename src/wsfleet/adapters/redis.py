@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .._backplane import Backplane, Store, StoreSession
+from .._backplane import DEFAULT_MAX_MESSAGE_SIZE, Backplane, Store, StoreSession
 from ..policies.retry import RetryPolicy
 
 try:
@@ -167,12 +167,16 @@ def RedisBackplane(
     heartbeat_interval: float = 2.0,
     node_ttl: float = 6.0,
     buffer: int = 0,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cluster: bool = False,
     **client_options: Any,
 ) -> Backplane:
     """A ``Backplane`` over Redis at ``url``; every process of one fleet uses the same
     ``namespace``. ``buffer`` keeps up to that many cross-node messages while Redis is down
-    (0: drop and count them); ``client_options`` go to the coredis client."""
+    (0: drop and count them). ``max_message_size`` bounds one envelope on the bus (4 MiB):
+    a larger message is refused before anything is queued, as a subscriber whose output
+    buffer passes Redis' ``client-output-buffer-limit pubsub`` is disconnected. Every node
+    of a fleet should use the same bound. ``client_options`` go to the coredis client."""
     store = RedisStore(url, namespace=namespace, cluster=cluster, **client_options)
     return Backplane(
         store,
@@ -182,4 +186,5 @@ def RedisBackplane(
         heartbeat_interval=heartbeat_interval,
         node_ttl=node_ttl,
         buffer=buffer,
+        max_message_size=max_message_size,
     )

@@ -1,0 +1,110 @@
+"""Every cross-node send is delivered or counted, once: numbering on one side, gaps on the other.
+
+The sender cannot know what became of a publish: Redis may take a message and die before
+a subscriber reads it, a publish that timed out may have been carried out after all, and
+``PUBLISH``'s count of receivers says only which subscriptions Redis meant to write to. So
+the sender does not count outcomes. It numbers the sends it hands to the store, 1, 2, 3 ...
+in each run (``SendNumbers``), and every envelope it publishes carries its latest number.
+Each receiver follows each origin's numbers (``Receipts``) and counts what a jump skipped:
+the sends it never got, counted where they were lost, once, however the loss came about.
+
+What the sender still counts is what it knows: a send accepted and then never handed to the
+store (still queued when the manager closed, or refused when its envelope was built).
+
+A lost *last* send leaves no jump behind it until the origin publishes again, so the origin
+announces its count: in its ``hello`` when its link comes back, in a ``tally`` at its next
+heartbeat after it sent something, in a ``tally`` when another node says ``hello`` (that
+node may have been away), and before it leaves. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._wire import Header
+
+__all__ = ["Receipts", "SendNumbers"]
+
+
+class SendNumbers:
+    """One run of this node: how many sends it handed to the store, and what the others
+    were told of them."""
+
+    __slots__ = ("announced", "confirmed", "run", "sent")
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        #: Sends handed to the store in this run: the number of the latest.
+        self.sent = 0
+        #: The latest send whose publish the store answered.
+        self.confirmed = 0
+        #: Every send up to this number was announced by a later envelope the store took:
+        #: a receiver that missed one of them will see the gap.
+        self.announced = 0
+
+    def seq(self, send: bool) -> int:
+        """The ``seq`` of the next envelope: a send's own number, or the count so far."""
+        return self.sent + 1 if send else self.sent
+
+    def published(self, header: Header) -> None:
+        """The store answered the publish of an envelope with this header."""
+        if header.kind == "send":
+            self.confirmed = max(self.confirmed, header.seq)
+            self.announced = max(self.announced, header.seq - 1)
+        else:
+            self.announced = max(self.announced, header.seq)
+
+    def unannounced(self) -> int:
+        """Sends that no later envelope has told the others about (yet)."""
+        return self.sent - self.announced
+
+    def unknown(self) -> int:
+        """Sends neither announced nor answered by the store: their publish was cut short
+        and no receiver may ever hear of them (see ``Backplane.close``)."""
+        return self.sent - max(self.announced, self.confirmed)
+
+
+@dataclass(slots=True)
+class _Origin:
+    run: str
+    #: Every send of this run up to this number was received or counted as missed.
+    seq: int
+    #: When this node last heard from the origin (for ``Receipts.forget``).
+    heard: float
+
+
+class Receipts:
+    """What this node heard from each other node's current run."""
+
+    __slots__ = ("_origins",)
+
+    def __init__(self) -> None:
+        self._origins: dict[str, _Origin] = {}
+
+    def arrived(self, header: Header, now: float) -> tuple[bool, int]:
+        """An envelope with ``header`` arrived: whether it is new (a send numbered at or
+        below what was already received or counted is not), and how many sends of its
+        origin were skipped before it.
+
+        The first word from a run sets where counting starts: sends made before this node
+        heard of that run are not its to count (it may not have existed yet).
+        """
+        origin = self._origins.get(header.node)
+        send = header.kind == "send"
+        if origin is None or origin.run != header.run:
+            start = header.seq - 1 if send else header.seq
+            origin = self._origins[header.node] = _Origin(header.run, start, now)
+        origin.heard = now
+        if send and header.seq <= origin.seq:
+            return False, 0
+        skipped = max(0, header.seq - origin.seq - (1 if send else 0))
+        origin.seq = max(origin.seq, header.seq)
+        return True, skipped
+
+    def forget(self, before: float) -> None:
+        """Drop the origins not heard from since ``before`` (nodes long gone)."""
+        for node in [n for n, o in self._origins.items() if o.heard < before]:
+            del self._origins[node]
+
+    def __len__(self) -> int:
+        return len(self._origins)
