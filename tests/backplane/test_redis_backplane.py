@@ -419,9 +419,14 @@ async def test_the_link_goes_through_error_and_reconnecting_around_an_outage(
             await wait_until(lambda: n1.stats().backplane_state == "ERROR", "n1 saw the outage")
             delivery = await n1.broadcast("lost")  # the caller is not held up
             assert (int(delivery), delivery.published) == (0, False)
-            await anyio.sleep(0.3)  # a few failed attempts
+            # A few failed attempts: wait for them, not for a time they should take.
+            await wait_until(
+                lambda: link_log.changes.count(("RECONNECTING", "ERROR")) >= 2,
+                "n1 tried twice while Redis was down",
+            )
             await anyio.to_thread.run_sync(redis.start)
             await wait_until(lambda: connected(n1, n2), "both back")
+            await wait_until(lambda: seen[-1] == "CONNECTED", "the watcher saw it back")
             tg.cancel_scope.cancel()
 
         await n1.broadcast("found")
