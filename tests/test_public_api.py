@@ -11,6 +11,7 @@ PUBLIC = {
     "PING",
     "TABLE",
     "AlreadyRegistered",
+    "BackpressurePolicy",
     "Backplane",
     "CallbackHandle",
     "Connection",

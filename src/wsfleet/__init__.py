@@ -33,6 +33,7 @@ from .errors import (
 )
 from .fsm import TABLE, ConnectionState, StateChange
 from .policies import (
+    BackpressurePolicy,
     HeartbeatPolicy,
     JitterMode,
     OverflowAction,
@@ -87,6 +88,7 @@ __all__ = [
     "TABLE",
     "AlreadyRegistered",
     "Backplane",
+    "BackpressurePolicy",
     "CallbackHandle",
     "Connection",
     "ConnectionManager",

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
@@ -35,6 +35,7 @@ from ._runtime.session import Session, open_session
 from ._runtime.stats import Delivery, FleetStats
 from .errors import InvalidArgument, ManagerClosed, UnknownSocket, WrongType
 from .fsm.states import ConnectionState
+from .policies.backpressure import BackpressurePolicy
 from .policies.heartbeat import HeartbeatPolicy
 from .policies.overflow import OverflowPolicy
 from .policies.retry import RetryPolicy
@@ -46,6 +47,9 @@ logger = logging.getLogger("wsfleet")
 
 E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
+
+#: Fan-out waits for the writers when the whole fleet is behind (see ``BackpressurePolicy``).
+_DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 
 
 class _Membership:
@@ -93,6 +97,7 @@ class ConnectionManager:
         callback_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
         close_timeout: float = 2.0,
+        backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
     ) -> None:
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
@@ -100,6 +105,10 @@ class ConnectionManager:
             raise WrongType(f"heartbeat must be a HeartbeatPolicy, got {heartbeat!r}")
         if overflow is not None and not isinstance(overflow, OverflowPolicy):
             raise WrongType(f"overflow must be an OverflowPolicy, got {overflow!r}")
+        if backpressure is not None and not isinstance(backpressure, BackpressurePolicy):
+            raise WrongType(
+                f"backpressure must be a BackpressurePolicy or None, got {backpressure!r}"
+            )
         if backplane is not None and not isinstance(backplane, Backplane):
             raise WrongType(f"backplane must be a Backplane or None, got {backplane!r}")
         seconds = [
@@ -124,7 +133,9 @@ class ConnectionManager:
             resume_window=self.resume_window,
             callback_timeout=float(callback_timeout),
             close_timeout=self.close_timeout,
+            backpressure=backpressure,
         )
+        self.backpressure = backpressure
         self._registry: Registry = self._fleet.registry
         self._backplane = backplane
         if backplane is not None:
@@ -500,8 +511,12 @@ class ConnectionManager:
 
         Returns how many connections it was queued for (see ``Delivery``). Inside
         ``async with manager.batch():`` a burst is queued whole before anything is written.
+        When the whole fleet is behind (``BackpressurePolicy``), the call first waits,
+        bounded, for the writers to catch up; it never waits for one slow peer.
         """
         size = self._check(message)
+        if self._fleet.behind():
+            await self._fleet.room()
         skip = () if exclude is None else excluded(self._registry, exclude)
         count = self._fleet.deliver(targets(self._registry, "all", None, skip), message, size)
         published = self._publish("all", None, message, exclude)
@@ -512,6 +527,8 @@ class ConnectionManager:
         """Queue ``message`` for every socket of ``identifier``."""
         check_name("identifier", identifier)
         size = self._check(message)
+        if self._fleet.behind():
+            await self._fleet.room()
         count = self._fleet.deliver(targets(self._registry, "one", identifier), message, size)
         published = self._publish("one", identifier, message, None)
         await self._yield()
@@ -528,6 +545,8 @@ class ConnectionManager:
             check_name("identifier", name)  # before hashing: a list inside is a WrongType
         names = list(dict.fromkeys(given))
         size = self._check(message)
+        if self._fleet.behind():
+            await self._fleet.room()
         count = self._fleet.deliver(targets(self._registry, "many", names), message, size)
         published = self._publish("many", names, message, None)
         await self._yield()
@@ -537,6 +556,8 @@ class ConnectionManager:
         """Queue ``message`` for every socket of every member of ``group``."""
         check_name("group", group)
         size = self._check(message)
+        if self._fleet.behind():
+            await self._fleet.room()
         skip = () if exclude is None else excluded(self._registry, exclude)
         count = self._fleet.deliver(targets(self._registry, "group", group, skip), message, size)
         published = self._publish("group", group, message, exclude)
@@ -602,6 +623,8 @@ class ConnectionManager:
             callback_timeouts=callbacks.timeouts,
             pings_sent=outbox.pings_sent,
             heartbeat_timeouts=fleet.timers.heartbeat_timeouts,
+            producer_waits=fleet.producer_waits,
+            producer_wait_seconds=fleet.producer_wait_seconds,
             node_id=None if backplane is None else backplane.node_id,
             backplane_state=None if backplane is None else backplane.state.name,
             backplane=None if backplane is None else dict(backplane.stats),

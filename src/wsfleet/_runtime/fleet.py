@@ -42,6 +42,7 @@ from ..errors import (
 )
 from ..fsm.machine import FleetMachine, StateChange
 from ..fsm.states import HELD, ConnectionState
+from ..policies.backpressure import BackpressurePolicy
 from ..policies.heartbeat import HeartbeatPolicy
 from ..policies.overflow import OverflowPolicy
 from ..policies.retry import RetryPolicy
@@ -97,6 +98,7 @@ class Fleet:
         resume_window: float | None,
         callback_timeout: float,
         close_timeout: float,
+        backpressure: BackpressurePolicy | None = None,
     ) -> None:
         self.context = Context()
         self.registry = Registry()
@@ -109,6 +111,12 @@ class Fleet:
         self.callbacks = Callbacks(callback_timeout)
         self.resumption = Resumption(self.context, self.machine, resume_window)
         self.membership: Membership = _Alone()
+        self.backpressure = backpressure
+        #: Fan-out calls that waited for the writers, and the seconds they waited in all.
+        self.producer_waits = 0
+        self.producer_wait_seconds = 0.0
+        #: The writers' progress when they were last found stalled (see ``room``).
+        self._stalled_at: int | None = None
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -273,6 +281,53 @@ class Fleet:
         if size > limit:
             raise MessageTooLarge(size, limit)
         return size
+
+    def behind(self) -> bool:
+        """Whether the fleet's queues say the server is behind (``BackpressurePolicy``)."""
+        policy = self.backpressure
+        outbox = self.outbox
+        if policy is None or not outbox.queued_messages:
+            return False
+        overflow = self.overflow
+        return policy.behind(
+            queued_messages=outbox.queued_messages,
+            queued_bytes=outbox.queued_bytes,
+            connections=len(self.registry),
+            queue_messages=overflow.max_messages,
+            queue_bytes=overflow.max_bytes,
+        )
+
+    async def room(self) -> None:
+        """Wait, bounded, while the fleet is behind and its writers are making progress.
+
+        Writers that make no progress for ``stall_after`` are not slow but stalled (their
+        peers stopped reading): waiting for them would block the producer on them, so the
+        wait ends, and their queues' own bound evicts them. Until the writers progress
+        again, a later call does not wait for them either.
+        """
+        policy = self.backpressure
+        if policy is None or not self.behind():
+            return
+        outbox = self.outbox
+        progress = outbox.progress
+        if progress == self._stalled_at:
+            return
+        started = last_change = anyio.current_time()
+        self.producer_waits += 1
+        try:
+            while self.behind():
+                await anyio.sleep(0.002)
+                now = anyio.current_time()
+                if outbox.progress != progress:
+                    progress = outbox.progress
+                    last_change = now
+                elif now - last_change >= policy.stall_after:
+                    self._stalled_at = progress
+                    return
+                if now - started >= policy.max_wait:
+                    return
+        finally:
+            self.producer_wait_seconds += anyio.current_time() - started
 
     def deliver(self, targets: Iterable[Connection], message: Message, size: int) -> int:
         """Queue ``message`` for ``targets``; then evict the ones whose queue overflowed."""

@@ -96,6 +96,8 @@ class Outbox:
         self.queued_bytes = 0
         self.sent_messages = 0
         self.pings_sent = 0
+        #: Batches handed to transports: what the writers got done (see ``Fleet.room``).
+        self.progress = 0
         self.drops: Counter[str] = Counter()
 
     def bind_loop(self) -> None:
@@ -339,6 +341,7 @@ class Outbox:
         out.pending_bytes = 0
         self.queued_messages -= messages
         self.queued_bytes -= nbytes
+        self.progress += 1
         return batch, nbytes, messages
 
     def _write_now(self, conn: Connection) -> Exception | None:

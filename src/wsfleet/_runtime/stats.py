@@ -53,6 +53,10 @@ class FleetStats:
     callback_timeouts: int
     pings_sent: int
     heartbeat_timeouts: int
+    producer_waits: int = 0
+    """Fan-out calls that waited because the fleet was behind (``BackpressurePolicy``)."""
+    producer_wait_seconds: float = 0.0
+    """The seconds those calls waited, in all."""
     node_id: str | None = None
     backplane_state: str | None = None
     """The link to the other nodes: CONNECTED, ERROR, RECONNECTING ...; ``None`` if alone."""

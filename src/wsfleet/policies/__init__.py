@@ -1,15 +1,17 @@
-"""Pure, frozen policies: retry delays, keepalive deadlines, outbound queue overflow.
+"""Pure, frozen policies: retry delays, keepalive deadlines, queue overflow, backpressure.
 
 They compute and decide; they never sleep, read a clock or touch a socket, so the manager and
 every adapter share them and tests drive them with plain numbers.
 """
 
+from .backpressure import BackpressurePolicy
 from .heartbeat import HeartbeatPolicy
 from .overflow import OverflowAction, OverflowDecision, OverflowPolicy
 from .retry import DEFAULT_RETRY_POLICY, JitterMode, RetryPolicy
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
+    "BackpressurePolicy",
     "HeartbeatPolicy",
     "JitterMode",
     "OverflowAction",
