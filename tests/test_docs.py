@@ -256,3 +256,22 @@ def test_the_fastapi_how_to_app_passes_its_own_test_twice_in_one_process(tmp_pat
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def test_the_retry_numbers_in_the_docs_are_the_policys() -> None:
+    """The policies how-to's table and the resumption how-to's windows, recomputed."""
+    import statistics
+
+    from wsfleet import RetryPolicy
+
+    table = (DOCS / "howto" / "policies.md").read_text(encoding="utf-8")
+    for mode in ("proportional", "full", "equal", "decorrelated"):
+        totals = [sum(RetryPolicy(jitter_mode=mode, seed=seed).delays()) for seed in range(2000)]
+        mean = statistics.mean(totals)
+        longest = RetryPolicy(jitter_mode=mode).max_total_delay()
+        row = next(line for line in table.splitlines() if line.startswith(f'| `"{mode}"`'))
+        assert row.endswith(f"| {mean:.1f} s | {longest:.1f} s |"), row
+    resumption = (DOCS / "howto" / "resumption.md").read_text(encoding="utf-8")
+    example = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=10.0)
+    assert f"that is {RetryPolicy().max_total_delay():.1f} s" in resumption
+    assert f"for the policy above, {example.max_total_delay():.1f} s" in resumption

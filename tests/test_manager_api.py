@@ -51,7 +51,7 @@ D = ConnectionState.DISCONNECTED
 NEVER = RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, jitter=0)
 
 BAD_NAME_TYPES = [None, 1, b"alice", ["alice"], 1.5]
-BAD_NAME_VALUES = ["", "x" * 257, "lone \udc80 surrogate"]
+BAD_NAME_VALUES = ["", "x" * 257, "lone \udc80 surrogate", "new\nline", "esc\x1b[31m"]
 NOT_MESSAGES = [None, 1, 1.5, bytearray(b"hi"), memoryview(b"hi"), ["hi"], {"hi": 1}]
 
 
@@ -150,7 +150,9 @@ async def test_an_identifier_that_is_not_a_str_raises_type_error_and_changes_not
     assert socket.connection is None
 
 
-@pytest.mark.parametrize("identifier", BAD_NAME_VALUES, ids=["empty", "257-chars", "surrogate"])
+@pytest.mark.parametrize(
+    "identifier", BAD_NAME_VALUES, ids=["empty", "257-chars", "surrogate", "newline", "escape"]
+)
 async def test_an_empty_overlong_or_unencodable_identifier_raises_value_error_changing_nothing(
     manager: ConnectionManager, identifier: str
 ) -> None:

@@ -449,3 +449,83 @@ async def test_a_resume_window_alone_expires_on_time() -> None:
         assert anyio.current_time() - started >= 0.3 - 0.05
         assert first.connection.state is ConnectionState.DISCONNECTED
         assert manager.stats().drops.get("disconnected") == 1
+
+
+class SlowToClose(Peer):
+    """A socket whose close takes a while to end its reader: a peer that stopped reading
+    holds the closing handshake up until the close times out."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.released = anyio.Event()
+        self.late: str | None = None
+
+    async def receive(self) -> str:
+        await self.released.wait()
+        if self.late is not None:
+            late, self.late = self.late, None
+            return late
+        raise TransportClosed(1008, "slow consumer")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await MemoryTransport.close(self, code, reason)
+
+
+@pytest.mark.parametrize("last_word", ["a late close", "a late message"])
+async def test_the_old_socket_of_a_resumed_session_reports_nothing_once_taken_over(
+    last_word: str,
+) -> None:
+    """The client came back while its old socket was still closing: what that socket says
+    afterwards (its close, a message read late) belongs to nobody, and the resumed session
+    goes on untouched."""
+    changes: list[StateChange] = []
+    async with ConnectionManager(retry_policy=policy(base_delay=5.0)) as manager:
+        manager.on_state_change(changes.append)
+        old = SlowToClose("old")
+        seen: list[str] = []
+        ended = anyio.Event()
+        tokens: list[str | None] = []
+        with anyio.fail_after(10):
+            await _race_a_resume_with_a_slow_close(manager, old, tokens, ended, seen, last_word)
+        conn = manager.connection(manager.sockets_of("alice")[0]) if manager.count() else None
+        assert conn is None  # the resumed session ended with its handler
+        alice = [c for c in changes if getattr(c.connection, "identifier", None) == "alice"]
+        assert [c.new for c in alice][:4] == [C, E, R, C]
+        assert R not in [c.new for c in alice][4:]  # no retry loop after the take-over
+
+
+async def _race_a_resume_with_a_slow_close(
+    manager: ConnectionManager,
+    old: SlowToClose,
+    tokens: list[str | None],
+    ended: anyio.Event,
+    seen: list[str],
+    last_word: str,
+) -> None:
+    async def old_handler() -> None:
+        async with manager.session(old, "alice") as session:
+            tokens.append(session.resume_token)
+            manager.add_to_group("alice", "room")
+            async for message in session:
+                seen.append(message)  # pragma: no cover - the regression
+        ended.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(old_handler)
+        await wait_for(lambda: bool(tokens))
+        conn = manager.connection(old)
+        manager.set_connection_state(old, E, "evicted")  # held for its client to resume
+        new = Peer("new")
+        async with manager.session(new, "alice", resume=tokens[0]) as resumed:
+            assert resumed.resumed
+            assert conn.state is C
+            if last_word == "a late message":
+                old.late = "read after the take-over"
+            old.released.set()  # the old socket's reader ends only now
+            await ended.wait()
+            assert seen == []
+            assert conn.state is C  # neither ERROR nor a retry loop
+            assert manager.connection(new) is conn
+            await manager.send_to_group("room", "still delivered")
+            await wait_for(lambda: new.received == ["still delivered"])
+            new.vanish()

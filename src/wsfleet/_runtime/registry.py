@@ -21,9 +21,10 @@ MAX_NAME_LENGTH = 256
 def check_name(kind: str, value: object) -> str:
     """An identifier or group name: a non-empty ``str`` of at most 256 characters.
 
-    It must also be valid Unicode (no lone surrogates): names travel to other nodes and to
-    logs and dashboards as UTF-8, and one that cannot be encoded would fail there, far from
-    the call that let it in.
+    It must also be valid Unicode (no lone surrogates) and printable: names travel to other
+    nodes, logs and dashboards, where one that cannot be encoded would fail far from the
+    call that let it in, and one with a newline or an escape sequence would forge log lines
+    or repaint a terminal.
     """
     if not isinstance(value, str):
         raise WrongType(f"{kind} must be a str, got {type(value).__name__}")
@@ -33,13 +34,16 @@ def check_name(kind: str, value: object) -> str:
         raise InvalidArgument(
             f"{kind} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}"
         )
-    if not value.isascii():
+    if not value.isprintable():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise InvalidArgument(
                 f"{kind} must be valid Unicode text (character {exc.start}: {exc.reason})"
             ) from None
+        raise InvalidArgument(
+            f"{kind} must be printable: no control characters (newlines, escapes, NUL ...)"
+        )
     return value
 
 

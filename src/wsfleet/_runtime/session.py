@@ -35,7 +35,6 @@ from ..errors import (
     TransportClosed,
     TransportError,
     UnknownSocket,
-    WrongType,
     WsfleetError,
 )
 from ..fsm.states import WRITABLE
@@ -70,7 +69,15 @@ class SessionHost(Protocol):
 class Session:
     """An async iterator over the messages a registered socket receives."""
 
-    __slots__ = ("_connection", "_identifier", "close_code", "close_reason", "refused", "resumed")
+    __slots__ = (
+        "_connection",
+        "_identifier",
+        "_transport",
+        "close_code",
+        "close_reason",
+        "refused",
+        "resumed",
+    )
 
     def __init__(
         self,
@@ -81,6 +88,9 @@ class Session:
         refused: str | None = None,
     ) -> None:
         self._connection = connection
+        #: This session's own socket: once another socket takes the connection over (a
+        #: resume), this session has nothing more to receive and nothing to report.
+        self._transport = None if connection is None else connection.transport
         self._identifier = identifier if connection is None else connection.identifier
         #: The close code that ended the iteration, once it has ended (1008 when refused).
         self.close_code: int | None = None if refused is None else 1008
@@ -111,27 +121,41 @@ class Session:
     def __aiter__(self) -> Session:
         return self
 
+    def _current(self) -> bool:
+        """Whether the session's socket is still the live one of a writable connection."""
+        conn = self._connection
+        return (
+            conn is not None
+            and self.close_code is None
+            and conn.registered
+            and conn.transport is self._transport
+            and conn.state in WRITABLE
+        )
+
     async def __anext__(self) -> Message:
         conn = self._connection
-        if (
-            conn is None
-            or self.close_code is not None
-            or not conn.registered
-            or conn.state not in WRITABLE
-        ):
+        transport = self._transport
+        if conn is None or transport is None or not self._current():
             raise StopAsyncIteration
         try:
-            message = await conn.transport.receive()
+            message = await transport.receive()
         except TransportClosed as closed:
             self.close_code = closed.code
             self.close_reason = closed.reason
-            conn.closed(closed.code, closed.reason)
+            if conn.transport is transport:  # not taken over meanwhile: it reports for it
+                conn.closed(closed.code, closed.reason)
             raise StopAsyncIteration from None
         except TransportError as exc:
             self.close_code = 1006
             self.close_reason = str(exc)
-            conn.failed(exc)
+            if conn.transport is transport:
+                conn.failed(exc)
             raise StopAsyncIteration from None
+        if not self._current():
+            # It arrived as the connection was evicted, unregistered or taken over: the
+            # application must not act for a client the manager let go (its identifier may
+            # be in no group any more), so the message ends the iteration instead.
+            raise StopAsyncIteration
         conn.touch()
         return message
 
@@ -177,13 +201,11 @@ async def open_session(
     host.check()
     try:
         check_name("identifier", identifier)
-    except (InvalidArgument, WrongType) as exc:
+    except InvalidArgument as exc:  # a bad value came from the client (a bad type is a bug)
         reason = close_reason(f"invalid identifier: {exc}")
         await _refuse(host, socket, reason)
         try:
-            yield Session(
-                None, identifier=identifier if isinstance(identifier, str) else "", refused=reason
-            )
+            yield Session(None, identifier=identifier, refused=reason)
         except WsfleetError as exc:  # the block used the identifier it was refused for
             logger.debug("a refused session's block ended with %r", exc)
         return
