@@ -27,7 +27,14 @@ def loaded_after(statement: str, candidates: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "package", ["wsfleet.fsm", "wsfleet.policies", "wsfleet._wire", "wsfleet._accounting"]
+    "package",
+    [
+        "wsfleet.fsm",
+        "wsfleet.policies",
+        "wsfleet.backplane.wire",
+        "wsfleet.backplane.accounting",
+        "wsfleet.backplane.view",
+    ],
 )
 def test_the_core_imports_no_event_loop_or_socket_library(package: str) -> None:
     assert loaded_after(f"import {package}", IO_MODULES) == []

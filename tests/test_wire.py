@@ -17,12 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsfleet import WsfleetError
-from wsfleet._wire import (
+from wsfleet import MalformedEnvelope, WsfleetError
+from wsfleet.backplane.wire import (
     VERSION,
     Envelope,
     Header,
-    MalformedEnvelope,
     decode,
     encode,
     encoded_size,

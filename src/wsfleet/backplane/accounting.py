@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._wire import Header
+from .wire import Header
 
 __all__ = ["Receipts", "SendNumbers"]
 
@@ -60,7 +60,7 @@ class SendNumbers:
 
     def unknown(self) -> int:
         """Sends neither announced nor answered by the store: their publish was cut short
-        and no receiver may ever hear of them (see ``Backplane.close``)."""
+        and no receiver may ever hear of them (see ``Link.close``)."""
         return self.sent - max(self.announced, self.confirmed)
 
 
