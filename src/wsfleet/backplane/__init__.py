@@ -15,8 +15,8 @@ The public interface::
 The modules behind it, each with one concern:
 
 * ``backplane``: the ``Backplane``, which ties the parts together;
-* ``link``: the connection to the store, its lifecycle, the publish and receive loops,
-  the heartbeat and the leases;
+* ``link``: the connection to the store, its lifecycle, the receive loop, the heartbeat
+  and the leases; ``publisher``: the queue of what this node publishes, and its loop;
 * ``replication``: membership across nodes, the view of the others and this node's records;
 * ``view``: the ``ClusterView`` (no I/O); ``wire``: the envelopes (no I/O);
   ``accounting``: numbering sends and counting the missed ones (no I/O);

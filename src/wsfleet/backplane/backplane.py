@@ -12,11 +12,11 @@ counted as dropped, once: the sender numbers its sends and each receiver counts 
 it missed (``accounting`` explains how, and why the sender cannot).
 
 The ``Backplane`` ties the parts together, as the runtime's ``Fleet`` does for one node's
-sockets: the ``Link`` carries envelopes to and from the store and keeps the lease; the
-``Replication`` keeps the view of the other nodes and this node's records; the ``Node`` the
-manager hands to ``run`` is the local side. What the link hears takes effect in one place
-(``_Relay.received``). The manager calls the backplane; the backplane calls only the
-``Node``.
+sockets: the ``Link`` carries envelopes to and from the store and keeps the lease (its
+``Publisher`` queues and numbers what this node says); the ``Replication`` keeps the view of
+the other nodes and this node's records; the ``Node`` the manager hands to ``run`` is the
+local side. What the link hears takes effect in one place (``_Relay.received``). The
+manager calls the backplane; the backplane calls only the ``Node``.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ class Backplane:
         )
         #: Counts of what the link did and dropped (the manager's ``stats().backplane``).
         self.stats: Counter[str] = self._link.stats
+        self._publisher = self._link.publisher
         self._replication = Replication(self.view, store, self.node_id, self.op_timeout)
         #: Identifiers whose membership changed while the link was not CONNECTED.
         self._unannounced: set[str] = set()
@@ -161,7 +162,7 @@ class Backplane:
         """Publish a fan-out for the other nodes: ``True`` if this node accepted it, then
         each other node delivers it or counts it as dropped; ``False`` if it was dropped
         here and counted (the link is down, the queue is full)."""
-        return self._link.send(to, target, message, exclude)
+        return self._publisher.send(to, target, message, exclude)
 
     def membership(self, kind: Kind, identifier: str, group: str | None = None) -> None:
         """Tell the others that ``identifier`` came online, went offline, joined or left."""
@@ -176,14 +177,14 @@ class Backplane:
         data: dict[str, Any] = {"id": identifier}
         if group is not None:
             data["group"] = group
-        self._link.enqueue(kind, data)
+        self._publisher.enqueue(kind, data)
 
     def kick(self, identifier: str, code: int, reason: str) -> None:
         """Have every other node close the sockets of ``identifier``."""
         if self._link.state is not C:
             self._link.drop("link down")
             return
-        self._link.enqueue("kick", {"id": identifier, "code": code, "reason": reason})
+        self._publisher.enqueue("kick", {"id": identifier, "code": code, "reason": reason})
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -212,12 +213,13 @@ class Backplane:
 class _Relay:
     """What the link reports, carried to the node and the view (``LinkReports``)."""
 
-    __slots__ = ("_backplane", "_link", "_node", "_replication")
+    __slots__ = ("_backplane", "_link", "_node", "_publisher", "_replication")
 
     def __init__(self, backplane: Backplane, node: Node) -> None:
         self._backplane = backplane
         self._node = node
         self._link = backplane._link
+        self._publisher = backplane._publisher
         self._replication = backplane._replication
 
     async def reassert(self, session: StoreSession) -> None:
@@ -258,7 +260,7 @@ class _Relay:
             self._replication.follow(kind, identifier, data["group"], origin)
             self._node.mirror(identifier, data["group"], joined)
             if self._node.holds(identifier):
-                self._link.rewrite(identifier)  # the store must say what the node now does
+                self._publisher.rewrite(identifier)  # the store must say what the node does
         elif kind == "online":
             self._replication.online(origin, data["id"], self._node)
         elif kind == "offline":
@@ -267,10 +269,10 @@ class _Relay:
             self._node.kick(data["id"], data["code"], data.get("reason", ""))
         elif kind == "hello":  # a node (re)joined; its state is in the store
             self._link.stats["hellos"] += 1
-            self._link.peer(origin)
+            self._publisher.peer(origin)
             self._node.spawn(self._reload, origin, name="wsfleet backplane reload")
             # It may have been away when this node last announced its count.
-            self._link.want_tally()
+            self._publisher.want_tally()
         # A tally has done its work in the link (it follows each origin's count).
 
     async def leases(self, session: StoreSession, live: set[str]) -> None:

@@ -1,36 +1,31 @@
-"""The link: one node's connection to the store, and everything that travels on it.
+"""The link: one node's connection to the store, kept up for the node's whole life.
 
 The link is itself a connection with a lifecycle, driven by the same state machine as every
 socket: RECONNECTING while dialling, CONNECTED, ERROR on a failure, then RECONNECTING again
-after the retry policy's delay. While it is down, local delivery goes on; publishing never
-blocks the caller (it only appends to a bounded queue); messages for other nodes that cannot
-be published are dropped and counted (or kept, up to ``buffer``, and sent when the link is
-back).
+after the retry policy's delay. While it is down, local delivery goes on and what is for
+the other nodes waits in the publisher's bounded queue, or is refused and counted.
 
-While it is up, three tasks share one session of the store:
+Each connected life is one session of the store, shared by three tasks:
 
-* the publish loop, the session's one writer: a membership change's record first, then the
-  envelope that announces it; sends in batches of up to ``MAX_BATCH``, numbered as they are
-  handed to the store (``accounting``); records the owner asks to rewrite when nothing else
-  waits;
-* the receive loop: this node's own envelopes and malformed ones are skipped (the latter
-  counted), each origin's count is followed (a jump is counted as sends lost in transit),
-  and the rest goes to the owner (``LinkReports.received``);
-* the heartbeat: this node's lease is extended, the nodes holding one are read, and a
-  ``tally`` announces this node's count after a send no later envelope announced.
+* the publisher's loop (``publisher``), the session's one writer;
+* the receive loop: this node's own envelopes are skipped, malformed ones counted, each
+  origin's count followed (a jump is counted as sends lost in transit, ``accounting``), and
+  the rest handed to the owner (``LinkReports.received``);
+* the heartbeat: this node's lease is extended and the nodes holding one are read.
 
-The link knows what envelopes are, not what they mean: the owner (the ``Backplane``) says
-what the store must hold of this node and applies what other nodes say, through
-``LinkReports``; the link never reaches for it otherwise.
+Before a life is CONNECTED the link resynchronises: the owner writes this node's whole
+record and reloads the others', and a ``hello`` tells the others to reload this one. The link
+knows what envelopes are, not what they mean: what the store must hold of this node and what
+another node's envelope changes here are the owner's (the ``Backplane``'s), which the link
+reaches only through ``LinkReports``.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
@@ -41,20 +36,12 @@ from ..fsm.clock import MonotonicClock
 from ..fsm.machine import FleetMachine, Lifecycle, StateChange
 from ..fsm.states import ConnectionState
 from ..policies.retry import RetryPolicy
-from .accounting import Receipts, SendNumbers
+from .accounting import Drops, Receipts
+from .publisher import Publisher, Records
 from .store import Store, StoreSession
-from .wire import (
-    Envelope,
-    Header,
-    Kind,
-    check_body,
-    check_size,
-    encode,
-    read_header,
-    send_data,
-)
+from .wire import Envelope, Header, check_body, check_size, read_header
 
-__all__ = ["DEFAULT_LINK_POLICY", "FORGET_ORIGINS_AFTER", "MAX_BATCH", "Link", "LinkReports"]
+__all__ = ["DEFAULT_LINK_POLICY", "FORGET_ORIGINS_AFTER", "Link", "LinkReports"]
 
 logger = logging.getLogger("wsfleet.backplane")
 
@@ -62,16 +49,6 @@ C = ConnectionState.CONNECTED
 E = ConnectionState.ERROR
 R = ConnectionState.RECONNECTING
 D = ConnectionState.DISCONNECTED
-
-#: Envelopes that change membership; each is written to the store before it is published.
-MEMBERSHIP: Final = frozenset(("online", "offline", "join", "leave"))
-
-#: How often a message that no other node heard is published again while they may be
-#: resubscribing (see ``Link._unheard``).
-UNHEARD_RETRY: Final = 0.01
-
-#: The most messages one publish round trip carries.
-MAX_BATCH: Final = 256
 
 #: How long this node remembers the count of a node it no longer hears from. A node away
 #: for longer (a partition, say) comes back as if new: the sends it made just before it
@@ -86,7 +63,7 @@ DEFAULT_LINK_POLICY: Final = RetryPolicy(
 )
 
 
-class LinkReports(Protocol):
+class LinkReports(Records, Protocol):
     """What the link tells its owner, and the records it asks the owner to write.
 
     Each ``session`` is the link's current one; the owner uses it and keeps it no longer.
@@ -107,10 +84,6 @@ class LinkReports(Protocol):
 
     async def leases(self, session: StoreSession, live: set[str]) -> None:
         """The heartbeat read the nodes holding a lease: forget those gone, load new ones."""
-
-    async def record(self, session: StoreSession, identifier: str) -> None:
-        """Write what the store must hold of ``identifier`` on this node (bounded in time:
-        the publish loop waits for it)."""
 
 
 class Link:
@@ -135,29 +108,27 @@ class Link:
         self.node_id = node_id
         self.heartbeat_interval = heartbeat_interval
         self.node_ttl = node_ttl
-        self.buffer = buffer
-        self.max_pending = max_pending
         self.op_timeout = op_timeout
         self.max_message_size = max_message_size
         self.stats: Counter[str] = Counter()
         self.lifecycle = Lifecycle(retry_policy)
+        self.drop = Drops(self.stats, self)
+        #: What this node publishes: the owner hands it sends and membership changes.
+        self.publisher = Publisher(
+            self.lifecycle,
+            self.stats,
+            self.drop,
+            namespace=namespace,
+            node_id=node_id,
+            buffer=buffer,
+            max_pending=max_pending,
+            op_timeout=op_timeout,
+            max_message_size=max_message_size,
+        )
         self._retry_delay: float | None = None
         self._machine = FleetMachine()
-        self._outgoing: deque[Envelope] = deque()
-        self._outgoing_ready = anyio.Event()
-        #: Identifiers whose record in the store must be rewritten (``rewrite``).
-        self._rewrite: set[str] = set()
-        #: Other nodes expected to hear what this node publishes (see ``_unheard``).
-        self._peers: set[str] = set()
-        self._grace_until = 0.0
         self._stop: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
-        #: Set by the publish loop at every message it is done with (``close`` waits on it).
-        self._progress = anyio.Event()
-        #: This run's numbering of its sends (a new run each time the link task starts).
-        self._numbers = SendNumbers(secrets.token_hex(6))
-        #: Whether a ``tally`` waits in the queue (one is enough).
-        self._tally_queued = False
         #: What this node heard of the other nodes' sends.
         self._receipts = Receipts()
         #: The time at the last heartbeat: when an envelope is heard, near enough to forget
@@ -170,69 +141,6 @@ class Link:
     @property
     def state(self) -> ConnectionState:
         return self.lifecycle.state
-
-    # -- what the owner hands over (all synchronous: they only enqueue) ------------------------
-
-    def send(
-        self, to: str, target: str | list[str] | None, message: str | bytes, exclude: list[str]
-    ) -> bool:
-        """Queue a fan-out for the other nodes: ``True`` if accepted, ``False`` if dropped
-        here and counted (the link is down and the buffer full, the queue is full)."""
-        queued_sends = self.stats["queued sends"]
-        if self.lifecycle.state is not C:
-            if queued_sends >= self.buffer:
-                self.drop("link down")
-                return False
-        elif queued_sends >= self.max_pending:
-            self.drop("publish queue full")
-            return False
-        self.stats["queued sends"] += 1
-        self._enqueue(self._envelope("send", send_data(to, target, message, exclude)))
-        return True
-
-    def enqueue(self, kind: Kind, data: dict[str, Any]) -> None:
-        """Queue an envelope other than a send (a membership change, a kick)."""
-        self._enqueue(self._envelope(kind, data))
-
-    def rewrite(self, identifier: str) -> None:
-        """Have ``identifier``'s record written again (``LinkReports.record``) once nothing
-        else waits to be published."""
-        self._rewrite.add(identifier)
-        self._outgoing_ready.set()
-
-    def peer(self, node: str) -> None:
-        """``node`` said hello: it listens now, and should hear what this node publishes."""
-        self._peers.add(node)
-
-    def want_tally(self) -> None:
-        """Queue a ``tally`` (unless one waits already): the others learn this node's count."""
-        if not self._tally_queued and self._numbers.sent:
-            self._tally_queued = True
-            self._enqueue(self._envelope("tally", {}))
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        """Count cross-node sends that will never be delivered, by reason."""
-        before = self.stats["dropped"]
-        self.stats[f"dropped: {reason}"] += count
-        self.stats["dropped"] += count
-        after = self.stats["dropped"]
-        # Logged at the 1st, 10th, 100th, then every 1000th drop: a flood is not a log flood.
-        if any(before < t <= after for t in (1, 10, 100)) or before // 1000 < after // 1000:
-            logger.warning(
-                "%r: cross-node message(s) dropped (%s: %d); %d so far",
-                self,
-                reason,
-                count,
-                after,
-            )
-
-    def _envelope(self, kind: Kind, data: dict[str, Any]) -> Envelope:
-        """An envelope to queue; its ``seq`` is set when it is published (``_take``)."""
-        return Envelope(kind, self.node_id, self._numbers.run, 0, data)
-
-    def _enqueue(self, envelope: Envelope) -> None:
-        self._outgoing.append(envelope)
-        self._outgoing_ready.set()
 
     # -- the lifecycle -----------------------------------------------------------------------
 
@@ -257,7 +165,7 @@ class Link:
     ) -> None:
         """Keep the link up until ``close``, telling ``reports`` what it hears."""
         self._machine.clock = MonotonicClock(loop_clock())
-        self._outgoing_ready = anyio.Event()
+        self.publisher.started()
         self._moved(self._machine.start(self.lifecycle, R, "connecting"))
         self._stopped = anyio.Event()
         self._stop = anyio.CancelScope()
@@ -317,138 +225,18 @@ class Link:
             reports.connected()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive, messages, reports)
-                tg.start_soon(self._publish_loop, session, reports)
+                tg.start_soon(self.publisher.run, session, reports)
                 tg.start_soon(self._heartbeat, session, reports)
 
     async def _resync(self, session: StoreSession, reports: LinkReports) -> None:
         """Re-assert this node's membership, reload the others', announce ourselves."""
+        publisher = self.publisher
         await reports.reassert(session)
-        self._rewrite.clear()  # the records were all written again
+        publisher.records_rewritten()
         live = await session.live_nodes()
-        # The others may be reconnecting too (a restarted Redis has no leases at all): they
-        # stay expected listeners for a lease's length before their absence counts.
-        self._grace_until = anyio.current_time() + self.node_ttl
-        self._peers |= live - {self.node_id}
+        publisher.reconnected(live, grace=self.node_ttl)
         await reports.reload(session, live)
-        # Membership deltas queued while down are stale: the records replaced them. So is
-        # a tally: the hello announces the count.
-        self._outgoing = deque(e for e in self._outgoing if e.kind == "send")
-        self._tally_queued = False
-        hello = Envelope("hello", self.node_id, self._numbers.run, self._numbers.sent)
-        await session.publish(encode(self.namespace, hello))
-        self._numbers.published(hello.header)
-
-    def _unheard(self, receivers: int | None) -> bool:
-        """Whether a publish that no other node heard should wait and go again: while the
-        others may still be resubscribing, after this node's link came back (the store
-        restarted, say), up to ``node_ttl``. A buffered message is thus not spent on an
-        empty channel."""
-        return (
-            receivers is not None
-            and receivers <= 1
-            and bool(self._peers)
-            and anyio.current_time() < self._grace_until
-        )
-
-    def _leases(self, live: set[str]) -> None:
-        """The store's live nodes, read by the heartbeat: update the expected listeners."""
-        self._peers |= live - {self.node_id}
-        if anyio.current_time() >= self._grace_until:
-            self._peers &= live
-
-    # -- publishing --------------------------------------------------------------------------
-
-    def _batch(self) -> list[Envelope]:
-        """What to publish next, in one round trip: the sends at the head of the queue (up
-        to ``MAX_BATCH``), or a membership change alone (it is recorded first). One message
-        at a time while the others may still be resubscribing (see ``_unheard``)."""
-        head = self._outgoing[0]
-        if head.kind != "send" or (self._peers and anyio.current_time() < self._grace_until):
-            return [head]
-        batch: list[Envelope] = []
-        for envelope in self._outgoing:
-            if envelope.kind != "send" or len(batch) == MAX_BATCH:
-                break
-            batch.append(envelope)
-        return batch
-
-    async def _publish_loop(self, session: StoreSession, reports: LinkReports) -> None:
-        while True:
-            while self._outgoing:
-                head = self._outgoing[0]
-                if head.kind in MEMBERSHIP:
-                    # Written before it is announced: a node that loads this one's record
-                    # after applying the announcement finds the change in it.
-                    await reports.record(session, head.data["id"])
-                batch = self._take(self._batch())
-                if batch:
-                    await self._publish(session, batch)
-                self._progress.set()
-            while self._rewrite and not self._outgoing:
-                await reports.record(session, self._rewrite.pop())
-            self._outgoing_ready = anyio.Event()
-            if not self._outgoing and not self._rewrite:
-                await self._outgoing_ready.wait()
-
-    def _take(self, envelopes: list[Envelope]) -> list[tuple[Envelope, bytes]]:
-        """Take ``envelopes`` off the queue, number them and encode them.
-
-        A send gets its number here, when it is about to be handed to the store, never
-        earlier: one that cannot be (its envelope would not encode, or would be over the
-        bound) is dropped and counted here, and the others never see a gap for it.
-        """
-        taken: list[tuple[Envelope, bytes]] = []
-        for envelope in envelopes:
-            self._outgoing.popleft()
-            send = envelope.kind == "send"
-            if envelope.kind == "tally":
-                self._tally_queued = False
-            stamped = Envelope(
-                envelope.kind, envelope.node, envelope.run, self._numbers.seq(send), envelope.data
-            )
-            reason = None
-            try:
-                data = encode(self.namespace, stamped)
-            except ValueError:  # a lone surrogate in an identifier or a group
-                reason = "unencodable"
-            else:
-                if len(data) > self.max_message_size:
-                    reason = "too large for the backplane"
-            if reason is not None:
-                if send:
-                    self.stats["queued sends"] -= 1
-                    self.drop(reason)
-                else:
-                    logger.warning("%r: could not publish %r: %s", self, envelope, reason)
-                continue
-            if send:
-                self._numbers.sent += 1
-            taken.append((stamped, data))
-        return taken
-
-    async def _publish(self, session: StoreSession, batch: list[tuple[Envelope, bytes]]) -> None:
-        """Publish a numbered batch; what the store took is then the receivers' to count.
-
-        If the publish fails, times out or is cancelled, each of these may or may not have
-        reached the other nodes: nothing is counted here. The receivers count what they
-        missed when this node next announces its count (the hello after reconnecting).
-        """
-        sends = sum(1 for envelope, _ in batch if envelope.kind == "send")
-        try:
-            while True:
-                with anyio.fail_after(self.op_timeout):
-                    answers = await session.publish_many([data for _, data in batch])
-                if len(batch) == 1 and batch[0][0].kind == "send" and self._unheard(answers[0]):
-                    # Nobody else got it, so publishing it again cannot duplicate it (and
-                    # a receiver skips a number it has seen).
-                    await anyio.sleep(UNHEARD_RETRY)
-                    continue
-                break
-        finally:
-            self.stats["queued sends"] -= sends
-        self.stats["published"] += sends
-        for envelope, _ in batch:
-            self._numbers.published(envelope.header)
+        await publisher.hello(session)
 
     # -- the lease ---------------------------------------------------------------------------
 
@@ -457,10 +245,10 @@ class Link:
             with anyio.fail_after(self.op_timeout):
                 await session.beat(self.node_id, self.node_ttl)
                 live = await session.live_nodes()
-            self._leases(live)
+            self.publisher.leases(live)
             await reports.leases(session, live)
-            if self._numbers.unannounced():
-                self.want_tally()  # the last send may be the one a receiver missed
+            if self.publisher.unannounced():
+                self.publisher.want_tally()  # the last send may be the one a receiver missed
             self._receipts.forget(self._heard_at - FORGET_ORIGINS_AFTER)
             await anyio.sleep(self.heartbeat_interval)
             self._heard_at = anyio.current_time()
@@ -512,25 +300,14 @@ class Link:
     # -- leaving -----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Leave the fleet cleanly: publish what is queued and announce the count (for up
-        to ``op_timeout``), stop the link, remove this node's records at once.
-
-        Sends still queued then are dropped and counted ("manager closed"). So are sends
-        whose publish was cut short if the count could not be announced ("unconfirmed at
-        close"): no other node would ever learn of them. That is the one count made
-        without knowing: such a send may have reached a node all the same.
+        """Publish what is queued and announce the count (for up to ``op_timeout``), stop,
+        remove this node's records at once; count what could not go (``Publisher.abandon``).
         """
         with anyio.CancelScope(shield=True):
             connected = self.lifecycle.state is C
             if connected:
                 with anyio.move_on_after(self.op_timeout):
-                    while self.lifecycle.state is C and (
-                        self.stats["queued sends"] or self._numbers.unannounced()
-                    ):
-                        if not self.stats["queued sends"]:
-                            self.want_tally()
-                        self._progress = anyio.Event()
-                        await self._progress.wait()
+                    await self.publisher.settle()
             if self.lifecycle.state is not D:
                 # First, so that what the store client raises while torn down is no error.
                 self._moved(self._machine.request(self.lifecycle, D, "manager closed"))
@@ -545,12 +322,4 @@ class Link:
                             await session.forget(self.node_id)
                     except Exception as exc:
                         logger.debug("%r: could not remove this node's records: %r", self, exc)
-            for envelope in self._outgoing:
-                if envelope.kind == "send":
-                    self.drop("manager closed")
-            self._outgoing.clear()
-            self.stats["queued sends"] = 0
-            unknown = self._numbers.unknown()
-            if unknown:
-                self.drop("unconfirmed at close", unknown)
-                self._numbers.confirmed = self._numbers.sent
+            self.publisher.abandon()
