@@ -181,6 +181,15 @@ def test_malformed_envelope_is_a_wsfleet_error_and_a_value_error() -> None:
     assert issubclass(MalformedEnvelope, ValueError)
 
 
+def test_malformed_envelope_keeps_its_header_through_pickling() -> None:
+    import pickle
+
+    error = MalformedEnvelope("field 'text' is not valid Unicode", Header("send", "n1", "r", 3))
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.header) == (MalformedEnvelope, str(error), error.header)
+    assert pickle.loads(pickle.dumps(MalformedEnvelope("not JSON"))).header is None
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 REFUSED: dict[str, bytes | str] = {

@@ -231,9 +231,6 @@ class MalformedEnvelope(WsfleetError, ValueError):
         super().__init__(message)
         self.header = header
 
-    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        return (type(self), (self.args[0], self.header))
-
 
 # Shown as ``wsfleet.InvalidTransition`` in tracebacks and reprs, where users import them from.
 for _error in (
