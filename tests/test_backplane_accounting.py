@@ -26,9 +26,9 @@ from wsfleet import (
     MessageTooLarge,
     RetryPolicy,
 )
-from wsfleet._accounting import Receipts, SendNumbers
-from wsfleet._backplane import ENVELOPE_ROOM, Store, StoreSession
-from wsfleet._wire import Header
+from wsfleet.backplane import Store, StoreSession
+from wsfleet.backplane.accounting import Receipts, SendNumbers
+from wsfleet.backplane.wire import ENVELOPE_ROOM, Header
 from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio

@@ -30,7 +30,7 @@ from wsfleet import (
     RetryPolicy,
     WrongType,
 )
-from wsfleet._backplane import Store, StoreSession
+from wsfleet.backplane import Store, StoreSession
 from wsfleet.testing import MemoryTransport
 from wsfleet.transport import Message
 

@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from wsfleet._cluster import ClusterView
+from wsfleet.backplane.view import ClusterView
 
 NODES = st.sampled_from(["n1", "n2", "n3"])
 IDENTIFIERS = st.sampled_from(["ann", "bob", "cy"])

@@ -27,10 +27,25 @@ def loaded_after(statement: str, candidates: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "package", ["wsfleet.fsm", "wsfleet.policies", "wsfleet._wire", "wsfleet._accounting"]
+    "package",
+    [
+        "wsfleet.fsm",
+        "wsfleet.policies",
+        "wsfleet.backplane.wire",
+        "wsfleet.backplane.accounting",
+        "wsfleet.backplane.view",
+    ],
 )
 def test_the_core_imports_no_event_loop_or_socket_library(package: str) -> None:
     assert loaded_after(f"import {package}", IO_MODULES) == []
+
+
+def test_the_backplane_interface_imports_no_event_loop_until_it_is_used() -> None:
+    """A store's author imports ``Store`` and ``StoreSession`` without pulling in anyio;
+    ``Backplane`` and ``InMemoryHub`` load it on first use."""
+    statement = "from wsfleet.backplane import DEFAULT_MAX_MESSAGE_SIZE, Node, Store, StoreSession"
+    assert loaded_after(statement, IO_MODULES) == []
+    assert "anyio" in loaded_after("from wsfleet.backplane import Backplane", IO_MODULES)
 
 
 def test_importing_wsfleet_imports_no_optional_integration() -> None:

@@ -17,12 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsfleet import WsfleetError
-from wsfleet._wire import (
+from wsfleet import MalformedEnvelope, WsfleetError
+from wsfleet.backplane.wire import (
     VERSION,
     Envelope,
     Header,
-    MalformedEnvelope,
     decode,
     encode,
     encoded_size,
@@ -180,6 +179,15 @@ def test_unknown_extra_fields_are_kept() -> None:
 def test_malformed_envelope_is_a_wsfleet_error_and_a_value_error() -> None:
     assert issubclass(MalformedEnvelope, WsfleetError)
     assert issubclass(MalformedEnvelope, ValueError)
+
+
+def test_malformed_envelope_keeps_its_header_through_pickling() -> None:
+    import pickle
+
+    error = MalformedEnvelope("field 'text' is not valid Unicode", Header("send", "n1", "r", 3))
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.header) == (MalformedEnvelope, str(error), error.header)
+    assert pickle.loads(pickle.dumps(MalformedEnvelope("not JSON"))).header is None
 
 
 # -- refusals ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .errors import (
     InvalidArgument,
     InvalidPolicy,
     InvalidTransition,
+    MalformedEnvelope,
     ManagerClosed,
     MessageTooLarge,
     ResumeExpired,
@@ -42,24 +43,24 @@ from .policies import (
 )
 
 if TYPE_CHECKING:
-    from ._backplane import Backplane, InMemoryHub
     from ._manager import ConnectionManager
     from ._runtime.callbacks import CallbackHandle
     from ._runtime.connection import Connection
     from ._runtime.session import Session
     from ._runtime.stats import Delivery, FleetStats
+    from .backplane import Backplane, InMemoryHub
     from .transport import PING, Message, Transport, register_adapter
 
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
-    "Backplane": "._backplane",
+    "Backplane": ".backplane",
     "CallbackHandle": "._runtime.callbacks",
     "Connection": "._runtime.connection",
     "ConnectionManager": "._manager",
     "Delivery": "._runtime.stats",
     "FleetStats": "._runtime.stats",
-    "InMemoryHub": "._backplane",
+    "InMemoryHub": ".backplane",
     "Message": ".transport",
     "PING": ".transport",
     "Session": "._runtime.session",
@@ -79,7 +80,11 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     """The public names (and the subpackages already imported), not this file's helpers."""
-    loaded = {name for name in ("adapters", "fsm", "policies", "testing") if name in globals()}
+    loaded = {
+        name
+        for name in ("adapters", "backplane", "fsm", "policies", "testing")
+        if name in globals()
+    }
     return sorted(set(__all__) | loaded)
 
 
@@ -102,6 +107,7 @@ __all__ = [
     "InvalidPolicy",
     "InvalidTransition",
     "JitterMode",
+    "MalformedEnvelope",
     "ManagerClosed",
     "Message",
     "MessageTooLarge",

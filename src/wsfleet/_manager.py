@@ -14,17 +14,24 @@ interface the manager gives it (``_Node``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVarTuple
 
 import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from ._backplane import Backplane
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
@@ -33,6 +40,7 @@ from ._runtime.registry import Registry, check_name
 from ._runtime.routing import Kind, excluded, targets
 from ._runtime.session import Session, open_session
 from ._runtime.stats import Delivery, FleetStats
+from .backplane import Backplane, Node
 from .errors import InvalidArgument, ManagerClosed, UnknownSocket, WrongType
 from .fsm.states import ConnectionState
 from .policies.backpressure import BackpressurePolicy
@@ -52,6 +60,9 @@ R = ConnectionState.RECONNECTING
 _DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 
 
+_Args = TypeVarTuple("_Args")
+
+
 class _Membership:
     """Tells the backplane when an identifier comes to this node and when it leaves it."""
 
@@ -67,6 +78,72 @@ class _Membership:
 
     def offline(self, identifier: str) -> None:
         self._backplane.membership("offline", identifier)
+
+
+class _Node:
+    """This node as its backplane sees it (``wsfleet.backplane.Node``): the runtime's
+    sockets and groups, and nothing of the manager's."""
+
+    __slots__ = ("_fleet", "_registry")
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        self._registry = fleet.registry
+
+    def deliver(
+        self, to: Kind, target: str | list[str] | None, message: Message, exclude: Sequence[str]
+    ) -> int:
+        """Carry out another node's fan-out on this node's sockets (never republished)."""
+        fleet = self._fleet
+        try:
+            size = fleet.check_message(message)
+        except ValueError:
+            fleet.outbox.count_drop("backplane: too large here")
+            return 0
+        registry = self._registry
+        skip: set[int] = set()
+        for name in exclude:
+            skip.update(id(c.socket) for c in registry.connections_of(name))
+        return fleet.deliver(targets(registry, to, target, skip), message, size)
+
+    def mirror(self, identifier: str, group: str, joined: bool) -> None:
+        """Another node changed ``identifier``'s groups: follow, if it has sockets here."""
+        registry = self._registry
+        if identifier in registry.by_identifier:
+            if joined:
+                registry.join(identifier, group)
+            else:
+                registry.leave(identifier, group)
+
+    def kick(self, identifier: str, code: int, reason: str) -> None:
+        _close_identifier(self._fleet, identifier, code, reason)
+
+    def holds(self, identifier: str) -> bool:
+        return identifier in self._registry.by_identifier
+
+    def groups_of(self, identifier: str) -> Collection[str]:
+        return self._registry.memberships.get(identifier, ())
+
+    def memberships(self) -> Mapping[str, Collection[str]]:
+        memberships = self._registry.memberships
+        return {
+            identifier: memberships.get(identifier, ())
+            for identifier in self._registry.by_identifier
+        }
+
+    def spawn(
+        self, func: Callable[[*_Args], Coroutine[Any, Any, None]], *args: *_Args, name: str
+    ) -> None:
+        self._fleet.context.spawn(func, *args, name=name)
+
+
+def _close_identifier(fleet: Fleet, identifier: str, code: int, reason: str) -> int:
+    """Close and forget every socket of ``identifier`` here; how many there were."""
+    conns = list(fleet.registry.connections_of(identifier))
+    for conn in conns:
+        fleet.context.spawn(fleet.outbox.close, conn.transport, code, reason, name="wsfleet kick")
+        fleet.forget(conn, f"disconnected by the server ({code})")
+    return len(conns)
 
 
 class ConnectionManager:
@@ -155,7 +232,8 @@ class ConnectionManager:
         self._tg = tg
         self._fleet.bind(tg)
         if self._backplane is not None:
-            await tg.start(self._backplane.run, self, name="wsfleet backplane")
+            node: Node = _Node(self._fleet)
+            await tg.start(self._backplane.run, node, name="wsfleet backplane")
         return self
 
     async def __aexit__(
@@ -196,10 +274,6 @@ class ConnectionManager:
             await self._backplane.close()
         with anyio.move_on_after(self.shutdown_timeout):
             await fleet.callbacks.wait_idle()
-
-    def _spawn(self, func: Any, *args: Any, name: str) -> None:
-        """Start a task in the manager's task group (the backplane's reloads)."""
-        self._fleet.context.spawn(func, *args, name=name)
 
     # -- registry ------------------------------------------------------------------------
 
@@ -339,44 +413,11 @@ class ConnectionManager:
         """Close every socket of ``identifier`` on every node; returns how many were here."""
         check_name("identifier", identifier)
         self._fleet.context.check()
-        closed = self._kick_local(identifier, code, reason)
+        closed = _close_identifier(self._fleet, identifier, code, reason)
         if self._backplane is not None:
             self._backplane.kick(identifier, code, reason)
         await checkpoint()
         return closed
-
-    def _kick_local(self, identifier: str, code: int, reason: str) -> int:
-        fleet = self._fleet
-        conns = list(self._registry.connections_of(identifier))
-        for conn in conns:
-            fleet.context.spawn(
-                fleet.outbox.close, conn.transport, code, reason, name="wsfleet kick"
-            )
-            fleet.forget(conn, f"disconnected by the server ({code})")
-        return len(conns)
-
-    def _mirror_membership(self, identifier: str, group: str, *, joined: bool) -> None:
-        """Another node changed ``identifier``'s groups: follow, if it has sockets here."""
-        if identifier in self._registry.by_identifier:
-            if joined:
-                self._registry.join(identifier, group)
-            else:
-                self._registry.leave(identifier, group)
-
-    def _deliver_remote(
-        self, to: Kind, target: Any, message: Message, data: Mapping[str, Any]
-    ) -> int:
-        """Carry out another node's fan-out on this node's sockets (never republished)."""
-        fleet = self._fleet
-        try:
-            size = fleet.check_message(message)
-        except ValueError:
-            fleet.outbox.count_drop("backplane: too large here")
-            return 0
-        skip: set[int] = set()
-        for name in data.get("exclude", ()):
-            skip.update(id(c.socket) for c in self._registry.connections_of(name))
-        return fleet.deliver(targets(self._registry, to, target, skip), message, size)
 
     def _publish(
         self, to: str, target: str | list[str] | None, message: Message, exclude: object

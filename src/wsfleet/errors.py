@@ -18,6 +18,7 @@ conventions (``except ValueError``) keeps working::
     ├── ManagerClosed (RuntimeError)       the manager is not running
     ├── WrongThread (RuntimeError)         called from a thread other than the manager's loop
     ├── ResumeExpired                      a held session was not resumed within its window
+    ├── MalformedEnvelope (ValueError)     .header: backplane bytes that are not an envelope
     └── TransportError (ConnectionError)   a socket failed or was closed under us
         ├── TransportClosed                 .code, .reason: the peer closed the socket
         └── FinalRefusal                    a server refused in a way retrying will not fix
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 from .closecodes import is_clean
 
 if TYPE_CHECKING:
+    from .backplane.wire import Header
     from .fsm.states import ConnectionState
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidPolicy",
     "InvalidTransition",
+    "MalformedEnvelope",
     "ManagerClosed",
     "MessageTooLarge",
     "ResumeExpired",
@@ -215,6 +218,20 @@ class ResumeExpired(WsfleetError):
     """A held server-side session was not resumed within its window."""
 
 
+class MalformedEnvelope(WsfleetError, ValueError):
+    """Bytes on the backplane channel that are not a wsfleet envelope of this namespace.
+
+    The backplane's subscriber meets it, logs it, counts it (``"malformed"`` in
+    ``stats().backplane``) and goes on: a foreign or corrupt message never stops a node.
+    ``header`` is the envelope's header when that much was sound (the body was not), else
+    ``None``; with a header, the receiver counts the send it replaced as dropped.
+    """
+
+    def __init__(self, message: str, header: Header | None = None) -> None:
+        super().__init__(message)
+        self.header = header
+
+
 # Shown as ``wsfleet.InvalidTransition`` in tracebacks and reprs, where users import them from.
 for _error in (
     WsfleetError,
@@ -234,6 +251,7 @@ for _error in (
     TransportClosed,
     FinalRefusal,
     ResumeExpired,
+    MalformedEnvelope,
 ):
     _error.__module__ = "wsfleet"
 del _error

@@ -34,8 +34,8 @@ import pytest
 
 from redis_server import UNCLOSED, RedisServer
 from wsfleet import ConnectionManager, Delivery
-from wsfleet._wire import VERSION
 from wsfleet.adapters.redis import RedisBackplane
+from wsfleet.backplane.wire import VERSION
 from wsfleet.testing import MemoryTransport
 
 pytestmark = [

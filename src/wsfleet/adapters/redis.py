@@ -7,7 +7,7 @@
 What lives in Redis, for a namespace ``ns`` (``"wsfleet"`` by default):
 
 * ``ns:bus``, a pub/sub channel: every fan-out for the other nodes and every membership
-  change, as versioned JSON (see ``wsfleet._wire``; never pickle);
+  change, as versioned JSON (see ``wsfleet.backplane.wire``; never pickle);
 * ``ns:nodes``, a sorted set: node id -> the time (seconds since the epoch) its lease ends;
 * ``ns:node:<id>``, a hash per node: identifier -> JSON list of its groups, for every
   identifier with sockets on that node. It carries the same lease as a TTL.
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .._backplane import DEFAULT_MAX_MESSAGE_SIZE, Backplane, Store, StoreSession
+from ..backplane import DEFAULT_MAX_MESSAGE_SIZE, Backplane, Store, StoreSession
 from ..policies.retry import RetryPolicy
 
 try:

@@ -25,9 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import sniffio
 
-from .._backplane import Backplane
 from .._manager import ConnectionManager
 from ..adapters import websockets as _websockets_adapter  # noqa: F401  (registers the sockets)
+from ..backplane import Backplane
 from ..errors import InvalidArgument
 from ._board import Board
 from ._chat import check_identity, serve_chat

@@ -8,7 +8,7 @@ Every envelope is one JSON object::
 so that a node id reused by a new process starts a new count. ``seq`` is the origin's count of
 ``send`` envelopes in this run, up to and including this one: a ``send`` carries its own
 number (1, 2, 3 ...), any other kind the number of the last ``send`` published before it. A
-receiver that sees the count jump knows how many sends it missed (see ``_accounting``).
+receiver that sees the count jump knows how many sends it missed (see ``accounting``).
 
 Kinds and their fields:
 
@@ -24,8 +24,11 @@ Kinds and their fields:
 
 A message from another namespace, of another version, that does not parse, or that carries
 text no UTF-8 encoder accepts (a lone surrogate, which JSON's ``\\ud800`` escape can spell) is
-refused with ``MalformedEnvelope``: the subscriber logs it, counts it and goes on. When its
-header was sound, the error carries it, so the receiver can count the send it replaced.
+refused with ``MalformedEnvelope`` (``wsfleet.errors``): the subscriber logs it, counts it and
+goes on. When its header was sound, the error carries it, so the receiver can count the send
+it replaced.
+
+No I/O and no event loop here: a test imports this module alone and proves it.
 """
 
 from __future__ import annotations
@@ -36,20 +39,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
-from .errors import WsfleetError
+from ..errors import MalformedEnvelope
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "ENVELOPE_ROOM",
     "VERSION",
     "Envelope",
     "Header",
     "Kind",
-    "MalformedEnvelope",
+    "SendTo",
     "check_body",
     "check_size",
     "decode",
     "encode",
     "encoded_size",
     "read_header",
+    "send_data",
 ]
 
 #: Version 2 added ``run`` and made ``seq`` the count of sends (version 1 numbered every
@@ -58,8 +64,22 @@ VERSION: Final = 2
 
 Kind: TypeAlias = Literal["send", "join", "leave", "online", "offline", "kick", "hello", "tally"]
 _KINDS: Final = frozenset(("send", "join", "leave", "online", "offline", "kick", "hello", "tally"))
+#: Whom a ``send`` is for, as the sender's fan-out named them.
+SendTo: TypeAlias = Literal["all", "one", "many", "group"]
 _SEND_TO: Final = frozenset(("all", "one", "many", "group"))
 _HEADER_FIELDS: Final = ("v", "ns", "node", "run", "seq", "k")
+
+#: The default bound on one envelope, in bytes. Redis disconnects a pub/sub subscriber whose
+#: output buffer passes 32 MiB, or stays above 8 MiB for a minute (its default
+#: ``client-output-buffer-limit pubsub``); one message far below both leaves room for a burst.
+#: A message of the manager's default limit (1 MiB) fits whether bytes (base64: 1.4 MiB) or
+#: text (JSON escapes make it larger only for control characters, six bytes each).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
+
+#: What ``Backplane.check_message`` keeps, within the bound, for the rest of the envelope: its
+#: header and the fan-out's targets. An envelope still too large when built (thousands of
+#: targets) is dropped and counted by the sender ("too large for the backplane").
+ENVELOPE_ROOM: Final = 4096
 
 
 class Header(NamedTuple):
@@ -70,18 +90,6 @@ class Header(NamedTuple):
     node: str
     run: str
     seq: int
-
-
-class MalformedEnvelope(WsfleetError, ValueError):
-    """Bytes on the backplane channel that are not a wsfleet envelope of this namespace.
-
-    ``header`` is the envelope's header when that much was sound (the body was not), else
-    ``None``.
-    """
-
-    def __init__(self, message: str, header: Header | None = None) -> None:
-        super().__init__(message)
-        self.header = header
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,16 +14,51 @@ store (still queued when the manager closed, or refused when its envelope was bu
 A lost *last* send leaves no jump behind it until the origin publishes again, so the origin
 announces its count: in its ``hello`` when its link comes back, in a ``tally`` at its next
 heartbeat after it sent something, in a ``tally`` when another node says ``hello`` (that
-node may have been away), and before it leaves. No I/O here.
+node may have been away), and before it leaves.
+
+Both sides count what they drop in one place (``Drops``), by reason, into the backplane's
+statistics. No I/O here.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import dataclass
 
-from ._wire import Header
+from .wire import Header
 
-__all__ = ["Receipts", "SendNumbers"]
+__all__ = ["Drops", "Receipts", "SendNumbers"]
+
+logger = logging.getLogger("wsfleet.backplane")
+
+
+class Drops:
+    """Counts cross-node sends that will never be delivered, by reason, into ``stats``
+    (``"dropped: <reason>"`` and their sum, ``"dropped"``), and logs them: at the 1st, 10th,
+    100th, then every 1000th, so that a flood of drops is not a flood of log lines."""
+
+    __slots__ = ("owner", "stats")
+
+    def __init__(self, stats: Counter[str], owner: object) -> None:
+        self.stats = stats
+        #: Named in the log lines (the link, whose repr says which node and its state).
+        self.owner = owner
+
+    def __call__(self, reason: str, count: int = 1) -> None:
+        stats = self.stats
+        before = stats["dropped"]
+        stats[f"dropped: {reason}"] += count
+        stats["dropped"] += count
+        after = stats["dropped"]
+        if any(before < t <= after for t in (1, 10, 100)) or before // 1000 < after // 1000:
+            logger.warning(
+                "%r: cross-node message(s) dropped (%s: %d); %d so far",
+                self.owner,
+                reason,
+                count,
+                after,
+            )
 
 
 class SendNumbers:
@@ -60,7 +95,7 @@ class SendNumbers:
 
     def unknown(self) -> int:
         """Sends neither announced nor answered by the store: their publish was cut short
-        and no receiver may ever hear of them (see ``Backplane.close``)."""
+        and no receiver may ever hear of them (see ``Link.close``)."""
         return self.sent - max(self.announced, self.confirmed)
 
 

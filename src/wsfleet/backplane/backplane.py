@@ -1,0 +1,291 @@
+"""Many processes, one fleet: the ``Backplane`` that connects a node to the others.
+
+Each manager is a *node*. A fan-out is delivered to the node's own sockets at once, without
+a round trip, and published once for the other nodes, which deliver it to theirs.
+Membership changes travel the same way (``join``, ``leave``, ``online``, ``offline``) and
+are also written to the *store*, with a time-to-live that the node's heartbeat keeps
+extending, so a node that dies (even by SIGKILL) drops out of every other node's view when
+its entry expires, with no action from anyone.
+
+A send this node accepted (``send`` returned ``True``) is, on every other node, delivered or
+counted as dropped, once: the sender numbers its sends and each receiver counts the numbers
+it missed (``accounting`` explains how, and why the sender cannot).
+
+The ``Backplane`` ties the parts together, as the runtime's ``Fleet`` does for one node's
+sockets: the ``Link`` carries envelopes to and from the store and keeps the lease (its
+``Publisher`` queues and numbers what this node says); the ``Replication`` keeps the view of
+the other nodes and this node's records; the ``Node`` the manager hands to ``run`` is the
+local side. What the link hears takes effect in one place (``_Relay.received``). The
+manager calls the backplane; the backplane calls only the ``Node``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..errors import InvalidArgument, MessageTooLarge, WrongType
+from ..fsm.states import ConnectionState
+from ..policies.retry import RetryPolicy
+from .link import DEFAULT_LINK_POLICY, Link
+from .node import Node
+from .replication import Replication
+from .store import Store, StoreSession
+from .view import ClusterView
+from .wire import DEFAULT_MAX_MESSAGE_SIZE, ENVELOPE_ROOM, Envelope, Kind, encoded_size
+
+__all__ = ["Backplane"]
+
+logger = logging.getLogger("wsfleet.backplane")
+
+C = ConnectionState.CONNECTED
+
+
+class Backplane:
+    """Connects a manager to the other nodes of its fleet through a ``Store``.
+
+    ``buffer`` keeps up to that many sends while the link is down (0: refuse and count
+    them); ``max_pending`` bounds the sends waiting to be published while it is up;
+    ``op_timeout`` bounds each operation on the store. ``max_message_size`` bounds one
+    envelope on the bus, in bytes: ``check_message`` refuses a larger message before the
+    manager queues it, and an envelope over it from another node is malformed here.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        namespace: str = "wsfleet",
+        node_id: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        heartbeat_interval: float = 2.0,
+        node_ttl: float = 6.0,
+        buffer: int = 0,
+        max_pending: int = 10_000,
+        op_timeout: float = 2.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if not isinstance(namespace, str) or not namespace:
+            raise InvalidArgument("namespace must be a non-empty str")
+        for name, value in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("node_ttl", node_ttl),
+            ("op_timeout", op_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
+        if node_ttl <= heartbeat_interval:
+            raise InvalidArgument("node_ttl must be longer than heartbeat_interval")
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 0:
+            raise InvalidArgument(f"buffer must be an int >= 0, got {buffer!r}")
+        if (
+            isinstance(max_message_size, bool)
+            or not isinstance(max_message_size, int)
+            or max_message_size <= ENVELOPE_ROOM
+        ):
+            raise InvalidArgument(
+                f"max_message_size must be an int > {ENVELOPE_ROOM} (bytes of one envelope), "
+                f"got {max_message_size!r}"
+            )
+        self.store = store
+        self.namespace = namespace
+        self.node_id = node_id if node_id is not None else secrets.token_hex(6)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.node_ttl = float(node_ttl)
+        self.buffer = buffer
+        self.max_pending = max(max_pending, buffer)
+        self.op_timeout = float(op_timeout)
+        self.max_message_size = max_message_size
+        self.view = ClusterView()
+        self._link = Link(
+            store,
+            namespace=namespace,
+            node_id=self.node_id,
+            retry_policy=retry_policy if retry_policy is not None else DEFAULT_LINK_POLICY,
+            heartbeat_interval=self.heartbeat_interval,
+            node_ttl=self.node_ttl,
+            buffer=self.buffer,
+            max_pending=self.max_pending,
+            op_timeout=self.op_timeout,
+            max_message_size=max_message_size,
+        )
+        #: Counts of what the link did and dropped (the manager's ``stats().backplane``).
+        self.stats: Counter[str] = self._link.stats
+        self._publisher = self._link.publisher
+        self._replication = Replication(self.view, store, self.node_id, self.op_timeout)
+        #: Identifiers whose membership changed while the link was not CONNECTED.
+        self._unannounced: set[str] = set()
+
+    def __repr__(self) -> str:
+        return repr(self._link)
+
+    @property
+    def state(self) -> ConnectionState:
+        """The link's state: CONNECTED, or on its way back (ERROR, RECONNECTING)."""
+        return self._link.state
+
+    # -- what the manager calls (all synchronous: they only enqueue) --------------------------
+
+    def check_message(self, message: object) -> None:
+        """Refuse, with ``MessageTooLarge``, a message whose envelope would exceed
+        ``max_message_size``. The manager asks before it queues anything, so that a message
+        too large for the other nodes reaches nobody rather than only this node's sockets.
+
+        Cheap for the common case: the exact size (JSON-escaped text) is measured only for
+        text long enough to come near the bound.
+        """
+        if isinstance(message, str):
+            if len(message) * 6 + ENVELOPE_ROOM <= self.max_message_size:
+                return  # no character takes more than six bytes in JSON
+        elif not isinstance(message, bytes):
+            raise WrongType(f"message must be str or bytes, got {type(message).__name__}")
+        size = encoded_size(message) + ENVELOPE_ROOM
+        if size > self.max_message_size:
+            raise MessageTooLarge(
+                size,
+                self.max_message_size,
+                " on the backplane (counted as its envelope carries it: text JSON-escaped, "
+                f"bytes in base64, plus {ENVELOPE_ROOM} bytes for the header and targets); "
+                "pass a larger max_message_size to the Backplane (RedisBackplane(..., "
+                "max_message_size=...)), and keep it well below Redis' "
+                "client-output-buffer-limit for pubsub",
+            )
+
+    def send(
+        self, to: str, target: str | list[str] | None, message: str | bytes, exclude: list[str]
+    ) -> bool:
+        """Publish a fan-out for the other nodes: ``True`` if this node accepted it, then
+        each other node delivers it or counts it as dropped; ``False`` if it was dropped
+        here and counted (the link is down, the queue is full)."""
+        return self._publisher.send(to, target, message, exclude)
+
+    def membership(self, kind: Kind, identifier: str, group: str | None = None) -> None:
+        """Tell the others that ``identifier`` came online, went offline, joined or left."""
+        if group is not None:
+            # Every node holding sockets of ``identifier`` follows (``Node.mirror``).
+            self._replication.follow(kind, identifier, group, None)
+        if self._link.state is not C:
+            # Re-asserted when the link is back: by the resync's snapshot, and, for changes
+            # made while the resync awaits the store, from this set once CONNECTED.
+            self._unannounced.add(identifier)
+            return
+        data: dict[str, Any] = {"id": identifier}
+        if group is not None:
+            data["group"] = group
+        self._publisher.enqueue(kind, data)
+
+    def kick(self, identifier: str, code: int, reason: str) -> None:
+        """Have every other node close the sockets of ``identifier``."""
+        if self._link.state is not C:
+            self._link.drop("link down")
+            return
+        self._publisher.enqueue("kick", {"id": identifier, "code": code, "reason": reason})
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        node: Node,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the link up for ``node``'s whole life (a task of the manager's), until
+        ``close``. ``node`` is the local side: what other nodes send reaches it."""
+        await self._link.run(_Relay(self, node), task_status=task_status)
+
+    async def close(self) -> None:
+        """Leave the fleet cleanly: publish what is queued and announce the count (for up
+        to ``op_timeout``), stop the link, remove this node's records at once.
+
+        Sends still queued then are dropped and counted ("manager closed"). So are sends
+        whose publish was cut short if the count could not be announced ("unconfirmed at
+        close"): no other node would ever learn of them. That is the one count made
+        without knowing: such a send may have reached a node all the same.
+        """
+        await self._link.close()
+
+
+class _Relay:
+    """What the link reports, carried to the node and the view (``LinkReports``)."""
+
+    __slots__ = ("_backplane", "_link", "_node", "_publisher", "_replication")
+
+    def __init__(self, backplane: Backplane, node: Node) -> None:
+        self._backplane = backplane
+        self._node = node
+        self._link = backplane._link
+        self._publisher = backplane._publisher
+        self._replication = backplane._replication
+
+    async def reassert(self, session: StoreSession) -> None:
+        # The snapshot says what changed while the link was down, and the others reload it
+        # when they hear the hello: only what changes from here on (while the resync awaits
+        # the store) is still to announce one by one. Announcing the whole outage's changes
+        # again, two round trips each, held the newest back by seconds after a long outage.
+        self._backplane._unannounced.clear()
+        await self._replication.reassert(session, self._node, self._backplane.node_ttl)
+
+    async def reload(self, session: StoreSession, live: set[str]) -> None:
+        await self._replication.reload(session, live)
+
+    def connected(self) -> None:
+        """Announce what changed while the link was down, as the node has it now."""
+        backplane = self._backplane
+        node = self._node
+        changed, backplane._unannounced = backplane._unannounced, set()
+        for identifier in sorted(changed):
+            if node.holds(identifier):
+                backplane.membership("online", identifier)
+                for group in sorted(node.groups_of(identifier)):
+                    backplane.membership("join", identifier, group)
+            else:
+                backplane.membership("offline", identifier)
+
+    def received(self, envelope: Envelope) -> None:
+        """Another node's envelope takes effect here, and only here."""
+        origin, data = envelope.node, envelope.data
+        kind = envelope.kind
+        if kind == "send":
+            self._node.deliver(
+                data["to"], data.get("target"), envelope.message, data.get("exclude", ())
+            )
+        elif kind in ("join", "leave"):
+            identifier = data["id"]
+            joined = kind == "join"
+            self._replication.follow(kind, identifier, data["group"], origin)
+            self._node.mirror(identifier, data["group"], joined)
+            if self._node.holds(identifier):
+                self._publisher.rewrite(identifier)  # the store must say what the node does
+        elif kind == "online":
+            self._replication.online(origin, data["id"], self._node)
+        elif kind == "offline":
+            self._replication.offline(origin, data["id"])
+        elif kind == "kick":
+            self._node.kick(data["id"], data["code"], data.get("reason", ""))
+        elif kind == "hello":  # a node (re)joined; its state is in the store
+            self._link.stats["hellos"] += 1
+            self._publisher.peer(origin)
+            self._node.spawn(self._reload, origin, name="wsfleet backplane reload")
+            # It may have been away when this node last announced its count.
+            self._publisher.want_tally()
+        # A tally has done its work in the link (it follows each origin's count).
+
+    async def leases(self, session: StoreSession, live: set[str]) -> None:
+        for gone in self._replication.keep(live):
+            logger.info("%r: node %s expired", self._link, gone)
+            self._link.stats["nodes expired"] += 1
+        await self._replication.load_new(session, live)
+
+    async def record(self, session: StoreSession, identifier: str) -> None:
+        await self._replication.record(session, identifier, self._node)
+
+    async def _reload(self, origin: str) -> None:
+        try:
+            await self._replication.reload_node(origin)
+        except Exception as exc:
+            logger.warning("%r: could not load node %s: %r", self._link, origin, exc)

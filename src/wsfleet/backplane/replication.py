@@ -1,0 +1,149 @@
+"""Membership across nodes: this node's view of the others, and its records in the store.
+
+Group membership belongs to an identifier, fleet-wide: a join or leave holds on every node
+the identifier is on, and a node an identifier arrives at takes the groups it has elsewhere.
+Each node keeps its own identifiers' groups (the manager's registry) and mirrors the other
+nodes' in a ``ClusterView``, from two sources that travel by different connections:
+
+* the records in the store: identifier -> groups, one record per node, written before the
+  change is announced and rewritten whole (``reassert``) after every reconnection; a node
+  loads another's record when it first hears of it, and again after a ``hello``;
+* the announcements on the bus (``join``, ``leave``, ``online``, ``offline``), which the
+  view follows as they come.
+
+A change applied while a record was on its way may be newer than the record: it is made
+again on top of the record once it arrives (``load``).
+
+``Replication`` knows neither the link nor the manager: the backplane hands it the local
+``Node`` and a session of the store for each operation. Every operation on the store is
+bounded by ``op_timeout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+
+from .node import Node
+from .store import Store, StoreSession
+from .view import ClusterView
+from .wire import Kind
+
+__all__ = ["Replication"]
+
+
+class Replication:
+    """The view of the other nodes, kept from their records and announcements."""
+
+    __slots__ = ("_loads", "node_id", "op_timeout", "store", "view")
+
+    def __init__(self, view: ClusterView, store: Store, node_id: str, op_timeout: float) -> None:
+        self.view = view
+        self.store = store
+        self.node_id = node_id
+        self.op_timeout = op_timeout
+        #: Per load of a node's record under way: the view changes made meanwhile.
+        self._loads: list[list[Callable[[], None]]] = []
+
+    # -- the view follows ----------------------------------------------------------------------
+
+    def follow(self, kind: Kind, identifier: str, group: str, origin: str | None) -> None:
+        """``identifier`` joined or left ``group`` on ``origin`` (``None``: on this node)."""
+        self._change(partial(self._follow, kind, identifier, group, origin))
+
+    def online(self, origin: str, identifier: str, node: Node) -> None:
+        """``identifier`` got its first socket on ``origin``."""
+        self._change(partial(self._online, origin, identifier, node))
+
+    def offline(self, origin: str, identifier: str) -> None:
+        """``identifier`` lost its last socket on ``origin``."""
+        self._change(partial(self.view.offline, origin, identifier))
+
+    def _follow(self, kind: Kind, identifier: str, group: str, origin: str | None) -> None:
+        """Groups belong to the identifier: a join or leave holds on every node it is on."""
+        view = self.view
+        nodes = view.presence(identifier)
+        if origin is not None:
+            nodes.add(origin)
+        for where in nodes:
+            if kind == "join":
+                view.join(where, identifier, group)
+            else:
+                view.leave(where, identifier, group)
+
+    def _online(self, origin: str, identifier: str, node: Node) -> None:
+        view = self.view
+        if origin not in view.presence(identifier):
+            # The origin took the identifier's groups from its own view when its first
+            # socket registered; ours says the same.
+            groups = view.groups_of(identifier)
+            groups.update(node.groups_of(identifier))
+            view.online(origin, identifier)
+            for group in groups:
+                view.join(origin, identifier, group)
+
+    def _change(self, change: Callable[[], None]) -> None:
+        change()
+        for changes in self._loads:
+            changes.append(change)
+
+    # -- the records ---------------------------------------------------------------------------
+
+    async def record(self, session: StoreSession, identifier: str, node: Node) -> None:
+        """Write ``identifier``'s membership on this node to the store, where nodes that
+        start later (or reload this one) read it."""
+        with anyio.fail_after(self.op_timeout):
+            if node.holds(identifier):
+                groups = sorted(node.groups_of(identifier))
+                await session.put_member(self.node_id, identifier, groups)
+            else:
+                await session.del_member(self.node_id, identifier)
+
+    async def reassert(self, session: StoreSession, node: Node, ttl: float) -> None:
+        """Replace this node's record by what it holds now, with a lease of ``ttl``."""
+        snapshot = {identifier: sorted(groups) for identifier, groups in node.memberships().items()}
+        await session.replace_node(self.node_id, snapshot, ttl)
+
+    async def reload(self, session: StoreSession, live: set[str]) -> None:
+        """After a reconnection: forget the nodes not in ``live``, load all the others."""
+        self.keep(live)
+        for other in live - {self.node_id}:
+            await self.load(session, other)
+
+    def keep(self, live: set[str]) -> set[str]:
+        """Forget every node not in ``live`` (their leases lapsed); returns them."""
+        gone = self.view.nodes() - live
+        for node in gone:
+            self.view.drop(node)
+        return gone
+
+    async def load_new(self, session: StoreSession, live: set[str]) -> None:
+        """Load the nodes of ``live`` the view does not know yet."""
+        for new in live - self.view.nodes() - {self.node_id}:
+            await self.load(session, new)
+
+    async def load(self, session: StoreSession, origin: str) -> None:
+        """Replace what the view holds of ``origin`` by its record in the store.
+
+        The record and the announcements come by different connections: a change applied
+        while the record was on its way may be newer than the record, so it is made again
+        on top of it. (A change applied before the load began is in the record already: a
+        node writes its record before it announces the change.)
+        """
+        changes: list[Callable[[], None]] = []
+        self._loads.append(changes)
+        try:
+            with anyio.fail_after(self.op_timeout):
+                snapshot = await session.load(origin)
+        finally:
+            self._loads = [c for c in self._loads if c is not changes]
+        self.view.replace(origin, snapshot)
+        for change in changes:
+            change()
+
+    async def reload_node(self, origin: str) -> None:
+        """Load ``origin``'s record through a session of its own (after its ``hello``)."""
+        async with self.store.session() as session:
+            await self.load(session, origin)
