@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from adapters.clients import client
@@ -175,7 +176,7 @@ async def test_each_connection_and_disconnection_is_logged_once(chat_server: Cha
         while "dora disconnected" not in chat_server.log():
             await anyio.sleep(0.02)
     log = chat_server.log()
-    assert log.count("dora connected from") == 1
+    assert log.count("dora connected") == 1
     assert log.count("dora disconnected: ") == 1
     # hypercorn (the ASGI example's server) reports 1006 for every close a client starts
     # (pgjones/hypercorn#127); the other servers pass the client's code and reason on.
@@ -184,3 +185,45 @@ async def test_each_connection_and_disconnection_is_logged_once(chat_server: Cha
     )
     assert expected in log
     assert "Executed callback" not in log  # the state machine library's INFO chatter
+
+
+async def reset_during_handshake(url: str, *, wait_for_101: bool) -> None:
+    """A client that sends its upgrade request, then resets the TCP connection (RST)."""
+    import base64
+    import os
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    stream = await anyio.connect_tcp(parts.hostname, parts.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(
+        f"GET {parts.path}?id=eve HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    if wait_for_101:
+        with anyio.fail_after(5):
+            await stream.receive()
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
+async def test_clients_that_reset_during_their_handshake_harm_nobody(chat_server: Chat) -> None:
+    """On trio one escaping error ends the whole server: these once did."""
+    async with client(f"{chat_server}?id=alice") as alice:
+        await ask(alice, {"op": "join", "group": "g"})
+        assert await reply(alice) == {"op": "joined", "group": "g"}
+        for attempt in range(10):
+            await reset_during_handshake(chat_server, wait_for_101=attempt % 2 == 1)
+        await anyio.sleep(0.2)  # time for the server to trip over them, if it would
+        await ask(alice, {"op": "say", "group": "g", "text": "still here"})
+        said = await reply(alice)
+        assert said["text"] == "still here"
+    async with client(f"{chat_server}?id=bob") as bob:  # new clients are served too
+        await ask(bob, {"op": "join", "group": "g"})
+        assert await reply(bob) == {"op": "joined", "group": "g"}

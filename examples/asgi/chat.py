@@ -78,7 +78,7 @@ async def handle(
         told = {"op": "told", "from": me, "text": request["text"]}
         await manager.send_to_one(request["to"], json.dumps(told))
         return None
-    except ValueError as exc:  # wsfleet refused it: a bad group name, a message too large
+    except (ValueError, KeyError) as exc:  # wsfleet refused it: a bad name, a message too large
         return error(str(exc))
 
 

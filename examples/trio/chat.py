@@ -21,7 +21,7 @@ from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from wsfleet import ConnectionManager, HeartbeatPolicy, ManagerClosed
 
@@ -71,22 +71,35 @@ async def handle(
         told = {"op": "told", "from": me, "text": request["text"]}
         await manager.send_to_one(request["to"], json.dumps(told))
         return None
-    except ValueError as exc:  # wsfleet refused it: a bad group name, a message too large
+    except (ValueError, KeyError) as exc:  # wsfleet refused it: a bad name, a message too large
         return error(str(exc))
 
 
 async def serve_client(manager: ConnectionManager, request: WebSocketRequest) -> None:
-    """One client for its whole life: a wsfleet session around trio-websocket's socket.
+    """One client for its whole life, and nothing escapes from it.
 
-    Nothing may escape from here: on trio an error in one handler ends the whole server.
+    On trio an exception in one handler ends ``serve_websocket``'s nursery, and with it the
+    whole server: a client that resets its TCP connection during the handshake makes
+    ``accept()`` raise, and so would a bug here. So this wrapper logs what the handler
+    raised and lets only that client go.
     """
+    try:
+        await chat(manager, request)
+    except ConnectionClosed:
+        log.info("a client went away during its handshake")
+    except Exception:
+        log.exception("a client's handler failed; the server goes on")
+
+
+async def chat(manager: ConnectionManager, request: WebSocketRequest) -> None:
+    """A wsfleet session around trio-websocket's socket."""
     who = parse_qs(urlsplit(request.path).query).get("id", [""])[0]
     ws = await request.accept()
     with contextlib.suppress(ManagerClosed):  # a client arriving while the server shuts down
         async with manager.session(ws, who) as session:  # a bad id: 1008, nothing runs
             if session.refused:
                 return
-            log.info("%s connected from %s", who, ws.remote)
+            log.info("%s connected", who)
             async for message in session:
                 reply = await handle(manager, who, message)
                 if reply is not None:
