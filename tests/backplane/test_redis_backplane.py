@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -334,6 +335,33 @@ async def test_garbage_on_the_channel_is_skipped_and_counted(redis: RedisServer)
         await n1.broadcast("after the garbage")
         await wait_until(lambda: bob.received == ["after the garbage"], "bob got the next one")
         assert connected(n1, n2)
+
+
+@pytest.mark.parametrize("forged", ["node id", "identifier", "groups"])
+async def test_records_no_node_wrote_are_skipped_and_the_links_stay_up(
+    redis: RedisServer, forged: str
+) -> None:
+    """Whoever can write to the namespace's keys can plant records: one that is not UTF-8
+    once made every node's link fail, over and over, for as long as the key existed."""
+    async with coredis.Redis.from_url(redis.url) as client:
+        future = time.time() + 3600
+        if forged == "node id":
+            await client.zadd(f"{NAMESPACE}:nodes", {b"\xff\xfe": future})
+        else:
+            await client.zadd(f"{NAMESPACE}:nodes", {"evil": future})
+            key, value = (b"\xff\xfe", b"[]") if forged == "identifier" else (b"ok", b"[[[1]]]")
+            await client.hset(f"{NAMESPACE}:node:evil", {key: value})
+            await client.hset(f"{NAMESPACE}:node:evil", {b"line\nbreak": b'["g"]'})
+        async with fleet(redis.url, "n1", "n2") as (n1, n2):
+            bob = MemoryTransport()
+            n2.register(bob, "bob")
+            await anyio.sleep(3 * HEARTBEAT)  # heartbeats that read the records again
+            assert counter(n1, "link error") == counter(n2, "link error") == 0
+            assert "line\nbreak" not in n1.presence("bob") | set(n1.identifiers())
+            await n1.broadcast("still flowing")
+            await wait_until(lambda: bob.received == ["still flowing"], "bob got it")
+            assert connected(n1, n2)
+            assert n1.stats().dropped == n2.stats().dropped == 0
 
 
 # -- disconnect_identifier ----------------------------------------------------------------------

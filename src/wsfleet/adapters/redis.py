@@ -43,6 +43,26 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 __all__ = ["RedisBackplane", "RedisStore"]
 
 
+def _valid(name: str) -> bool:
+    """A name wsfleet could have written: what the manager accepts for identifiers."""
+    return 0 < len(name) <= 256 and name.isprintable()
+
+
+def _name(raw: object) -> str | None:
+    """A node id or identifier read back from Redis; ``None`` for anything wsfleet would not
+    have written there (bytes that are not UTF-8, control characters, too long).
+
+    Whoever can write to the namespace's keys could plant such a record; read as it came,
+    it would fail every node's link, over and over, for as long as the key exists.
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode()
+        except UnicodeDecodeError:
+            return None
+    return raw if isinstance(raw, str) and _valid(raw) else None
+
+
 class RedisStore(Store):
     """Connects to Redis for one backplane link; see the module docstring for the keys."""
 
@@ -138,19 +158,21 @@ class _RedisSession(StoreSession):
         await self.client.zremrangebyscore(self.nodes_key, "-inf", now)
         # ZRANGE ... BYSCORE (Redis 6.2): coredis deprecates ZRANGEBYSCORE with a warning.
         nodes = await self.client.zrange(self.nodes_key, now, "+inf", sortby=PureToken.BYSCORE)
-        return {n.decode() if isinstance(n, bytes) else str(n) for n in nodes}
+        return {name for name in map(_name, nodes) if name is not None}
 
     async def load(self, node: str) -> dict[str, list[str]]:
         raw = await self.client.hgetall(self.prefix + node)
         snapshot: dict[str, list[str]] = {}
         for key, value in raw.items():
-            name = key.decode() if isinstance(key, bytes) else str(key)
+            name = _name(key)
+            if name is None:
+                continue  # not ours: skipped, like a malformed message on the bus
             try:
                 groups = json.loads(value)
-            except ValueError:
-                continue  # not ours: skipped, like a malformed message on the bus
+            except (ValueError, RecursionError):
+                continue
             if isinstance(groups, list):
-                snapshot[name] = [g for g in groups if isinstance(g, str)]
+                snapshot[name] = [g for g in groups if isinstance(g, str) and _valid(g)]
         return snapshot
 
     async def forget(self, node: str) -> None:
