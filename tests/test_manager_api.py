@@ -326,6 +326,68 @@ async def test_broadcast_excludes_identifiers(
     assert {n for n, s in sockets.items() if s.received} == expected
 
 
+async def test_exclude_takes_the_connection_that_register_returned(
+    manager: ConnectionManager,
+) -> None:
+    sockets = populate(manager)
+    alice_1 = manager.connection(sockets["alice-1"])
+    assert await manager.broadcast("not for alice-1", exclude=alice_1) == 3
+    assert await manager.send_to_group("room:1", "neither", exclude=[alice_1, "bob"]) == 1
+    await eventually(lambda: sockets["alice-2"].received == ["not for alice-1", "neither"])
+    assert sockets["alice-1"].received == []
+
+
+@pytest.mark.parametrize("exclude", [123, b"alice", [["alice"]], [None], 1.5, {"alice": 1}])
+async def test_exclude_refuses_what_can_name_nobody_and_queues_nothing(
+    manager: ConnectionManager, exclude: object
+) -> None:
+    populate(manager)
+    before = snapshot(manager)
+    for call in (
+        manager.broadcast,
+        lambda m, exclude: manager.send_to_group("room:1", m, exclude=exclude),
+    ):
+        with pytest.raises(WrongType, match="exclude takes"):
+            await call("hi", exclude=exclude)
+    assert snapshot(manager) == before
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "error"),
+    [
+        (5000, "", InvalidArgument),
+        (1005, "", InvalidArgument),  # reserved: reported, never sent
+        (1006, "", InvalidArgument),
+        (999, "", InvalidArgument),
+        (-1, "", InvalidArgument),
+        (1000, "r" * 124, InvalidArgument),  # a close frame holds 123 bytes of reason
+        (1000, "é" * 62, InvalidArgument),
+        (1000, "\ud800", InvalidArgument),
+        ("1000", "", WrongType),
+        (True, "", WrongType),
+        (1000, b"bytes", WrongType),
+    ],
+)
+async def test_close_codes_and_reasons_a_close_frame_cannot_carry_are_refused(
+    manager: ConnectionManager, code: Any, reason: Any, error: type[Exception]
+) -> None:
+    sockets = populate(manager)
+    before = snapshot(manager)
+    with pytest.raises(error):
+        await manager.close(sockets["bob"], code, reason)
+    with pytest.raises(error):
+        await manager.disconnect_identifier("bob", code, reason)
+    assert snapshot(manager) == before
+    assert sockets["bob"].close_code is None
+    await manager.close(sockets["bob"], 4000, "r" * 123)  # the largest that fits
+    assert (sockets["bob"].close_code, sockets["bob"].close_reason) == (4000, "r" * 123)
+
+
+async def test_lookups_refuse_a_name_of_the_wrong_type(manager: ConnectionManager) -> None:
+    with pytest.raises(WrongType):
+        manager.sockets_of(["alice"])  # type: ignore[arg-type]
+
+
 async def test_broadcast_excludes_sockets_and_mixed_lists(manager: ConnectionManager) -> None:
     sockets = populate(manager)
     assert await manager.broadcast("one", exclude=sockets["alice-1"]) == 3
@@ -1185,6 +1247,9 @@ def test_every_error_derives_from_wsfleet_error(error: type[Exception]) -> None:
         {"shutdown_timeout": -1},
         {"close_timeout": True},
         {"callback_timeout": "5"},
+        {"close_timeout": float("inf")},
+        {"resume_window": float("inf")},
+        {"shutdown_timeout": float("nan")},
     ],
     ids=lambda kw: next(iter(kw)),
 )

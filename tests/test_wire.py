@@ -275,6 +275,11 @@ REFUSED: dict[str, bytes | str] = {
     "kick code as string": raw(k="kick", id="ann", code="1000"),
     "kick code as bool": raw(k="kick", id="ann", code=True),
     "kick code as float": raw(k="kick", id="ann", code=1000.0),
+    "kick code no close frame may carry": raw(k="kick", id="ann", code=99999),
+    "kick code reserved for reporting": raw(k="kick", id="ann", code=1006),
+    "kick reason longer than a close frame holds": raw(
+        k="kick", id="ann", code=1000, reason="r" * 124
+    ),
     "kick reason not a string": raw(k="kick", id="ann", code=1000, reason=3),
 }
 

@@ -14,6 +14,7 @@ interface the manager gives it (``_Node``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -41,6 +42,7 @@ from ._runtime.routing import Kind, excluded, targets
 from ._runtime.session import Session, open_session
 from ._runtime.stats import Delivery, FleetStats
 from .backplane import Backplane, Node
+from .closecodes import sendable
 from .errors import InvalidArgument, ManagerClosed, UnknownSocket, WrongType
 from .fsm.states import ConnectionState
 from .policies.backpressure import BackpressurePolicy
@@ -137,6 +139,17 @@ class _Node:
         self._fleet.context.spawn(func, *args, name=name)
 
 
+def _check_close(code: object, reason: object) -> None:
+    """What ``close`` and ``disconnect_identifier`` accept: what a close frame can carry."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise WrongType(f"code must be an int, got {type(code).__name__}")
+    if not isinstance(reason, str):
+        raise WrongType(f"reason must be a str, got {type(reason).__name__}")
+    refusal = sendable(code, reason)
+    if refusal is not None:
+        raise InvalidArgument(refusal)
+
+
 def _close_identifier(fleet: Fleet, identifier: str, code: int, reason: str) -> int:
     """Close and forget every socket of ``identifier`` here; how many there were."""
     conns = list(fleet.registry.connections_of(identifier))
@@ -196,8 +209,12 @@ class ConnectionManager:
         if resume_window is not None:
             seconds.append(("resume_window", resume_window))
         for name, value in seconds:
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
+            if not 0 < value < math.inf:  # NaN fails this too
+                raise InvalidArgument(
+                    f"{name} must be a finite number of seconds > 0, got {value!r}"
+                )
         self.heartbeat = heartbeat
         self.overflow = overflow if overflow is not None else OverflowPolicy()
         self.resume_window = None if resume_window is None else float(resume_window)
@@ -300,9 +317,14 @@ class ConnectionManager:
         return True
 
     async def close(self, socket: object, code: int = 1000, reason: str = "") -> None:
-        """Close the socket with ``code`` and ``reason``, then unregister it."""
+        """Close the socket with ``code`` and ``reason``, then unregister it.
+
+        ``code`` is one a close frame may carry (1000-1003, 1007-1014, 3000-4999) and
+        ``reason`` at most 123 bytes of UTF-8; anything else is refused, changing nothing.
+        """
         fleet = self._fleet
         fleet.context.check(cleanup=True)
+        _check_close(code, reason)
         conn = self._connection(socket)
         await fleet.outbox.close(conn.transport, code, reason)
         fleet.forget(conn, f"closed by the server ({code})")
@@ -337,6 +359,7 @@ class ConnectionManager:
 
     def sockets_of(self, identifier: str) -> list[object]:
         """The identifier's sockets, in registration order; empty if it has none."""
+        check_name("identifier", identifier)
         return [conn.socket for conn in self._registry.connections_of(identifier)]
 
     def identifiers(self) -> set[str]:
@@ -410,9 +433,13 @@ class ConnectionManager:
     async def disconnect_identifier(
         self, identifier: str, code: int = 1000, reason: str = ""
     ) -> int:
-        """Close every socket of ``identifier`` on every node; returns how many were here."""
+        """Close every socket of ``identifier`` on every node; returns how many were here.
+
+        ``code`` and ``reason`` as for ``close``.
+        """
         check_name("identifier", identifier)
         self._fleet.context.check()
+        _check_close(code, reason)
         closed = _close_identifier(self._fleet, identifier, code, reason)
         if self._backplane is not None:
             self._backplane.kick(identifier, code, reason)

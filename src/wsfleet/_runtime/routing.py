@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Literal, TypeAlias
 
+from ..errors import WrongType
 from .connection import Connection
 from .registry import Registry
 
@@ -23,19 +24,32 @@ Kind: TypeAlias = Literal["all", "one", "many", "group"]
 _NOBODY: frozenset[int] = frozenset()
 
 
+#: What can never name a socket or an identifier: a mistake, refused with ``WrongType``.
+_NOT_A_TARGET = (int, float, bytes, bytearray, memoryview, type(None), list, tuple, set, dict)
+
+
 def excluded(registry: Registry, exclude: object) -> set[int]:
-    """The sockets (by ``id``) that ``exclude`` names: a socket, an identifier, or an
-    iterable of either; anything unknown is ignored."""
-    if isinstance(exclude, str) or registry.get(exclude) is not None:
+    """The sockets (by ``id``) that ``exclude`` names: an identifier, a socket, a
+    ``Connection``, or an iterable of those. A socket this node does not hold is ignored
+    (it may have just left); a number, bytes, ``None`` or a nested collection is a mistake
+    and refused with ``WrongType``."""
+    if isinstance(exclude, str | Connection) or registry.get(exclude) is not None:
         items: Iterable[object] = (exclude,)
-    elif isinstance(exclude, Iterable) and not isinstance(exclude, bytes):
-        items = exclude
+    elif isinstance(exclude, Iterable) and not isinstance(exclude, bytes | bytearray | dict):
+        items = list(exclude)
     else:
         items = (exclude,)
     skip: set[int] = set()
     for item in items:
         if isinstance(item, str):
             skip.update(id(c.socket) for c in registry.connections_of(item))
+        elif isinstance(item, Connection):
+            skip.add(id(item.socket))
+        elif isinstance(item, _NOT_A_TARGET):
+            raise WrongType(
+                "exclude takes identifiers (str), sockets or Connections, or an iterable of "
+                f"them; got {type(item).__name__}"
+            )
         elif registry.get(item) is not None:
             skip.add(id(item))
     return skip

@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
+from ..closecodes import sendable
 from ..errors import MalformedEnvelope
 
 __all__ = [
@@ -231,11 +232,9 @@ def check_body(header: Header, body: dict[str, Any]) -> Envelope:
         _str(data, "id", header)
     elif kind == "kick":
         _str(data, "id", header)
-        if isinstance(data.get("code"), bool) or not isinstance(data.get("code"), int):
-            raise MalformedEnvelope("field 'code' must be an integer", header)
-        reason = data.get("reason", "")
-        if not isinstance(reason, str) or not _utf8(reason):
-            raise MalformedEnvelope("field 'reason' must be a valid string", header)
+        refusal = sendable(data.get("code"), data.get("reason", ""))
+        if refusal is not None:  # a close the sockets could not be given
+            raise MalformedEnvelope(refusal, header)
     return Envelope(kind, header.node, header.run, header.seq, data)
 
 
