@@ -331,7 +331,8 @@ def envelopes(draw: st.DrawFn) -> Envelope:
     elif kind in ("online", "offline"):
         data = {"id": draw(NAMES)}
     elif kind == "kick":
-        data = {"id": draw(NAMES), "code": draw(st.integers(0, 4999))}
+        sendable = st.integers(1000, 1003) | st.integers(1007, 1014) | st.integers(3000, 4999)
+        data = {"id": draw(NAMES), "code": draw(sendable)}
         if draw(st.booleans()):
             data["reason"] = draw(st.text(max_size=20))
     else:
