@@ -19,6 +19,7 @@ from wsfleet import (
     ConnectionManager,
     ConnectionState,
     HeartbeatPolicy,
+    InvalidArgument,
     OverflowPolicy,
     RetryPolicy,
     StateChange,
@@ -315,3 +316,47 @@ async def test_a_pong_reported_from_a_loop_callback_outside_any_task_counts() ->
 test_a_pong_reported_from_a_loop_callback_outside_any_task_counts = pytest.mark.parametrize(
     "anyio_backend", ["asyncio"]
 )(test_a_pong_reported_from_a_loop_callback_outside_any_task_counts)
+
+
+# -- the default heartbeat ------------------------------------------------------------------
+
+
+class Unpingable(MemoryTransport):
+    """A socket with no ping of its own (ASGI's): its server keeps it alive."""
+
+    can_ping = False
+    no_ping_reason = "this transport cannot ping"
+
+
+async def test_by_default_the_manager_pings_as_websockets_does() -> None:
+    async with ConnectionManager() as manager:  # no policy given: HeartbeatPolicy()
+        assert manager.heartbeat == HeartbeatPolicy()
+        pinged = MemoryTransport("pinged")
+        deaf = MemoryTransport("deaf", auto_pong=False)
+        quiet = Unpingable("asgi")
+        manager.register(pinged, "pinged")
+        conn = manager.register(deaf, "deaf")
+        manager.register(quiet, "asgi")  # taken: its server does the pinging
+        await wait_for(lambda: deaf.close_code is not None, within=60.0)
+        assert (deaf.close_code, deaf.close_reason) == (1011, "heartbeat timeout")
+        assert conn.state is D
+        assert pinged.pings >= 1
+        assert quiet.pings == 0
+        assert manager.get_connection_state(pinged) in (C, I)
+        assert manager.get_connection_state(quiet) in (C, I)
+
+
+async def test_an_explicit_pinging_heartbeat_refuses_a_socket_that_cannot_be_pinged() -> None:
+    async with ConnectionManager(heartbeat=HeartbeatPolicy()) as manager:
+        with pytest.raises(InvalidArgument, match="this transport cannot ping"):
+            manager.register(Unpingable("asgi"), "asgi")
+        assert manager.count() == 0
+
+
+async def test_heartbeat_none_turns_pings_and_idleness_off() -> None:
+    async with ConnectionManager(heartbeat=None) as manager:
+        deaf = MemoryTransport("deaf", auto_pong=False)
+        conn = manager.register(deaf, "deaf")
+        await anyio.sleep(200)  # ten default intervals, virtual on trio's mock clock
+        assert deaf.pings == 0
+        assert conn.state is C

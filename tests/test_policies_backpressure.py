@@ -36,6 +36,17 @@ def test_every_queue_half_full_is_a_server_behind() -> None:
     assert not behind(policy, 512 * 1000, 1000, connections=1000)  # exactly half: not yet
 
 
+def test_only_queues_that_evict_make_the_fill_count() -> None:
+    """Under drop-oldest or drop-newest a full queue loses messages by choice, not clients."""
+    policy = BackpressurePolicy()
+    full = {"queued_messages": 1024 * 10, "queued_bytes": 10, "connections": 10}
+    bounds = {"queue_messages": 1024, "queue_bytes": MIB}
+    assert policy.behind(**full, **bounds, evicting=True)
+    assert not policy.behind(**full, **bounds, evicting=False)
+    memory = {"queued_messages": 1, "queued_bytes": 65 * MIB, "connections": 10_000}
+    assert policy.behind(**memory, **bounds, evicting=False)  # the byte budget still holds
+
+
 def test_the_fleet_wide_byte_budget_applies_however_many_connections() -> None:
     policy = BackpressurePolicy(max_queued_bytes=10 * MIB)
     assert behind(policy, 1, 10 * MIB + 1, connections=100_000)

@@ -17,6 +17,7 @@ from wsfleet.policies import HeartbeatPolicy, OverflowAction, OverflowDecision, 
 
 def test_the_policies_package_exports_exactly_its_public_api() -> None:
     assert sorted(wsfleet.policies.__all__) == [
+        "BackpressurePolicy",
         "DEFAULT_RETRY_POLICY",
         "HeartbeatPolicy",
         "JitterMode",

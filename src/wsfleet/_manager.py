@@ -61,6 +61,11 @@ R = ConnectionState.RECONNECTING
 #: Fan-out waits for the writers when the whole fleet is behind (see ``BackpressurePolicy``).
 _DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 
+#: Pings every 20 s, a peer silent 20 s after one is dead, IDLE after 60 s without a message:
+#: what websockets does by default. Sockets that cannot be pinged (ASGI) are left to their
+#: server's keepalive under this default; an explicit pinging policy refuses them instead.
+_DEFAULT_HEARTBEAT: Final = HeartbeatPolicy()
+
 
 _Args = TypeVarTuple("_Args")
 
@@ -180,7 +185,7 @@ class ConnectionManager:
         self,
         *,
         retry_policy: RetryPolicy | None = None,
-        heartbeat: HeartbeatPolicy | None = None,
+        heartbeat: HeartbeatPolicy | None = _DEFAULT_HEARTBEAT,
         overflow: OverflowPolicy | None = None,
         backplane: Backplane | None = None,
         resume_window: float | None = None,
@@ -228,6 +233,7 @@ class ConnectionManager:
             callback_timeout=float(callback_timeout),
             close_timeout=self.close_timeout,
             backpressure=backpressure,
+            pings_optional=heartbeat is _DEFAULT_HEARTBEAT,
         )
         self.backpressure = backpressure
         self._registry: Registry = self._fleet.registry

@@ -44,7 +44,7 @@ from ..fsm.machine import FleetMachine, StateChange
 from ..fsm.states import HELD, ConnectionState
 from ..policies.backpressure import BackpressurePolicy
 from ..policies.heartbeat import HeartbeatPolicy
-from ..policies.overflow import OverflowPolicy
+from ..policies.overflow import OverflowAction, OverflowPolicy
 from ..policies.retry import RetryPolicy
 from ..transport import Message, Transport, adapter_for, message_size, no_adapter
 from .callbacks import Callbacks
@@ -99,11 +99,15 @@ class Fleet:
         callback_timeout: float,
         close_timeout: float,
         backpressure: BackpressurePolicy | None = None,
+        pings_optional: bool = False,
     ) -> None:
         self.context = Context()
         self.registry = Registry()
         self.machine = FleetMachine(retry_policy=retry_policy)
         self.heartbeat = heartbeat
+        #: The heartbeat is the default one, not asked for: a socket that cannot be pinged
+        #: is taken all the same (its server keeps it alive), not refused.
+        self.pings_optional = pings_optional
         self.overflow = overflow
         self.close_timeout = close_timeout
         self.outbox = Outbox(self.context, overflow, self, close_timeout=close_timeout)
@@ -162,7 +166,12 @@ class Fleet:
 
     def _pings_to(self, transport: Transport) -> None:
         heartbeat = self.heartbeat
-        if heartbeat is not None and heartbeat.ping_interval is not None and not transport.can_ping:
+        if (
+            heartbeat is not None
+            and heartbeat.ping_interval is not None
+            and not transport.can_ping
+            and not self.pings_optional
+        ):
             raise InvalidArgument(transport.no_ping_reason)
 
     def register(
@@ -295,6 +304,7 @@ class Fleet:
             connections=len(self.registry),
             queue_messages=overflow.max_messages,
             queue_bytes=overflow.max_bytes,
+            evicting=overflow.action is OverflowAction.DISCONNECT,
         )
 
     async def room(self) -> None:
@@ -335,8 +345,10 @@ class Fleet:
         count = outbox.fan_out(targets, message, size)
         if outbox.has_evictions:
             for conn in outbox.take_evictions():
-                if conn.registered and conn.writable:
-                    self.evict(conn, POLICY_VIOLATION, "slow consumer")
+                if conn.registered and conn.writable:  # the message that did not fit too
+                    self.evict(conn, POLICY_VIOLATION, "slow consumer", refused=1)
+                else:
+                    outbox.count_drop("slow consumer")
         return count
 
     def send_to(self, conn: Connection, message: Message) -> int:
@@ -346,11 +358,14 @@ class Fleet:
             return 0
         return self.deliver((conn,), message, size)
 
-    def evict(self, conn: Connection, code: int, reason: str) -> None:
-        """Cut a connection off: ERROR (then whatever its retry policy says) and close it."""
+    def evict(self, conn: Connection, code: int, reason: str, *, refused: int = 0) -> None:
+        """Cut a connection off: ERROR (then whatever its retry policy says) and close it.
+
+        What it had queued is dropped, with ``refused`` messages that did not get in.
+        """
         outbox = self.outbox
         outbox.stop_writer(conn)
-        outbox.discard(conn, reason)
+        outbox.discard(conn, reason, refused=refused)
         if conn.state in (C, I, R):
             self.request(conn, E, reason)
         self.context.spawn(outbox.close, conn.transport, code, reason, name="wsfleet close")

@@ -177,7 +177,7 @@ class Outbox:
                 self.count_drop("overflow: drop-oldest")
                 continue
             if decision is OverflowDecision.DISCONNECT and conn.writable:
-                self.count_drop("slow consumer")  # the message that did not fit
+                # The message that did not fit is counted with the queue, on eviction.
                 if conn not in self._evicted:  # (a short list: the evictions of one call)
                     self._evicted.append(conn)
                 return 0
@@ -201,17 +201,18 @@ class Outbox:
         if n:
             self.drops[reason] += n
 
-    def discard(self, conn: Connection, reason: str) -> None:
-        """Drop everything queued for ``conn``, counted under ``reason``."""
+    def discard(self, conn: Connection, reason: str, *, refused: int = 0) -> None:
+        """Drop everything queued for ``conn``, and ``refused`` messages that never got in,
+        counted (and logged, once) under ``reason``."""
         out = conn._out
         queue = out.pending
-        if queue is None:
-            return
-        messages = sum(1 for item in queue if item is not PING)
-        self.queued_messages -= messages
-        self.queued_bytes -= out.pending_bytes
-        out.pending = None
-        out.pending_bytes = 0
+        messages = refused
+        if queue is not None:
+            messages += sum(1 for item in queue if item is not PING)
+            self.queued_messages -= messages - refused
+            self.queued_bytes -= out.pending_bytes
+            out.pending = None
+            out.pending_bytes = 0
         if messages:
             self.count_drop(reason, messages)
             logger.warning("%d message(s) for %r dropped: %s", messages, conn.identifier, reason)

@@ -134,7 +134,7 @@ class Timers:
             now = self._context.now()
             beat.last_seen = beat.last_message = beat.last_ping = now
             beat.ping_sent_at = beat.ping_queued_at = None
-        if policy.ping_interval is not None and not beat.hb_armed:
+        if policy.ping_interval is not None and not beat.hb_armed and conn.transport.can_ping:
             beat.hb_armed = True
             self.push(beat.last_ping + policy.ping_interval, "heartbeat", conn)
         if policy.idle_after is not None and not beat.idle_armed:
@@ -154,7 +154,7 @@ class Timers:
         assert policy is not None
         assert policy.ping_interval is not None
         beat = conn._beat
-        if not conn.registered or not conn.writable:
+        if not conn.registered or not conn.writable or not conn.transport.can_ping:
             beat.hb_armed = False
             return
         interval, timeout = policy.ping_interval, policy.ping_timeout

@@ -55,7 +55,7 @@ TABLE: Final[tuple[Rule, ...]] = (
     Rule("open",        (NEW,),     C, "registered, or an inbound socket opened"),
     Rule("dial",        (NEW,),     R, "an outbound connection's first dial is under way"),
     Rule("go_idle",     (C,),       I, "no inbound activity for the idle period"),
-    Rule("activity",    (I,),       C, "a message or a pong arrived"),
+    Rule("activity",    (I,),       C, "a message arrived (a pong proves a peer alive, not busy)"),
     Rule("close",       (C, I),     D, "clean close, from either side"),
     Rule("fail",        (C, I, R),  E, "I/O failure, abnormal close, heartbeat timeout, failed attempt"),
     Rule("retry",       (E,),       R, "the retry policy's delay has passed", conditions=("can_retry",)),

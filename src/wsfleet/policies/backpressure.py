@@ -9,9 +9,13 @@ helps then is to slow the producer down: fan-out calls wait until the writers ha
 Two signs say the fleet, not a peer, is behind: the bytes queued across all connections pass
 ``max_queued_bytes`` (memory, whatever the cause), or the queues together are fuller than
 ``max_fill`` of what their bounds allow (one full queue among many barely moves that share;
-every queue half full does). A wait is bounded (``max_wait``), and it ends as soon as the
-writers stop making progress for ``stall_after``: peers that stopped reading will not drain,
-waiting for them would block the producer on them, and their own bound evicts them instead.
+every queue half full does). The second matters only where a full queue evicts its client
+(the overflow policy's "disconnect"); under "drop-oldest" or "drop-newest" a full queue
+loses messages by the application's choice, and the producer is not held for it.
+
+A wait is bounded (``max_wait``), and it ends as soon as the writers stop making progress for
+``stall_after``: peers that stopped reading will not drain, waiting for them would block the
+producer on them, and their own bound evicts them instead.
 """
 
 from __future__ import annotations
@@ -69,13 +73,17 @@ class BackpressurePolicy:
         connections: int,
         queue_messages: int,
         queue_bytes: int,
+        evicting: bool = True,
     ) -> bool:
         """Whether the fleet is behind: producers should wait for the writers.
 
         ``queue_messages`` and ``queue_bytes`` are one connection's bounds (the overflow
-        policy's); ``connections`` how many queues there are.
+        policy's); ``connections`` how many queues there are; ``evicting`` whether a full
+        queue evicts its client.
         """
         if queued_bytes > self.max_queued_bytes:
             return True
+        if not evicting:
+            return False
         share = self.max_fill * connections
         return queued_messages > share * queue_messages or queued_bytes > share * queue_bytes
