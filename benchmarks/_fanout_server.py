@@ -8,6 +8,7 @@ Prints ``port <port>`` once it accepts WebSocket connections at ``/ws?id=<name>`
     wait <n> <timeout>          -> ready <connections>       (at least n connections, or timeout)
     go <m> <size> <mode> <t>    -> sent <seconds> <errors>   (fan out m messages to every one)
     cpu                         -> cpu <process_time>
+    memory                      -> memory <rss bytes>        (after a full garbage collection)
     stats                       -> stats <json>
     quit                        (exits at once: the driver is done with this process)
 
@@ -22,11 +23,20 @@ bound; each message then carries the moment it was handed over, for the clients'
 mode; ``stream:<rate>`` paces the messages at ``rate`` per second). Library keepalives,
 compression and wsfleet's heartbeat are off everywhere.
 
-Besides the libraries wsfleet is built on, three peers: ``fastapi-docs`` (the
-ConnectionManager of FastAPI's WebSockets page, under uvicorn), ``socketio-room``
-(python-socketio's ASGI server under uvicorn, ``emit`` to one room that every client joins;
-its clients speak Engine.IO v4) and ``raw-floor`` (an asyncio protocol that answers the
-upgrade by hand and then writes one pre-encoded frame to every transport).
+Every wsfleet variant has a plain peer on the same library and server, written the way a
+user of that library fans out by hand: ``ws-broadcast`` (websockets' ``broadcast()`` on
+asyncio) and ``ws-loop`` (``for ws in sockets: await ws.send(m)``) beside
+``wsfleet-ws-asyncio``; ``ws-trio-loop`` (the same loop over websockets' trio connections;
+``ws-trio-broadcast``, websockets' awaited trio ``broadcast()``, on request) beside
+``wsfleet-ws-trio``; ``trio-ws-loop`` (``await ws.send_message(m)``) beside
+``wsfleet-trio-ws``; and one FastAPI app for ASGI, under uvicorn (``fastapi-docs`` beside
+``wsfleet-asgi-uvicorn``) and under hypercorn (``fastapi-docs-hypercorn`` beside
+``wsfleet-asgi``): the ConnectionManager of FastAPI's WebSockets page, or the endpoint of
+wsfleet's FastAPI how-to. Further peers: ``starlette-loop`` (a Starlette app on hypercorn,
+awaiting ``send_text`` on each socket), ``socketio-room`` (python-socketio's ASGI server under
+uvicorn, ``emit`` to one room that every client joins; its clients speak Engine.IO v4) and
+``raw-floor`` (an asyncio protocol that answers the upgrade by hand and then writes one
+pre-encoded frame to every transport).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import hashlib
 import json
 import os
@@ -55,15 +66,28 @@ from wsfleet import ConnectionManager, OverflowPolicy
 
 VARIANTS: dict[str, str] = {
     "ws-broadcast": "asyncio",
+    "ws-loop": "asyncio",
     "wsfleet-ws-asyncio": "asyncio",
+    "ws-trio-loop": "trio",
+    "ws-trio-broadcast": "trio",
     "wsfleet-ws-trio": "trio",
     "trio-ws-loop": "trio",
     "wsfleet-trio-ws": "trio",
     "starlette-loop": "asyncio",
-    "wsfleet-asgi": "asyncio",
     "fastapi-docs": "asyncio",
+    "wsfleet-asgi-uvicorn": "asyncio",
+    "fastapi-docs-hypercorn": "asyncio",
+    "wsfleet-asgi": "asyncio",
     "socketio-room": "asyncio",
     "raw-floor": "asyncio",
+}
+
+#: The plain loops: ``for ws in sockets: await ws.<method>(text)``, each library's own send.
+LOOP_SEND: dict[str, str] = {
+    "ws-loop": "send",
+    "ws-trio-loop": "send",
+    "trio-ws-loop": "send_message",
+    "starlette-loop": "send_text",
 }
 
 #: The stalled-client scenario's bound: a connection 1 MiB behind is evicted (close 1008).
@@ -190,7 +214,8 @@ async def websockets_trio(fleet: Fleet) -> AsyncIterator[int]:
     from websockets.exceptions import ConnectionClosed
     from websockets.trio.server import serve
 
-    import wsfleet.adapters.websockets  # noqa: F401
+    if fleet.manager is not None:
+        import wsfleet.adapters.websockets  # noqa: F401
 
     async def handler(ws: Any) -> None:
         with suppress(ConnectionClosed):
@@ -240,22 +265,12 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def starlette_hypercorn(fleet: Fleet) -> AsyncIterator[int]:
+async def hypercorn_serving(app: Any) -> AsyncIterator[int]:
+    """An ASGI app under hypercorn (asyncio worker), with no keepalive and no compression
+    (the raw clients offer no extension, so none is negotiated)."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
-    from starlette.applications import Starlette
-    from starlette.routing import WebSocketRoute
-    from starlette.websockets import WebSocket, WebSocketDisconnect
 
-    if fleet.manager is not None:
-        import wsfleet.adapters.asgi  # noqa: F401
-
-    async def endpoint(ws: WebSocket) -> None:
-        await ws.accept()
-        with suppress(WebSocketDisconnect):
-            await fleet.hold(ws, ws.query_params.get("id", "anonymous"), ws.receive_text)
-
-    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -278,6 +293,25 @@ async def starlette_hypercorn(fleet: Fleet) -> AsyncIterator[int]:
         yield port
         stop.set()
         tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def starlette_hypercorn(fleet: Fleet) -> AsyncIterator[int]:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    if fleet.manager is not None:
+        import wsfleet.adapters.asgi  # noqa: F401
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        with suppress(WebSocketDisconnect):
+            await fleet.hold(ws, ws.query_params.get("id", "anonymous"), ws.receive_text)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    async with hypercorn_serving(app) as port:
+        yield port
 
 
 @asynccontextmanager
@@ -330,29 +364,57 @@ class DocsConnectionManager:
             await websocket.send_text(text)
 
 
-@asynccontextmanager
-async def fastapi_docs(fleet: Fleet) -> AsyncIterator[int]:
+def fastapi_app(fleet: Fleet) -> Any:
+    """One FastAPI app for both sides of the ASGI comparison, so that they differ only in
+    how they hold and fan out: without a manager, the docs' ``ConnectionManager``; with one,
+    the endpoint of wsfleet's FastAPI how-to (accept, then ``manager.session``)."""
     from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
     app = FastAPI()
-    docs = fleet.native = DocsConnectionManager()
+    if fleet.manager is None:
+        docs = fleet.native = DocsConnectionManager()
 
-    async def endpoint(websocket: WebSocket) -> None:
-        await docs.connect(websocket)
-        fleet.add(websocket, websocket.query_params.get("id", "anonymous"))
-        try:
-            while True:
-                await websocket.receive_text()
-        except WebSocketDisconnect:
-            docs.disconnect(websocket)
-        finally:
-            fleet.remove(websocket)
+        async def endpoint(websocket: WebSocket) -> None:
+            await docs.connect(websocket)
+            fleet.add(websocket, websocket.query_params.get("id", "anonymous"))
+            try:
+                while True:
+                    await websocket.receive_text()
+            except WebSocketDisconnect:
+                docs.disconnect(websocket)
+            finally:
+                fleet.remove(websocket)
+
+    else:
+        import wsfleet.adapters.asgi  # noqa: F401  (the manager would import it itself)
+
+        async def endpoint(websocket: WebSocket) -> None:
+            await websocket.accept()
+            with suppress(WebSocketDisconnect):
+                await fleet.hold(
+                    websocket,
+                    websocket.query_params.get("id", "anonymous"),
+                    websocket.receive_text,
+                )
 
     # This module's annotations are strings, and FastAPI resolves them in the module's
     # globals, where WebSocket (imported here, optional) is not: say it with the object.
     endpoint.__annotations__["websocket"] = WebSocket
     app.add_api_websocket_route("/ws", endpoint)
-    async with uvicorn_serving(app) as port:
+    return app
+
+
+@asynccontextmanager
+async def fastapi_docs(fleet: Fleet) -> AsyncIterator[int]:
+    """The FastAPI app under uvicorn: the docs' ConnectionManager, or wsfleet's endpoint."""
+    async with uvicorn_serving(fastapi_app(fleet)) as port:
+        yield port
+
+
+@asynccontextmanager
+async def fastapi_hypercorn(fleet: Fleet) -> AsyncIterator[int]:
+    """The same FastAPI app under hypercorn."""
+    async with hypercorn_serving(fastapi_app(fleet)) as port:
         yield port
 
 
@@ -448,13 +510,18 @@ async def raw_floor(fleet: Fleet) -> AsyncIterator[int]:
 
 SERVERS: dict[str, Callable[[Fleet], AbstractAsyncContextManager[int]]] = {
     "ws-broadcast": websockets_asyncio,
+    "ws-loop": websockets_asyncio,
     "wsfleet-ws-asyncio": websockets_asyncio,
+    "ws-trio-loop": websockets_trio,
+    "ws-trio-broadcast": websockets_trio,
     "wsfleet-ws-trio": websockets_trio,
     "trio-ws-loop": trio_websocket,
     "wsfleet-trio-ws": trio_websocket,
     "starlette-loop": starlette_hypercorn,
-    "wsfleet-asgi": starlette_hypercorn,
     "fastapi-docs": fastapi_docs,
+    "wsfleet-asgi-uvicorn": fastapi_docs,
+    "fastapi-docs-hypercorn": fastapi_hypercorn,
+    "wsfleet-asgi": fastapi_hypercorn,
     "socketio-room": socketio_room,
     "raw-floor": raw_floor,
 }
@@ -483,7 +550,9 @@ class Job:
                 await self.wsfleet(texts, mode)
             elif self.variant == "ws-broadcast":
                 await self.broadcast(texts, mode)
-            elif self.variant == "fastapi-docs":
+            elif self.variant == "ws-trio-broadcast":
+                await self.trio_broadcast(texts)
+            elif self.variant.startswith("fastapi-docs"):
                 await self.docs(texts)
             elif self.variant == "socketio-room":
                 await self.socketio(texts, mode)
@@ -546,17 +615,22 @@ class Job:
                 await checkpoint()  # let the event loop write what the kernel did not take
         await checkpoint()
 
+    async def trio_broadcast(self, texts: AsyncIterator[str]) -> None:
+        """websockets' own ``broadcast()`` on trio: awaited, one task per connection."""
+        from websockets.trio.server import broadcast
+
+        sockets = self.fleet.sockets
+        async for text in texts:
+            await broadcast(sockets, text)
+
     async def loop(self, texts: AsyncIterator[str]) -> None:
         """The plain loop an application writes: await each send, one socket after another."""
-        starlette = self.variant == "starlette-loop"
+        method = LOOP_SEND[self.variant]
         fleet = self.fleet
         async for text in texts:
             for ws in list(fleet.sockets):
                 try:
-                    if starlette:
-                        await ws.send_text(text)
-                    else:
-                        await ws.send_message(text)
+                    await getattr(ws, method)(text)
                 except Exception:
                     fleet.errors += 1
 
@@ -651,6 +725,11 @@ async def serve(variant: str) -> None:
                     say("timeout")
                     continue
                 say(f"sent {time.perf_counter() - t0:.6f} {fleet.errors - errors}")
+            elif command == "memory":
+                # What the process holds once collectable garbage is gone: the same for every
+                # variant, so that a collection pending in one does not count against it.
+                gc.collect()
+                say(f"memory {rss()}")
             elif command == "cpu":
                 say(f"cpu {time.process_time():.6f}")
             elif command == "stats":

@@ -26,12 +26,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, title: str, command: str, body: str, data: object) -> Path:
-    """Write ``results/<name>.md`` (for people) and ``results/<name>.json`` (for tools)."""
+def write(
+    name: str, title: str, command: str, body: str, data: object, measured: str | None = None
+) -> Path:
+    """Write ``results/<name>.md`` (for people) and ``results/<name>.json`` (for tools).
+
+    ``measured``: the environment the figures were measured in, when the report is rebuilt
+    later from saved figures (``environment()`` then, not now)."""
     RESULTS.mkdir(exist_ok=True)
     md = RESULTS / f"{name}.md"
     md.write_text(
-        f"# {title}\n\nMeasured with `{command}` on {environment()}.\n\n{body}\n",
+        f"# {title}\n\nMeasured with `{command}` on {measured or environment()}.\n\n{body}\n",
         encoding="utf-8",
     )
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
