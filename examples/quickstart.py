@@ -2,7 +2,7 @@
 
     python examples/quickstart.py [--backend asyncio|trio]
 
-Runs on the in-memory backplane with in-memory transports, so it needs no network; the
+Runs on in-memory transports (wsfleet.testing.MemoryTransport), so it needs no network; the
 adapters for real WebSocket servers plug the same manager into trio-websocket, websockets
 and ASGI. Every state change is printed as the manager's callbacks see it, then the stats.
 """

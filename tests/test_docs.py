@@ -275,3 +275,32 @@ def test_the_retry_numbers_in_the_docs_are_the_policys() -> None:
     example = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=10.0)
     assert f"that is {RetryPolicy().max_total_delay():.1f} s" in resumption
     assert f"for the policy above, {example.max_total_delay():.1f} s" in resumption
+
+
+def test_the_outbound_client_reaches_a_server_that_starts_after_it(tmp_path: Path) -> None:
+    """The outbound how-to's client against the tutorial's server, started a moment later:
+    the retries wait for it, the message queued meanwhile arrives, the close is clean."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    client = titled(DOCS / "howto" / "outbound.md", "client.py").replace("8765", port)
+    server = titled(DOCS / "tutorial.md", "server.py").replace("8765", port)
+    (tmp_path / "client.py").write_text(client, encoding="utf-8")
+    (tmp_path / "server.py").write_text(server, encoding="utf-8")
+    with subprocess.Popen(
+        [sys.executable, "client.py"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    ) as dialling:
+        time.sleep(1.5)  # the client is already retrying
+        with subprocess.Popen([sys.executable, "server.py"], cwd=tmp_path) as serving:
+            try:
+                out, _ = dialling.communicate(timeout=60)
+            finally:
+                serving.terminate()
+                serving.wait(timeout=10)
+    assert dialling.returncode == 0, out
+    assert out.startswith("new -> RECONNECTING (dialling)\n")
+    assert "got robot: hello\n" in out
+    assert out.endswith("CONNECTED -> DISCONNECTED (closed by the application (1000))\n")

@@ -378,7 +378,7 @@ async def test_close_closes_the_socket_with_its_code_then_unregisters_it() -> No
         assert manager.get_connection_state(socket) is None
         await eventually(lambda: len(changes) == 2)
     assert (changes[1].old, changes[1].new) == (C, D)
-    assert changes[1].reason == "closed by the server (4000)"
+    assert changes[1].reason == "closed by the application (4000)"
 
 
 # -- coalescing -------------------------------------------------------------------------

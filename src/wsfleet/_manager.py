@@ -194,6 +194,24 @@ class ConnectionManager:
         close_timeout: float = 2.0,
         backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
     ) -> None:
+        """Settings, each checked here (a bad one raises and nothing is started).
+
+        :param retry_policy: every connection's default retry policy (``set_retry_policy``
+            overrides it per connection). With one, a connection that fails is held in
+            ERROR/RECONNECTING for a retry or a resume; ``None``: it ends DISCONNECTED.
+        :param heartbeat: pings, pong timeouts and idleness; ``HeartbeatPolicy()`` (a ping
+            every 20 s, dead 20 s later, IDLE after 60 s) unless given, ``None`` turns it off.
+        :param overflow: each connection's queue bound and what a full queue does.
+        :param backplane: the other nodes of the fleet (``RedisBackplane``); alone if ``None``.
+        :param resume_window: how long a session that ended abnormally is held for its client
+            to resume (seconds); by default the retry policy's whole schedule.
+        :param callback_timeout: how long one ``on_state_change`` callback may take.
+        :param shutdown_timeout: how long leaving the block may flush, and wait for callbacks.
+        :param close_timeout: how long a close (handshake included) may take before the
+            connection is cut.
+        :param backpressure: when fan-out calls wait because the whole fleet is behind;
+            ``None`` never waits.
+        """
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
         if heartbeat is not None and not isinstance(heartbeat, HeartbeatPolicy):
@@ -332,8 +350,9 @@ class ConnectionManager:
         fleet.context.check(cleanup=True)
         _check_close(code, reason)
         conn = self._connection(socket)
+        conn.leaving = True  # its own close coming back is not the peer's doing
         await fleet.outbox.close(conn.transport, code, reason)
-        fleet.forget(conn, f"closed by the server ({code})")
+        fleet.forget(conn, f"closed by the application ({code})")
 
     def clear(self) -> None:
         """Unregister every connection (callbacks fire); groups empty with them."""
@@ -609,7 +628,8 @@ class ConnectionManager:
         return Delivery(count, published)
 
     async def send_to_many(self, identifiers: Iterable[str], message: Message) -> int:
-        """Queue ``message`` once for each socket of the named identifiers (duplicates too)."""
+        """Queue ``message`` once for each socket of the named identifiers (a name given
+        twice still reaches its sockets once)."""
         if isinstance(identifiers, str | bytes):
             raise WrongType("identifiers must be an iterable of str, not a single str")
         if not isinstance(identifiers, Iterable):

@@ -120,6 +120,7 @@ class Connection(Lifecycle):
         "_owner",
         "dialled",
         "identifier",
+        "leaving",
         "registered",
         "socket",
         "transport",
@@ -136,6 +137,9 @@ class Connection(Lifecycle):
         self.registered = True
         #: The manager dialled it (``manager.connect``): nobody else closes its socket.
         self.dialled = False
+        #: The application is closing it (``manager.close``): what the socket reports while
+        #: that close runs (the close itself, coming back) is not news.
+        self.leaving = False
         self._out = Outgoing()
         self._beat = Liveness(now)
         self._hold = Holding()

@@ -380,7 +380,7 @@ class Fleet:
             self.request(conn, C, "activity")
 
     def closed(self, conn: Connection, code: int | None, reason: str) -> None:
-        if not conn.registered or not conn.writable:
+        if not conn.registered or not conn.writable or conn.leaving:
             return
         if is_clean(code):
             self.request(conn, D, f"closed ({code}{': ' + reason if reason else ''})")
@@ -389,13 +389,13 @@ class Fleet:
 
     def outbound_closed(self, conn: Connection, code: int, reason: str) -> None:
         """A server closed a client connection: come back later, unless it said not to."""
-        if self.context.closing or not conn.registered or not conn.writable:
+        if self.context.closing or not conn.registered or not conn.writable or conn.leaving:
             return  # closing, the manager closed it itself: no error, no retry
         text = f"closed by the server ({code}{': ' + reason if reason else ''})"
         self.request(conn, D if is_final(code) else E, text)
 
     def failed(self, conn: Connection, error: BaseException | str) -> None:
-        if not conn.registered or conn.state not in (C, I, R):
+        if not conn.registered or conn.state not in (C, I, R) or conn.leaving:
             return
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.request(conn, E, f"I/O failure: {text}")
