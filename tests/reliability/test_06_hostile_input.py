@@ -306,6 +306,10 @@ async def test_unknown_sockets_are_refused_everywhere(
         ):
             assert await unchanged(manager, lambda s=socket, q=query: q(s)) is None, label
         checks += 4
+        if label == "int":  # names nobody at all: a mistake, refused
+            await refused(manager, lambda s=socket: manager.broadcast("m", exclude=s), WrongType)
+            checks += 1
+            continue
         # Excluding a socket the manager does not hold excludes nobody.
         sent = manager.stats().sent_messages
         assert await manager.broadcast("to all", exclude=socket) == manager.count(), label
