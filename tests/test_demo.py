@@ -14,23 +14,28 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 import pytest
+from anyio.abc import SocketAttribute
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 
 from adapters.clients import client
 from redis_server import running_redis
 from wsfleet import ConnectionState, InvalidArgument
 from wsfleet.cli import main
-from wsfleet.demo import Demo, open_demo
-from wsfleet.demo._board import PUSH_INTERVAL
+from wsfleet.demo import Demo, _board, open_demo
+from wsfleet.demo._board import GROUPS_SHOWN, PUSH_INTERVAL
+from wsfleet.demo._chat import MAX_GROUPS, WHO_SHOWN
+from wsfleet.demo._controls import MAX_STALLED
 from wsfleet.demo._origins import OriginCheck, normalize_origin
 from wsfleet.demo._pages import ENDPOINTS
 
@@ -104,9 +109,14 @@ class Admin:
         self.snapshots = 0
         self.events: list[dict[str, Any]] = []
         self.acks: list[dict[str, Any]] = []
+        #: The largest message received, in bytes.
+        self.largest = 0
 
     async def next(self) -> dict[str, Any]:
-        message = await receive(self.ws)
+        with anyio.fail_after(5):
+            raw = await self.ws.recv()
+        self.largest = max(self.largest, len(raw.encode() if isinstance(raw, str) else raw))
+        message: dict[str, Any] = json.loads(raw)
         if message["type"] == "hello":
             self.hello = message
             self.events.extend(message["feed"])
@@ -141,8 +151,12 @@ class Admin:
 
     async def press(self, **request: Any) -> dict[str, Any]:
         """Press a button; return the server's ack."""
+        return await self.send(json.dumps(request))
+
+    async def send(self, message: str | bytes) -> dict[str, Any]:
+        """Send anything at all; return the server's ack."""
         seen = len(self.acks)
-        await ask(self.ws, **request)
+        await self.ws.send(message)
         return await self.until(lambda: self.acks[seen] if len(self.acks) > seen else None)
 
 
@@ -157,7 +171,7 @@ async def admin(demo: Demo) -> AsyncIterator[Admin]:
 @asynccontextmanager
 async def chatter(demo: Demo, name: str, resume: str | None = None) -> AsyncIterator[Any]:
     """A chat page's socket, past its welcome (``ws.welcome``; what came before: ``ws.before``)."""
-    query = f"id={name}" + (f"&resume={resume}" if resume else "")
+    query = f"id={quote(name)}" + (f"&resume={resume}" if resume else "")
     async with client(f"{demo.ws_url}/ws?{query}") as ws:
         ws.before = []
         while (message := await receive(ws))["op"] != "welcome":
@@ -445,7 +459,9 @@ async def test_chat_groups_people_and_everyone() -> None:
         assert await receive(bob) == {
             "op": "people",
             "people": ["alice", "bob"],
+            "more_people": 0,
             "groups": ["lobby"],
+            "more_groups": 0,
         }
 
         # Joining twice is harmless and says so (the page shows "already in lobby").
@@ -577,6 +593,17 @@ async def test_drop_goes_error_then_reconnecting_and_the_page_resumes() -> None:
             assert back["key"] == row["key"]  # the same connection, taken over
             assert back["trail"][-4:] == ["CONNECTED", "ERROR", "RECONNECTING", "CONNECTED"]
             assert ("RECONNECTING", "CONNECTED", "resumed") in board.changes("alice")
+            # A token is good once: the welcome hands over the next one, which resumes too.
+            token, used = welcome["resume"], token
+            assert token
+            assert token != used
+            assert (await board.press(op="drop", key=row["key"]))["ok"]
+            with anyio.fail_after(5), pytest.raises(ConnectionClosed):
+                await drain(again)
+            await board.until(lambda: board.row("alice", "RECONNECTING"))
+        async with chatter(demo, "alice", resume=token) as third:
+            assert third.welcome["resumed"] is True
+            assert third.welcome["resume"] not in (token, used)
 
 
 async def test_force_idle_and_activity_brings_it_back() -> None:
@@ -700,6 +727,254 @@ async def test_two_demos_share_a_fleet_through_redis() -> None:
             snapshot = await board.until(linked)
             assert snapshot["node"] == one.manager.node_id
             assert board.row("bob") is None  # a dashboard shows its own node's sockets
+
+
+# -- whatever one user sends --------------------------------------------------------------------
+
+
+def emoji(first: int, n: int = 32) -> str:
+    """A name of ``n`` printable characters that JSON escapes to 12 bytes each."""
+    return "".join(chr(first + i) for i in range(n))
+
+
+def limit(demo: Demo) -> int:
+    return demo.manager.overflow.max_message_size
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Records at WARNING and above, and any with a traceback: bad input must cause none."""
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING or r.exc_info
+    ]
+
+
+async def test_one_user_cannot_end_the_demo_by_joining_groups() -> None:
+    # One identity, five tabs, a thousand groups of 32 characters asked for, a dashboard
+    # watching: every row listing every group, the snapshot would pass the manager's limit.
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board, AsyncExitStack() as tabs:
+        mallory = [await tabs.enter_async_context(chatter(demo, "mallory")) for _ in range(5)]
+        refused = 0
+        for i in range(1000):
+            await ask(mallory[0], op="join", group=f"{i:04d}" + "g" * 28)
+            reply = await receive(mallory[0])
+            if reply["op"] == "error":
+                assert "the most allowed" in reply["reason"], reply
+                refused += 1
+            else:
+                assert reply["op"] == "joined", reply
+        assert refused == 1000 - MAX_GROUPS
+        assert len(demo.manager.groups_of("mallory")) == MAX_GROUPS
+
+        def listed() -> list[dict[str, Any]]:
+            rows = (board.snapshot or {}).get("rows", [])
+            return [r for r in rows if r["identifier"] == "mallory" and r["more_groups"]]
+
+        rows = await board.until(lambda: len(listed()) == 5 and listed())
+        for row in rows:
+            assert row["groups"] == [f"{i:04d}" + "g" * 28 for i in range(GROUPS_SHOWN)]
+            assert row["more_groups"] == MAX_GROUPS - GROUPS_SHOWN
+        pushed = board.snapshots
+        await board.until(lambda: board.snapshots >= pushed + 2)  # still pushing
+        assert board.largest <= limit(demo)
+        async with chatter(demo, "alice") as alice:
+            await join(alice, "lobby")
+            assert (await board.press(op="stall"))["ok"]
+
+
+async def test_a_snapshot_fits_one_message_whatever_the_fleet_holds() -> None:
+    # Within the chat's own rules: the longest name, the most groups of the longest names,
+    # in characters JSON escapes to 12 bytes each, in sixty tabs.
+    name = emoji(0x1F600)
+    groups = [emoji(0x1F300 + i, 31) + "g" for i in range(MAX_GROUPS)]
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board, AsyncExitStack() as tabs:
+        first = await tabs.enter_async_context(chatter(demo, name))
+        for group in groups:
+            await join(first, group)
+        for _ in range(59):
+            await tabs.enter_async_context(chatter(demo, name))
+
+        def hiding() -> dict[str, Any] | None:
+            latest = board.snapshot
+            return (
+                latest
+                if latest and latest["hidden"] and latest["states"]["CONNECTED"] == 60
+                else None
+            )
+
+        snapshot = await board.until(hiding)
+        rows = [row for row in snapshot["rows"] if row["identifier"] == name]
+        assert 0 < len(rows) < 60
+        assert len(rows) + snapshot["hidden"] >= 60  # the dashboard's own row may be hidden too
+        assert all(row["groups"] == sorted(groups)[:GROUPS_SHOWN] for row in rows)
+        assert board.largest <= limit(demo)
+
+        # A second dashboard's first message (the feed so far) fits as well.
+        async with admin(demo) as second:
+            await second.until(lambda: second.snapshot)
+            assert second.largest <= limit(demo)
+        pushed = board.snapshots
+        await board.until(lambda: board.snapshots >= pushed + 2)
+        assert board.largest <= limit(demo)
+        assert demo.board.push_failures == 0
+
+
+async def test_who_lists_the_first_people_and_groups_and_counts_the_rest() -> None:
+    # 56 people, 400 groups of 12-byte characters: listed whole, the reply would pass the
+    # manager's limit, and the one who asked would lose its connection.
+    async with open_demo("127.0.0.1", 0) as demo, AsyncExitStack() as tabs:
+        for i in range(55):
+            ws = await tabs.enter_async_context(chatter(demo, emoji(0x1F600 + i)))
+            if i < 20:
+                for j in range(MAX_GROUPS):
+                    await join(ws, emoji(0x1F300 + j, 31) + chr(0x1F600 + i))
+        async with chatter(demo, "innocent") as innocent:
+            await ask(innocent, op="who")
+            reply = await receive(innocent)
+            assert reply["op"] == "people"
+            assert len(reply["people"]) == WHO_SHOWN
+            assert reply["more_people"] == 56 - WHO_SHOWN
+            assert len(reply["groups"]) == WHO_SHOWN
+            assert reply["more_groups"] == 20 * MAX_GROUPS - WHO_SHOWN
+            assert reply["groups"] == sorted(demo.manager.groups())[:WHO_SHOWN]
+            await join(innocent, "lobby")  # still connected
+
+
+#: What a client may send that is no request, and how the answer must begin.
+UNREADABLE: list[tuple[str | bytes, str]] = [
+    ("not json", "not JSON: send a JSON object such as {"),
+    ("[" * 60_000, "nested too deeply: send a JSON object such as {"),
+    ('{"op": ' * 9_000, "nested too deeply: send a JSON object such as {"),
+    (b'{"op": "\xff"}', "not UTF-8 text: send a JSON object such as {"),
+    ("1" * 5_000, "JSON this server cannot read: send a JSON object such as {"),
+]
+
+
+UNREADABLE_IDS = ["text", "nested", "nested-op", "bytes", "digits"]
+
+
+@pytest.mark.parametrize(("message", "answer"), UNREADABLE, ids=UNREADABLE_IDS)
+async def test_chat_answers_what_is_no_request_in_words(
+    message: str | bytes, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_demo("127.0.0.1", 0) as demo, chatter(demo, "alice") as alice:
+        await alice.send(message)
+        reply = await receive(alice)
+        assert reply["op"] == "error"
+        assert reply["reason"].startswith(answer), reply
+        await join(alice, "lobby")  # still open
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize(("message", "answer"), UNREADABLE, ids=UNREADABLE_IDS)
+async def test_dashboard_answers_what_is_no_request_in_words(
+    message: str | bytes, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        ack = await board.send(message)
+        assert (ack["ok"], ack["op"]) == (False, None)
+        assert ack["detail"].startswith(answer), ack
+        assert (await board.press(op="kill"))["ok"]  # still open
+    assert errors_logged(caplog) == []
+
+
+async def test_what_a_client_sent_is_repeated_only_in_part(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 64 KB in as UTF-8 (under the frame limit), 192 KB if repeated whole in escaped JSON.
+    huge = "\U0001f600" * 16_000
+    async with (
+        open_demo("127.0.0.1", 0) as demo,
+        admin(demo) as board,
+        chatter(demo, "alice") as alice,
+    ):
+        await alice.send(json.dumps({"op": huge}, ensure_ascii=False))
+        reply = await receive(alice)
+        assert reply["reason"].startswith("unknown op '\U0001f600")
+        assert len(reply["reason"]) < 100
+        for request in [{"op": huge}, {"op": "drop", "key": huge}, {"op": [[[[[huge]]]]]}]:
+            ack = await board.send(json.dumps(request, ensure_ascii=False))
+            assert not ack["ok"]
+            assert ack["op"] in (None, "drop")
+            assert len(ack["detail"]) < 100, ack
+        await join(alice, "lobby")
+        assert errors_logged(caplog) == []
+
+
+def socket_fds() -> int:
+    """How many sockets this process has open (the demo runs in it)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts sockets in /proc")
+async def test_connections_reset_before_the_answer_are_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_demo("127.0.0.1", 0) as demo:
+        before = socket_fds()
+        key = base64.b64encode(os.urandom(16)).decode()
+        for i in range(200):
+            path = ["/ws?id=mallory", "/admin", "/dashboard"][i % 3]
+            async with await anyio.connect_tcp("127.0.0.1", demo.port) as stream:
+                raw = stream.extra(SocketAttribute.raw_socket)
+                # Closing with a zero linger time sends a reset, not a FIN.
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await stream.send(
+                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{demo.port}\r\n"
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+                )
+        with anyio.fail_after(10):
+            while socket_fds() > before:  # every reset connection closed by the server
+                await anyio.sleep(0.01)
+        status, _, _ = await http_get(demo.port, "/")
+        assert status == 200
+        async with chatter(demo, "alice") as alice:
+            await join(alice, "lobby")
+        assert errors_logged(caplog) == []
+
+
+async def test_a_dashboard_push_that_fails_is_counted_and_the_next_one_goes(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing a client sends makes a push fail any more (the tests above): this failure is
+    # made up, to show what the pusher does with whatever failure is left.
+    snapshot = _board.Board.snapshot
+    failures = iter(range(3))
+
+    def failing(self: _board.Board) -> dict[str, Any]:
+        if next(failures, None) is not None:
+            raise RuntimeError("made to fail")
+        return snapshot(self)
+
+    monkeypatch.setattr(_board.Board, "snapshot", failing)
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        latest = await board.until(lambda: board.snapshot, timeout=15)
+        assert latest["stats"]["dashboard_push_failures"] == 3
+        assert demo.board.push_failures == 3
+        async with chatter(demo, "alice"):
+            await board.until(lambda: board.row("alice", "CONNECTED"))
+    logged = [r for r in caplog.records if r.name == "wsfleet.demo" and r.levelno >= logging.ERROR]
+    assert len(logged) == 1, "the first failure of a kind is logged, not every one"
+    assert logged[0].exc_info is not None
+
+
+async def test_stalled_clients_are_bounded() -> None:
+    async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
+        for _ in range(MAX_STALLED):
+            assert (await board.press(op="stall"))["ok"]
+        refused = await board.press(op="stall")
+        assert not refused["ok"]
+        assert "wait for one to go" in refused["detail"]
+        with anyio.fail_after(15):
+            while demo.controls.stalled:  # each is evicted within about two seconds
+                await anyio.sleep(0.05)
+        assert (await board.press(op="stall"))["ok"]
 
 
 # -- the files and the command -------------------------------------------------------------------

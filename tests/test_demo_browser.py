@@ -18,11 +18,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -325,6 +326,45 @@ def test_the_dashboard_does_not_count_itself(visit: Visit) -> None:
     )
     assert counts["chip"] == counts["rows"] >= 1
     assert counts["last"] == "dashboard"  # the fleet's rows first, the watcher's last
+
+
+def test_a_crowded_fleet_is_listed_in_part(visit: Visit, served: Served) -> None:
+    from websockets.sync.client import connect
+
+    dashboard = visit.page("/dashboard")
+    expect(dashboard.locator("#link")).to_have_text("live", timeout=WAIT)
+    lena = chat(visit, "lena")
+    # The most groups one name may be in is 20: the lobby and 19 more; the 20th is refused.
+    for n in range(1, 21):
+        lena.fill("#group", f"g{n:02d}")
+        lena.click("#join-form button")
+        expect(lena.locator("#messages li").last).to_contain_text(
+            f"joined g{n:02d}" if n < 20 else "the most allowed", timeout=WAIT
+        )
+    row = dashboard.locator('#connections tr[data-identifier="lena"]')
+    expect(row.locator(".groups")).to_have_text("g01, g02, g03, g04, g05 and 15 more", timeout=WAIT)
+    lena.click("#who")
+    expect(lena.locator("#people")).to_contain_text("lena", timeout=WAIT)
+
+    # Sixty tabs of a long name in many groups of long names: one update cannot list them
+    # all, and the dashboard says how many it leaves out.
+    name = "".join(chr(0x1F600 + i) for i in range(32))
+    url = f"ws://127.0.0.1:{served.port}/ws?id={quote(name)}"
+    with ExitStack() as stack:
+        tabs = [stack.enter_context(connect(url, open_timeout=5)) for _ in range(60)]
+        for tab in tabs:
+            assert json.loads(tab.recv(timeout=5))["op"] == "welcome"
+        for i in range(20):
+            group = "".join(chr(0x1F300 + i + j) for j in range(32))
+            tabs[0].send(json.dumps({"op": "join", "group": group}))
+            assert json.loads(tabs[0].recv(timeout=5))["op"] == "joined"
+        expect(dashboard.locator("#hidden")).to_contain_text(
+            "more connections, not listed", timeout=WAIT
+        )
+        shown = dashboard.locator(f'#connections tr[data-identifier="{name}"]')
+        expect(shown.first.locator(".groups")).to_contain_text(" and 15 more", timeout=WAIT)
+        assert 0 < shown.count() < 60
+    expect(state_of(dashboard, "lena")).to_have_text("CONNECTED")
 
 
 # -- another site -------------------------------------------------------------------------------

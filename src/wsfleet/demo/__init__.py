@@ -12,9 +12,10 @@ hands the WebSockets to a ``ConnectionManager``. ``--redis URL`` puts the manage
 Redis backplane, so demos on several ports share one fleet.
 
 The modules, in the order a request meets them: ``_pages`` (HTTP), ``_server`` (the
-listening server and the lifetime of everything), ``_chat`` (the chat protocol),
-``_controls`` (the dashboard's socket and buttons), ``_board`` (what dashboards see, pushed
-in batches), ``_policies`` (short heartbeat, retry and overflow policies), ``_origins``
+listening server and the lifetime of everything), ``_inbound`` (what a socket receives,
+read as anyone may have written it), ``_chat`` (the chat protocol), ``_controls`` (the
+dashboard's socket and buttons), ``_board`` (what dashboards see, pushed in batches and
+bounded in size), ``_policies`` (short heartbeat, retry and overflow policies), ``_origins``
 (which pages may open the WebSockets).
 
 It is a demo: anyone who can reach its port can press the dashboard's buttons. It listens

@@ -10,23 +10,52 @@ messages delivered first).
 
 Every message goes through the manager's fan-out, so the chat exercises the same paths an
 application would: groups, one identifier with several tabs, broadcast, bounded queues.
+
+Whatever one client sends, every reply stays far below the manager's ``max_message_size``
+and no request ends a handler: a name is at most ``MAX_NAME`` printable characters, a line
+at most ``MAX_TEXT``, an identifier joins at most ``MAX_GROUPS`` groups (the ``joined``
+reply and the welcome list them all), ``who`` lists the first ``WHO_SHOWN`` people and
+groups and says how many more there are, an error repeats at most a few characters of what
+was sent, and a message that is not JSON is answered in words (``_inbound``). Should a reply
+still be refused as too large, the sender gets an error instead and its connection stays.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import WsfleetError
+from ..errors import MessageTooLarge, WsfleetError
+from ._inbound import decode, shown
 from ._policies import ADMINS, RESERVED
 
 if TYPE_CHECKING:
     from .._manager import ConnectionManager
+    from .._runtime.session import Session
 
-__all__ = ["MAX_NAME", "MAX_TEXT", "ChatError", "check_identity", "serve_chat"]
+__all__ = [
+    "MAX_GROUPS",
+    "MAX_NAME",
+    "MAX_TEXT",
+    "WHO_SHOWN",
+    "ChatError",
+    "check_identity",
+    "serve_chat",
+]
+
+logger = logging.getLogger("wsfleet.demo")
 
 MAX_NAME: Final = 32
 MAX_TEXT: Final = 500
+#: The most groups one identifier may be in (all its tabs together).
+MAX_GROUPS: Final = 20
+#: How many people, and how many groups, a ``who`` reply lists.
+WHO_SHOWN: Final = 50
+#: What a client should send, for the error that answers something unreadable.
+EXAMPLE: Final = '{"op": "who"}'
 
 
 class ChatError(ValueError):
@@ -80,7 +109,10 @@ async def handle(manager: ConnectionManager, who: str, request: object) -> dict[
     op = request.get("op")
     if op in ("join", "leave"):
         group = _group(request)
-        was_member = group in manager.groups_of(who)
+        mine = manager.groups_of(who)
+        was_member = group in mine
+        if op == "join" and not was_member and len(mine) >= MAX_GROUPS:
+            raise ChatError(f"you are in {len(mine)} groups, the most allowed: leave one first")
         if op == "join":
             manager.add_to_group(who, group)
         else:
@@ -114,13 +146,38 @@ async def handle(manager: ConnectionManager, who: str, request: object) -> dict[
         return None
     if op == "who":
         admins = manager.get_group_members(ADMINS)
-        people = sorted(name for name in manager.identifiers() if name not in admins)
-        return {"op": "people", "people": people, "groups": sorted(manager.groups() - {ADMINS})}
-    raise ChatError(f"unknown op {op!r}")
+        people = manager.identifiers() - admins
+        groups = manager.groups() - {ADMINS}
+        return {
+            "op": "people",
+            "people": _first(people),
+            "more_people": max(0, len(people) - WHO_SHOWN),
+            "groups": _first(groups),
+            "more_groups": max(0, len(groups) - WHO_SHOWN),
+        }
+    raise ChatError(f"unknown op {shown(op)}")
+
+
+def _first(names: Collection[str]) -> list[str]:
+    """The first ``WHO_SHOWN`` names in order, without sorting them all."""
+    return heapq.nsmallest(WHO_SHOWN, names)
 
 
 def _groups(manager: ConnectionManager, who: str) -> list[str]:
     return sorted(manager.groups_of(who))
+
+
+async def _reply(session: Session, reply: dict[str, Any]) -> None:
+    """Send ``reply`` to the sender alone; one that is refused as too large becomes an error.
+
+    The rules above keep every reply small, so this is the last line, not the first: a
+    reply that fails must not end the handler (the connection would close under the page).
+    """
+    try:
+        await session.send(json.dumps(reply))
+    except MessageTooLarge as exc:
+        logger.warning("a %r reply to %r was refused: %s", reply.get("op"), session.identifier, exc)
+        await session.send(json.dumps({"op": "error", "reason": "the reply was too large"}))
 
 
 async def serve_chat(manager: ConnectionManager, ws: object, who: str, resume: str | None) -> None:
@@ -133,11 +190,11 @@ async def serve_chat(manager: ConnectionManager, ws: object, who: str, resume: s
             "resumed": session.resumed,
             "groups": _groups(manager, who),
         }
-        await session.send(json.dumps(welcome))
+        await _reply(session, welcome)
         async for message in session:
             try:
-                reply = await handle(manager, who, json.loads(message))
-            except (ChatError, WsfleetError, ValueError) as exc:
+                reply = await handle(manager, who, decode(message, EXAMPLE))
+            except (WsfleetError, ValueError) as exc:  # ChatError and Unreadable included
                 reply = {"op": "error", "reason": str(exc)}
             if reply is not None:
-                await session.send(json.dumps(reply))
+                await _reply(session, reply)

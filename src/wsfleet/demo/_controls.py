@@ -16,6 +16,11 @@ Each button takes the path the same event would take in production:
 
 The dashboard sends ``{"op": "idle" | "drop", "key": "c3"}`` or ``{"op": "stall" | "kill"}``
 over its own socket (``/admin``) and gets ``{"type": "ack", "op", "ok", "detail"}`` back.
+
+Anyone who can reach the port can open ``/admin``, so the socket takes anything: what is not
+JSON is answered in words (``_inbound``), an ack repeats only a known ``op`` and a few
+characters of a bad value, and at most ``MAX_STALLED`` simulated clients are fed at once
+(each is a task writing a hundred messages a second).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ..errors import InvalidTransition, UnknownSocket
 from ..fsm.states import ConnectionState
 from ..testing import MemoryTransport
 from ._board import Board
+from ._inbound import Unreadable, decode, shown
 from ._policies import ADMINS, NO_RETRY
 
 if TYPE_CHECKING:
@@ -48,12 +54,17 @@ __all__ = ["Controls", "abort", "serve_dashboard"]
 
 C = ConnectionState.CONNECTED
 I = ConnectionState.IDLE  # noqa: E741
-D = ConnectionState.DISCONNECTED
 
 #: How fast a stalled client is fed (every 10 ms: evicted within about 2 s), and for how long
 #: at most.
 FEED_EVERY: Final = 0.01
 FEED_FOR: Final = 30.0
+#: How many simulated clients may be stalled at once: more presses are refused meanwhile.
+MAX_STALLED: Final = 5
+#: The buttons; an ack names the op only if it is one of these.
+OPS: Final = frozenset(("idle", "drop", "stall", "kill"))
+#: What a dashboard should send, for the error that answers something unreadable.
+EXAMPLE: Final = '{"op": "stall"}'
 
 
 class Refused(Exception):
@@ -86,16 +97,13 @@ class Controls:
         self.board = board
         self._tg = task_group
         self._simulated = itertools.count(1)
-
-    def changed(self, socket: object, old: ConnectionState | None, new: ConnectionState) -> None:
-        """A simulated client that reached DISCONNECTED is forgotten (nobody else would)."""
-        if new is D and isinstance(socket, MemoryTransport):
-            self.manager.unregister(socket)
+        #: The simulated clients being fed now.
+        self.stalled = 0
 
     def _live(self, key: object) -> Connection:
         conn = self.board.find(key)
         if conn is None:
-            raise Refused(f"no live connection {key!r}")
+            raise Refused(f"no live connection {shown(key)}")
         return conn
 
     def idle(self, key: object) -> str:
@@ -118,23 +126,33 @@ class Controls:
         return f"{conn.identifier}'s connection was cut"
 
     def stall(self) -> str:
+        if self.stalled >= MAX_STALLED:
+            raise Refused(f"{self.stalled} simulated clients are stalling: wait for one to go")
         name = f"slow-{next(self._simulated)}"
         socket = MemoryTransport(name)
         self.manager.register(socket, name)
         self.manager.set_retry_policy(socket, NO_RETRY)
         self.manager.add_to_group(name, "lobby")
         socket.stall()
+        self.stalled += 1
         self._tg.start_soon(self._feed, self.manager.connection(socket), name=f"demo feed {name}")
         return f"{name} joined 'lobby' and stopped reading"
 
     async def _feed(self, conn: Connection) -> None:
-        """Send to a stalled client until the overflow policy cuts it off."""
+        """Send to a stalled client until the overflow policy cuts it off.
+
+        It has nobody to close it, so after ``FEED_FOR`` it is unregistered here.
+        """
         sent = 0
-        with anyio.move_on_after(FEED_FOR):
-            while conn.registered and conn.state in (C, I):
-                sent += 1
-                await conn.send(json.dumps({"op": "tick", "n": sent}))
-                await anyio.sleep(FEED_EVERY)
+        try:
+            with anyio.move_on_after(FEED_FOR):
+                while conn.registered and conn.state in (C, I):
+                    sent += 1
+                    await conn.send(json.dumps({"op": "tick", "n": sent}))
+                    await anyio.sleep(FEED_EVERY)
+            self.manager.unregister(conn.socket)
+        finally:
+            self.stalled -= 1
 
     async def kill(self) -> str:
         manager = self.manager
@@ -169,11 +187,16 @@ class Controls:
             elif op == "kill":
                 detail = await self.kill()
             else:
-                raise Refused(f"unknown op {op!r}")
+                raise Refused(f"unknown op {shown(op)}")
         except Refused as exc:
-            return {"type": "ack", "op": op, "ok": False, "detail": str(exc)}
+            return {"type": "ack", "op": _known(op), "ok": False, "detail": str(exc)}
         self.board.poke()
         return {"type": "ack", "op": op, "ok": True, "detail": detail}
+
+
+def _known(op: object) -> str | None:
+    """``op`` if it names a button: an ack never repeats whatever else a client sent."""
+    return op if isinstance(op, str) and op in OPS else None
 
 
 async def serve_dashboard(
@@ -188,7 +211,9 @@ async def serve_dashboard(
         board.poke()
         async for message in session:
             try:
-                request = json.loads(message)
-            except ValueError:
-                request = None
-            await session.send(json.dumps(await controls.handle(request)))
+                request = decode(message, EXAMPLE)
+            except Unreadable as exc:
+                reply = {"type": "ack", "op": None, "ok": False, "detail": str(exc)}
+            else:
+                reply = await controls.handle(request)
+            await session.send(json.dumps(reply))

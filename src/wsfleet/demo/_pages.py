@@ -11,11 +11,18 @@ handshake is let through to the handler only to a known endpoint, from a page th
 the state diagram inlined (the committed SVG, drawn from the transition table, and the
 mermaid text rendered from the table at start-up), so nothing is fetched from the network;
 the Content-Security-Policy says so to the browser as well.
+
+A client may reset its connection between sending a request and reading the answer. On
+trio, websockets has closed the socket by then, and asking it for its address raises
+``OSError``; a hook that let that escape would make websockets log a traceback for every
+such reset. Nobody is left to read an answer, so the request is refused with one line at
+DEBUG (websockets sends nothing on a closed connection).
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -29,6 +36,8 @@ from ._chat import ChatError, check_identity
 from ._origins import OriginCheck
 
 __all__ = ["ENDPOINTS", "Pages"]
+
+logger = logging.getLogger("wsfleet.demo")
 
 #: The WebSocket endpoints: chat pages, and dashboards.
 ENDPOINTS: Final = ("/ws", "/admin")
@@ -136,6 +145,15 @@ class Pages:
         """``process_request`` for websockets' ``serve`` (asyncio and trio alike)."""
 
         def process_request(connection: Any, request: Request) -> Response | None:
-            return self.route(request, connection.local_address)
+            try:
+                local_address = connection.local_address
+            except OSError as exc:  # reset by the peer: websockets has closed the socket
+                logger.debug(
+                    "a request to %s came from a connection already gone: %s",
+                    request.path.partition("?")[0],
+                    exc,
+                )
+                return _text(400, "Bad Request", "the connection is gone")
+            return self.route(request, local_address)
 
         return process_request

@@ -30,7 +30,8 @@ RETRY: Final = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=8.0, jitter
 NO_RETRY: Final = RetryPolicy(max_attempts=0)
 
 #: A client 200 messages behind is evicted (1008 slow consumer) so one stalled reader never
-#: costs the others memory; snapshots for the dashboard stay well under the message limit.
+#: costs the others memory. No message may pass 128 KiB: the chat's replies and the
+#: dashboard's snapshots are built to fit it, whatever the visitors do (``_chat``, ``_board``).
 OVERFLOW: Final = OverflowPolicy(
     max_messages=200, max_bytes=512 * 1024, action="disconnect", max_message_size=128 * 1024
 )

@@ -150,7 +150,6 @@ async def open_demo(
         board = Board(manager, backend)
         controls = Controls(manager, board, tg)
         manager.on_state_change(board.changed)
-        manager.on_state_change(controls.changed)
         tg.start_soon(board.run, name="demo board")
         async with _listen(_router(manager, board, controls), pages.hook(), host, port) as bound:
             yield Demo(manager, board, controls, origins, host, bound, backend)

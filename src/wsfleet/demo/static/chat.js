@@ -192,9 +192,13 @@
       case "shouted":
         log("shouted", [["where", "to everyone"], ["from", message.from], ["text", message.text]]);
         break;
-      case "people":
-        $("people").textContent = `here: ${message.people.join(", ") || "nobody"}; groups: ${message.groups.join(", ") || "none"}`;
+      case "people": {
+        // The server lists the first names of each and says how many more there are.
+        const names = (list, more, none) => (list.length ? list.join(", ") + (more ? ` and ${more} more` : "") : none);
+        const people = names(message.people, message.more_people, "nobody");
+        $("people").textContent = `here: ${people}; groups: ${names(message.groups, message.more_groups, "none")}`;
         break;
+      }
       case "error":
         log("error", [["text", message.reason]]);
         break;

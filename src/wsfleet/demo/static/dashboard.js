@@ -5,6 +5,10 @@
 // key, so a button is never replaced under the pointer. Times in state tick locally from
 // the server's clock. The buttons send {"op": ..., "key": ...} and show the server's ack.
 //
+// Every snapshot fits the server's message size limit: a row lists its first groups and how
+// many more there are, and the snapshot says how many rows ("hidden") and changes
+// ("skipped") it left out; this page says so too.
+//
 // Some states last microseconds (a held session goes ERROR -> RECONNECTING at once), far
 // less than one snapshot. So a row's state cell replays the connection's changes from the
 // feed, each shown for at least REPLAY_MS, before it settles on the snapshot's state.
@@ -74,7 +78,7 @@
     ident.dataset.kind = row.kind;
     if (!shown.has(row.key)) shown.set(row.key, { state: row.state, since: 0, queue: [] });
     setText(cell("age"), age(serverNow() - row.since));
-    setText(cell("groups"), row.groups.join(", "));
+    setText(cell("groups"), row.groups.join(", ") + (row.more_groups ? ` and ${row.more_groups} more` : ""));
     setText(cell("queued"), String(row.queued));
     setText(cell("trail"), row.trail.join(" → "));
     setText(cell("reason"), row.reason || "");
@@ -127,6 +131,20 @@
     }
     for (const key of shown.keys()) if (!keys.has(key)) shown.delete(key);
     replay();
+  }
+
+  function drawHidden(hidden) {
+    const note = $("hidden");
+    note.hidden = !hidden;
+    setText(note, hidden ? `and ${hidden} more connection${hidden === 1 ? "" : "s"}, not listed: one update must stay under the message size limit` : "");
+  }
+
+  function addSkipped(skipped) {
+    if (!skipped) return;
+    const item = document.createElement("li");
+    item.className = "skipped";
+    item.textContent = `${skipped} state change${skipped === 1 ? "" : "s"} not shown (too many at once)`;
+    $("feed").prepend(item);
   }
 
   function drawCounts(states, gone, dashboards) {
@@ -231,8 +249,10 @@
         offset = message.now - Date.now() / 1000;
         const node = message.node ? `node ${message.node}, backplane ${message.backplane}` : "in-memory backplane";
         setText($("where"), `${message.backend} · ${node}`);
+        addSkipped(message.skipped);
         addEvents(message.events, true); // first: the rows replay these changes
         drawRows(message.rows);
+        drawHidden(message.hidden);
         drawCounts(message.states, message.gone, message.dashboards);
         drawTable("drops", Object.entries(message.drops), "nothing dropped");
         drawTable("stats", Object.entries(message.stats), "");
