@@ -28,10 +28,12 @@ non-blocking socket in one system call from the manager's flusher, with no task 
 (``unsent``) for ``send`` to finish under the lock. Until then no other frame may follow
 on the wire, yet trio-websocket's own task may write one at any time (the pong its reader
 answers a ping with, a close): meanwhile ``ws._stream_lock`` is replaced by a stand-in
-that takes the real lock and writes what is kept first. Over TLS, or while the lock is
-held, ``send`` writes the batch with one ``send_all`` under the lock. A close after part of
-a frame was written resets the TCP connection instead: a close frame would be read as the
-rest of that frame.
+that takes the real lock and writes what is kept first. While the lock is held, or over
+TLS, ``send_nowait`` declines and the writer's ``send`` writes the batch in one go under the
+lock (over TLS with the stream's ``send_all``). A write cancelled while it waits for room
+keeps its rest the same way, so a frame is never cut; a close while something is kept
+resets the TCP connection instead, since a close frame would be read as the rest of the
+frame and writing the rest first would wait for a peer that may never read.
 
 A server frame is the same bytes for every connection (servers do not mask, and
 trio-websocket negotiates no extension), so a fan-out encodes each message once, with
@@ -261,8 +263,8 @@ class TrioWebsocketTransport(Transport):
         self._shared = False
         #: Part of a batch ``send_nowait`` wrote; the socket did not take the rest yet.
         self._rest = b""
-        #: A write stopped (cancelled) inside a frame: nothing may follow it on the wire.
-        self._torn = False
+        #: Stands in for ``ws._stream_lock`` while ``_rest`` is kept (made once, when needed).
+        self._stand_in: _KeptFirst | None = None
         #: What ``ws._send`` writes with (the batch path only; see the module docstring).
         self._proto: Any = None
         self._stream: Any = None
@@ -299,8 +301,6 @@ class TrioWebsocketTransport(Transport):
         reason = self.ws.closed
         if reason is not None:
             raise self._closed(reason)
-        if self._torn:
-            raise TransportError("write failed: an earlier write stopped inside a frame")
         if self._proto.state is not _OPEN:
             raise TransportError("write failed: the connection is closing")
 
@@ -356,22 +356,62 @@ class TrioWebsocketTransport(Transport):
         except OSError as exc:
             raise TransportError(f"write failed: {exc}") from exc
         if written < len(data):
-            self._rest = data[written:]
-            self.unsent = len(self._rest)
-            self.ws._stream_lock = _KeptFirst(self)  # type: ignore[assignment]
+            self._keep(data[written:])
         return True
 
+    def _keep(self, rest: bytes) -> None:
+        """Keep the end of a write the socket did not take, ahead of any other frame."""
+        self._rest = rest
+        self.unsent = len(rest)
+        stand_in = self._stand_in
+        if stand_in is None:
+            stand_in = self._stand_in = _KeptFirst(self)
+        self.ws._stream_lock = stand_in  # type: ignore[assignment]
+
     async def _write_kept(self) -> None:
-        """Write what ``send_nowait`` kept; the caller holds the real lock."""
+        """Write what was kept; the caller holds the real lock."""
         rest = self._rest
-        if not rest:
+        if rest:
+            self._rest = b""
+            self.unsent = 0
+            self.ws._stream_lock = self._lock
+            await self._write(rest)
+
+    async def _write(self, data: bytes) -> None:
+        """Write ``data`` to the stream; the caller holds the real lock.
+
+        Over plain TCP this writes to the socket itself and waits for room with
+        ``wait_writable``, which is what ``SocketStream.send_all`` does through several more
+        coroutines and context managers per wait. A fan-out to thousands of peers that read
+        slower than it writes keeps one such wait per connection alive at once, and the
+        garbage collector, walking the young objects they make, was most of the cost that
+        grew with the fleet. A write cancelled while it waits keeps what it did not write,
+        as ``send_nowait`` does, so no frame is ever cut. Over TLS, ``SSLStream.send_all``:
+        a cancelled one leaves the stream broken, so no frame follows a cut one either.
+        """
+        sock = self._socket
+        if sock is None:
+            await self._stream.send_all(data)
             return
-        self._rest = b""
-        self.unsent = 0
-        self.ws._stream_lock = self._lock
-        self._torn = True  # until send_all returns, a frame may be half written
-        await self._stream.send_all(rest)
-        self._torn = False
+        done = 0
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                # (a view made and dropped at once: nothing the collector sees while waiting)
+                done += os.write(fd, memoryview(data)[done:] if done else data)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
+            if done == len(data):
+                return
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except trio.Cancelled:
+                self._keep(data[done:])
+                raise
 
     async def send(self, batch: Sequence[Outbound]) -> None:
         if not self.batched:
@@ -384,10 +424,7 @@ class TrioWebsocketTransport(Transport):
                 try:
                     await self._write_kept()
                     if batch:
-                        data = self._frames(batch)
-                        self._torn = True
-                        await self._stream.send_all(data)
-                        self._torn = False
+                        await self._write(self._frames(batch))
                 except _BROKEN as exc:
                     await ws._abort_web_socket()  # as _send does: the connection is closed
                     raise self._closed(ws.closed) from exc
@@ -431,16 +468,17 @@ class TrioWebsocketTransport(Transport):
             raise self._closed(exc.reason) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close with a closing handshake, or reset the TCP connection when a frame is cut.
+        """Close with a closing handshake, or reset the TCP connection while a part is kept.
 
-        A peer that was sent only part of a frame (the rest kept as ``unsent``, or a write
-        cut off when the manager evicted it) would read a close frame as the rest of that
-        frame: the connection is reset instead, and the peer sees 1006.
+        A peer that was sent only part of a frame (the rest kept as ``unsent``: the socket
+        was full, or the write was cancelled when the manager evicted it) would read a close
+        frame as the rest of that frame; writing the rest first would wait for a peer that
+        may never read. The connection is reset instead, and the peer sees 1006.
         """
         ws = self.ws
         if ws.closed is None and self._local_close is None:
             self._local_close = TransportClosed(code, reason)
-        if self.unsent or self._torn:
+        if self.unsent:
             self._reset()
         try:
             await ws.aclose(code, reason or None)
@@ -452,12 +490,7 @@ class TrioWebsocketTransport(Transport):
         self._rest = b""
         self.unsent = 0
         self.ws._stream_lock = self._lock
-        stream: Any = self._stream
-        while not isinstance(stream, trio.SocketStream) and hasattr(stream, "transport_stream"):
-            stream = stream.transport_stream  # TLS: the TCP socket is under the TLS stream
-        if not isinstance(stream, trio.SocketStream):  # pragma: no cover - a stream we do not know
-            return
-        sock = stream.socket
+        sock = self._socket  # something is kept only over plain TCP
         with suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
