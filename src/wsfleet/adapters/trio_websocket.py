@@ -187,8 +187,8 @@ def _ping_hooks(ws: WebSocketConnection) -> bool:
 #: The frame cache's bounds: entries, and bytes of frames (one larger frame may stay alone).
 _FRAME_CACHE_SIZE = 1024
 _FRAME_CACHE_BYTES = 1 << 20
-_frames: dict[Message, bytes] = {}
-_frames_bytes = 0
+_frame_cache: dict[Message, bytes] = {}
+_frame_cache_bytes = 0
 
 
 def _shared_frame(message: Message) -> bytes:
@@ -200,15 +200,16 @@ def _shared_frame(message: Message) -> bytes:
     to. Encoded by a fresh wsproto ``FrameProtocol`` each time, so that no encoder state is
     shared (between threads running trio, say).
     """
-    global _frames_bytes
-    frame = _frames.get(message)
+    global _frame_cache_bytes
+    frame = _frame_cache.get(message)
     if frame is None:
         frame = bytes(FrameProtocol(False, []).send_data(message, True))
-        if len(_frames) >= _FRAME_CACHE_SIZE or _frames_bytes + len(frame) > _FRAME_CACHE_BYTES:
-            _frames.clear()
-            _frames_bytes = 0
-        _frames[message] = frame
-        _frames_bytes += len(frame)
+        full = _frame_cache_bytes + len(frame) > _FRAME_CACHE_BYTES
+        if full or len(_frame_cache) >= _FRAME_CACHE_SIZE:
+            _frame_cache.clear()
+            _frame_cache_bytes = 0
+        _frame_cache[message] = frame
+        _frame_cache_bytes += len(frame)
     return frame
 
 
