@@ -14,17 +14,22 @@ batch in ``send_nowait``: every frame of the batch is serialized and handed over
 ``transport.write`` (one system call), which is what websockets' own ``broadcast()`` does
 one message at a time. On a server connection without per-connection compression, a frame
 is the same bytes for every recipient, so it is encoded once per message and shared by the
-whole fan-out. When the socket is paused (the peer reads slowly), ``send_nowait`` declines
-and the manager's writer awaits ``send``, which goes through websockets' public API and its
-flow control. On trio, ``send_nowait`` does the same over a plain TCP stream: when nobody
-holds the connection's send lock (the lock websockets' own writes take around every
-``send_all``, so no write of its own is under way), the batch's frames go to the
-non-blocking socket in one ``send`` system call, and whatever the kernel does not take is
-kept (``unsent``) for ``send`` to finish, under that lock, before anything else. trio has no
-synchronous write of its own: without this, every batch to every connection would wait for
-a writer task, and a fan-out would cost a task switch per connection (measured in
-``benchmarks/results/fanout.md``). Over TLS, or while the lock is held, ``send_nowait``
-declines and ``send`` writes the batch with one ``send_all`` under the lock.
+whole fan-out, and so are the frames of a batch of several messages (a list of the shared
+frames, never one buffer per connection). When the socket is paused (the peer reads
+slowly), ``send_nowait`` declines and the manager's writer awaits ``send``, which goes
+through websockets' public API and its flow control. On trio, ``send_nowait`` does the same
+over a plain TCP stream: when nobody holds the connection's send lock (the lock websockets'
+own writes take around every ``send_all``, so no write of its own is under way), the
+batch's frames go to the non-blocking socket in one ``writev`` system call, and whatever
+the kernel does not take is kept (``unsent``: views of the shared frames, not a copy) for
+``send`` to finish, under that lock, before anything else. trio has no synchronous write of
+its own: without this, every batch to every connection would wait for a writer task, and a
+fan-out would cost a task switch per connection (measured in
+``benchmarks/results/fanout.md``). For the same reason the adapter lifts the 16 KiB bound
+trio's streams put on what the kernel buffers unsent (``TCP_NOTSENT_LOWAT``): under it, a
+burst of large messages was cut short on every connection. Over TLS, or while the lock is
+held, ``send_nowait`` declines and ``send`` writes the batch with one ``send_all`` under
+the lock.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeAlias
 
 import sniffio
 
@@ -62,22 +67,84 @@ except ImportError:  # websockets without its trio implementation, or trio not i
 
 __all__ = ["WebsocketsTransport", "open_client"]
 
-_FRAME_CACHE_SIZE = 64
-_frames: dict[Message, bytes] = {}
+#: Bounds of the cache of shared frames: this many frames, and this many bytes of them (or
+#: one larger frame), kept after a fan-out until they make room for newer ones.
+_FRAME_CACHE_SIZE = 1024
+_FRAME_CACHE_BYTES = 4 * 1024 * 1024
+_frame_cache: dict[Message, bytes] = {}
+_frame_cache_bytes = 0
+
+#: The last batch of several messages encoded for a server socket, and its frames.
+_last_batch: tuple[Outbound, ...] = ()
+_last_frames: tuple[bytes, ...] = ()
+
+#: The most buffers one ``writev`` takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
+
+Buffer: TypeAlias = bytes | memoryview
 
 
 def _shared_frame(message: Message) -> bytes:
     """The unmasked, uncompressed frame of ``message``: identical for every server socket."""
-    frame = _frames.get(message)
+    global _frame_cache_bytes
+    frame = _frame_cache.get(message)
     if frame is None:
-        if len(_frames) >= _FRAME_CACHE_SIZE:
-            _frames.clear()
         if isinstance(message, str):
             frame = Frame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
         else:
             frame = Frame(Opcode.BINARY, message).serialize(mask=False, extensions=[])
-        _frames[message] = frame
+        if (
+            len(_frame_cache) >= _FRAME_CACHE_SIZE
+            or _frame_cache_bytes + len(frame) > _FRAME_CACHE_BYTES
+        ):
+            _frame_cache.clear()
+            _frame_cache_bytes = 0
+        _frame_cache[message] = frame  # even one larger than the bound: its fan-out shares it
+        _frame_cache_bytes += len(frame)
     return frame
+
+
+def _shared_frames(batch: Sequence[Outbound]) -> list[Buffer] | None:
+    """The frames of a batch of several messages for a server socket, shared with every
+    connection that is handed the same batch; ``None`` if it holds a ping (whose frame is
+    the connection's own).
+
+    A fan-out hands the same batch to every connection, one after the other. Looking each
+    message up in the cache of frames would share them only while the cache holds the whole
+    batch: a longer one (``manager.batch()``, or large messages) would evict, message by
+    message, the frames the next connection needs, and each would encode its own. So the
+    last batch is remembered whole (the messages, compared by identity first, and their
+    frames), whatever its length; what it holds is one batch, which the overflow policy
+    bounds. The list returned is the caller's own: a partial write trims it.
+    """
+    global _last_batch, _last_frames
+    key = tuple(batch)
+    if key != _last_batch:
+        frames: list[bytes] = []
+        for item in key:
+            if isinstance(item, Ping):
+                return None
+            frames.append(_shared_frame(item))
+        _last_batch, _last_frames = key, tuple(frames)
+    return list(_last_frames)
+
+
+def _lift_notsent_lowat(stream: Any) -> None:
+    """Let the kernel buffer what the socket's send buffer holds, as it does on asyncio.
+
+    trio's ``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB: the kernel then takes
+    about 16 KiB beyond what it can put on the wire at once, and a non-blocking write of a
+    bigger batch is cut short. A burst of 4 KiB messages (64 per batch: 256 KiB) was cut on
+    nearly every connection, each of which then needed a writer task to finish it; with
+    the system's default (no such bound, so up to the send buffer, as asyncio's sockets
+    have it) the same burst goes out whole from ``send_nowait``. A queue that grows behind
+    a slow reader is still bounded by the manager's overflow policy. 0 means "the system's
+    default" to Linux, "none" to macOS.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None:
+        with suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, option, 0)
 
 
 def _closed(exc: ConnectionClosed) -> TransportClosed:
@@ -105,9 +172,10 @@ class WebsocketsTransport(Transport):
         self._shared = protocol.side is SERVER and not protocol.extensions
         #: trio: the stream's socket when it is plain TCP (writable without awaiting).
         self._socket: Any = None
-        #: trio: what ``send_nowait`` took but the socket did not (``unsent`` bytes of it).
-        self._rest = b""
-        #: trio: a write was cut off (cancelled), so the peer may hold half a frame.
+        #: trio: frames taken but not written yet (``unsent`` bytes in all), in order; the
+        #: first may be a view of the rest of a frame the socket took only part of.
+        self._kept: list[Buffer] = []
+        #: trio: the peer may hold part of a frame (a write cut it, or was cut off).
         self._torn = False
         if not self._asyncio:
             import trio
@@ -115,6 +183,7 @@ class WebsocketsTransport(Transport):
             stream = ws.stream
             if isinstance(stream, trio.SocketStream):
                 self._socket = stream.socket
+                _lift_notsent_lowat(stream)
 
     def __repr__(self) -> str:
         return f"<WebsocketsTransport {self.ws.remote_address!r}>"
@@ -136,29 +205,34 @@ class WebsocketsTransport(Transport):
         if not waiter.cancelled() and waiter.exception() is None and self.connection is not None:
             self.connection.touch(pong=True)
 
-    def _frames(self, batch: Sequence[Outbound]) -> bytes:
-        """Every frame of the batch, in order, as one buffer."""
+    def _frames(self, batch: Sequence[Outbound]) -> list[Buffer]:
+        """Every frame of the batch, in order, each its own buffer.
+
+        Not joined: on a server connection without extensions the frames are the shared
+        ones, and a list of them costs a few references per connection, where one buffer
+        per connection would copy the whole batch for each recipient.
+        """
         shared = self._shared
-        if shared and len(batch) == 1:  # the usual fan-out of one message: no list, no join
-            item = batch[0]
-            if not isinstance(item, Ping):
-                return _shared_frame(item)
+        if shared and len(batch) > 1:
+            frames = _shared_frames(batch)
+            if frames is not None:
+                return frames
         protocol = self.ws.protocol
         ping_data = self._ping_data if self._asyncio else self._trio_ping_data
-        parts: list[bytes] = []
+        frames = []
         for item in batch:
             if isinstance(item, Ping):
                 protocol.send_ping(ping_data())
-                parts.extend(protocol.data_to_send())
+                frames.extend(protocol.data_to_send())
             elif shared:
-                parts.append(_shared_frame(item))
+                frames.append(_shared_frame(item))
             else:
                 if isinstance(item, str):
                     protocol.send_text(item.encode())
                 else:
                     protocol.send_binary(item)
-                parts.extend(protocol.data_to_send())
-        return b"".join(parts)
+                frames.extend(protocol.data_to_send())
+        return frames
 
     def _check_open(self) -> None:
         ws = self.ws
@@ -172,7 +246,10 @@ class WebsocketsTransport(Transport):
         self._check_open()
         if ws.paused or ws.send_in_progress is not None:
             return False  # flow control says wait, or a fragmented send is under way
-        ws.transport.write(self._frames(batch))
+        if self._shared and len(batch) == 1 and not isinstance(batch[0], Ping):
+            ws.transport.write(_shared_frame(batch[0]))  # the usual fan-out: no list
+        else:
+            ws.transport.writelines(self._frames(batch))
         return True
 
     def _trio_send_nowait(self, batch: Sequence[Outbound]) -> bool:
@@ -181,20 +258,69 @@ class WebsocketsTransport(Transport):
         if sock is None or self.unsent or ws.send_lock.locked():
             return False  # TLS, something kept from last time, or websockets is writing
         self._check_open()
-        data = self._frames(batch)
         fd = sock.fileno()
         if fd < 0:
             raise TransportError("write failed: the socket is closed")
+        if self._shared and len(batch) == 1 and not isinstance(batch[0], Ping):
+            frame = _shared_frame(batch[0])  # the usual fan-out: one frame, one write
+            try:
+                written = os.write(fd, frame)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                raise TransportError(f"write failed: {exc}") from exc
+            if written < len(frame):
+                self._keep([memoryview(frame)[written:] if written else frame], written > 0)
+            return True
+        self._kept = self._frames(batch)
         try:
-            written = os.write(fd, data)
-        except BlockingIOError:
-            written = 0
+            self._write_kept(fd)
         except OSError as exc:
+            self._kept = []
             raise TransportError(f"write failed: {exc}") from exc
-        if written < len(data):
-            self._rest = data[written:]
-            self.unsent = len(self._rest)
         return True
+
+    def _keep(self, buffers: list[Buffer], torn: bool) -> None:
+        """Hold what the socket did not take (no copy: views of the frames) for ``send``."""
+        self._kept = buffers
+        self.unsent = sum(len(buffer) for buffer in buffers)
+        self._torn = torn
+
+    def _write_kept(self, fd: int) -> bool:
+        """Write as much of ``_kept`` as the socket takes now; ``True`` once all is written.
+
+        One ``writev`` (up to ``_IOV_MAX`` buffers) per call to the kernel; a buffer it cuts
+        is kept as a view of its rest. ``OSError`` but ``BlockingIOError`` goes to the caller.
+        """
+        kept = self._kept
+        done = 0  # buffers written whole
+        cut = 0  # bytes of kept[done] written
+        while done < len(kept):
+            chunk = kept if done == 0 and len(kept) <= _IOV_MAX else kept[done : done + _IOV_MAX]
+            try:
+                written = os.writev(fd, chunk)
+            except BlockingIOError:
+                break
+            for buffer in chunk:
+                size = len(buffer)
+                if written < size:
+                    cut = written
+                    break
+                written -= size
+                done += 1
+            else:
+                continue  # the socket took the whole chunk: on to the next
+            break  # it took less than it was given: it is full
+        if done == len(kept):
+            self._kept = []
+            self.unsent = 0
+            self._torn = False
+            return True
+        if cut:
+            kept[done] = memoryview(kept[done])[cut:]
+        del kept[:done]
+        self._keep(kept, cut > 0 or (done == 0 and self._torn))
+        return False
 
     async def send(self, batch: Sequence[Outbound]) -> None:
         ws = self.ws
@@ -207,25 +333,63 @@ class WebsocketsTransport(Transport):
                     else:
                         await ws.send(item)
                 return
-            # trio: every frame of the batch in one send_all, under the connection's lock.
             self._check_open()
-            data = self._frames(batch)
-            async with ws.send_lock:
-                if self.unsent:  # what send_nowait kept goes first
-                    data = self._rest + data
-                    self._rest = b""
-                    self.unsent = 0
-                self._torn = True  # until send_all returns, a frame may be half written
-                await ws.stream.send_all(data)
-                self._torn = False
+            frames = self._frames(batch) if batch else []
+            if self._socket is None:
+                await self._trio_send_all(frames)
+            else:
+                await self._trio_send(frames)
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
+        except TransportError:
+            raise
         except (OSError, RuntimeError) as exc:
             raise TransportError(f"write failed: {exc}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith("trio"):  # BrokenResourceError, ClosedResourceError
                 raise TransportError(f"write failed: {type(exc).__name__}: {exc}") from exc
             raise
+
+    async def _trio_send(self, frames: list[Buffer]) -> None:
+        """Plain TCP: what was kept, then the batch, written under websockets' send lock.
+
+        Written by this task to the non-blocking socket, as ``send_nowait`` does, waiting
+        for the socket only when it is full: a batch the socket takes costs no task switch
+        (the lock, when free, is taken without a checkpoint, and ``send_all`` would add one
+        per call), and each time the peer has read, one ``writev`` takes as much as the
+        socket will, with no copy of what is left. What is not written yet stays in
+        ``_kept`` (``unsent``), so a write cut off by a cancellation is known to the byte.
+        """
+        sock = self._socket
+        lock = self.ws.send_lock
+        if lock.locked():
+            await lock.acquire()  # websockets is writing: after it
+        else:
+            lock.acquire_nowait()
+        try:
+            if frames:
+                if self._kept:
+                    self._kept.extend(frames)
+                    self.unsent += sum(len(frame) for frame in frames)
+                else:
+                    self._kept = frames
+                    self.unsent = sum(len(frame) for frame in frames)
+            while self._kept:
+                fd = sock.fileno()  # again after each wait: closed meanwhile, it is -1
+                if fd < 0:
+                    raise TransportError("write failed: the socket is closed")
+                if self._write_kept(fd):
+                    break
+                await sock.wait_writable()
+        finally:
+            lock.release()
+
+    async def _trio_send_all(self, frames: list[Buffer]) -> None:
+        """Over TLS: the batch in one ``send_all`` under websockets' send lock."""
+        async with self.ws.send_lock:
+            self._torn = True  # until send_all returns, a frame may be half written
+            await self.ws.stream.send_all(b"".join(frames))
+            self._torn = False
 
     def _trio_ping_data(self) -> bytes:
         import trio
@@ -274,7 +438,7 @@ class WebsocketsTransport(Transport):
 
     def _reset(self) -> None:
         """Drop what is kept and reset the TCP connection (trio): no close frame can follow."""
-        self._rest = b""
+        self._kept = []
         self.unsent = 0
         sock = self._socket
         if sock is None:  # TLS: the TCP socket is under the TLS stream
