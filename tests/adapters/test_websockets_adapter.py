@@ -144,6 +144,25 @@ async def test_on_trio_a_write_of_websockets_own_in_progress_makes_send_nowait_w
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio's transport keeps whole frames
+async def test_on_trio_a_pong_websockets_sends_while_half_a_frame_is_kept_goes_after_it() -> None:
+    """websockets answers a ping by itself, under its send lock, which is free between the
+    partial write of ``send_nowait`` and the writer that finishes it: the pong must not
+    land inside the frame the peer is halfway through."""
+    async with one_reader() as (manager, native, ws):
+        transport = transport_of(manager, native)
+        texts = [message(i) for i in range(MESSAGES)]
+        assert transport.send_nowait(texts)  # straight to the transport: no writer follows
+        assert transport._torn  # the socket took part of a frame
+        pong = await ws.ping()  # the client stops reading once its queue is full
+        await wait_for(native.send_lock.locked, "websockets writing its pong")
+        with anyio.fail_after(20):
+            received = [await ws.recv() for _ in texts]
+            await pong.wait()  # the pong came, after every message
+        assert received == texts
+        assert transport.unsent == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio's transport keeps whole frames
 async def test_on_trio_closing_a_peer_holding_half_a_frame_resets_it_at_once() -> None:
     """A close frame after half a frame would be read as the rest of it: reset instead."""
     from websockets.exceptions import ConnectionClosed

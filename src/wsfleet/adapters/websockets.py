@@ -177,6 +177,8 @@ class WebsocketsTransport(Transport):
         self._kept: list[Buffer] = []
         #: trio: the peer may hold part of a frame (a write cut it, or was cut off).
         self._torn = False
+        #: trio, plain TCP: the stream's own ``send_all`` (see ``_send_all_after_kept``).
+        self._stream_send_all: Any = None
         if not self._asyncio:
             import trio
 
@@ -184,6 +186,10 @@ class WebsocketsTransport(Transport):
             if isinstance(stream, trio.SocketStream):
                 self._socket = stream.socket
                 _lift_notsent_lowat(stream)
+                # websockets writes by itself too (a pong, a close frame, its keepalive
+                # pings), through this method, under its send lock: see _send_all_after_kept.
+                self._stream_send_all = stream.send_all
+                setattr(stream, "send_all", self._send_all_after_kept)  # noqa: B010
 
     def __repr__(self) -> str:
         return f"<WebsocketsTransport {self.ws.remote_address!r}>"
@@ -360,7 +366,6 @@ class WebsocketsTransport(Transport):
         socket will, with no copy of what is left. What is not written yet stays in
         ``_kept`` (``unsent``), so a write cut off by a cancellation is known to the byte.
         """
-        sock = self._socket
         lock = self.ws.send_lock
         if lock.locked():
             await lock.acquire()  # websockets is writing: after it
@@ -374,15 +379,34 @@ class WebsocketsTransport(Transport):
                 else:
                     self._kept = frames
                     self.unsent = sum(len(frame) for frame in frames)
-            while self._kept:
-                fd = sock.fileno()  # again after each wait: closed meanwhile, it is -1
-                if fd < 0:
-                    raise TransportError("write failed: the socket is closed")
-                if self._write_kept(fd):
-                    break
-                await sock.wait_writable()
+            await self._write_all_kept()
         finally:
             lock.release()
+
+    async def _write_all_kept(self) -> None:
+        """Write what is kept, waiting for the socket whenever it is full (lock held)."""
+        sock = self._socket
+        while self._kept:
+            fd = sock.fileno()  # again after each wait: closed meanwhile, it is -1
+            if fd < 0:
+                raise TransportError("write failed: the socket is closed")
+            if self._write_kept(fd):
+                break
+            await sock.wait_writable()
+
+    async def _send_all_after_kept(self, data: Any) -> None:
+        """The stream's ``send_all`` as websockets' own writes see it: after what is kept.
+
+        Between a partial write of ``send_nowait`` and the writer that finishes it, the
+        send lock is free, and the peer may be halfway through a frame. websockets answers
+        a ping, or a close, by itself in that time (under the lock, with ``send_all``): its
+        frame would land inside ours and the peer would fail with a protocol error. So the
+        adapter puts itself in front of the stream's ``send_all``, and what it kept goes
+        first. Its own writes do not go through here.
+        """
+        if self._kept:
+            await self._write_all_kept()
+        await self._stream_send_all(data)
 
     async def _trio_send_all(self, frames: list[Buffer]) -> None:
         """Over TLS: the batch in one ``send_all`` under websockets' send lock."""
