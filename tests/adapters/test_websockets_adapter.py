@@ -152,7 +152,8 @@ async def test_on_trio_a_pong_websockets_sends_while_half_a_frame_is_kept_goes_a
         transport = transport_of(manager, native)
         texts = [message(i) for i in range(MESSAGES)]
         assert transport.send_nowait(texts)  # straight to the transport: no writer follows
-        assert transport._torn  # the socket took part of a frame
+        assert transport._unsent is not None
+        assert transport._unsent.torn  # the socket took part of a frame
         pong = await ws.ping()  # the client stops reading once its queue is full
         await wait_for(native.send_lock.locked, "websockets writing its pong")
         with anyio.fail_after(20):
@@ -160,6 +161,40 @@ async def test_on_trio_a_pong_websockets_sends_while_half_a_frame_is_kept_goes_a
             await pong.wait()  # the pong came, after every message
         assert received == texts
         assert transport.unsent == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio's transport keeps whole frames
+async def test_on_trio_a_socket_registered_again_first_gets_what_was_kept_for_it() -> None:
+    """What the socket has not taken belongs to the socket, not to one registration: a
+    connection unregistered with half a frame kept, then registered again, is finished
+    first, and the new registration's messages follow it."""
+    registered: dict[str, Any] = {}
+    texts = [message(i) for i in range(MESSAGES)]
+
+    async def handler(ws: Any, identifier: str) -> None:
+        registered[identifier] = ws
+        await ws.wait_closed()
+
+    async with (
+        ConnectionManager(overflow=ROOMY, close_timeout=1.0) as manager,
+        serve(handler, max_message_size=2 * SIZE) as url,
+        client(f"{url}?id=reader", max_size=2 * SIZE) as ws,
+    ):
+        await wait_for(lambda: "reader" in registered, "connected")
+        native = registered["reader"]
+        first = manager.register(native, "first")
+        async with manager.batch():
+            for text in texts:
+                await manager.broadcast(text)
+        await wait_for(lambda: first.transport.unsent > 0, "part of the batch kept")
+        assert manager.unregister(native)
+        again = manager.register(native, "again")
+        assert again.transport is not first.transport
+        assert again.transport.unsent > 0  # it knows what is still to go
+        await manager.broadcast("after")
+        with anyio.fail_after(30):
+            received = [await ws.recv() for _ in range(MESSAGES + 1)]
+        assert received == [*texts, "after"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio's transport keeps whole frames
@@ -301,7 +336,7 @@ async def test_on_trio_peers_that_do_not_read_keep_views_of_one_copy_of_a_burst(
             assert held < 2 * size  # its frames once, and views of them
             for ws in list(server.sockets.values()):
                 await manager.close(ws, 1001, "going away")
-            assert all(t.unsent == 0 and not t._kept for t in transports)
+            assert all(t.unsent == 0 and t._unsent and not t._unsent.buffers for t in transports)
             for stream in streams:
                 await stream.aclose()
 
@@ -342,7 +377,7 @@ async def test_a_client_reading_slowly_gets_every_burst_whole_and_in_order() -> 
             if sniffio.current_async_library() == "trio":
                 assert most_kept > 0  # the bursts did queue up behind a partial write
             await wait_for(lambda: transport.unsent == 0, "the kept part written")
-            assert not transport._kept
+            assert transport._unsent is None or not transport._unsent.buffers
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])

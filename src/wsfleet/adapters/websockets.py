@@ -22,7 +22,8 @@ over a plain TCP stream: when nobody holds the connection's send lock (the lock 
 own writes take around every ``send_all``, so no write of its own is under way), the
 batch's frames go to the non-blocking socket in one ``writev`` system call, and whatever
 the kernel does not take is kept (``unsent``: views of the shared frames, not a copy) for
-``send`` to finish, under that lock, before anything else. trio has no synchronous write of
+``send`` to finish, under that lock, before anything else; what websockets writes by
+itself meanwhile (a pong, a close frame) waits for it too (see ``_Unsent``). trio has no synchronous write of
 its own: without this, every batch to every connection would wait for a writer task, and a
 fan-out would cost a task switch per connection (measured in
 ``benchmarks/results/fanout.md``). For the same reason the adapter lifts the 16 KiB bound
@@ -160,6 +161,125 @@ def _closed(exc: ConnectionClosed) -> TransportClosed:
     return TransportClosed(1006, "connection lost")
 
 
+class _Unsent:
+    """What a trio TCP stream was handed and its socket has not taken yet, in order.
+
+    Written to the non-blocking socket directly (``writev``, no copy: what the socket does
+    not take stays as views of the frames), by ``send_nowait`` at once and by the writer
+    when the socket has room again. One per stream, shared by every transport registered
+    on the connection, so that what one transport left is finished before another writes.
+
+    It is put in front of the stream's ``send_all``, which websockets' own writes go
+    through (a pong, a close frame, its keepalive pings, under its send lock): between a
+    partial write of ``send_nowait`` and the writer that finishes it, that lock is free
+    and the peer may be halfway through a frame, which a frame of websockets' would land
+    inside (the peer then fails with a protocol error). So what is kept goes first.
+    """
+
+    __slots__ = ("buffers", "nbytes", "socket", "stream", "torn")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.socket = stream.socket
+        #: frames in order; the first may be a view of the rest of a frame cut by a write
+        self.buffers: list[Buffer] = []
+        self.nbytes = 0
+        #: the peer holds part of a frame: nothing else may be written before the rest
+        self.torn = False
+
+    @classmethod
+    def of(cls, stream: Any) -> _Unsent:
+        """The stream's, put in front of its ``send_all`` the first time."""
+        installed = getattr(stream.send_all, "__self__", None)
+        if isinstance(installed, _Unsent):
+            return installed
+        unsent = cls(stream)
+        setattr(stream, "send_all", unsent.send_all)  # noqa: B010 (an instance attribute)
+        return unsent
+
+    def fileno(self) -> int:
+        """The socket's descriptor, read again before every write: -1 once it is closed
+        (and the number may then belong to another socket)."""
+        fd: int = self.socket.fileno()
+        if fd < 0:
+            raise TransportError("write failed: the socket is closed")
+        return fd
+
+    def write_frame(self, frame: bytes) -> None:
+        """One frame, nothing kept before it: written now, what the socket leaves kept."""
+        try:
+            written = os.write(self.fileno(), frame)
+        except BlockingIOError:
+            written = 0
+        if written < len(frame):
+            self.buffers = [memoryview(frame)[written:] if written else frame]
+            self.nbytes = len(frame) - written
+            self.torn = written > 0
+
+    def write(self, buffers: list[Buffer]) -> bool:
+        """``buffers`` after what is kept: as much as the socket takes now, the rest kept;
+        ``True`` once nothing is kept. The list becomes this object's."""
+        if self.buffers:
+            self.buffers.extend(buffers)
+        else:
+            self.buffers = buffers
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write as much of what is kept as the socket takes now; ``True`` once all is.
+
+        One ``writev`` (up to ``_IOV_MAX`` buffers) per call to the kernel; a buffer it
+        cuts is kept as a view of its rest.
+        """
+        kept = self.buffers
+        if not kept:
+            return True
+        fd = self.fileno()
+        done = 0  # buffers written whole
+        cut = 0  # bytes of kept[done] written
+        while done < len(kept):
+            chunk = kept if done == 0 and len(kept) <= _IOV_MAX else kept[done : done + _IOV_MAX]
+            try:
+                written = os.writev(fd, chunk)
+            except BlockingIOError:
+                break
+            for buffer in chunk:
+                size = len(buffer)
+                if written < size:
+                    cut = written
+                    break
+                written -= size
+                done += 1
+            else:
+                continue  # the socket took the whole chunk: on to the next
+            break  # it took less than it was given: it is full
+        if done == len(kept):
+            self.drop()
+            return True
+        self.torn = cut > 0 or (done == 0 and self.torn)
+        if cut:
+            kept[done] = memoryview(kept[done])[cut:]
+        del kept[:done]
+        self.nbytes = sum(len(buffer) for buffer in kept)
+        return False
+
+    async def write_all(self) -> None:
+        """Write what is kept, waiting for the socket whenever it is full (lock held)."""
+        while not self.flush():
+            await self.socket.wait_writable()
+
+    async def send_all(self, data: Any) -> None:
+        """The stream's ``send_all`` as websockets' own writes see it: after what is kept."""
+        if self.buffers:
+            await self.write_all()
+        await type(self.stream).send_all(self.stream, data)
+
+    def drop(self) -> None:
+        self.buffers = []
+        self.nbytes = 0
+        self.torn = False
+
+
 class WebsocketsTransport(Transport):
     """A websockets connection (asyncio or trio) as a wsfleet ``Transport``."""
 
@@ -170,29 +290,31 @@ class WebsocketsTransport(Transport):
         # without any is the same bytes for every recipient.
         protocol = ws.protocol
         self._shared = protocol.side is SERVER and not protocol.extensions
-        #: trio: the stream's socket when it is plain TCP (writable without awaiting).
-        self._socket: Any = None
-        #: trio: frames taken but not written yet (``unsent`` bytes in all), in order; the
-        #: first may be a view of the rest of a frame the socket took only part of.
-        self._kept: list[Buffer] = []
-        #: trio: the peer may hold part of a frame (a write cut it, or was cut off).
+        #: trio, plain TCP: what the stream's socket was handed and has not taken yet.
+        self._unsent: _Unsent | None = None
+        #: trio over TLS: a ``send_all`` was cut off, the peer may hold half a frame.
         self._torn = False
-        #: trio, plain TCP: the stream's own ``send_all`` (see ``_send_all_after_kept``).
-        self._stream_send_all: Any = None
         if not self._asyncio:
             import trio
 
             stream = ws.stream
             if isinstance(stream, trio.SocketStream):
-                self._socket = stream.socket
                 _lift_notsent_lowat(stream)
-                # websockets writes by itself too (a pong, a close frame, its keepalive
-                # pings), through this method, under its send lock: see _send_all_after_kept.
-                self._stream_send_all = stream.send_all
-                setattr(stream, "send_all", self._send_all_after_kept)  # noqa: B010
+                self._unsent = _Unsent.of(stream)
 
     def __repr__(self) -> str:
         return f"<WebsocketsTransport {self.ws.remote_address!r}>"
+
+    @property
+    def unsent(self) -> int:
+        """Bytes taken but not on the wire yet: the socket's, whichever transport took
+        them (and websockets' own writes may finish them, see ``_Unsent``)."""
+        unsent = self._unsent
+        return unsent.nbytes if unsent is not None else 0
+
+    @unsent.setter
+    def unsent(self, value: int) -> None:
+        raise AttributeError("unsent is counted by the socket's writes, not set")
 
     # -- writes --------------------------------------------------------------------------
 
@@ -260,73 +382,21 @@ class WebsocketsTransport(Transport):
 
     def _trio_send_nowait(self, batch: Sequence[Outbound]) -> bool:
         ws = self.ws
-        sock = self._socket
-        if sock is None or self.unsent or ws.send_lock.locked():
+        unsent = self._unsent
+        if unsent is None or unsent.buffers or ws.send_lock.locked():
             return False  # TLS, something kept from last time, or websockets is writing
         self._check_open()
-        fd = sock.fileno()
-        if fd < 0:
-            raise TransportError("write failed: the socket is closed")
-        if self._shared and len(batch) == 1 and not isinstance(batch[0], Ping):
-            frame = _shared_frame(batch[0])  # the usual fan-out: one frame, one write
-            try:
-                written = os.write(fd, frame)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                raise TransportError(f"write failed: {exc}") from exc
-            if written < len(frame):
-                self._keep([memoryview(frame)[written:] if written else frame], written > 0)
-            return True
-        self._kept = self._frames(batch)
         try:
-            self._write_kept(fd)
+            if self._shared and len(batch) == 1 and not isinstance(batch[0], Ping):
+                unsent.write_frame(_shared_frame(batch[0]))  # the usual fan-out: one frame
+            else:
+                unsent.write(self._frames(batch))
+        except TransportError:
+            raise
         except OSError as exc:
-            self._kept = []
+            unsent.drop()
             raise TransportError(f"write failed: {exc}") from exc
         return True
-
-    def _keep(self, buffers: list[Buffer], torn: bool) -> None:
-        """Hold what the socket did not take (no copy: views of the frames) for ``send``."""
-        self._kept = buffers
-        self.unsent = sum(len(buffer) for buffer in buffers)
-        self._torn = torn
-
-    def _write_kept(self, fd: int) -> bool:
-        """Write as much of ``_kept`` as the socket takes now; ``True`` once all is written.
-
-        One ``writev`` (up to ``_IOV_MAX`` buffers) per call to the kernel; a buffer it cuts
-        is kept as a view of its rest. ``OSError`` but ``BlockingIOError`` goes to the caller.
-        """
-        kept = self._kept
-        done = 0  # buffers written whole
-        cut = 0  # bytes of kept[done] written
-        while done < len(kept):
-            chunk = kept if done == 0 and len(kept) <= _IOV_MAX else kept[done : done + _IOV_MAX]
-            try:
-                written = os.writev(fd, chunk)
-            except BlockingIOError:
-                break
-            for buffer in chunk:
-                size = len(buffer)
-                if written < size:
-                    cut = written
-                    break
-                written -= size
-                done += 1
-            else:
-                continue  # the socket took the whole chunk: on to the next
-            break  # it took less than it was given: it is full
-        if done == len(kept):
-            self._kept = []
-            self.unsent = 0
-            self._torn = False
-            return True
-        if cut:
-            kept[done] = memoryview(kept[done])[cut:]
-        del kept[:done]
-        self._keep(kept, cut > 0 or (done == 0 and self._torn))
-        return False
 
     async def send(self, batch: Sequence[Outbound]) -> None:
         ws = self.ws
@@ -341,10 +411,10 @@ class WebsocketsTransport(Transport):
                 return
             self._check_open()
             frames = self._frames(batch) if batch else []
-            if self._socket is None:
+            if self._unsent is None:
                 await self._trio_send_all(frames)
             else:
-                await self._trio_send(frames)
+                await self._trio_send(self._unsent, frames)
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
         except TransportError:
@@ -356,15 +426,15 @@ class WebsocketsTransport(Transport):
                 raise TransportError(f"write failed: {type(exc).__name__}: {exc}") from exc
             raise
 
-    async def _trio_send(self, frames: list[Buffer]) -> None:
+    async def _trio_send(self, unsent: _Unsent, frames: list[Buffer]) -> None:
         """Plain TCP: what was kept, then the batch, written under websockets' send lock.
 
         Written by this task to the non-blocking socket, as ``send_nowait`` does, waiting
         for the socket only when it is full: a batch the socket takes costs no task switch
         (the lock, when free, is taken without a checkpoint, and ``send_all`` would add one
         per call), and each time the peer has read, one ``writev`` takes as much as the
-        socket will, with no copy of what is left. What is not written yet stays in
-        ``_kept`` (``unsent``), so a write cut off by a cancellation is known to the byte.
+        socket will, with no copy of what is left. What is not written yet stays kept, so
+        a write cut off by a cancellation is known to the byte.
         """
         lock = self.ws.send_lock
         if lock.locked():
@@ -373,40 +443,10 @@ class WebsocketsTransport(Transport):
             lock.acquire_nowait()
         try:
             if frames:
-                if self._kept:
-                    self._kept.extend(frames)
-                    self.unsent += sum(len(frame) for frame in frames)
-                else:
-                    self._kept = frames
-                    self.unsent = sum(len(frame) for frame in frames)
-            await self._write_all_kept()
+                unsent.write(frames)
+            await unsent.write_all()
         finally:
             lock.release()
-
-    async def _write_all_kept(self) -> None:
-        """Write what is kept, waiting for the socket whenever it is full (lock held)."""
-        sock = self._socket
-        while self._kept:
-            fd = sock.fileno()  # again after each wait: closed meanwhile, it is -1
-            if fd < 0:
-                raise TransportError("write failed: the socket is closed")
-            if self._write_kept(fd):
-                break
-            await sock.wait_writable()
-
-    async def _send_all_after_kept(self, data: Any) -> None:
-        """The stream's ``send_all`` as websockets' own writes see it: after what is kept.
-
-        Between a partial write of ``send_nowait`` and the writer that finishes it, the
-        send lock is free, and the peer may be halfway through a frame. websockets answers
-        a ping, or a close, by itself in that time (under the lock, with ``send_all``): its
-        frame would land inside ours and the peer would fail with a protocol error. So the
-        adapter puts itself in front of the stream's ``send_all``, and what it kept goes
-        first. Its own writes do not go through here.
-        """
-        if self._kept:
-            await self._write_all_kept()
-        await self._stream_send_all(data)
 
     async def _trio_send_all(self, frames: list[Buffer]) -> None:
         """Over TLS: the batch in one ``send_all`` under websockets' send lock."""
@@ -450,7 +490,8 @@ class WebsocketsTransport(Transport):
             if self._asyncio:
                 await self.ws.close(code, reason)
             else:
-                if self.unsent or self._torn:
+                unsent = self._unsent
+                if self._torn or (unsent is not None and unsent.buffers):
                     self._reset()
                 await self.ws.aclose(code, reason)
         except (ConnectionClosed, OSError):
@@ -462,10 +503,11 @@ class WebsocketsTransport(Transport):
 
     def _reset(self) -> None:
         """Drop what is kept and reset the TCP connection (trio): no close frame can follow."""
-        self._kept = []
-        self.unsent = 0
-        sock = self._socket
-        if sock is None:  # TLS: the TCP socket is under the TLS stream
+        sock: Any = None
+        if self._unsent is not None:
+            self._unsent.drop()
+            sock = self._unsent.socket
+        else:  # TLS: the TCP socket is under the TLS stream
             stream = self.ws.stream
             while not hasattr(stream, "socket") and hasattr(stream, "transport_stream"):
                 stream = stream.transport_stream
