@@ -23,9 +23,9 @@ own writes take around every ``send_all``, so no write of its own is under way),
 batch's frames go to the non-blocking socket in one ``writev`` system call, and whatever
 the kernel does not take is kept (``unsent``: views of the shared frames, not a copy) for
 ``send`` to finish, under that lock, before anything else; what websockets writes by
-itself meanwhile (a pong, a close frame) waits for it too (see ``_Unsent``). trio has no synchronous write of
-its own: without this, every batch to every connection would wait for a writer task, and a
-fan-out would cost a task switch per connection (measured in
+itself meanwhile (a pong, a close frame) waits for it too (see ``_Unsent``). trio has no
+synchronous write of its own: without this, every batch to every connection would wait for
+a writer task, and a fan-out would cost a task switch per connection (measured in
 ``benchmarks/results/fanout.md``). For the same reason the adapter lifts the 16 KiB bound
 trio's streams put on what the kernel buffers unsent (``TCP_NOTSENT_LOWAT``): under it, a
 burst of large messages was cut short on every connection. Over TLS, or while the lock is
