@@ -75,9 +75,9 @@ _FRAME_CACHE_BYTES = 4 * 1024 * 1024
 _frame_cache: dict[Message, bytes] = {}
 _frame_cache_bytes = 0
 
-#: The last batch of several messages encoded for a server socket, and its frames.
-_last_batch: tuple[Outbound, ...] = ()
-_last_frames: tuple[bytes, ...] = ()
+#: The last batch of several messages encoded for a server socket, and its frames (one
+#: object, replaced whole: a loop in another thread never sees one without the other).
+_last_batch: tuple[tuple[Outbound, ...], tuple[bytes, ...]] = ((), ())
 
 #: The most buffers one ``writev`` takes (Linux's IOV_MAX).
 _IOV_MAX = 1024
@@ -118,16 +118,18 @@ def _shared_frames(batch: Sequence[Outbound]) -> list[Buffer] | None:
     frames), whatever its length; what it holds is one batch, which the overflow policy
     bounds. The list returned is the caller's own: a partial write trims it.
     """
-    global _last_batch, _last_frames
+    global _last_batch
     key = tuple(batch)
-    if key != _last_batch:
+    last, last_frames = _last_batch
+    if key != last:
         frames: list[bytes] = []
         for item in key:
             if isinstance(item, Ping):
                 return None
             frames.append(_shared_frame(item))
-        _last_batch, _last_frames = key, tuple(frames)
-    return list(_last_frames)
+        last_frames = tuple(frames)
+        _last_batch = (key, last_frames)
+    return list(last_frames)
 
 
 def _lift_notsent_lowat(stream: Any) -> None:
