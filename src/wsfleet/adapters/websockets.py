@@ -14,17 +14,23 @@ batch in ``send_nowait``: every frame of the batch is serialized and handed over
 ``transport.write`` (one system call), which is what websockets' own ``broadcast()`` does
 one message at a time. On a server connection without per-connection compression, a frame
 is the same bytes for every recipient, so it is encoded once per message and shared by the
-whole fan-out. When the socket is paused (the peer reads slowly), ``send_nowait`` declines
-and the manager's writer awaits ``send``, which goes through websockets' public API and its
-flow control. On trio, ``send_nowait`` does the same over a plain TCP stream: when nobody
-holds the connection's send lock (the lock websockets' own writes take around every
-``send_all``, so no write of its own is under way), the batch's frames go to the
-non-blocking socket in one ``send`` system call, and whatever the kernel does not take is
-kept (``unsent``) for ``send`` to finish, under that lock, before anything else. trio has no
+whole fan-out, and so are the frames of a batch of several messages (a list of the shared
+frames, never one buffer per connection). When the socket is paused (the peer reads
+slowly), ``send_nowait`` declines and the manager's writer awaits ``send``, which goes
+through websockets' public API and its flow control. On trio, ``send_nowait`` does the same
+over a plain TCP stream: when nobody holds the connection's send lock (the lock websockets'
+own writes take around every ``send_all``, so no write of its own is under way), the
+batch's frames go to the non-blocking socket in one ``writev`` system call, and whatever
+the kernel does not take is kept (``unsent``: views of the shared frames, not a copy) for
+``send`` to finish, under that lock, before anything else; what websockets writes by
+itself meanwhile (a pong, a close frame) waits for it too (see ``_Unsent``). trio has no
 synchronous write of its own: without this, every batch to every connection would wait for
 a writer task, and a fan-out would cost a task switch per connection (measured in
-``benchmarks/results/fanout.md``). Over TLS, or while the lock is held, ``send_nowait``
-declines and ``send`` writes the batch with one ``send_all`` under the lock.
+``benchmarks/results/fanout.md``). For the same reason the adapter lifts the 16 KiB bound
+trio's streams put on what the kernel buffers unsent (``TCP_NOTSENT_LOWAT``): under it, a
+burst of large messages was cut short on every connection. Over TLS, or while the lock is
+held, ``send_nowait`` declines and ``send`` writes the batch with one ``send_all`` under
+the lock.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeAlias
 
 import sniffio
 
@@ -69,22 +75,86 @@ except ImportError:  # websockets without its trio implementation, or trio not i
 
 __all__ = ["WebsocketsTransport", "open_client"]
 
-_FRAME_CACHE_SIZE = 64
-_frames: dict[Message, bytes] = {}
+#: Bounds of the cache of shared frames: this many frames, and this many bytes of them (or
+#: one larger frame), kept after a fan-out until they make room for newer ones.
+_FRAME_CACHE_SIZE = 1024
+_FRAME_CACHE_BYTES = 4 * 1024 * 1024
+_frame_cache: dict[Message, bytes] = {}
+_frame_cache_bytes = 0
+
+#: The last batch of several messages encoded for a server socket, and its frames (one
+#: object, replaced whole: a loop in another thread never sees one without the other).
+_last_batch: tuple[tuple[Outbound, ...], tuple[bytes, ...]] = ((), ())
+
+#: The most buffers one ``writev`` takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
+
+Buffer: TypeAlias = bytes | memoryview
 
 
 def _shared_frame(message: Message) -> bytes:
     """The unmasked, uncompressed frame of ``message``: identical for every server socket."""
-    frame = _frames.get(message)
+    global _frame_cache_bytes
+    frame = _frame_cache.get(message)
     if frame is None:
-        if len(_frames) >= _FRAME_CACHE_SIZE:
-            _frames.clear()
         if isinstance(message, str):
             frame = Frame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
         else:
             frame = Frame(Opcode.BINARY, message).serialize(mask=False, extensions=[])
-        _frames[message] = frame
+        if (
+            len(_frame_cache) >= _FRAME_CACHE_SIZE
+            or _frame_cache_bytes + len(frame) > _FRAME_CACHE_BYTES
+        ):
+            _frame_cache.clear()
+            _frame_cache_bytes = 0
+        _frame_cache[message] = frame  # even one larger than the bound: its fan-out shares it
+        _frame_cache_bytes += len(frame)
     return frame
+
+
+def _shared_frames(batch: Sequence[Outbound]) -> list[Buffer] | None:
+    """The frames of a batch of several messages for a server socket, shared with every
+    connection that is handed the same batch; ``None`` if it holds a ping (whose frame is
+    the connection's own).
+
+    A fan-out hands the same batch to every connection, one after the other. Looking each
+    message up in the cache of frames would share them only while the cache holds the whole
+    batch: a longer one (``manager.batch()``, or large messages) would evict, message by
+    message, the frames the next connection needs, and each would encode its own. So the
+    last batch is remembered whole (the messages, compared by identity first, and their
+    frames), whatever its length; what it holds is one batch, which the overflow policy
+    bounds. The list returned is the caller's own: a partial write trims it.
+    """
+    global _last_batch
+    key = tuple(batch)
+    last, last_frames = _last_batch
+    if key != last:
+        frames: list[bytes] = []
+        for item in key:
+            if isinstance(item, Ping):
+                return None
+            frames.append(_shared_frame(item))
+        last_frames = tuple(frames)
+        _last_batch = (key, last_frames)
+    return list(last_frames)
+
+
+def _lift_notsent_lowat(stream: Any) -> None:
+    """Let the kernel buffer what the socket's send buffer holds, as it does on asyncio.
+
+    trio's ``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB: the kernel then takes
+    about 16 KiB beyond what it can put on the wire at once, and a non-blocking write of a
+    bigger batch is cut short. A burst of 4 KiB messages (64 per batch: 256 KiB) was cut on
+    nearly every connection, each of which then needed a writer task to finish it; with
+    the system's default (no such bound, so up to the send buffer, as asyncio's sockets
+    have it) the same burst goes out whole from ``send_nowait``. A queue that grows behind
+    a slow reader is still bounded by the manager's overflow policy. 0 means "the system's
+    default" to Linux, "none" to macOS.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None:
+        with suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, option, 0)
 
 
 def _closed(exc: ConnectionClosed) -> TransportClosed:
@@ -100,6 +170,125 @@ def _closed(exc: ConnectionClosed) -> TransportClosed:
     return TransportClosed(1006, "connection lost")
 
 
+class _Unsent:
+    """What a trio TCP stream was handed and its socket has not taken yet, in order.
+
+    Written to the non-blocking socket directly (``writev``, no copy: what the socket does
+    not take stays as views of the frames), by ``send_nowait`` at once and by the writer
+    when the socket has room again. One per stream, shared by every transport registered
+    on the connection, so that what one transport left is finished before another writes.
+
+    It is put in front of the stream's ``send_all``, which websockets' own writes go
+    through (a pong, a close frame, its keepalive pings, under its send lock): between a
+    partial write of ``send_nowait`` and the writer that finishes it, that lock is free
+    and the peer may be halfway through a frame, which a frame of websockets' would land
+    inside (the peer then fails with a protocol error). So what is kept goes first.
+    """
+
+    __slots__ = ("buffers", "nbytes", "socket", "stream", "torn")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.socket = stream.socket
+        #: frames in order; the first may be a view of the rest of a frame cut by a write
+        self.buffers: list[Buffer] = []
+        self.nbytes = 0
+        #: the peer holds part of a frame: nothing else may be written before the rest
+        self.torn = False
+
+    @classmethod
+    def of(cls, stream: Any) -> _Unsent:
+        """The stream's, put in front of its ``send_all`` the first time."""
+        installed = getattr(stream.send_all, "__self__", None)
+        if isinstance(installed, _Unsent):
+            return installed
+        unsent = cls(stream)
+        setattr(stream, "send_all", unsent.send_all)  # noqa: B010 (an instance attribute)
+        return unsent
+
+    def fileno(self) -> int:
+        """The socket's descriptor, read again before every write: -1 once it is closed
+        (and the number may then belong to another socket)."""
+        fd: int = self.socket.fileno()
+        if fd < 0:
+            raise TransportError("write failed: the socket is closed")
+        return fd
+
+    def write_frame(self, frame: bytes) -> None:
+        """One frame, nothing kept before it: written now, what the socket leaves kept."""
+        try:
+            written = os.write(self.fileno(), frame)
+        except BlockingIOError:
+            written = 0
+        if written < len(frame):
+            self.buffers = [memoryview(frame)[written:] if written else frame]
+            self.nbytes = len(frame) - written
+            self.torn = written > 0
+
+    def write(self, buffers: list[Buffer]) -> bool:
+        """``buffers`` after what is kept: as much as the socket takes now, the rest kept;
+        ``True`` once nothing is kept. The list becomes this object's."""
+        if self.buffers:
+            self.buffers.extend(buffers)
+        else:
+            self.buffers = buffers
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write as much of what is kept as the socket takes now; ``True`` once all is.
+
+        One ``writev`` (up to ``_IOV_MAX`` buffers) per call to the kernel; a buffer it
+        cuts is kept as a view of its rest.
+        """
+        kept = self.buffers
+        if not kept:
+            return True
+        fd = self.fileno()
+        done = 0  # buffers written whole
+        cut = 0  # bytes of kept[done] written
+        while done < len(kept):
+            chunk = kept if done == 0 and len(kept) <= _IOV_MAX else kept[done : done + _IOV_MAX]
+            try:
+                written = os.writev(fd, chunk)
+            except BlockingIOError:
+                break
+            for buffer in chunk:
+                size = len(buffer)
+                if written < size:
+                    cut = written
+                    break
+                written -= size
+                done += 1
+            else:
+                continue  # the socket took the whole chunk: on to the next
+            break  # it took less than it was given: it is full
+        if done == len(kept):
+            self.drop()
+            return True
+        self.torn = cut > 0 or (done == 0 and self.torn)
+        if cut:
+            kept[done] = memoryview(kept[done])[cut:]
+        del kept[:done]
+        self.nbytes = sum(len(buffer) for buffer in kept)
+        return False
+
+    async def write_all(self) -> None:
+        """Write what is kept, waiting for the socket whenever it is full (lock held)."""
+        while not self.flush():
+            await self.socket.wait_writable()
+
+    async def send_all(self, data: Any) -> None:
+        """The stream's ``send_all`` as websockets' own writes see it: after what is kept."""
+        if self.buffers:
+            await self.write_all()
+        await type(self.stream).send_all(self.stream, data)
+
+    def drop(self) -> None:
+        self.buffers = []
+        self.nbytes = 0
+        self.torn = False
+
+
 class WebsocketsTransport(Transport):
     """A websockets connection (asyncio or trio) as a wsfleet ``Transport``."""
 
@@ -110,21 +299,31 @@ class WebsocketsTransport(Transport):
         # without any is the same bytes for every recipient.
         protocol = ws.protocol
         self._shared = protocol.side is SERVER and not protocol.extensions
-        #: trio: the stream's socket when it is plain TCP (writable without awaiting).
-        self._socket: Any = None
-        #: trio: what ``send_nowait`` took but the socket did not (``unsent`` bytes of it).
-        self._rest = b""
-        #: trio: a write was cut off (cancelled), so the peer may hold half a frame.
+        #: trio, plain TCP: what the stream's socket was handed and has not taken yet.
+        self._unsent: _Unsent | None = None
+        #: trio over TLS: a ``send_all`` was cut off, the peer may hold half a frame.
         self._torn = False
         if not self._asyncio:
             import trio
 
             stream = ws.stream
             if isinstance(stream, trio.SocketStream):
-                self._socket = stream.socket
+                _lift_notsent_lowat(stream)
+                self._unsent = _Unsent.of(stream)
 
     def __repr__(self) -> str:
         return f"<WebsocketsTransport {self.ws.remote_address!r}>"
+
+    @property
+    def unsent(self) -> int:
+        """Bytes taken but not on the wire yet: the socket's, whichever transport took
+        them (and websockets' own writes may finish them, see ``_Unsent``)."""
+        unsent = self._unsent
+        return unsent.nbytes if unsent is not None else 0
+
+    @unsent.setter
+    def unsent(self, value: int) -> None:
+        raise AttributeError("unsent is counted by the socket's writes, not set")
 
     # -- writes --------------------------------------------------------------------------
 
@@ -143,29 +342,34 @@ class WebsocketsTransport(Transport):
         if not waiter.cancelled() and waiter.exception() is None and self.connection is not None:
             self.connection.touch(pong=True)
 
-    def _frames(self, batch: Sequence[Outbound]) -> bytes:
-        """Every frame of the batch, in order, as one buffer."""
+    def _frames(self, batch: Sequence[Outbound]) -> list[Buffer]:
+        """Every frame of the batch, in order, each its own buffer.
+
+        Not joined: on a server connection without extensions the frames are the shared
+        ones, and a list of them costs a few references per connection, where one buffer
+        per connection would copy the whole batch for each recipient.
+        """
         shared = self._shared
-        if shared and len(batch) == 1:  # the usual fan-out of one message: no list, no join
-            item = batch[0]
-            if not isinstance(item, Ping):
-                return _shared_frame(item)
+        if shared and len(batch) > 1:
+            frames = _shared_frames(batch)
+            if frames is not None:
+                return frames
         protocol = self.ws.protocol
         ping_data = self._ping_data if self._asyncio else self._trio_ping_data
-        parts: list[bytes] = []
+        frames = []
         for item in batch:
             if isinstance(item, Ping):
                 protocol.send_ping(ping_data())
-                parts.extend(protocol.data_to_send())
+                frames.extend(protocol.data_to_send())
             elif shared:
-                parts.append(_shared_frame(item))
+                frames.append(_shared_frame(item))
             else:
                 if isinstance(item, str):
                     protocol.send_text(item.encode())
                 else:
                     protocol.send_binary(item)
-                parts.extend(protocol.data_to_send())
-        return b"".join(parts)
+                frames.extend(protocol.data_to_send())
+        return frames
 
     def _check_open(self) -> None:
         ws = self.ws
@@ -179,28 +383,28 @@ class WebsocketsTransport(Transport):
         self._check_open()
         if ws.paused or ws.send_in_progress is not None:
             return False  # flow control says wait, or a fragmented send is under way
-        ws.transport.write(self._frames(batch))
+        if self._shared and len(batch) == 1 and not isinstance(batch[0], Ping):
+            ws.transport.write(_shared_frame(batch[0]))  # the usual fan-out: no list
+        else:
+            ws.transport.writelines(self._frames(batch))
         return True
 
     def _trio_send_nowait(self, batch: Sequence[Outbound]) -> bool:
         ws = self.ws
-        sock = self._socket
-        if sock is None or self.unsent or ws.send_lock.locked():
+        unsent = self._unsent
+        if unsent is None or unsent.buffers or ws.send_lock.locked():
             return False  # TLS, something kept from last time, or websockets is writing
         self._check_open()
-        data = self._frames(batch)
-        fd = sock.fileno()
-        if fd < 0:
-            raise TransportError("write failed: the socket is closed")
         try:
-            written = os.write(fd, data)
-        except BlockingIOError:
-            written = 0
+            if self._shared and len(batch) == 1 and not isinstance(batch[0], Ping):
+                unsent.write_frame(_shared_frame(batch[0]))  # the usual fan-out: one frame
+            else:
+                unsent.write(self._frames(batch))
+        except TransportError:
+            raise
         except OSError as exc:
+            unsent.drop()
             raise TransportError(f"write failed: {exc}") from exc
-        if written < len(data):
-            self._rest = data[written:]
-            self.unsent = len(self._rest)
         return True
 
     async def send(self, batch: Sequence[Outbound]) -> None:
@@ -214,25 +418,51 @@ class WebsocketsTransport(Transport):
                     else:
                         await ws.send(item)
                 return
-            # trio: every frame of the batch in one send_all, under the connection's lock.
             self._check_open()
-            data = self._frames(batch)
-            async with ws.send_lock:
-                if self.unsent:  # what send_nowait kept goes first
-                    data = self._rest + data
-                    self._rest = b""
-                    self.unsent = 0
-                self._torn = True  # until send_all returns, a frame may be half written
-                await ws.stream.send_all(data)
-                self._torn = False
+            frames = self._frames(batch) if batch else []
+            if self._unsent is None:
+                await self._trio_send_all(frames)
+            else:
+                await self._trio_send(self._unsent, frames)
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
+        except TransportError:
+            raise
         except (OSError, RuntimeError) as exc:
             raise TransportError(f"write failed: {exc}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith("trio"):  # BrokenResourceError, ClosedResourceError
                 raise TransportError(f"write failed: {type(exc).__name__}: {exc}") from exc
             raise
+
+    async def _trio_send(self, unsent: _Unsent, frames: list[Buffer]) -> None:
+        """Plain TCP: what was kept, then the batch, written under websockets' send lock.
+
+        Written by this task to the non-blocking socket, as ``send_nowait`` does, waiting
+        for the socket only when it is full: a batch the socket takes costs no task switch
+        (the lock, when free, is taken without a checkpoint, and ``send_all`` would add one
+        per call), and each time the peer has read, one ``writev`` takes as much as the
+        socket will, with no copy of what is left. What is not written yet stays kept, so
+        a write cut off by a cancellation is known to the byte.
+        """
+        lock = self.ws.send_lock
+        if lock.locked():
+            await lock.acquire()  # websockets is writing: after it
+        else:
+            lock.acquire_nowait()
+        try:
+            if frames:
+                unsent.write(frames)
+            await unsent.write_all()
+        finally:
+            lock.release()
+
+    async def _trio_send_all(self, frames: list[Buffer]) -> None:
+        """Over TLS: the batch in one ``send_all`` under websockets' send lock."""
+        async with self.ws.send_lock:
+            self._torn = True  # until send_all returns, a frame may be half written
+            await self.ws.stream.send_all(b"".join(frames))
+            self._torn = False
 
     def _trio_ping_data(self) -> bytes:
         import trio
@@ -269,7 +499,8 @@ class WebsocketsTransport(Transport):
             if self._asyncio:
                 await self.ws.close(code, reason)
             else:
-                if self.unsent or self._torn:
+                unsent = self._unsent
+                if self._torn or (unsent is not None and unsent.buffers):
                     self._reset()
                 await self.ws.aclose(code, reason)
         except (ConnectionClosed, OSError):
@@ -281,10 +512,11 @@ class WebsocketsTransport(Transport):
 
     def _reset(self) -> None:
         """Drop what is kept and reset the TCP connection (trio): no close frame can follow."""
-        self._rest = b""
-        self.unsent = 0
-        sock = self._socket
-        if sock is None:  # TLS: the TCP socket is under the TLS stream
+        sock: Any = None
+        if self._unsent is not None:
+            self._unsent.drop()
+            sock = self._unsent.socket
+        else:  # TLS: the TCP socket is under the TLS stream
             stream = self.ws.stream
             while not hasattr(stream, "socket") and hasattr(stream, "transport_stream"):
                 stream = stream.transport_stream
