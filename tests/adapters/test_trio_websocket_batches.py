@@ -24,8 +24,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import wsfleet.adapters.trio_websocket as adapter
 from wsfleet import PING, ConnectionManager, ConnectionState, OverflowPolicy
-from wsfleet._errors import TransportClosed, TransportError
 from wsfleet.adapters.trio_websocket import TrioWebsocketTransport, open_client
+from wsfleet.errors import TransportClosed, TransportError
 
 from .clients import client, raw_upgrade
 from .harness_trio_websocket import serve
@@ -120,7 +120,7 @@ async def test_a_batch_the_socket_cannot_take_at_once_arrives_whole_and_in_order
         # Written to the socket by send_nowait as far as the kernel took it; the rest is
         # kept for the writer, which waits for the peer to read.
         assert 0 < transport.unsent < MESSAGES * (SIZE + 10)
-        assert conn.writing
+        assert conn._out.writing
         received = []
         with anyio.fail_after(30):
             for _ in range(MESSAGES):
@@ -159,25 +159,25 @@ async def test_pings_within_a_batch_are_answered_and_reported() -> None:
     async with one_reader() as (manager, native, ws):
         conn = manager.connection(native)
         transport = transport_of(manager, native)
-        seen = conn.last_seen
+        seen = conn._beat.last_seen
         assert transport.send_nowait(["a", PING, b"b", PING, "c"])
         assert transport.unsent == 0
         with anyio.fail_after(5):
             assert [await ws.recv() for _ in range(3)] == ["a", b"b", "c"]
         await wait_for(lambda: not native._pings)  # both pongs came back ...
-        assert conn.last_seen > seen  # ... and reached the manager
+        assert conn._beat.last_seen > seen  # ... and reached the manager
         # A ping at the end of a batch that is only partly written goes out after the rest.
         assert transport.send_nowait([message(i) for i in range(MESSAGES)] + [PING])
         assert transport.unsent > 0
         assert len(native._pings) == 1
-        seen = conn.last_seen
+        seen = conn._beat.last_seen
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(transport.send, [])  # what the writer does: finish the kept part
                 for i in range(MESSAGES):
                     assert await ws.recv() == message(i)
         await wait_for(lambda: not native._pings)
-        assert conn.last_seen > seen
+        assert conn._beat.last_seen > seen
 
 
 async def test_a_pong_trio_websocket_owes_the_peer_waits_for_the_kept_part() -> None:
@@ -309,19 +309,19 @@ async def test_the_public_path_when_refused_delivers_the_same(
             with anyio.fail_after(10):
                 for peer in (alice, bob):
                     assert [await peer.recv() for _ in range(50)] == [f"m{i}" for i in range(50)]
-            seen = conn.last_seen
+            seen = conn._beat.last_seen
             await transport.send([PING, "after the ping"])
             with anyio.fail_after(5):
                 assert await alice.recv() == "after the ping"
             await wait_for(lambda: not native._pings)
-            assert conn.last_seen > seen
+            assert conn._beat.last_seen > seen
             said = [r for r in caplog.records if "refused for a test" in r.getMessage()]
             assert len(said) == 1  # once, not once per connection
             assert said[0].levelno == logging.INFO
             # Without the two names pings use, the writer awaits ws.ping() and its pong.
             monkeypatch.setattr(adapter, "_ping_hooks", lambda ws: False)
-            seen = conn.last_seen
+            seen = conn._beat.last_seen
             with anyio.fail_after(5):
                 await transport.send([PING, "after a public ping"])
                 assert await alice.recv() == "after a public ping"
-            assert conn.last_seen > seen
+            assert conn._beat.last_seen > seen

@@ -300,7 +300,7 @@ async def test_on_trio_a_burst_the_kernel_can_buffer_goes_out_without_a_writer()
                 await manager.broadcast(text)
         await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
         assert transport.unsent == 0
-        assert not conn.writing  # written by send_nowait: no task was started for it
+        assert not conn._out.writing  # written by send_nowait: no task was started for it
         with anyio.fail_after(10):
             assert [await ws.recv() for _ in burst] == burst
 
