@@ -17,12 +17,7 @@ import logging
 import math
 from collections.abc import (
     AsyncIterator,
-    Callable,
-    Collection,
-    Coroutine,
     Iterable,
-    Mapping,
-    Sequence,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -33,12 +28,13 @@ import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
+from ._node import BackplaneMembership, BackplaneNode
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
 from ._runtime.outbound import MessageHandler, dial
 from ._runtime.registry import Registry, check_name
-from ._runtime.routing import Kind, excluded, targets
+from ._runtime.routing import excluded, targets
 from ._runtime.session import Session, open_session
 from ._runtime.stats import Delivery, FleetStats
 from .backplane import Backplane, Node
@@ -70,80 +66,6 @@ _DEFAULT_HEARTBEAT: Final = HeartbeatPolicy()
 _Args = TypeVarTuple("_Args")
 
 
-class _Membership:
-    """Tells the backplane when an identifier comes to this node and when it leaves it."""
-
-    __slots__ = ("_backplane",)
-
-    def __init__(self, backplane: Backplane) -> None:
-        self._backplane = backplane
-
-    def online(self, identifier: str) -> Iterable[str]:
-        groups = self._backplane.view.groups_of(identifier)
-        self._backplane.membership("online", identifier)
-        return groups
-
-    def offline(self, identifier: str) -> None:
-        self._backplane.membership("offline", identifier)
-
-
-class _Node:
-    """This node as its backplane sees it (``wsfleet.backplane.Node``): the runtime's
-    sockets and groups, and nothing of the manager's."""
-
-    __slots__ = ("_fleet", "_registry")
-
-    def __init__(self, fleet: Fleet) -> None:
-        self._fleet = fleet
-        self._registry = fleet.registry
-
-    def deliver(
-        self, to: Kind, target: str | list[str] | None, message: Message, exclude: Sequence[str]
-    ) -> int:
-        """Carry out another node's fan-out on this node's sockets (never republished)."""
-        fleet = self._fleet
-        try:
-            size = fleet.check_message(message)
-        except ValueError:
-            fleet.outbox.count_drop("backplane: too large here")
-            return 0
-        registry = self._registry
-        skip: set[int] = set()
-        for name in exclude:
-            skip.update(id(c.socket) for c in registry.connections_of(name))
-        return fleet.deliver(targets(registry, to, target, skip), message, size)
-
-    def mirror(self, identifier: str, group: str, joined: bool) -> None:
-        """Another node changed ``identifier``'s groups: follow, if it has sockets here."""
-        registry = self._registry
-        if identifier in registry.by_identifier:
-            if joined:
-                registry.join(identifier, group)
-            else:
-                registry.leave(identifier, group)
-
-    def kick(self, identifier: str, code: int, reason: str) -> None:
-        _close_identifier(self._fleet, identifier, code, reason)
-
-    def holds(self, identifier: str) -> bool:
-        return identifier in self._registry.by_identifier
-
-    def groups_of(self, identifier: str) -> Collection[str]:
-        return self._registry.memberships.get(identifier, ())
-
-    def memberships(self) -> Mapping[str, Collection[str]]:
-        memberships = self._registry.memberships
-        return {
-            identifier: memberships.get(identifier, ())
-            for identifier in self._registry.by_identifier
-        }
-
-    def spawn(
-        self, func: Callable[[*_Args], Coroutine[Any, Any, None]], *args: *_Args, name: str
-    ) -> None:
-        self._fleet.context.spawn(func, *args, name=name)
-
-
 def _check_close(code: object, reason: object) -> None:
     """What ``close`` and ``disconnect_identifier`` accept: what a close frame can carry."""
     if isinstance(code, bool) or not isinstance(code, int):
@@ -153,15 +75,6 @@ def _check_close(code: object, reason: object) -> None:
     refusal = sendable(code, reason)
     if refusal is not None:
         raise InvalidArgument(refusal)
-
-
-def _close_identifier(fleet: Fleet, identifier: str, code: int, reason: str) -> int:
-    """Close and forget every socket of ``identifier`` here; how many there were."""
-    conns = list(fleet.registry.connections_of(identifier))
-    for conn in conns:
-        fleet.context.spawn(fleet.outbox.close, conn.transport, code, reason, name="wsfleet kick")
-        fleet.forget(conn, f"disconnected by the server ({code})")
-    return len(conns)
 
 
 class ConnectionManager:
@@ -257,7 +170,7 @@ class ConnectionManager:
         self._registry: Registry = self._fleet.registry
         self._backplane = backplane
         if backplane is not None:
-            self._fleet.membership = _Membership(backplane)
+            self._fleet.membership = BackplaneMembership(backplane)
         self._tg: anyio.abc.TaskGroup | None = None
         self._entered = False
         self._batching = 0
@@ -273,7 +186,7 @@ class ConnectionManager:
         self._tg = tg
         self._fleet.bind(tg)
         if self._backplane is not None:
-            node: Node = _Node(self._fleet)
+            node: Node = BackplaneNode(self._fleet)
             await tg.start(self._backplane.run, node, name="wsfleet backplane")
         return self
 
@@ -465,7 +378,7 @@ class ConnectionManager:
         check_name("identifier", identifier)
         self._fleet.context.check()
         _check_close(code, reason)
-        closed = _close_identifier(self._fleet, identifier, code, reason)
+        closed = self._fleet.close_identifier(identifier, code, reason)
         if self._backplane is not None:
             self._backplane.kick(identifier, code, reason)
         await checkpoint()

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING
 from .closecodes import is_clean
 
 if TYPE_CHECKING:
-    from .backplane.wire import Header
     from .fsm.states import ConnectionState
 
 __all__ = [
@@ -227,8 +226,10 @@ class MalformedEnvelope(WsfleetError, ValueError):
     ``None``; with a header, the receiver counts the send it replaced as dropped.
     """
 
-    def __init__(self, message: str, header: Header | None = None) -> None:
+    def __init__(self, message: str, header: object = None) -> None:
         super().__init__(message)
+        #: A ``wsfleet.backplane.wire.Header`` (typed loosely here: the errors know no layer
+        #: above them).
         self.header = header
 
 

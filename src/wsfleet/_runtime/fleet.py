@@ -231,6 +231,14 @@ class Fleet:
             self.membership.offline(conn.identifier)
         self.resumption.forget(conn)
 
+    def close_identifier(self, identifier: str, code: int, reason: str) -> int:
+        """Close and forget every socket of ``identifier`` here; how many there were."""
+        conns = list(self.registry.connections_of(identifier))
+        for conn in conns:
+            self.context.spawn(self.outbox.close, conn.transport, code, reason, name="wsfleet kick")
+            self.forget(conn, f"disconnected by the server ({code})")
+        return len(conns)
+
     def replace_transport(self, conn: Connection, transport: Transport) -> None:
         """Swap in a new socket; the old one is detached (its late reports are ignored)."""
         old = conn.transport

@@ -266,7 +266,7 @@ class Link:
             except MalformedEnvelope as exc:
                 self.stats["malformed"] += 1
                 logger.warning("%r: skipped a malformed message: %s", self, exc)
-                if exc.header is not None:  # its header was sound, the rest was not
+                if isinstance(exc.header, Header):  # its header was sound, the rest not
                     self._unreadable(exc.header)
                 continue
             self.stats["received"] += 1
