@@ -2,8 +2,8 @@
 
     python benchmarks/backplane_bench.py [--quick]   # writes benchmarks/results/backplane.md/.json
 
-The benchmark starts its own ``redis-server`` on a free 127.0.0.1 port (no persistence; the
-start-up code is ``tests/redis_server.py``, loaded by path), then for each event loop a pair
+The benchmark starts its own ``redis-server`` on a free 127.0.0.1 port (no persistence;
+``wsfleet.testing.RedisServer``, the tests' launcher), then for each event loop a pair
 of worker processes (this same script with ``--worker``): a *sender* node with no sockets,
 and a *receiver* node holding one probe socket plus 1,000 sockets in group ``fan``. Sockets
 are in-memory transports that count what they are given (no network), so what is measured
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -391,14 +390,10 @@ class Worker:
 
 
 def redis_server_class() -> Any:
-    path = HERE.parent / "tests" / "redis_server.py"
-    spec = importlib.util.spec_from_file_location("wsfleet_bench_redis_server", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.RedisServer
+    """The same launcher the tests use (``wsfleet.testing.RedisServer``)."""
+    from wsfleet.testing import RedisServer
+
+    return RedisServer
 
 
 def run_pair(url: str, mode: str, backend: str, quick: bool, log: IO[bytes]) -> dict[str, Any]:

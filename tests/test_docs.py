@@ -188,10 +188,16 @@ def test_every_public_name_has_a_reference_entry() -> None:
     assert not missing, f"not in docs/reference/: {missing}"
 
 
+def test_every_testing_tool_has_a_reference_entry() -> None:
+    import wsfleet.testing
+
+    documented = {name.rsplit(".", 1)[-1] for name in documented_names()}
+    assert set(wsfleet.testing.__all__) <= documented
+
+
 @pytest.mark.parametrize(
     "module",
     [
-        "wsfleet.testing",
         "wsfleet.adapters.websockets",
         "wsfleet.adapters.trio_websocket",
         "wsfleet.adapters.asgi",
