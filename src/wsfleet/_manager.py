@@ -44,6 +44,7 @@ from .fsm.states import ConnectionState
 from .policies.backpressure import BackpressurePolicy
 from .policies.heartbeat import HeartbeatPolicy
 from .policies.overflow import OverflowPolicy
+from .policies.ratelimit import RateLimitPolicy
 from .policies.retry import RetryPolicy
 from .transport import Message
 
@@ -106,6 +107,7 @@ class ConnectionManager:
         shutdown_timeout: float = 5.0,
         close_timeout: float = 2.0,
         backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
+        rate_limit: RateLimitPolicy | None = None,
     ) -> None:
         """Settings, each checked here (a bad one raises and nothing is started).
 
@@ -124,6 +126,9 @@ class ConnectionManager:
             connection is cut.
         :param backpressure: when fan-out calls wait because the whole fleet is behind;
             ``None`` never waits.
+        :param rate_limit: how much one client may send (``RateLimitPolicy``): messages over
+            it are dropped and counted before the application sees them, or close the
+            sender with 1008; ``None`` (the default) limits nothing.
         """
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
@@ -135,6 +140,8 @@ class ConnectionManager:
             raise WrongType(
                 f"backpressure must be a BackpressurePolicy or None, got {backpressure!r}"
             )
+        if rate_limit is not None and not isinstance(rate_limit, RateLimitPolicy):
+            raise WrongType(f"rate_limit must be a RateLimitPolicy or None, got {rate_limit!r}")
         if backplane is not None and not isinstance(backplane, Backplane):
             raise WrongType(f"backplane must be a Backplane or None, got {backplane!r}")
         seconds = [
@@ -165,7 +172,9 @@ class ConnectionManager:
             close_timeout=self.close_timeout,
             backpressure=backpressure,
             pings_optional=heartbeat is _DEFAULT_HEARTBEAT,
+            rate_limit=rate_limit,
         )
+        self.rate_limit = rate_limit
         self.backpressure = backpressure
         self._registry: Registry = self._fleet.registry
         self._backplane = backplane
@@ -632,6 +641,8 @@ class ConnectionManager:
             heartbeat_timeouts=fleet.timers.heartbeat_timeouts,
             producer_waits=fleet.producer_waits,
             producer_wait_seconds=fleet.producer_wait_seconds,
+            received_messages=fleet.inbound.received_messages,
+            inbound_drops=dict(fleet.inbound.drops),
             node_id=None if backplane is None else backplane.node_id,
             backplane_state=None if backplane is None else backplane.state.name,
             backplane=None if backplane is None else dict(backplane.stats),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..fsm.machine import Lifecycle
 from ..fsm.states import ConnectionState
+from ..policies.ratelimit import Bucket
 from ..transport import Message, Outbound, Transport
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class Connection(Lifecycle):
 
     __slots__ = (
         "_beat",
+        "_bucket",
         "_hold",
         "_out",
         "_owner",
@@ -143,6 +145,8 @@ class Connection(Lifecycle):
         self._out = Outgoing()
         self._beat = Liveness(now)
         self._hold = Holding()
+        #: The inbound gate's part: this sender's rate-limit bucket, once it sent something.
+        self._bucket: Bucket | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.identifier!r} {self.state.name}>"

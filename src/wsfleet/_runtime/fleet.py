@@ -45,11 +45,13 @@ from ..fsm.states import HELD, ConnectionState
 from ..policies.backpressure import BackpressurePolicy
 from ..policies.heartbeat import HeartbeatPolicy
 from ..policies.overflow import OverflowAction, OverflowPolicy
+from ..policies.ratelimit import RateLimitPolicy
 from ..policies.retry import RetryPolicy
 from ..transport import Message, Transport, adapter_for, message_size, no_adapter
 from .callbacks import Callbacks
 from .connection import Connection, Reconnector
 from .context import Context
+from .inbound import Inbound
 from .outbox import Outbox
 from .registry import Registry, check_name
 from .resumption import Resumption
@@ -100,6 +102,7 @@ class Fleet:
         close_timeout: float,
         backpressure: BackpressurePolicy | None = None,
         pings_optional: bool = False,
+        rate_limit: RateLimitPolicy | None = None,
     ) -> None:
         self.context = Context()
         self.registry = Registry()
@@ -114,6 +117,7 @@ class Fleet:
         self.timers = Timers(self.context, heartbeat, self)
         self.callbacks = Callbacks(callback_timeout)
         self.resumption = Resumption(self.context, self.machine, resume_window)
+        self.inbound = Inbound(self.context, rate_limit, self)
         self.membership: Membership = _Alone()
         self.backpressure = backpressure
         #: Fan-out calls that waited for the writers, and the seconds they waited in all.
@@ -229,6 +233,7 @@ class Fleet:
         self.timers.forget(conn)
         if conn.identifier not in registry.by_identifier:
             self.membership.offline(conn.identifier)
+            self.inbound.forget(conn.identifier)
         self.resumption.forget(conn)
 
     def close_identifier(self, identifier: str, code: int, reason: str) -> int:
@@ -407,6 +412,14 @@ class Fleet:
             return
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.request(conn, E, f"I/O failure: {text}")
+
+    def admit(self, conn: Connection, message: Message) -> bool:
+        """Whether a message ``conn`` received goes on to the application (rate limits)."""
+        return self.inbound.admit(conn, message)
+
+    def rate_limited(self, conn: Connection) -> None:
+        if conn.registered and conn.writable:
+            self.evict(conn, POLICY_VIOLATION, "rate limit")
 
     # -- what the outbox reports -------------------------------------------------------------
 

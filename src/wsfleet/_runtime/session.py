@@ -23,7 +23,7 @@ on trio, an exception escaping one handler would end the whole server.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Protocol
 
@@ -65,11 +65,15 @@ class SessionHost(Protocol):
 
     def forget(self, conn: Connection, reason: str) -> None: ...
 
+    def admit(self, conn: Connection, message: Message) -> bool:
+        """Whether a received message goes on to the application (the rate limits)."""
+
 
 class Session:
     """An async iterator over the messages a registered socket receives."""
 
     __slots__ = (
+        "_admit",
         "_connection",
         "_identifier",
         "_transport",
@@ -86,8 +90,11 @@ class Session:
         *,
         identifier: str = "",
         refused: str | None = None,
+        admit: Callable[[Connection, Message], bool] | None = None,
     ) -> None:
         self._connection = connection
+        #: The runtime's inbound gate (rate limits); ``None`` lets every message through.
+        self._admit = admit
         #: This session's own socket: once another socket takes the connection over (a
         #: resume), this session has nothing more to receive and nothing to report.
         self._transport = None if connection is None else connection.transport
@@ -135,10 +142,26 @@ class Session:
     async def __anext__(self) -> Message:
         conn = self._connection
         transport = self._transport
-        if conn is None or transport is None or not self._current():
+        if conn is None or transport is None:
             raise StopAsyncIteration
+        while True:
+            if not self._current():
+                raise StopAsyncIteration
+            message = await self._receive(conn, transport)
+            if not self._current():
+                # It arrived as the connection was evicted, unregistered or taken over: the
+                # application must not act for a client the manager let go (its identifier
+                # may be in no group any more), so the message ends the iteration instead.
+                raise StopAsyncIteration
+            conn.touch()
+            if self._admit is None or self._admit(conn, message):
+                return message
+            # Over its rate limit: dropped and counted, and the next one is read (unless the
+            # policy cut the sender off, which the check above sees).
+
+    async def _receive(self, conn: Connection, transport: Transport) -> Message:
         try:
-            message = await transport.receive()
+            return await transport.receive()
         except TransportClosed as closed:
             self.close_code = closed.code
             self.close_reason = closed.reason
@@ -151,13 +174,6 @@ class Session:
             if conn.transport is transport:
                 conn.failed(exc)
             raise StopAsyncIteration from None
-        if not self._current():
-            # It arrived as the connection was evicted, unregistered or taken over: the
-            # application must not act for a client the manager let go (its identifier may
-            # be in no group any more), so the message ends the iteration instead.
-            raise StopAsyncIteration
-        conn.touch()
-        return message
 
     async def send(self, message: Message) -> int:
         """Queue ``message`` for this socket alone (it goes through the same bounded queue).
@@ -216,7 +232,7 @@ async def open_session(
     if conn is None:
         conn = host.register(socket, identifier)
     try:
-        yield Session(conn, resumed)
+        yield Session(conn, resumed, admit=host.admit)
     finally:
         if conn.registered and conn.socket is socket and not host.hold(conn):
             with anyio.CancelScope(shield=True):

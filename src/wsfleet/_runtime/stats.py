@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["Delivery", "FleetStats"]
@@ -57,6 +57,10 @@ class FleetStats:
     """Fan-out calls that waited because the fleet was behind (``BackpressurePolicy``)."""
     producer_wait_seconds: float = 0.0
     """The seconds those calls waited, in all."""
+    received_messages: int = 0
+    """Messages the sessions received since the manager started."""
+    inbound_drops: Mapping[str, int] = field(default_factory=dict)
+    """Received messages refused before the application saw them, by reason ("rate limit")."""
     node_id: str | None = None
     backplane_state: str | None = None
     """The link to the other nodes: CONNECTED, ERROR, RECONNECTING ...; ``None`` if alone."""
@@ -71,6 +75,7 @@ class FleetStats:
         data = asdict(self)
         data["states"] = dict(self.states)
         data["drops"] = dict(self.drops)
+        data["inbound_drops"] = dict(self.inbound_drops)
         if self.backplane is not None:
             data["backplane"] = dict(self.backplane)
         return data

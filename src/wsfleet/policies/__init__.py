@@ -7,6 +7,7 @@ every adapter share them and tests drive them with plain numbers.
 from .backpressure import BackpressurePolicy
 from .heartbeat import HeartbeatPolicy
 from .overflow import OverflowAction, OverflowDecision, OverflowPolicy
+from .ratelimit import RateLimitAction, RateLimitPolicy, RateLimitScope
 from .retry import DEFAULT_RETRY_POLICY, JitterMode, RetryPolicy
 
 __all__ = [
@@ -17,5 +18,8 @@ __all__ = [
     "OverflowAction",
     "OverflowDecision",
     "OverflowPolicy",
+    "RateLimitAction",
+    "RateLimitPolicy",
+    "RateLimitScope",
     "RetryPolicy",
 ]
