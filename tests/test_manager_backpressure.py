@@ -33,8 +33,12 @@ MESSAGES = 400
 
 
 def slow_fleet(count: int, **kwargs: Any) -> list[MemoryTransport]:
-    """Peers whose writes each take a millisecond: a server that cannot keep up."""
-    return [MemoryTransport(f"slow{i}", sync=False, latency=0.001, **kwargs) for i in range(count)]
+    """Peers whose writes each take 20 ms: a server that cannot keep up, on any machine.
+
+    A write takes the whole queue, so a producer outruns it only by queueing a bound's worth
+    (16) within one write: 20 ms leaves it over a millisecond per call even under coverage.
+    """
+    return [MemoryTransport(f"slow{i}", sync=False, latency=0.02, **kwargs) for i in range(count)]
 
 
 async def produce(manager: ConnectionManager, count: int = MESSAGES) -> None:

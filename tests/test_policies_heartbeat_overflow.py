@@ -24,6 +24,9 @@ def test_the_policies_package_exports_exactly_its_public_api() -> None:
         "OverflowAction",
         "OverflowDecision",
         "OverflowPolicy",
+        "RateLimitAction",
+        "RateLimitPolicy",
+        "RateLimitScope",
         "RetryPolicy",
     ]
     for name in wsfleet.policies.__all__:

@@ -39,6 +39,9 @@ from .policies import (
     JitterMode,
     OverflowAction,
     OverflowPolicy,
+    RateLimitAction,
+    RateLimitPolicy,
+    RateLimitScope,
     RetryPolicy,
 )
 
@@ -113,6 +116,9 @@ __all__ = [
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
+    "RateLimitAction",
+    "RateLimitPolicy",
+    "RateLimitScope",
     "ResumeExpired",
     "RetriesExhausted",
     "RetryPolicy",
