@@ -126,9 +126,10 @@ class ConnectionManager:
             connection is cut.
         :param backpressure: when fan-out calls wait because the whole fleet is behind;
             ``None`` never waits.
-        :param rate_limit: how much one client may send (``RateLimitPolicy``): messages over
-            it are dropped and counted before the application sees them, or close the
-            sender with 1008; ``None`` (the default) limits nothing.
+        :param rate_limit: how much one client may send (``RateLimitPolicy``): over it, the
+            sender is not read until it is back within its limit, and the message waits
+            (the default), is dropped and counted, or closes the sender with 1008;
+            ``None`` (the default) limits nothing.
         """
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
@@ -643,6 +644,7 @@ class ConnectionManager:
             producer_wait_seconds=fleet.producer_wait_seconds,
             received_messages=fleet.inbound.received_messages,
             inbound_drops=dict(fleet.inbound.drops),
+            inbound_waits=fleet.inbound.waits,
             node_id=None if backplane is None else backplane.node_id,
             backplane_state=None if backplane is None else backplane.state.name,
             backplane=None if backplane is None else dict(backplane.stats),

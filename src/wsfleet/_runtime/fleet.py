@@ -55,6 +55,7 @@ from .inbound import Inbound
 from .outbox import Outbox
 from .registry import Registry, check_name
 from .resumption import Resumption
+from .session import RATE_LIMITED
 from .timers import Timers
 
 __all__ = ["Fleet", "Membership"]
@@ -413,13 +414,14 @@ class Fleet:
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.request(conn, E, f"I/O failure: {text}")
 
-    def admit(self, conn: Connection, message: Message) -> bool:
-        """Whether a message ``conn`` received goes on to the application (rate limits)."""
+    def admit(self, conn: Connection, message: Message) -> tuple[bool, float]:
+        """Whether a message ``conn`` received goes on to the application, and how long its
+        sender must not be read first (rate limits)."""
         return self.inbound.admit(conn, message)
 
     def rate_limited(self, conn: Connection) -> None:
         if conn.registered and conn.writable:
-            self.evict(conn, POLICY_VIOLATION, "rate limit")
+            self.evict(conn, POLICY_VIOLATION, RATE_LIMITED)
 
     # -- what the outbox reports -------------------------------------------------------------
 

@@ -2,18 +2,19 @@
 
 Every message a session receives passes ``admit`` first. Without a policy it is only
 counted. With one, its sender's token bucket (the connection's, or its identifier's when all
-of a user's sockets share one budget) decides: within the limit, the message goes on to the
-application; over it, it is dropped and counted, or the sender is cut off with 1008
-"rate limit", as the policy says. A bucket is a few floats refilled when the next message
-comes: no task and no timer per message or per sender, so a flooding client costs one check
-per message and nothing else.
+of a user's sockets share one budget) decides, and ``admit`` answers two things: whether the
+message goes on to the application, and for how long the session must not read that sender
+again. Over the limit the sender is always paused, whatever becomes of the message (it waits,
+it is dropped, or its sender is cut off with 1008 "rate limit"): a flood that is still read
+at full speed costs the server as much as one that is delivered. A bucket is a few floats
+refilled when the next message comes: no task and no timer per message or per sender.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..policies.ratelimit import Bucket, RateLimitAction, RateLimitPolicy, RateLimitScope
 from ..transport import Message, message_size
@@ -23,6 +24,11 @@ from .context import Context
 __all__ = ["Inbound", "InboundReports"]
 
 logger = logging.getLogger("wsfleet")
+
+#: ``admit``'s answer for a message within the limit: deliver it, read on at once.
+PASS: Final = (True, 0.0)
+#: How often, at most, the gate logs that senders are over their limits.
+LOG_EVERY = 10.0
 
 
 class InboundReports(Protocol):
@@ -44,41 +50,56 @@ class Inbound:
         #: Identifier -> the budget all its sockets here share (``RateLimitScope.IDENTIFIER``).
         self._shared: dict[str, Bucket] = {}
         self.received_messages = 0
+        #: Messages delivered late because their sender was over its limit (``WAIT``).
+        self.waits = 0
         self.drops: Counter[str] = Counter()
+        self._logged_at = -LOG_EVERY
 
-    def admit(self, conn: Connection, message: Message) -> bool:
-        """Whether ``message`` from ``conn`` goes on to the application."""
+    def admit(self, conn: Connection, message: Message) -> tuple[bool, float]:
+        """Whether ``message`` from ``conn`` goes on to the application, and how many seconds
+        the session must wait before it delivers it or reads ``conn``'s next message."""
         self.received_messages += 1
         policy = self.policy
         if policy is None:
-            return True
+            return PASS
         now = self._context.now()
         size = 0 if policy.bytes_per_second is None else message_size(message)
-        if policy.scope is RateLimitScope.CONNECTION:
-            bucket = conn._bucket
-            admitted, conn._bucket = policy.take(
-                policy.full(now) if bucket is None else bucket, now, size
-            )
+        shared = policy.scope is RateLimitScope.IDENTIFIER
+        bucket = self._shared.get(conn.identifier) if shared else conn._bucket
+        if bucket is None:
+            bucket = policy.full(now)
+        if policy.action is RateLimitAction.WAIT:
+            delay, bucket = policy.borrow(bucket, now, size)
+            admitted = True
+            if delay:
+                self.waits += 1
         else:
-            shared = self._shared
-            bucket = shared.get(conn.identifier)
-            admitted, shared[conn.identifier] = policy.take(
-                policy.full(now) if bucket is None else bucket, now, size
-            )
-        if admitted:
-            return True
-        self.drops["rate limit"] += 1
-        dropped = self.drops["rate limit"]
-        if dropped == 1 or dropped % 1000 == 0:
+            admitted, bucket = policy.take(bucket, now, size)
+            delay = 0.0
+        if shared:
+            self._shared[conn.identifier] = bucket
+        else:
+            conn._bucket = bucket
+        if admitted and not delay:
+            return PASS
+        if not admitted:
+            self.drops["rate limit"] += 1
+            if policy.action is RateLimitAction.CLOSE:
+                self._reports.rate_limited(conn)
+            else:
+                pause = policy.refill_in(bucket, size)
+                delay = 0.0 if pause == float("inf") else pause
+        if now - self._logged_at >= LOG_EVERY:
+            self._logged_at = now
             logger.warning(
-                "%r is over its rate limit: message dropped (%d so far, "
-                "stats().inbound_drops['rate limit'])",
+                "%r is over its rate limit (%s): %d messages held back, %d dropped so far "
+                "(stats().inbound_waits, inbound_drops['rate limit'])",
                 conn,
-                dropped,
+                policy.action.value,
+                self.waits,
+                self.drops["rate limit"],
             )
-        if policy.action is RateLimitAction.CLOSE:
-            self._reports.rate_limited(conn)
-        return False
+        return admitted, delay
 
     def forget(self, identifier: str) -> None:
         """``identifier`` has no socket here any more: its shared budget goes with it."""

@@ -61,6 +61,8 @@ class FleetStats:
     """Messages the sessions received since the manager started."""
     inbound_drops: Mapping[str, int] = field(default_factory=dict)
     """Received messages refused before the application saw them, by reason ("rate limit")."""
+    inbound_waits: int = 0
+    """Received messages held back until their sender was within its rate limit (``WAIT``)."""
     node_id: str | None = None
     backplane_state: str | None = None
     """The link to the other nodes: CONNECTED, ERROR, RECONNECTING ...; ``None`` if alone."""
