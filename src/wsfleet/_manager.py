@@ -32,6 +32,7 @@ from ._node import BackplaneMembership, BackplaneNode
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
+from ._runtime.joins import JoinRule, JoinRules
 from ._runtime.outbound import MessageHandler, dial
 from ._runtime.registry import Registry, check_name
 from ._runtime.routing import excluded, targets
@@ -108,6 +109,7 @@ class ConnectionManager:
         close_timeout: float = 2.0,
         backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
         rate_limit: RateLimitPolicy | None = None,
+        can_join: JoinRule | None = None,
     ) -> None:
         """Settings, each checked here (a bad one raises and nothing is started).
 
@@ -130,6 +132,8 @@ class ConnectionManager:
             sender is not read until it is back within its limit, and the message waits
             (the default), is dropped and counted, or closes the sender with 1008;
             ``None`` (the default) limits nothing.
+        :param can_join: ``(identifier, group) -> bool`` (plain or async), asked before an
+            identifier joins a group no ``join_rule`` pattern names; ``None`` allows all.
         """
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
@@ -145,6 +149,7 @@ class ConnectionManager:
             raise WrongType(f"rate_limit must be a RateLimitPolicy or None, got {rate_limit!r}")
         if backplane is not None and not isinstance(backplane, Backplane):
             raise WrongType(f"backplane must be a Backplane or None, got {backplane!r}")
+        self._joins = JoinRules(can_join)
         seconds = [
             ("callback_timeout", callback_timeout),
             ("shutdown_timeout", shutdown_timeout),
@@ -320,14 +325,47 @@ class ConnectionManager:
 
         With a backplane the membership is fleet-wide: other nodes holding sockets of
         ``identifier`` put them in the group too. ``identifier`` must have a socket here.
+        A new membership is first put to the group's join rule (``join_rule``,
+        ``can_join``): ``JoinRefused`` if it says no; an async rule needs ``join``.
         """
         self._fleet.context.check()
         check_name("identifier", identifier)
         check_name("group", group)
+        if group not in self._registry.memberships.get(identifier, ()):
+            self._joins.check_now(identifier, group)
+            self._join(identifier, group)
+
+    async def join(self, identifier: str, group: str) -> None:
+        """``add_to_group``, asking the group's join rule even if it is async."""
+        self._fleet.context.check()
+        check_name("identifier", identifier)
+        check_name("group", group)
+        if group not in self._registry.memberships.get(identifier, ()):
+            await self._joins.check(identifier, group)
+            self._fleet.context.check()  # the rule took time: the manager may have closed
+            self._join(identifier, group)
+
+    def _join(self, identifier: str, group: str) -> None:
         new = group not in self._registry.memberships.get(identifier, ())
         self._registry.join(identifier, group)
         if new and self._backplane is not None:
             self._backplane.membership("join", identifier, group)
+
+    def join_rule(self, pattern: str, rule: JoinRule | None = None) -> Any:
+        """Ask ``rule(identifier, group) -> bool`` before anyone joins a group ``pattern``
+        names: one name, or an ``fnmatch`` pattern (``"room:*"``). Exact names come first,
+        then patterns in the order given, then ``can_join``. Also a decorator:
+        ``@manager.join_rule("admin:*")`` above the rule.
+        """
+        if rule is None:
+
+            def decorate(func: JoinRule) -> JoinRule:
+                self._joins.add(pattern, func)
+                return func
+
+            return decorate
+        self._joins.add(pattern, rule)
+        return rule
 
     def remove_from_group(self, identifier: str, group: str) -> None:
         """Take ``identifier`` out of ``group``; idempotent, even once it has no socket left."""

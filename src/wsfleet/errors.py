@@ -13,6 +13,7 @@ conventions (``except ValueError``) keeps working::
     ├── MessageTooLarge (ValueError)       .size, .limit, .detail
     ├── UnencodableMessage (ValueError)    text that is not valid Unicode (lone surrogates)
     ├── AlreadyRegistered (ValueError)     the same socket registered twice
+    ├── JoinRefused (PermissionError)      .identifier, .group: a join rule said no
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
     ├── ManagerClosed (RuntimeError)       the manager is not running
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidPolicy",
     "InvalidTransition",
+    "JoinRefused",
     "MalformedEnvelope",
     "ManagerClosed",
     "MessageTooLarge",
@@ -154,6 +156,19 @@ class AlreadyRegistered(WsfleetError, ValueError):
     """The socket is already registered with this manager."""
 
 
+class JoinRefused(WsfleetError, PermissionError):
+    """A join rule (``manager.join_rule``, ``can_join=``) refused ``identifier`` the group
+    ``group``; nothing was changed."""
+
+    def __init__(self, identifier: str, group: str) -> None:
+        super().__init__(f"{identifier!r} may not join {group!r}: a join rule refused it")
+        self.identifier = identifier
+        self.group = group
+
+    def __reduce__(self) -> tuple[type[JoinRefused], tuple[str, str]]:
+        return (type(self), (self.identifier, self.group))
+
+
 class _KeyErrorMessage(WsfleetError, KeyError):
     # KeyError.__str__ shows repr(args[0]); a sentence reads better.
     def __str__(self) -> str:
@@ -244,6 +259,7 @@ for _error in (
     MessageTooLarge,
     UnencodableMessage,
     AlreadyRegistered,
+    JoinRefused,
     UnknownSocket,
     UnknownIdentifier,
     ManagerClosed,
