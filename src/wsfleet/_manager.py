@@ -14,7 +14,6 @@ interface the manager gives it (``_Node``).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import (
     AsyncIterator,
     Iterable,
@@ -37,6 +36,7 @@ from ._runtime.outbound import MessageHandler, dial
 from ._runtime.registry import Registry, check_name
 from ._runtime.routing import excluded, targets
 from ._runtime.session import Session, open_session
+from ._runtime.settings import check_instance, check_seconds, check_size
 from ._runtime.stats import Delivery, FleetStats
 from .backplane import Backplane, Node
 from .closecodes import sendable
@@ -110,6 +110,7 @@ class ConnectionManager:
         backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
         rate_limit: RateLimitPolicy | None = None,
         can_join: JoinRule | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         """Settings, each checked here (a bad one raises and nothing is started).
 
@@ -134,36 +135,27 @@ class ConnectionManager:
             ``None`` (the default) limits nothing.
         :param can_join: ``(identifier, group) -> bool`` (plain or async), asked before an
             identifier joins a group no ``join_rule`` pattern names; ``None`` allows all.
+        :param max_message_size: the largest message a client may send, in bytes, on every
+            adapter (over it: closed with 1009); ``None`` leaves each library's own limit.
         """
-        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
-            raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
-        if heartbeat is not None and not isinstance(heartbeat, HeartbeatPolicy):
-            raise WrongType(f"heartbeat must be a HeartbeatPolicy, got {heartbeat!r}")
-        if overflow is not None and not isinstance(overflow, OverflowPolicy):
-            raise WrongType(f"overflow must be an OverflowPolicy, got {overflow!r}")
-        if backpressure is not None and not isinstance(backpressure, BackpressurePolicy):
-            raise WrongType(
-                f"backpressure must be a BackpressurePolicy or None, got {backpressure!r}"
-            )
-        if rate_limit is not None and not isinstance(rate_limit, RateLimitPolicy):
-            raise WrongType(f"rate_limit must be a RateLimitPolicy or None, got {rate_limit!r}")
-        if backplane is not None and not isinstance(backplane, Backplane):
-            raise WrongType(f"backplane must be a Backplane or None, got {backplane!r}")
+        for name, policy, kind in (
+            ("retry_policy", retry_policy, RetryPolicy),
+            ("heartbeat", heartbeat, HeartbeatPolicy),
+            ("overflow", overflow, OverflowPolicy),
+            ("backpressure", backpressure, BackpressurePolicy),
+            ("rate_limit", rate_limit, RateLimitPolicy),
+            ("backplane", backplane, Backplane),
+        ):
+            check_instance(name, policy, kind)
         self._joins = JoinRules(can_join)
-        seconds = [
+        check_size("max_message_size", max_message_size)
+        for name, seconds in (
             ("callback_timeout", callback_timeout),
             ("shutdown_timeout", shutdown_timeout),
             ("close_timeout", close_timeout),
-        ]
-        if resume_window is not None:
-            seconds.append(("resume_window", resume_window))
-        for name, value in seconds:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
-            if not 0 < value < math.inf:  # NaN fails this too
-                raise InvalidArgument(
-                    f"{name} must be a finite number of seconds > 0, got {value!r}"
-                )
+            ("resume_window", 1.0 if resume_window is None else resume_window),
+        ):
+            check_seconds(name, seconds)
         self.heartbeat = heartbeat
         self.overflow = overflow if overflow is not None else OverflowPolicy()
         self.resume_window = None if resume_window is None else float(resume_window)
@@ -179,6 +171,7 @@ class ConnectionManager:
             backpressure=backpressure,
             pings_optional=heartbeat is _DEFAULT_HEARTBEAT,
             rate_limit=rate_limit,
+            max_message_size=max_message_size,
         )
         self.rate_limit = rate_limit
         self.backpressure = backpressure

@@ -30,7 +30,14 @@ from typing import Protocol
 
 import anyio
 
-from ..closecodes import GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, is_clean, is_final
+from ..closecodes import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    MESSAGE_TOO_BIG,
+    POLICY_VIOLATION,
+    is_clean,
+    is_final,
+)
 from ..errors import (
     AlreadyRegistered,
     FinalRefusal,
@@ -104,6 +111,7 @@ class Fleet:
         backpressure: BackpressurePolicy | None = None,
         pings_optional: bool = False,
         rate_limit: RateLimitPolicy | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         self.context = Context()
         self.registry = Registry()
@@ -118,7 +126,7 @@ class Fleet:
         self.timers = Timers(self.context, heartbeat, self)
         self.callbacks = Callbacks(callback_timeout)
         self.resumption = Resumption(self.context, self.machine, resume_window)
-        self.inbound = Inbound(self.context, rate_limit, self)
+        self.inbound = Inbound(self.context, rate_limit, self, max_message_size)
         self.membership: Membership = _Alone()
         self.backpressure = backpressure
         #: Fan-out calls that waited for the writers, and the seconds they waited in all.
@@ -200,6 +208,7 @@ class Fleet:
         conn = Connection(self, socket, transport, identifier, self.context.now())
         conn.retry_policy = retry_policy
         transport.attach(conn)
+        self.inbound.limit(conn)
         first = identifier not in registry.by_identifier
         registry.add(conn)
         if first:
@@ -253,6 +262,7 @@ class Fleet:
         old.connection = None
         conn.transport = transport
         transport.attach(conn)
+        self.inbound.limit(conn)
         self.context.spawn(self.outbox.close, old, 1000, "replaced", name="wsfleet close")
 
     # -- state changes: the machine decides, ``apply`` acts ------------------------------------
@@ -378,6 +388,7 @@ class Fleet:
         What it had queued is dropped, with ``refused`` messages that did not get in.
         """
         outbox = self.outbox
+        conn.cut_off = (code, reason)
         outbox.stop_writer(conn)
         outbox.discard(conn, reason, refused=refused)
         if conn.state in (C, I, R):
@@ -422,6 +433,10 @@ class Fleet:
     def rate_limited(self, conn: Connection) -> None:
         if conn.registered and conn.writable:
             self.evict(conn, POLICY_VIOLATION, RATE_LIMITED)
+
+    def too_big(self, conn: Connection) -> None:
+        if conn.registered and conn.writable:
+            self.evict(conn, MESSAGE_TOO_BIG, "message too big")
 
     # -- what the outbox reports -------------------------------------------------------------
 
