@@ -284,7 +284,10 @@ class Fleet:
             conn = change.connection
             assert isinstance(conn, Connection)
             new = change.new
-            registry.moved(conn, change.old, new)
+            old = change.old
+            registry.moved(conn, old, new)
+            if (old in HELD) is not (new in HELD):
+                outbox.park(conn, held=new in HELD)
             if new is C:
                 self.timers.arm(conn, reconnected=change.old is R)
                 outbox.schedule(conn)
@@ -319,13 +322,18 @@ class Fleet:
         """Whether the fleet's queues say the server is behind (``BackpressurePolicy``)."""
         policy = self.backpressure
         outbox = self.outbox
-        if policy is None or not outbox.queued_messages:
+        # Only what writers can drain counts: queues kept for a retry or a resume wait for
+        # their client, not for the server, and a producer waiting on them would wait for
+        # nothing (a few dozen held sessions would hold up every fan-out).
+        queued = outbox.queued_messages - outbox.held_messages
+        if policy is None or queued <= 0:
             return False
         overflow = self.overflow
+        by_state = self.registry.by_state
         return policy.behind(
-            queued_messages=outbox.queued_messages,
-            queued_bytes=outbox.queued_bytes,
-            connections=len(self.registry),
+            queued_messages=queued,
+            queued_bytes=outbox.queued_bytes - outbox.held_bytes,
+            connections=len(by_state[C]) + len(by_state[ConnectionState.IDLE]),
             queue_messages=overflow.max_messages,
             queue_bytes=overflow.max_bytes,
             evicting=overflow.action is OverflowAction.DISCONNECT,

@@ -94,6 +94,10 @@ class Outbox:
         self._burst_bytes = 0
         self.queued_messages = 0
         self.queued_bytes = 0
+        #: Of those, what waits in the queues of connections in ERROR or RECONNECTING: kept
+        #: for a retry or a resume, with no writer, so nothing a producer could wait for.
+        self.held_messages = 0
+        self.held_bytes = 0
         self.sent_messages = 0
         self.pings_sent = 0
         #: Batches handed to transports: what the writers got done (see ``Fleet.room``).
@@ -118,6 +122,7 @@ class Outbox:
         max_bytes = overflow.max_bytes
         ready = self._ready
         queued = 0
+        held = 0
         accepted_on_overflow = 0
         for conn in targets:
             state = conn.state
@@ -143,8 +148,13 @@ class Outbox:
                 elif not out.scheduled:
                     out.scheduled = True
                     ready.append(conn)
+            else:  # ERROR or RECONNECTING: kept for later, not written now
+                held += 1
         self.queued_messages += queued
         self.queued_bytes += queued * size
+        if held:
+            self.held_messages += held
+            self.held_bytes += held * size
         self._burst_calls += 1
         self._burst_bytes += size
         if ready and not self._wake_requested:
@@ -165,6 +175,9 @@ class Outbox:
                 out.pending_bytes += size
                 self.queued_messages += 1
                 self.queued_bytes += size
+                if not conn.writable:
+                    self.held_messages += 1
+                    self.held_bytes += size
                 self.schedule(conn)
                 return 1
             if decision is OverflowDecision.DROP_OLDEST and len(queue) > pinged:
@@ -174,6 +187,9 @@ class Outbox:
                 out.pending_bytes -= dropped
                 self.queued_messages -= 1
                 self.queued_bytes -= dropped
+                if not conn.writable:
+                    self.held_messages -= 1
+                    self.held_bytes -= dropped
                 self.count_drop("overflow: drop-oldest")
                 continue
             if decision is OverflowDecision.DISCONNECT and conn.writable:
@@ -201,6 +217,18 @@ class Outbox:
         if n:
             self.drops[reason] += n
 
+    def park(self, conn: Connection, held: bool) -> None:
+        """``conn`` went into ERROR/RECONNECTING (``held``) or out of them: what its queue
+        holds moves into or out of ``held_messages``/``held_bytes`` (``Fleet.apply`` calls
+        this on every such change, before anything else touches the queue)."""
+        queue = conn._out.pending
+        if not queue:
+            return
+        messages = sum(1 for item in queue if item is not PING)
+        sign = 1 if held else -1
+        self.held_messages += sign * messages
+        self.held_bytes += sign * conn._out.pending_bytes
+
     def discard(self, conn: Connection, reason: str, *, refused: int = 0) -> None:
         """Drop everything queued for ``conn``, and ``refused`` messages that never got in,
         counted (and logged, once) under ``reason``."""
@@ -211,6 +239,9 @@ class Outbox:
             messages += sum(1 for item in queue if item is not PING)
             self.queued_messages -= messages - refused
             self.queued_bytes -= out.pending_bytes
+            if not conn.writable and conn.state is not D:  # kept for later until now
+                self.held_messages -= messages - refused
+                self.held_bytes -= out.pending_bytes
             out.pending = None
             out.pending_bytes = 0
         if messages:
