@@ -243,7 +243,10 @@ class Fleet:
         self.timers.forget(conn)
         if conn.identifier not in registry.by_identifier:
             self.membership.offline(conn.identifier)
-            self.inbound.forget(conn.identifier)
+            last = True
+        else:
+            last = False
+        self.inbound.forget(conn, last)
         self.resumption.forget(conn)
 
     def close_identifier(self, identifier: str, code: int, reason: str) -> int:

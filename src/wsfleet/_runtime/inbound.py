@@ -60,6 +60,10 @@ class Inbound:
         self.max_size = max_size
         #: Identifier -> the budget all its sockets here share (``RateLimitScope.IDENTIFIER``).
         self._shared: dict[str, Bucket] = {}
+        #: Identifier -> (until when, bucket): the budget of an identifier whose last socket
+        #: went, kept until it would have refilled, so that reconnecting buys nothing. In
+        #: the order they went (all are kept equally long), so the oldest come first.
+        self._resting: dict[str, tuple[float, Bucket]] = {}
         self.received_messages = 0
         #: Messages delivered late because their sender was over its limit (``WAIT``).
         self.waits = 0
@@ -87,8 +91,9 @@ class Inbound:
         size = 0 if policy.bytes_per_second is None else message_size(message)
         shared = policy.scope is RateLimitScope.IDENTIFIER
         bucket = self._shared.get(conn.identifier) if shared else conn._bucket
-        if bucket is None:
-            bucket = policy.full(now)
+        if bucket is None:  # this sender's first message: a full bucket, unless it just left
+            rest = self._resting.pop(conn.identifier, None)
+            bucket = rest[1] if rest is not None and rest[0] > now else policy.full(now)
         if policy.action is RateLimitAction.WAIT:
             delay, bucket = policy.borrow(bucket, now, size)
             admitted = True
@@ -122,9 +127,31 @@ class Inbound:
             )
         return admitted, delay
 
-    def forget(self, identifier: str) -> None:
-        """``identifier`` has no socket here any more: its shared budget goes with it."""
-        self._shared.pop(identifier, None)
+    def forget(self, conn: Connection, last: bool) -> None:
+        """``conn`` is gone (``last``: its identifier has no other socket here). Its budget,
+        or its identifier's, is kept until it would have refilled: a sender that reconnects
+        starts where it left off, not with a fresh burst."""
+        policy = self.policy
+        if policy is None:
+            return
+        identifier = conn.identifier
+        if policy.scope is RateLimitScope.IDENTIFIER:
+            if not last:
+                return
+            bucket = self._shared.pop(identifier, None)
+        else:
+            bucket = conn._bucket
+        now = self._context.now()
+        resting = self._resting
+        while resting:  # the oldest first: drop those that have refilled by now
+            oldest = next(iter(resting))
+            if resting[oldest][0] > now:
+                break
+            del resting[oldest]
+        if bucket is None:  # it sent nothing: nothing to remember
+            return
+        resting.pop(identifier, None)  # to the end: it went last
+        resting[identifier] = (now + policy.refill_time, bucket)
 
 
 def _over(message: Message, max_size: int) -> bool:
