@@ -556,7 +556,7 @@ class ConnectionManager:
     async def broadcast(self, message: Message, *, exclude: object = None) -> int:
         """Queue ``message`` for every connection except ``exclude`` (sockets or identifiers).
 
-        Returns how many connections it was queued for (see ``Delivery``). Inside
+        Returns how many connections it was for (see ``Delivery``). Inside
         ``async with manager.batch():`` a burst is queued whole before anything is written.
         When the whole fleet is behind (``BackpressurePolicy``), the call first waits,
         bounded, for the writers to catch up; it never waits for one slow peer.

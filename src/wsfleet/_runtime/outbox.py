@@ -112,10 +112,13 @@ class Outbox:
     # -- enqueueing ------------------------------------------------------------------------
 
     def fan_out(self, targets: Iterable[Connection], message: Message, size: int) -> int:
-        """Queue ``message`` for each target; returns how many it was queued for.
+        """Queue ``message`` for each target; returns how many targets it was for.
 
-        A target the overflow policy evicts is counted out and kept for
-        ``take_evictions``: the caller evicts it once this loop is over.
+        Each live target counts once: it queued the message, or (its queue full) its
+        overflow policy counted it dropped, so what fan-outs return adds up to what is sent,
+        dropped and queued. A target the overflow policy evicts is kept for
+        ``take_evictions``: the caller evicts it (counting the message with its queue) once
+        this loop is over.
         """
         overflow = self.overflow
         max_messages = overflow.max_messages
@@ -123,7 +126,7 @@ class Outbox:
         ready = self._ready
         queued = 0
         held = 0
-        accepted_on_overflow = 0
+        overflowed = 0
         for conn in targets:
             state = conn.state
             if state is D:
@@ -133,7 +136,7 @@ class Outbox:
             if queue is None:
                 queue = out.pending = []
             elif len(queue) >= max_messages or out.pending_bytes + size > max_bytes:
-                accepted_on_overflow += self._overflowed(conn, message, size)
+                overflowed += self._overflowed(conn, message, size)
                 continue
             queue.append(message)
             out.pending_bytes += size
@@ -159,10 +162,11 @@ class Outbox:
         self._burst_bytes += size
         if ready and not self._wake_requested:
             self._request_flush()
-        return queued + accepted_on_overflow
+        return queued + overflowed
 
     def _overflowed(self, conn: Connection, message: Message, size: int) -> int:
-        """The queue is full: apply the overflow policy. Returns 1 if the message was queued."""
+        """The queue is full: apply the overflow policy. Returns 1: the message is accounted
+        for, queued (making room, or not) or counted as dropped, now or on eviction."""
         policy = self.overflow
         out = conn._out
         queue = out.pending
@@ -196,13 +200,13 @@ class Outbox:
                 # The message that did not fit is counted with the queue, on eviction.
                 if conn not in self._evicted:  # (a short list: the evictions of one call)
                     self._evicted.append(conn)
-                return 0
+                return 1
             if decision is OverflowDecision.DISCONNECT:
                 # Already down and buffering for a reconnect: there is nobody to cut off.
                 self.count_drop("overflow while down")
-                return 0
+                return 1
             self.count_drop("overflow: drop-newest")
-            return 0
+            return 1
 
     def take_evictions(self) -> list[Connection]:
         """The connections the last fan-outs found over their bound, to be evicted now."""
