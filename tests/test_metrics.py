@@ -163,6 +163,7 @@ async def test_a_scrape_says_what_stats_says_and_the_histograms_count_each_fan_o
         for name in (
             "sent_messages",
             "received_messages",
+            "inbound_waits",
             "callback_errors",
             "callback_timeouts",
             "pings_sent",
@@ -369,6 +370,7 @@ EXPECTED = {
     "wsfleet_dropped_messages_total": "counter",
     "wsfleet_received_messages_total": "counter",
     "wsfleet_inbound_dropped_messages_total": "counter",
+    "wsfleet_inbound_waits_total": "counter",
     "wsfleet_callback_errors_total": "counter",
     "wsfleet_callback_timeouts_total": "counter",
     "wsfleet_pings_sent_total": "counter",

@@ -337,6 +337,11 @@ class FleetCollector:
             stats.inbound_drops,
         )
         yield self._counter(
+            "inbound_waits",
+            "Received messages held back until their sender was within its rate limit.",
+            stats.inbound_waits,
+        )
+        yield self._counter(
             "callback_errors", "State-change callbacks that raised.", stats.callback_errors
         )
         yield self._counter(
