@@ -32,6 +32,7 @@ from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
 from ._runtime.joins import JoinRule, JoinRules
+from ._runtime.observer import FleetObserver, ObserverHandle
 from ._runtime.outbound import MessageHandler, dial
 from ._runtime.registry import Registry, check_name
 from ._runtime.routing import excluded, targets
@@ -350,15 +351,7 @@ class ConnectionManager:
         then patterns in the order given, then ``can_join``. Also a decorator:
         ``@manager.join_rule("admin:*")`` above the rule.
         """
-        if rule is None:
-
-            def decorate(func: JoinRule) -> JoinRule:
-                self._joins.add(pattern, func)
-                return func
-
-            return decorate
-        self._joins.add(pattern, rule)
-        return rule
+        return self._joins.given(pattern, rule)
 
     def remove_from_group(self, identifier: str, group: str) -> None:
         """Take ``identifier`` out of ``group``; idempotent, even once it has no socket left."""
@@ -499,6 +492,21 @@ class ConnectionManager:
         if self._entered:
             self._fleet.context.check(cleanup=True)  # the loop's thread; not once it has ended
         return self._fleet.callbacks.add(callback)
+
+    def add_observer(self, observer: FleetObserver) -> ObserverHandle:
+        """Report every fan-out here to ``observer``; returns a handle whose ``remove()``
+        detaches it.
+
+        ``observer.fanned_out(size, recipients)`` runs once per fan-out call (another node's
+        included), ``observer.flushed(seconds)`` once per flusher round that wrote one: the
+        seconds from that round's first fan-out call to its batches handed to the
+        transports. Both run on the loop, inside the call: they must be quick and must not
+        raise. ``wsfleet.metrics.FleetCollector`` is one; with none, a fan-out pays one
+        attribute check for the feature.
+        """
+        if self._entered:
+            self._fleet.context.check(cleanup=True)
+        return self._fleet.add_observer(observer)
 
     def session(
         self, socket: object, identifier: str, *, resume: str | None = None

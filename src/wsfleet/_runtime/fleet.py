@@ -59,6 +59,7 @@ from .callbacks import Callbacks
 from .connection import Connection, Reconnector
 from .context import Context
 from .inbound import Inbound
+from .observer import FleetObserver, ObserverHandle, Observers
 from .outbox import Outbox
 from .registry import Registry, check_name
 from .resumption import Resumption
@@ -134,6 +135,9 @@ class Fleet:
         self.producer_wait_seconds = 0.0
         #: The writers' progress when they were last found stalled (see ``room``).
         self._stalled_at: int | None = None
+        #: Told of every fan-out (a metrics exporter); ``None``: nobody, one check per call.
+        self.observer: FleetObserver | None = None
+        self._observers: list[ObserverHandle] = []
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -165,6 +169,33 @@ class Fleet:
     def check(self) -> None:
         """Refuse new work from another thread or outside the manager's block."""
         self.context.check()
+
+    def add_observer(self, observer: FleetObserver) -> ObserverHandle:
+        """Report every fan-out to ``observer`` from now on (see ``observer``)."""
+        for name in ("fanned_out", "flushed"):
+            if not callable(getattr(observer, name, None)):
+                raise WrongType(f"observer must have a {name}() method, got {observer!r}")
+        handle = ObserverHandle(observer, self._remove_observer)
+        self._observers.append(handle)
+        self._observed()
+        return handle
+
+    def _remove_observer(self, handle: ObserverHandle) -> bool:
+        if handle not in self._observers:
+            return False
+        self._observers.remove(handle)
+        self._observed()
+        return True
+
+    def _observed(self) -> None:
+        """The one reference the hot paths check: nobody, the observer, or all of them."""
+        observers = tuple(handle.observer for handle in self._observers)
+        observer: FleetObserver | None = None
+        if len(observers) == 1:
+            observer = observers[0]
+        elif observers:
+            observer = Observers(observers)
+        self.observer = self.outbox.observer = observer
 
     # -- registration ------------------------------------------------------------------------
 
@@ -378,6 +409,10 @@ class Fleet:
         """Queue ``message`` for ``targets``; then evict the ones whose queue overflowed."""
         outbox = self.outbox
         count = outbox.fan_out(targets, message, size)
+        observer = self.observer
+        if observer is not None:
+            observer.fanned_out(size, count)
+            outbox.note_fanout()
         if outbox.has_evictions:
             for conn in outbox.take_evictions():
                 if conn.registered and conn.writable:  # the message that did not fit too

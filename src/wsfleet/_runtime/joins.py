@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
+from typing import Any
 
 from ..errors import JoinRefused, WrongType
 
@@ -57,6 +58,18 @@ class JoinRules:
             self._exact[pattern] = rule
         else:
             self._patterns[pattern] = rule
+
+    def given(self, pattern: str, rule: JoinRule | None) -> Any:
+        """``add``, or (without ``rule``) a decorator that adds the function it decorates."""
+        if rule is not None:
+            self.add(pattern, rule)
+            return rule
+
+        def decorate(func: JoinRule) -> JoinRule:
+            self.add(pattern, func)
+            return func
+
+        return decorate
 
     def rule_for(self, group: str) -> JoinRule | None:
         rule = self._exact.get(group)

@@ -34,6 +34,7 @@ from ..policies.overflow import OverflowDecision, OverflowPolicy
 from ..transport import PING, Message, Outbound, Transport, message_size
 from .connection import Connection
 from .context import Context
+from .observer import FleetObserver
 
 __all__ = ["COALESCE_CALLS", "WRITER_LINGER", "Outbox", "OutboxReports"]
 
@@ -103,6 +104,10 @@ class Outbox:
         #: Batches handed to transports: what the writers got done (see ``Fleet.room``).
         self.progress = 0
         self.drops: Counter[str] = Counter()
+        #: Told how long each flusher round took (``Fleet.add_observer``); ``None``: nobody.
+        self.observer: FleetObserver | None = None
+        #: When the first observed fan-out of the coming flusher round was queued.
+        self._first_fanout: float | None = None
 
     def bind_loop(self) -> None:
         """Events belong to the running loop on asyncio: make them once it runs."""
@@ -163,6 +168,15 @@ class Outbox:
         if ready and not self._wake_requested:
             self._request_flush()
         return queued + overflowed
+
+    def note_fanout(self) -> None:
+        """An observed fan-out was queued: the flusher's next round is timed from the first.
+
+        Called only with an observer attached. A fan-out that left nothing for the flusher
+        (every target has a writer of its own, or none took it) starts no timing.
+        """
+        if self._first_fanout is None and self._ready:
+            self._first_fanout = anyio.current_time()
 
     def _overflowed(self, conn: Connection, message: Message, size: int) -> int:
         """The queue is full: apply the overflow policy. Returns 1: the message is accounted
@@ -336,8 +350,11 @@ class Outbox:
             self._wake = anyio.Event()
             self._wake_requested = False
             ready, self._ready = self._ready, []
+            first, self._first_fanout = self._first_fanout, None
             await self._flush(ready)
             del ready  # hold no connection while waiting: a closed one must be free to go
+            if first is not None and self.observer is not None:
+                self.observer.flushed(anyio.current_time() - first)
 
     async def _flush(self, ready: list[Connection]) -> None:
         write_now = self._write_now
