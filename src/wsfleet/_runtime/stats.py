@@ -81,6 +81,7 @@ class FleetStats:
         data = asdict(self)
         data["states"] = dict(self.states)
         data["drops"] = dict(self.drops)
+        data["dropped"] = self.dropped
         data["inbound_drops"] = dict(self.inbound_drops)
         if self.backplane is not None:
             data["backplane"] = dict(self.backplane)
