@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import (
-    AsyncIterator,
-    Iterable,
-)
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeVarTuple
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._node import BackplaneMembership, BackplaneNode
+from ._runtime.auth import Authenticate, Authenticator, authenticated_session
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
@@ -63,9 +61,6 @@ _DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 #: what websockets does by default. Sockets that cannot be pinged (ASGI) are left to their
 #: server's keepalive under this default; an explicit pinging policy refuses them instead.
 _DEFAULT_HEARTBEAT: Final = HeartbeatPolicy()
-
-
-_Args = TypeVarTuple("_Args")
 
 
 def _check_close(code: object, reason: object) -> None:
@@ -110,6 +105,7 @@ class ConnectionManager:
         backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
         rate_limit: RateLimitPolicy | None = None,
         can_join: JoinRule | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         """Settings, each checked here (a bad one raises and nothing is started).
 
@@ -134,6 +130,7 @@ class ConnectionManager:
             ``None`` (the default) limits nothing.
         :param can_join: ``(identifier, group) -> bool`` (plain or async), asked before an
             identifier joins a group no ``join_rule`` pattern names; ``None`` allows all.
+        :param authenticate: who a socket is, ``(handshake) -> str | None``: ``authenticate()``.
         """
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
@@ -150,6 +147,7 @@ class ConnectionManager:
         if backplane is not None and not isinstance(backplane, Backplane):
             raise WrongType(f"backplane must be a Backplane or None, got {backplane!r}")
         self._joins = JoinRules(can_join)
+        self._auth = Authenticator(authenticate)
         seconds = [
             ("callback_timeout", callback_timeout),
             ("shutdown_timeout", shutdown_timeout),
@@ -358,14 +356,8 @@ class ConnectionManager:
         ``@manager.join_rule("admin:*")`` above the rule.
         """
         if rule is None:
-
-            def decorate(func: JoinRule) -> JoinRule:
-                self._joins.add(pattern, func)
-                return func
-
-            return decorate
-        self._joins.add(pattern, rule)
-        return rule
+            return lambda func: self._joins.add(pattern, func)
+        return self._joins.add(pattern, rule)
 
     def remove_from_group(self, identifier: str, group: str) -> None:
         """Take ``identifier`` out of ``group``; idempotent, even once it has no socket left."""
@@ -507,8 +499,16 @@ class ConnectionManager:
             self._fleet.context.check(cleanup=True)  # the loop's thread; not once it has ended
         return self._fleet.callbacks.add(callback)
 
+    async def authenticate(self, socket: object) -> str:
+        """Ask the ``authenticate`` hook (plain or async) who ``socket`` (or a request, see
+        ``handshake_of``) is; its ``None`` or ``Unauthenticated`` raises ``Unauthenticated``.
+
+        Asked once per object: the answer is kept while the object lives, for ``session``.
+        """
+        return await self._auth.identify(socket)
+
     def session(
-        self, socket: object, identifier: str, *, resume: str | None = None
+        self, socket: object, identifier: str | None = None, *, resume: str | None = None
     ) -> AbstractAsyncContextManager[Session]:
         """Register ``socket`` for the life of a handler; iterate the session to receive.
 
@@ -520,7 +520,10 @@ class ConnectionManager:
         names a held session of the same identifier, the new socket takes it over (its
         groups kept, its buffered messages delivered first); any other value starts afresh.
         A bad identifier (it comes from the client) closes the socket with 1008 instead.
+        Without ``identifier`` the ``authenticate`` hook names it; a refusal closes with 4401.
         """
+        if identifier is None:
+            return authenticated_session(self._fleet, self._auth, socket, resume)
         return open_session(self._fleet, socket, identifier, resume)
 
     def touch(self, socket: object, *, pong: bool = False) -> None:

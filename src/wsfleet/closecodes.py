@@ -15,6 +15,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "MAX_REASON_BYTES",
     "POLICY_VIOLATION",
+    "UNAUTHENTICATED",
     "is_clean",
     "is_final",
     "sendable",
@@ -29,6 +30,11 @@ CLEAN: Final = frozenset((1000, 1001, 1005))
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
 INTERNAL_ERROR: Final = 1011
+
+#: What a socket the authentication hook refused after its handshake is closed with: 4401,
+#: in the application's range, read as HTTP's 401 (the convention several WebSocket
+#: services follow). A client should not come back with the same credentials.
+UNAUTHENTICATED: Final = 4401
 
 
 #: The longest close reason a close frame can carry (125 bytes of payload, 2 for the code).

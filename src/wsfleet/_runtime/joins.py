@@ -45,8 +45,9 @@ class JoinRules:
         self._exact: dict[str, JoinRule] = {}
         self._patterns: dict[str, JoinRule] = {}  # in the order given (dicts keep it)
 
-    def add(self, pattern: str, rule: JoinRule) -> None:
-        """Ask ``rule`` about the groups ``pattern`` names (one name, or an fnmatch pattern)."""
+    def add(self, pattern: str, rule: JoinRule) -> JoinRule:
+        """Ask ``rule`` about the groups ``pattern`` names (one name, or an fnmatch pattern);
+        returns it (``join_rule`` is a decorator too)."""
         if not isinstance(pattern, str) or not pattern:
             raise WrongType(f"a join rule's pattern must be a non-empty str, got {pattern!r}")
         if not callable(rule):
@@ -57,6 +58,7 @@ class JoinRules:
             self._exact[pattern] = rule
         else:
             self._patterns[pattern] = rule
+        return rule
 
     def rule_for(self, group: str) -> JoinRule | None:
         rule = self._exact.get(group)
