@@ -11,9 +11,11 @@ authenticated its socket: another identity presenting it starts afresh.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -314,3 +316,41 @@ async def test_another_identity_cannot_resume_a_held_session(combo: Combo) -> No
             answer = await greeting(ws)
             assert (answer["identifier"], answer["resumed"]) == ("alice", "True")
             assert held.state is ConnectionState.CONNECTED
+
+
+# -- the how-to's FastAPI app does what the page says ------------------------------------------
+
+
+# starlette.testclient, on import, asks for httpx2 (the project's dev extra has httpx)
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
+def test_the_how_to_fastapi_app_authenticates_with_a_jwt() -> None:
+    """``docs/howto/authentication.md``'s ``auth_app.py``, run with FastAPI's TestClient."""
+    from fastapi.testclient import TestClient
+    from starlette.testclient import WebSocketDenialResponse
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "howto" / "authentication.md"
+    (source,) = re.findall(
+        r'```python title="auth_app.py"\n(.*?)^```', page.read_text(), re.M | re.S
+    )
+    namespace: dict[str, Any] = {"__name__": "auth_app"}
+    exec(compile(source, "auth_app.py", "exec"), namespace)
+    secret = namespace["SECRET"]
+    now = int(time.time())
+    good = jwt.encode({"sub": "dana", "exp": now + 60}, secret, algorithm="HS256")
+    expired = jwt.encode({"sub": "dana", "exp": now - 60}, secret, algorithm="HS256")
+    with TestClient(namespace["app"]) as http:
+        headers = {"Authorization": f"Bearer {good}"}
+        with http.websocket_connect("/ws", headers=headers) as ws:
+            ws.send_text("hi")
+            assert ws.receive_text() == "dana: hi"
+        with http.websocket_connect(f"/ws?token={good}") as ws:
+            ws.send_text("again")
+            assert ws.receive_text() == "dana: again"
+        for token, reason in ((expired, "token expired"), ("junk", "invalid token")):
+            with (
+                pytest.raises(WebSocketDenialResponse) as denied,
+                http.websocket_connect(f"/ws?token={token}"),
+            ):
+                pass
+            assert (denied.value.status_code, denied.value.text) == (401, reason)
+        assert http.app.state.manager.count() == 0  # type: ignore[attr-defined]
