@@ -13,9 +13,10 @@ lives (weakly: the memory never keeps a socket alive), so that a hook run at the
 handler's ``manager.session(ws)``. A trio-websocket request's answer is remembered for the
 connection it becomes too (``socket_of``).
 
-``authenticated_session`` is ``manager.session(ws)`` without an identifier: the hook's
-answer, or a refusal. A refused session is the same as one refused for a bad identifier
-(see ``session``), with the close code 4401 and the hook's reason.
+Every refusal is logged, once, at INFO. ``authenticated_session`` is ``manager.session(ws)``
+without an identifier: the hook's answer, or a refusal. A refused session is the same as
+one refused for a bad identifier (see ``session``), with the close code 4401 and the
+hook's reason.
 """
 
 from __future__ import annotations
@@ -85,11 +86,19 @@ class Authenticator:
                 "this manager has no authenticate= hook: give one to ConnectionManager, "
                 "or pass the identifier to session()"
             )
-        answer = hook(handshake_of(obj))
-        if inspect.isawaitable(answer):
-            answer = await answer
-        if answer is None:
-            raise Unauthenticated()
+        handshake = handshake_of(obj)
+        try:
+            answer = hook(handshake)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            if answer is None:
+                raise Unauthenticated()
+        except Unauthenticated as refused:
+            # One line per refusal, wherever it is answered (an HTTP 401 at the handshake,
+            # a 4401 close after it); the path without its query, which may hold a token.
+            peer = f" from {handshake.client[0]}" if handshake.client else ""
+            logger.info("refused a socket: %s (%s%s)", refused.reason, handshake.path, peer)
+            raise
         if not isinstance(answer, str):
             raise WrongType(f"authenticate must return a str or None, got {answer!r}")
         check_name("identifier", answer)
@@ -110,8 +119,7 @@ async def authenticated_session(
     try:
         identifier = await auth.identify(socket)
     except Unauthenticated as exc:
-        reason = close_reason(exc.reason or "unauthenticated")
-        logger.info("refused a session: %s (%d)", reason, UNAUTHENTICATED)
+        reason = close_reason(exc.reason or "unauthenticated")  # logged by ``identify``
         with (
             anyio.CancelScope(shield=True),
             anyio.move_on_after(host.close_timeout),
