@@ -423,3 +423,19 @@ async def test_a_resume_token_is_bound_to_the_identity_the_hook_named(
         async with manager.session(Peer(b"token=a"), resume=token) as again:
             assert (again.identifier, again.resumed) == ("alice", True)
             assert again.connection is held
+
+
+# -- the adapters' helpers ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [200, 500, True, "401"])
+async def test_the_adapters_helpers_refuse_with_a_4xx_status_only(status: Any) -> None:
+    from wsfleet.adapters import asgi_auth, trio_websocket, websockets
+
+    with pytest.raises(InvalidArgument, match="4xx"):
+        websockets.authenticate(object(), status=status)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="4xx"):
+        await trio_websocket.accept(object(), object(), status=status)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="4xx"):
+        await asgi_auth.accept(object(), object(), status=status)  # type: ignore[arg-type]
