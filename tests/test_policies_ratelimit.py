@@ -114,6 +114,13 @@ def test_after_a_drop_the_sender_is_not_read_until_a_token_is_back() -> None:
     assert policy.refill_in(policy.full(0.0)) == 0.0  # a full bucket: no wait at all
 
 
+def test_the_refill_time_is_the_slower_bucket_s() -> None:
+    assert RateLimitPolicy(messages_per_second=10, burst_messages=20).refill_time == 2.0
+    both = RateLimitPolicy(messages_per_second=10, bytes_per_second=100, burst_bytes=500)
+    assert both.refill_time == 5.0
+    assert RateLimitPolicy(messages_per_second=None).refill_time == 0.0
+
+
 def test_a_dimension_left_unlimited_never_refuses() -> None:
     policy = RateLimitPolicy(messages_per_second=None)
     assert take_all(policy, [10**9] * 1000) == [True] * 1000
@@ -134,6 +141,7 @@ def test_actions_and_scopes_are_taken_by_value_or_member() -> None:
         {"messages_per_second": -1},
         {"messages_per_second": math.nan},
         {"burst_messages": 0},
+        {"burst_messages": 0.5},  # less than one message: nothing could ever pass
         {"bytes_per_second": -5},
         {"burst_bytes": 0},
         {"action": "shout"},

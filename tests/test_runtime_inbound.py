@@ -115,8 +115,32 @@ def test_an_identifier_scope_shares_one_budget_between_its_sockets() -> None:
     tabs = [connection("alice") for _ in range(3)]
     assert [inbound.admit(tab, "m")[0] for tab in tabs] == [True, False, False]
     assert inbound.admit(connection("bob"), "m")[0]  # someone else: a budget of their own
-    inbound.forget("alice")  # its last socket went: a new one starts with a full bucket
-    assert inbound.admit(connection("alice"), "m")[0]
+    for i, tab in enumerate(tabs):
+        inbound.forget(tab, last=i == len(tabs) - 1)
+
+
+@pytest.mark.parametrize("scope", ["connection", "identifier"])
+def test_reconnecting_buys_no_fresh_budget(scope: str) -> None:
+    """A sender that closes and reconnects starts where it left off, until its bucket would
+    have refilled (then it is forgotten)."""
+    policy = RateLimitPolicy(messages_per_second=1, burst_messages=3, action="drop", scope=scope)
+    assert policy.refill_time == 3.0
+    inbound, clock, _ = gate(policy)
+    first = connection("alice")
+    assert [inbound.admit(first, "m")[0] for _ in range(4)] == [True, True, True, False]
+    inbound.forget(first, last=True)
+    again = connection("alice")
+    assert inbound.admit(again, "m")[0] is False  # still empty
+    inbound.forget(again, last=True)
+    clock.t = 1.0  # one token back since
+    third = connection("alice")
+    assert [inbound.admit(third, "m")[0] for _ in range(2)] == [True, False]
+    inbound.forget(third, last=True)
+    clock.t = 10.0  # long enough to refill: kept no longer, and a full bucket is the same
+    inbound.forget(connection("bob"), last=True)  # (a departure prunes the refilled ones)
+    assert "alice" not in inbound._resting
+    fourth = connection("alice")
+    assert [inbound.admit(fourth, "m")[0] for _ in range(4)] == [True, True, True, False]
 
 
 def test_bytes_are_measured_on_the_wire(caplog: Any) -> None:

@@ -14,6 +14,7 @@ __all__ = [
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "MAX_REASON_BYTES",
+    "MESSAGE_TOO_BIG",
     "POLICY_VIOLATION",
     "UNAUTHENTICATED",
     "is_clean",
@@ -29,6 +30,8 @@ CLEAN: Final = frozenset((1000, 1001, 1005))
 #: a refused identifier); a heartbeat timeout.
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
+#: An inbound message over the size limit (``ConnectionManager(max_message_size=...)``).
+MESSAGE_TOO_BIG: Final = 1009
 INTERNAL_ERROR: Final = 1011
 
 #: What a socket the authentication hook refused after its handshake is closed with: 4401,

@@ -25,7 +25,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 
 import anyio
 
@@ -35,7 +35,7 @@ from ..handshake import Handshake, handshake_of, socket_of
 from .registry import check_name
 from .session import Session, SessionHost, close_reason, open_session
 
-__all__ = ["Authenticate", "Authenticator", "authenticated_session"]
+__all__ = ["Authenticate", "Authenticator", "authenticated_session", "session_for"]
 
 logger = logging.getLogger("wsfleet")
 
@@ -135,3 +135,16 @@ async def authenticated_session(
         return
     async with open_session(host, socket, identifier, resume) as session:
         yield session
+
+
+def session_for(
+    host: SessionHost,
+    auth: Authenticator,
+    socket: object,
+    identifier: str | None,
+    resume: str | None,
+) -> AbstractAsyncContextManager[Session]:
+    """``manager.session``: under ``identifier``, or the one the hook names without it."""
+    if identifier is None:
+        return authenticated_session(host, auth, socket, resume)
+    return open_session(host, socket, identifier, resume)

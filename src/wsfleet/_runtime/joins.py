@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
+from typing import Any
 
 from ..errors import JoinRefused, WrongType
 
@@ -45,9 +46,8 @@ class JoinRules:
         self._exact: dict[str, JoinRule] = {}
         self._patterns: dict[str, JoinRule] = {}  # in the order given (dicts keep it)
 
-    def add(self, pattern: str, rule: JoinRule) -> JoinRule:
-        """Ask ``rule`` about the groups ``pattern`` names (one name, or an fnmatch pattern);
-        returns it (``join_rule`` is a decorator too)."""
+    def add(self, pattern: str, rule: JoinRule) -> None:
+        """Ask ``rule`` about the groups ``pattern`` names (one name, or an fnmatch pattern)."""
         if not isinstance(pattern, str) or not pattern:
             raise WrongType(f"a join rule's pattern must be a non-empty str, got {pattern!r}")
         if not callable(rule):
@@ -58,7 +58,18 @@ class JoinRules:
             self._exact[pattern] = rule
         else:
             self._patterns[pattern] = rule
-        return rule
+
+    def given(self, pattern: str, rule: JoinRule | None) -> Any:
+        """``add``, or (without ``rule``) a decorator that adds the function it decorates."""
+        if rule is not None:
+            self.add(pattern, rule)
+            return rule
+
+        def decorate(func: JoinRule) -> JoinRule:
+            self.add(pattern, func)
+            return func
+
+        return decorate
 
     def rule_for(self, group: str) -> JoinRule | None:
         rule = self._exact.get(group)

@@ -168,13 +168,14 @@ class Session:
             if deliver:
                 return message
             if not self._current():
-                # The policy cut the sender off: the close it started must reach the peer
-                # before the handler's exit closes the socket with a plain 1000. Closing
-                # again here waits for that one (a close is idempotent) without reading the
-                # rest of the flood through this loop.
-                self.close_code, self.close_reason = POLICY_VIOLATION, RATE_LIMITED
+                # The gate cut the sender off (its rate limit, a message too big): the close
+                # that started must reach the peer before the handler's exit closes the
+                # socket with a plain 1000. Closing again here waits for that one (a close
+                # is idempotent) without reading the rest of a flood through this loop.
+                code, reason = conn.cut_off or (POLICY_VIOLATION, RATE_LIMITED)
+                self.close_code, self.close_reason = code, reason
                 with anyio.move_on_after(CUT_OFF_WAIT, shield=True), suppress(Exception):
-                    await transport.close(POLICY_VIOLATION, RATE_LIMITED)
+                    await transport.close(code, reason)
                 raise StopAsyncIteration
             # Dropped and counted: the next one is read.
 

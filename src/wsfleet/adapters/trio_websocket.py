@@ -476,6 +476,15 @@ class TrioWebsocketTransport(Transport):
 
     # -- reads and close -------------------------------------------------------------------
 
+    def limit_inbound(self, max_size: int) -> bool:
+        """trio-websocket's reader compares each message, as it grows, with the connection's
+        ``_max_message_size`` (what ``serve_websocket(max_message_size=...)`` sets) and
+        closes with 1009 past it. A release without that attribute: checked on receipt."""
+        if not isinstance(getattr(self.ws, "_max_message_size", None), int):
+            return False
+        self.ws._max_message_size = max_size
+        return True
+
     async def receive(self) -> Message:
         try:
             return await self.ws.get_message()

@@ -331,6 +331,15 @@ class WebsocketsTransport(Transport):
     def unsent(self, value: int) -> None:
         raise AttributeError("unsent is counted by the socket's writes, not set")
 
+    def limit_inbound(self, max_size: int) -> bool:
+        """websockets reads its protocol's ``max_message_size`` for each frame it parses:
+        a message over it is refused mid-read with 1009, as ``serve(max_size=...)`` does."""
+        protocol = self.ws.protocol
+        if not isinstance(getattr(protocol, "max_message_size", None), int | None):
+            return False
+        protocol.max_message_size = max_size
+        return True
+
     # -- writes --------------------------------------------------------------------------
 
     def _ping_data(self) -> bytes:

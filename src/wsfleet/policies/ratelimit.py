@@ -27,13 +27,19 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._validate import check_above, to_member, to_number
+from ._validate import check_above, check_at_least, to_member, to_number
 
 __all__ = ["Bucket", "RateLimitAction", "RateLimitPolicy", "RateLimitScope"]
 
 
 class RateLimitAction(enum.Enum):
-    """What happens to a message over the limit."""
+    """What happens to a message over the limit; its sender is not read until it is back
+    within the limit in every case.
+
+    - ``WAIT``: delivered once the sender is within its limit (``stats().inbound_waits``).
+    - ``DROP``: dropped and counted (``stats().inbound_drops["rate limit"]``).
+    - ``CLOSE``: dropped and counted, and the sender closed with 1008 "rate limit".
+    """
 
     #: Deliver it once the sender is back within its limit; until then its socket is not
     #: read (``stats().inbound_waits`` counts these messages).
@@ -46,7 +52,12 @@ class RateLimitAction(enum.Enum):
 
 
 class RateLimitScope(enum.Enum):
-    """Whose budget a message is taken from."""
+    """Whose budget a message is taken from.
+
+    - ``CONNECTION``: each socket its own.
+    - ``IDENTIFIER``: one budget for all of an identifier's sockets on this node, kept
+      after its last socket goes until it would have refilled (reconnecting buys nothing).
+    """
 
     #: Each socket its own: a user with several tabs has a budget per tab.
     CONNECTION = "connection"
@@ -114,12 +125,24 @@ class RateLimitPolicy:
                 size = to_number(burst, size)
                 check_above(burst, size, 0.0)
                 object.__setattr__(self, burst, size)
+        if self.burst_messages is not None:  # less than one message would let none through
+            check_at_least("burst_messages", self.burst_messages, 1.0)
         if self.burst_messages is None and self.messages_per_second is not None:
             object.__setattr__(self, "burst_messages", max(1.0, self.messages_per_second))
         if self.burst_bytes is None and self.bytes_per_second is not None:
             object.__setattr__(self, "burst_bytes", self.bytes_per_second)
         object.__setattr__(self, "action", to_member("action", self.action, RateLimitAction))
         object.__setattr__(self, "scope", to_member("scope", self.scope, RateLimitScope))
+
+    @property
+    def refill_time(self) -> float:
+        """Seconds an empty bucket takes to fill up again (0 with no limit at all)."""
+        times = [0.0]
+        if self.messages_per_second is not None and self.burst_messages is not None:
+            times.append(self.burst_messages / self.messages_per_second)
+        if self.bytes_per_second is not None and self.burst_bytes is not None:
+            times.append(self.burst_bytes / self.bytes_per_second)
+        return max(times)
 
     def full(self, now: float) -> Bucket:
         """A new sender's bucket: full, so it may start with a burst."""
