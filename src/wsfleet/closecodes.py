@@ -35,8 +35,8 @@ MESSAGE_TOO_BIG: Final = 1009
 INTERNAL_ERROR: Final = 1011
 
 #: What a socket the authentication hook refused after its handshake is closed with: 4401,
-#: in the application's range, read as HTTP's 401 (the convention several WebSocket
-#: services follow). A client should not come back with the same credentials.
+#: in the application's range, read as HTTP's 401. A final code (``is_final``): a client
+#: should not come back with the same credentials.
 UNAUTHENTICATED: Final = 4401
 
 
