@@ -14,20 +14,18 @@ interface the manager gives it (``_Node``).
 from __future__ import annotations
 
 import logging
-from collections.abc import (
-    AsyncIterator,
-    Iterable,
-)
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeVarTuple
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._node import BackplaneMembership, BackplaneNode
+from ._runtime.auth import Authenticate, Authenticator, session_for
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
@@ -36,7 +34,7 @@ from ._runtime.observer import FleetObserver, ObserverHandle
 from ._runtime.outbound import MessageHandler, dial
 from ._runtime.registry import Registry, check_name
 from ._runtime.routing import excluded, targets
-from ._runtime.session import Session, open_session
+from ._runtime.session import Session
 from ._runtime.settings import check_instance, check_seconds, check_size
 from ._runtime.stats import Delivery, FleetStats
 from .backplane import Backplane, Node
@@ -64,9 +62,6 @@ _DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 #: what websockets does by default. Sockets that cannot be pinged (ASGI) are left to their
 #: server's keepalive under this default; an explicit pinging policy refuses them instead.
 _DEFAULT_HEARTBEAT: Final = HeartbeatPolicy()
-
-
-_Args = TypeVarTuple("_Args")
 
 
 def _check_close(code: object, reason: object) -> None:
@@ -111,6 +106,7 @@ class ConnectionManager:
         backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
         rate_limit: RateLimitPolicy | None = None,
         can_join: JoinRule | None = None,
+        authenticate: Authenticate | None = None,
         max_message_size: int | None = None,
     ) -> None:
         """Settings, each checked here (a bad one raises and nothing is started).
@@ -136,6 +132,7 @@ class ConnectionManager:
             ``None`` (the default) limits nothing.
         :param can_join: ``(identifier, group) -> bool`` (plain or async), asked before an
             identifier joins a group no ``join_rule`` pattern names; ``None`` allows all.
+        :param authenticate: who a socket is, ``(handshake) -> str | None``: ``authenticate()``.
         :param max_message_size: the largest message a client may send, in bytes, on every
             adapter (over it: closed with 1009); ``None`` leaves each library's own limit.
         """
@@ -148,7 +145,7 @@ class ConnectionManager:
             ("backplane", backplane, Backplane),
         ):
             check_instance(name, policy, kind)
-        self._joins = JoinRules(can_join)
+        self._joins, self._auth = JoinRules(can_join), Authenticator(authenticate)
         check_size("max_message_size", max_message_size)
         for name, seconds in (
             ("callback_timeout", callback_timeout),
@@ -493,6 +490,11 @@ class ConnectionManager:
             self._fleet.context.check(cleanup=True)  # the loop's thread; not once it has ended
         return self._fleet.callbacks.add(callback)
 
+    async def authenticate(self, socket: object) -> str:
+        """Who the ``authenticate`` hook says ``socket`` (or its request) is, asked once per
+        object (``session`` uses it); ``Unauthenticated`` if it refuses (``wsfleet.handshake``)."""
+        return await self._auth.identify(socket)
+
     def add_observer(self, observer: FleetObserver) -> ObserverHandle:
         """Report every fan-out here to ``observer``; returns a handle whose ``remove()``
         detaches it.
@@ -509,7 +511,7 @@ class ConnectionManager:
         return self._fleet.add_observer(observer)
 
     def session(
-        self, socket: object, identifier: str, *, resume: str | None = None
+        self, socket: object, identifier: str | None = None, *, resume: str | None = None
     ) -> AbstractAsyncContextManager[Session]:
         """Register ``socket`` for the life of a handler; iterate the session to receive.
 
@@ -521,8 +523,9 @@ class ConnectionManager:
         names a held session of the same identifier, the new socket takes it over (its
         groups kept, its buffered messages delivered first); any other value starts afresh.
         A bad identifier (it comes from the client) closes the socket with 1008 instead.
+        Without ``identifier`` the ``authenticate`` hook names it; a refusal closes with 4401.
         """
-        return open_session(self._fleet, socket, identifier, resume)
+        return session_for(self._fleet, self._auth, socket, identifier, resume)
 
     def touch(self, socket: object, *, pong: bool = False) -> None:
         """Report inbound activity on ``socket`` (adapters call it for each message/pong)."""

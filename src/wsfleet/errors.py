@@ -14,6 +14,7 @@ conventions (``except ValueError``) keeps working::
     ├── UnencodableMessage (ValueError)    text that is not valid Unicode (lone surrogates)
     ├── AlreadyRegistered (ValueError)     the same socket registered twice
     ├── JoinRefused (PermissionError)      .identifier, .group: a join rule said no
+    ├── Unauthenticated (PermissionError)  .reason: the authentication hook refused a socket
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
     ├── ManagerClosed (RuntimeError)       the manager is not running
@@ -51,6 +52,7 @@ __all__ = [
     "RetriesExhausted",
     "TransportClosed",
     "TransportError",
+    "Unauthenticated",
     "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
@@ -169,6 +171,23 @@ class JoinRefused(WsfleetError, PermissionError):
         return (type(self), (self.identifier, self.group))
 
 
+class Unauthenticated(WsfleetError, PermissionError):
+    """The authentication hook (``ConnectionManager(authenticate=...)``) refused a socket:
+    it returned ``None`` or raised this. Nothing was registered.
+
+    A hook raises it to give the client a reason, which goes in the refusal: the body of an
+    HTTP 401 at the handshake, or the reason of the 4401 close. Keep it short and tell
+    nothing the client should not know (a close reason holds at most 123 bytes).
+    """
+
+    def __init__(self, reason: str = "unauthenticated") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[Unauthenticated], tuple[str]]:
+        return (type(self), (self.reason,))
+
+
 class _KeyErrorMessage(WsfleetError, KeyError):
     # KeyError.__str__ shows repr(args[0]); a sentence reads better.
     def __str__(self) -> str:
@@ -260,6 +279,7 @@ for _error in (
     UnencodableMessage,
     AlreadyRegistered,
     JoinRefused,
+    Unauthenticated,
     UnknownSocket,
     UnknownIdentifier,
     ManagerClosed,
