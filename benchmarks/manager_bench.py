@@ -1,6 +1,7 @@
 """ConnectionManager costs with in-memory transports, on asyncio and trio.
 
-    python benchmarks/manager_bench.py [--quick]   # writes benchmarks/results/manager.md/.json
+    python benchmarks/manager_bench.py [--quick | --smoke]
+        # writes benchmarks/results/manager.md and manager.json (--smoke: nothing)
 
 Measures:
 * register + unregister, µs per pair, in a fleet of 1k / 10k / 100k connections (target: the
@@ -14,12 +15,12 @@ Measures:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import sys
 import time
 import tracemalloc
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anyio.lowlevel
 
-from _report import table, write
+from _harness import cli, table
 from wsfleet import ConnectionManager, HeartbeatPolicy
 from wsfleet.testing import MemoryTransport
 
 SIZES = (1_000, 10_000, 100_000)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every count and window of one run. Broadcast, memory and heartbeat run a fleet of
+    ``large`` connections (the results keep the keys ``broadcast_100k`` and
+    ``heartbeat_100k`` whatever it is; ``config`` says)."""
+
+    backends: tuple[str, ...] = ("asyncio", "trio")
+    sizes: tuple[int, ...] = SIZES
+    cycles: int = 20_000
+    large: int = 100_000
+    broadcast_rounds: int = 10
+    heartbeat_interval: float = 2.0
+    heartbeat_s: float | None = 10.0
+
+
+FULL = Config()
+QUICK = Config(cycles=5_000, broadcast_rounds=3, heartbeat_s=4.0)
+SMOKE = Config(
+    sizes=(100, 1_000),
+    cycles=200,
+    large=1_000,
+    broadcast_rounds=1,
+    heartbeat_interval=0.2,
+    heartbeat_s=0.3,
+)
 
 
 async def churn(n: int, cycles: int) -> float:
@@ -103,7 +131,7 @@ async def heartbeat(n: int, interval: float, seconds: float) -> dict[str, float]
         # Spread the registrations over one interval, as real arrivals are.
         for i, t in enumerate(transports):
             manager.register(t, f"user-{i}")
-            if i % (n // 100) == 0:
+            if i % max(1, n // 100) == 0:
                 await anyio.sleep(interval / 100)
         await anyio.sleep(interval)  # steady state
         pings0 = manager.stats().pings_sent
@@ -123,51 +151,65 @@ async def heartbeat(n: int, interval: float, seconds: float) -> dict[str, float]
     }
 
 
-async def run(quick: bool) -> dict[str, Any]:
-    cycles = 5_000 if quick else 20_000
-    sizes = SIZES
-    return {
-        "churn_us": {n: await churn(n, cycles) for n in sizes},
-        "broadcast_100k": await broadcast(100_000, 3 if quick else 10),
-        "bytes_per_idle_connection": await memory(100_000),
-        "heartbeat_100k": await heartbeat(100_000, 2.0, 4.0 if quick else 10.0),
-    }
+def label(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
-    args = parser.parse_args()
-    results = {
-        backend: anyio.run(run, args.quick, backend=backend) for backend in ("asyncio", "trio")
+async def on_one_loop(config: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "churn_us": {str(n): await churn(n, config.cycles) for n in config.sizes},
+        "broadcast_100k": await broadcast(config.large, config.broadcast_rounds),
+        "bytes_per_idle_connection": await memory(config.large),
     }
+    if config.heartbeat_s is not None:
+        out["heartbeat_100k"] = await heartbeat(
+            config.large, config.heartbeat_interval, config.heartbeat_s
+        )
+    return out
+
+
+def measure(config: Config) -> dict[str, Any]:
+    """Every figure on each event loop in turn."""
+    results: dict[str, Any] = {"config": asdict(config)}
+    for backend in config.backends:
+        results[backend] = anyio.run(on_one_loop, config, backend=backend)
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    config = results["config"]
+    sizes = [str(n) for n in config["sizes"]]
+    large = label(config["large"])
     rows = []
-    for backend, r in results.items():
+    for backend in config["backends"]:
+        r = results[backend]
         churn_us = r["churn_us"]
-        ratio = churn_us[100_000] / churn_us[1_000]
-        hb = r["heartbeat_100k"]
+        ratio = churn_us[sizes[-1]] / churn_us[sizes[0]]
+        hb = r.get("heartbeat_100k")
         rows.append(
             (
                 backend,
-                " / ".join(f"{churn_us[n]:.1f}" for n in SIZES),
+                " / ".join(f"{churn_us[n]:.1f}" for n in sizes),
                 f"{ratio:.2f}x",
                 f"{r['broadcast_100k']['us_per_delivery']:.2f}",
                 f"{r['broadcast_100k']['call_us_per_delivery']:.2f}",
                 f"{r['bytes_per_idle_connection']:.0f}",
-                f"{hb['cpu_per_wall_second']:.3f} ({hb['pings_per_second']:,.0f} pings/s)",
-                f"{hb['cpu_us_per_ping']:.1f}",
-                f"{hb['cpu_per_second_at_default_20s']:.3f}",
+                "-"
+                if hb is None
+                else f"{hb['cpu_per_wall_second']:.3f} ({hb['pings_per_second']:,.0f} pings/s)",
+                "-" if hb is None else f"{hb['cpu_us_per_ping']:.1f}",
+                "-" if hb is None else f"{hb['cpu_per_second_at_default_20s']:.3f}",
             )
         )
     body = table(
         [
             "loop",
-            "register+unregister µs at 1k / 10k / 100k",
-            "100k / 1k",
-            "broadcast µs/delivery (100k, until delivered)",
+            "register+unregister µs at " + " / ".join(label(int(n)) for n in sizes),
+            f"{label(int(sizes[-1]))} / {label(int(sizes[0]))}",
+            f"broadcast µs/delivery ({large}, until delivered)",
             "of which in the call",
-            "bytes per idle connection (100k)",
-            "CPU s per s, 100k idle, 2 s pings",
+            f"bytes per idle connection ({large})",
+            f"CPU s per s, {large} idle, {config['heartbeat_interval']:g} s pings",
             "CPU µs per ping",
             "CPU s per s at the default 20 s interval",
         ],
@@ -179,12 +221,21 @@ def main() -> None:
         "100k connections pinging every 2 s (10x the default rate) for a measurable load; "
         "the last column scales the measured cost per ping to the default 20 s interval.\n"
     )
-    write(
-        "manager",
-        "ConnectionManager costs (in-memory transports)",
-        "python benchmarks/manager_bench.py" + (" --quick" if args.quick else ""),
-        body,
-        results,
+    return body
+
+
+def main() -> None:
+    parser = cli.parser(__doc__)
+    args = parser.parse_args()
+    config = SMOKE if args.smoke else QUICK if args.quick else FULL
+    cli.run(
+        args,
+        config,
+        measure,
+        render,
+        name="manager",
+        title="ConnectionManager costs (in-memory transports)",
+        script="manager_bench.py",
     )
 
 
