@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +54,16 @@ def manager_config(smoke: bool) -> Any:
 
     if smoke:
         return manager_bench.SMOKE
-    return manager_bench.Config(cycles=5_000, broadcast_rounds=3, heartbeat_s=3.0)
+    # Scaled down from the full run (100k) to keep a round near a minute on a shared
+    # machine: the figures are per operation, and both sides run the same sizes.
+    return manager_bench.Config(
+        sizes=(1_000, 10_000),
+        cycles=5_000,
+        large=20_000,
+        broadcast_rounds=3,
+        heartbeat_interval=2.0,
+        heartbeat_s=2.0,
+    )
 
 
 def fanout_config(smoke: bool) -> Any:
@@ -106,17 +117,23 @@ def git(*args: str) -> str:
 
 
 @contextmanager
-def trees(revisions: dict[str, str]) -> Iterator[dict[str, Path]]:
-    """A detached worktree per revision in a temporary directory, removed afterwards."""
+def trees(revisions: dict[str, str]) -> Iterator[tuple[Path, dict[str, Path]]]:
+    """A copy of these benchmark files, and a detached worktree per revision, in a temporary
+    directory removed afterwards (on SIGTERM too). Both sides run the copy, so editing the
+    benchmarks while a comparison runs changes neither."""
     base = Path(tempfile.mkdtemp(prefix="wsfleet-compare-"))
     made: dict[str, Path] = {}
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
+        bench = base / "benchmarks"
+        shutil.copytree(HERE, bench, ignore=shutil.ignore_patterns("results", "__pycache__"))
         for side, rev in revisions.items():
             path = base / side
             git("worktree", "add", "--detach", "--quiet", str(path), rev)
             made[side] = path
-        yield made
+        yield bench, made
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for path in made.values():
             subprocess.run(
                 ["git", "-C", str(HERE), "worktree", "remove", "--force", str(path)],
@@ -127,10 +144,18 @@ def trees(revisions: dict[str, str]) -> Iterator[dict[str, Path]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run_side(tree: Path, bench: str, smoke: bool, scratch: Path) -> dict[str, Any]:
+def stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def run_side(
+    benchmarks: Path, tree: Path, bench: str, smoke: bool, scratch: Path
+) -> dict[str, Any]:
+    """One benchmark in a fresh process: these benchmark files, that tree's wsfleet."""
     out = scratch / f"{bench}.json"
+    out.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    argv = [PYTHON, str(Path(__file__).resolve()), "--child", bench, str(out)]
+    argv = [PYTHON, str(benchmarks / "compare.py"), "--child", bench, str(out)]
     if smoke:
         argv.append("--smoke")
     done = subprocess.run(
@@ -266,7 +291,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     rounds: dict[str, list[dict[str, dict[str, Any]]]] = {b: [] for b in BENCHES}
     order: list[list[str]] = []
     load_before = os.getloadavg()[0]
-    with trees(revisions) as paths, tempfile.TemporaryDirectory() as scratch:
+    with trees(revisions) as (benchmarks, paths), tempfile.TemporaryDirectory() as scratch:
         for i in range(config["rounds"]):
             if i and time.monotonic() - started > config["budget_s"]:
                 break
@@ -276,7 +301,9 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
                 pair: dict[str, dict[str, Any]] = {}
                 for side in sides:
                     progress(started, f"round {i + 1}: {bench} on {side} ({commits[side]})")
-                    pair[side] = run_side(paths[side], bench, config["smoke"], Path(scratch))
+                    pair[side] = run_side(
+                        benchmarks, paths[side], bench, config["smoke"], Path(scratch)
+                    )
                 rounds[bench].append(pair)
     return {
         "config": config,

@@ -139,7 +139,8 @@ async def heartbeat(n: int, interval: float, seconds: float) -> dict[str, float]
         await anyio.sleep(seconds)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         pings = manager.stats().pings_sent - pings0
-        assert manager.stats().heartbeat_timeouts == 0
+        # A loaded machine may delay a pong past its deadline; the figure says so.
+        timeouts = manager.stats().heartbeat_timeouts
         manager.clear()
     per_ping = cpu / pings if pings else float("nan")
     return {
@@ -148,6 +149,7 @@ async def heartbeat(n: int, interval: float, seconds: float) -> dict[str, float]
         "pings_per_second": pings / wall,
         "cpu_us_per_ping": per_ping * 1e6,
         "cpu_per_second_at_default_20s": per_ping * n / 20.0,
+        "heartbeat_timeouts": timeouts,
     }
 
 
@@ -186,6 +188,9 @@ def render(results: dict[str, Any]) -> str:
         churn_us = r["churn_us"]
         ratio = churn_us[sizes[-1]] / churn_us[sizes[0]]
         hb = r.get("heartbeat_100k")
+        late = hb.get("heartbeat_timeouts") if hb else None
+        pings = "" if hb is None else f"{hb['pings_per_second']:,.0f} pings/s"
+        pings += f", {late:,} timeouts" if late else ""
         rows.append(
             (
                 backend,
@@ -194,9 +199,7 @@ def render(results: dict[str, Any]) -> str:
                 f"{r['broadcast_100k']['us_per_delivery']:.2f}",
                 f"{r['broadcast_100k']['call_us_per_delivery']:.2f}",
                 f"{r['bytes_per_idle_connection']:.0f}",
-                "-"
-                if hb is None
-                else f"{hb['cpu_per_wall_second']:.3f} ({hb['pings_per_second']:,.0f} pings/s)",
+                "-" if hb is None else f"{hb['cpu_per_wall_second']:.3f} ({pings})",
                 "-" if hb is None else f"{hb['cpu_us_per_ping']:.1f}",
                 "-" if hb is None else f"{hb['cpu_per_second_at_default_20s']:.3f}",
             )

@@ -7,6 +7,10 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
+
+import anyio
+import anyio.to_thread
 
 
 def rss() -> int | None:
@@ -56,3 +60,18 @@ def say(line: str) -> None:
     """One line to the driver (a helper process's answer), flushed at once."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+async def commands() -> AsyncIterator[list[str]]:
+    """A helper process's commands: the driver's lines split into words, blank ones skipped,
+    until it says ``quit`` or closes stdin. Reads in a worker thread (anyio, so on asyncio
+    and trio alike) and leaves the event loop free meanwhile."""
+    while True:
+        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        if not line:
+            return
+        words = line.split()
+        if words == ["quit"]:
+            return
+        if words:
+            yield words
