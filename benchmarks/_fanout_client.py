@@ -39,6 +39,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 
 from _harness.process import commands, pin, raise_nofile, say
 
@@ -249,13 +250,18 @@ def upgrade_request(port: int, identifier: str, socketio: bool = False) -> bytes
     ).encode()
 
 
+def same(conn: Conn) -> Conn:
+    """The protocol factory of one connection: the Conn made for it."""
+    return conn
+
+
 async def open_one(client: Client, port: int, identifier: str, stall: bool) -> Conn:
     loop = asyncio.get_running_loop()
     for attempt in range(5):
         conn = Conn(client, upgrade_request(port, identifier, client.socketio), stall)
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda conn=conn: conn, "127.0.0.1", port), 10
+                loop.create_connection(partial(same, conn), "127.0.0.1", port), 10
             )
             await asyncio.wait_for(conn.handshake, 10)
             if client.socketio:
@@ -306,7 +312,7 @@ async def watch(client: Client, nbytes: int, limit: float) -> None:
         await asyncio.wait_for(client.all_done.wait(), limit)
     times = sorted(c.done_at for c in conns if c.done_at is not None)
     short = [c.target - c.received for c in conns if c.done_at is None]
-    report = {
+    report: dict[str, object] = {
         "connections": len(conns),
         "complete": len(times),
         "first": times[0] if times else None,

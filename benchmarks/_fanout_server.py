@@ -259,7 +259,7 @@ async def hypercorn_serving(app: Any) -> AsyncIterator[int]:
     config.errorlog = None
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))
         with anyio.fail_after(10):
             while True:  # hypercorn has no "started" signal: wait until it accepts
                 try:
@@ -409,14 +409,16 @@ async def socketio_room(fleet: Fleet) -> AsyncIterator[int]:
         async_mode="asgi", ping_interval=3600, ping_timeout=60, logger=False
     )
 
-    @sio.event
     async def connect(sid: str, environ: dict[str, Any]) -> None:
         await sio.enter_room(sid, "r")
         fleet.add(sid, identifier_of("?" + environ.get("QUERY_STRING", "")))
 
-    @sio.event
     async def disconnect(sid: str, *reason: Any) -> None:
         fleet.remove(sid)
+
+    # sio.event's plain form: mypy cannot type a decorator from an untyped package
+    sio.on("connect", connect)
+    sio.on("disconnect", disconnect)
 
     async with uvicorn_serving(socketio.ASGIApp(sio)) as port:
         yield port
@@ -628,8 +630,10 @@ class Job:
             else:
                 # Older managers: the same through a private call, as a diagnostic.
                 conns = list(self.fleet.conns)
+                send: Callable[[list[Any], str], int]
+                send = getattr(manager, "_send_to_connections")  # noqa: B009 (not in its type)
                 async for text in texts:
-                    self.target += manager._send_to_connections(conns, text)
+                    self.target += send(conns, text)
             await self.settle()
             return
         async for text in texts:

@@ -821,7 +821,7 @@ def per_connection(entry: dict[str, Any], n: int, which: str) -> float | None:
     """Resident memory per connection at N, over the warm baseline, in bytes (this run)."""
     base = entry.get("rss_base")
     value = entry.get("memory", {}).get(str(n), {}).get(which)
-    warm = entry.get("warm", WARM)
+    warm: int = entry.get("warm", WARM)
     if base is None or value is None or n <= warm:
         return None
     return float(value - base) / (n - warm)
@@ -879,7 +879,7 @@ def kib(value: float | None, spec: str = ".1f") -> str:
 
 def targets_section(results: dict[str, Any], meta: dict[str, Any]) -> str:
     cpu = meta["targets"]["cpu"]
-    rows = [
+    rows: list[tuple[object, ...]] = [
         (
             BY_KEY[r["variant"]].label,
             BY_KEY[r["peer"]].label,
