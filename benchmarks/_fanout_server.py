@@ -60,7 +60,7 @@ import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint
 
-from _harness.process import commands, free_port, pin, raise_nofile, rss, say
+from _harness.process import commands, count_reaches, free_port, pin, raise_nofile, rss, say
 from wsfleet import ConnectionManager, OverflowPolicy
 
 VARIANTS: dict[str, str] = {
@@ -687,11 +687,10 @@ async def serve(variant: str) -> None:
         async for words in commands():
             command, args = words[0], words[1:]
             if command == "wait":
-                want, limit = int(args[0]), float(args[1])
-                with anyio.move_on_after(limit):
-                    while len(fleet.sockets) < want:  # noqa: ASYNC110 (handlers append)
-                        await anyio.sleep(0.01)
-                say(f"ready {len(fleet.sockets)}")
+                held = await count_reaches(
+                    lambda: len(fleet.sockets), int(args[0]), float(args[1]), 0.01
+                )
+                say(f"ready {held}")
             elif command == "go":
                 m, size, mode, limit = int(args[0]), int(args[1]), args[2], float(args[3])
                 t0 = time.perf_counter()

@@ -42,7 +42,7 @@ from typing import Any
 import anyio
 
 from _fanout_server import AsyncExit, Fleet, trio_websocket, websockets_asyncio, websockets_trio
-from _harness.process import commands, raise_nofile, rss, say
+from _harness.process import commands, count_reaches, raise_nofile, rss, say
 from wsfleet import ConnectionManager, HeartbeatPolicy
 
 Serving = Callable[[Fleet], AbstractAsyncContextManager[int]]
@@ -115,11 +115,8 @@ async def serve(variant: str, policy: str) -> None:
         async for words in commands():
             command, args = words[0], words[1:]
             if command == "wait":
-                want, limit = int(args[0]), float(args[1])
-                with anyio.move_on_after(limit):
-                    while held(manager, fleet) < want:  # noqa: ASYNC110 (handlers register)
-                        await anyio.sleep(0.05)
-                say(f"ready {held(manager, fleet)}")
+                count = partial(held, manager, fleet)
+                say(f"ready {await count_reaches(count, int(args[0]), float(args[1]), 0.05)}")
             elif command == "sample":
                 say("sample " + json.dumps(sample(manager, fleet)))
         # Closing thousands of sockets politely only costs the driver time; it is done with

@@ -1,7 +1,8 @@
 """The same benchmarks against two commits of wsfleet, back to back: was speed lost?
 
-    python benchmarks/compare.py [--before 8c27eda] [--after HEAD] [--rounds 3] [--smoke]
-        # writes benchmarks/results/compare.md and compare.json (--smoke: nothing)
+    python benchmarks/compare.py [--before 8c27eda] [--after HEAD] [--rounds 3]
+        # writes benchmarks/results/compare.md and compare.json
+    python benchmarks/compare.py --smoke   # HEAD against itself, tiny, one round; writes nothing
 
 Each commit is checked out in a temporary worktree (``git worktree add --detach``, removed
 at the end); this checkout's benchmark files then run against each tree's ``src`` through
@@ -14,6 +15,8 @@ the other, in a fresh process each; the order of the sides alternates from round
 so a change in the load of a shared machine weighs on both alike. Per case the report gives
 each side's median over the rounds with its spread, and the ratio after ÷ before: the
 median of the rounds' own ratios (each of two runs a minute apart at most) and their range.
+The manager's figures compared are CPU time (``time.process_time()`` around the same loops),
+which other work on a shared machine inflates far less than the wall clock.
 The plain loop does not use wsfleet: its ratios show what the machine's noise alone does.
 """
 
@@ -197,24 +200,24 @@ def manager_cases(config: dict[str, Any]) -> list[Case]:
             cases.append(
                 (
                     f"manager {backend}: register+unregister at {n:,}",
-                    "µs",
+                    "CPU µs",
                     False,
-                    reader(backend, "churn_us", str(n)),
+                    reader(backend, "churn_cpu_us", str(n)),
                 )
             )
         large = f"{config['large']:,}"
         cases += [
             (
                 f"manager {backend}: broadcast to {large}, until delivered",
-                "µs/delivery",
+                "CPU µs/delivery",
                 False,
-                reader(backend, "broadcast_100k", "us_per_delivery"),
+                reader(backend, "broadcast_100k", "cpu_us_per_delivery"),
             ),
             (
                 f"manager {backend}: broadcast to {large}, in the call",
-                "µs/delivery",
+                "CPU µs/delivery",
                 False,
-                reader(backend, "broadcast_100k", "call_us_per_delivery"),
+                reader(backend, "broadcast_100k", "call_cpu_us_per_delivery"),
             ),
             (
                 f"manager {backend}: memory per idle connection",
@@ -223,8 +226,8 @@ def manager_cases(config: dict[str, Any]) -> list[Case]:
                 reader(backend, "bytes_per_idle_connection"),
             ),
             (
-                f"manager {backend}: heartbeat CPU per ping ({large} idle)",
-                "µs",
+                f"manager {backend}: heartbeat, per ping ({large} idle)",
+                "CPU µs",
                 False,
                 reader(backend, "heartbeat_100k", "cpu_us_per_ping"),
             ),
@@ -358,6 +361,23 @@ def spec_of(unit: str) -> str:
     return ",.0f" if unit in ("deliveries/s", "bytes") else ".2f"
 
 
+def judge(ratio: dict[str, float], more_is_better: bool, unit: str) -> str:
+    """*better* or *worse* only where every round's ratio says so by more than 5 %;
+    otherwise *same* (all within 5 %) or *unclear* (the rounds disagree)."""
+    low, high = ratio["low"], ratio["high"]
+    if more_is_better:
+        low, high = 1 / high, 1 / low  # as a cost: below 1 is better
+    if high < 1 / 1.05:
+        word = "smaller" if unit == "bytes" else "better"
+    elif low > 1.05:
+        word = "larger" if unit == "bytes" else "worse"
+    elif low >= 1 / 1.05 and high <= 1.05:
+        word = "same"
+    else:
+        word = "unclear"
+    return word
+
+
 def render(results: dict[str, Any]) -> str:
     commits = results["commits"]
     rows = []
@@ -369,10 +389,7 @@ def render(results: dict[str, Any]) -> str:
             verdict = "not measured"
         else:
             shown = f"{ratio['median']:.3f} ({ratio['low']:.3f} to {ratio['high']:.3f})"
-            gain = ratio["median"] if entry["more_is_better"] else 1 / ratio["median"]
-            verdict = "faster" if gain > 1.05 else "slower" if gain < 1 / 1.05 else "same"
-            if entry["unit"] == "bytes":
-                verdict = {"faster": "smaller", "slower": "larger"}.get(verdict, verdict)
+            verdict = judge(ratio, entry["more_is_better"], entry["unit"])
         rows.append(
             (
                 entry["case"],
@@ -401,9 +418,15 @@ def render(results: dict[str, Any]) -> str:
         f"{results['load_average']['after']:.2f} after (other work shares this machine).\n\n"
         "Each side: the median over the rounds (± half the range, as a fraction of the "
         "median). Ratio: after ÷ before, the median of the rounds' own ratios (range in "
-        "brackets); below 1 is less time, CPU or memory, above 1 more deliveries per second "
-        "for the rate rows. Verdict: *same* within 5 %. The plain loop (websockets without "
-        "wsfleet) runs the same code on both sides: its ratios are the noise.\n\n"
+        "brackets); below 1 is less CPU time or memory, above 1 more deliveries per second "
+        "for the rate rows. Verdict: *better* or *worse* only where every round's ratio says "
+        "so by more than 5 %, *same* where all are within 5 %, *unclear* where the rounds "
+        "disagree. The plain loop (websockets without wsfleet) runs the same code on both "
+        "sides: its ratios are the machine's noise. The manager's rows are CPU time "
+        "(`time.process_time()` around the same loops manager_bench times by the wall clock): "
+        "on this shared machine the wall time of one loop moved by up to 5x between two runs "
+        "of the same code, its CPU time much less. The fan-out's CPU is the server "
+        "process's, its rate the wall clock's.\n\n"
         + table(
             ["case", "unit", "before", "after", "after ÷ before", "verdict"],
             rows,
@@ -419,7 +442,11 @@ def render(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = cli.parser(__doc__)
-    parser.add_argument("--before", default=BEFORE, help=f"a commit (default {BEFORE})")
+    parser.add_argument(
+        "--before",
+        default=None,
+        help=f"a commit (default {BEFORE}; --smoke: {AFTER}, which a shallow clone has too)",
+    )
     parser.add_argument("--after", default=AFTER, help=f"a commit (default {AFTER})")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (3; --smoke: 1)")
     parser.add_argument("--child", nargs=2, metavar=("BENCH", "OUT"), help=argparse.SUPPRESS)
@@ -431,7 +458,7 @@ def main() -> None:
     if rounds < 1:
         parser.error("--rounds must be at least 1")
     config = {
-        "before": args.before,
+        "before": args.before or (AFTER if args.smoke else BEFORE),
         "after": args.after,
         "rounds": rounds,
         "smoke": args.smoke,

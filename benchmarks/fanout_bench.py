@@ -1,6 +1,7 @@
 """Fan-out over real loopback sockets: each wsfleet adapter against its plain peer.
 
     python benchmarks/fanout_bench.py [--quick]   # writes benchmarks/results/fanout.md/.json
+    python benchmarks/fanout_bench.py --smoke     # every variant, mode and size, tiny; seconds
 
 Every server variant runs in a process of its own (``_fanout_server.py``, pinned to one CPU),
 the clients in another (``_fanout_client.py``, pinned to the other CPU): raw TCP sockets that
@@ -1315,7 +1316,7 @@ def numbers(text: str) -> tuple[int, ...]:
 
 
 def main() -> None:
-    parser = cli.parser(__doc__)
+    parser = cli.parser(__doc__, rebuild="results/fanout.json")
     parser.add_argument("--variants", default=None, help="comma-separated keys")
     parser.add_argument(
         "--connections",
@@ -1338,11 +1339,6 @@ def main() -> None:
     )
     parser.add_argument("--no-stall", action="store_true", help="skip the stalled-client runs")
     parser.add_argument("--no-fanout", action="store_true", help="only the stalled-client runs")
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="measure nothing: rebuild fanout.md from the figures in fanout.json",
-    )
     args = parser.parse_args()
     if args.report_only:
         rebuild(no_write=args.no_write)

@@ -27,8 +27,9 @@ from _harness.results import write
 C = TypeVar("C")
 
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
-    """A benchmark's parser, with the options every one has."""
+def parser(doc: str | None, *, rebuild: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's parser, with the options every one has; ``rebuild`` names the file a
+    ``--report-only`` run rebuilds its report from, for those that can."""
     out = argparse.ArgumentParser(
         description=(doc or "").strip().splitlines()[0] if doc else None,
     )
@@ -40,6 +41,12 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     out.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
     out.add_argument("--json", type=Path, default=None, help="write the raw results here only")
     out.add_argument("--no-write", action="store_true", help="print the report, write nothing")
+    if rebuild is not None:
+        out.add_argument(
+            "--report-only",
+            action="store_true",
+            help=f"measure nothing: rebuild the report from the figures in {rebuild}",
+        )
     return out
 
 

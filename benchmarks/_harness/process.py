@@ -7,7 +7,7 @@ import resource
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.to_thread
@@ -75,3 +75,12 @@ async def commands() -> AsyncIterator[list[str]]:
             return
         if words:
             yield words
+
+
+async def count_reaches(count: Callable[[], int], want: int, limit: float, step: float) -> int:
+    """Wait until ``count()`` (what other tasks change, e.g. connections held) reaches
+    ``want`` or ``limit`` seconds pass, polling every ``step`` s; the count then."""
+    with anyio.move_on_after(limit):
+        while count() < want:  # noqa: ASYNC110 (the handlers of other tasks change it)
+            await anyio.sleep(step)
+    return count()
