@@ -441,7 +441,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = cli.parser(__doc__)
+    parser = cli.parser(__doc__, quick=False)
     parser.add_argument(
         "--before",
         default=None,

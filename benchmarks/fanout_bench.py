@@ -78,6 +78,7 @@ from _harness import (
     cli,
     cpus,
     environment,
+    summarise,
     table,
     write,
 )
@@ -376,8 +377,9 @@ class Run:
 
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in rounds if r[key] is not None and r["complete"]]
-    return statistics.median(values) if values else None
+    """The median of the complete rounds' figures."""
+    summary = summarise(r[key] for r in rounds if r["complete"])
+    return None if summary is None else summary.median
 
 
 def round_timeout(n: int, m: int, size: int = SIZE) -> float:

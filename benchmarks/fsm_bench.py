@@ -234,7 +234,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    args = cli.parser(__doc__).parse_args()
+    args = cli.parser(__doc__, quick=False).parse_args()
     cli.run(
         args,
         SMOKE if args.smoke else FULL,

@@ -7,8 +7,7 @@ arguments and hands both functions to ``run``, which adds:
 * ``--smoke``: every case at a tiny size, in seconds, to prove the code still runs; the
   report is rendered (so that is proved too), nothing is written, and an ``error`` recorded
   anywhere in the results fails the run;
-* ``--json PATH``: the raw results to PATH and nothing under ``results/`` (``compare.py``
-  reads them);
+* ``--json PATH``: the raw results to PATH (for tools) and nothing under ``results/``;
 * ``--no-write``: print the report instead of writing it.
 """
 
@@ -27,9 +26,12 @@ from _harness.results import write
 C = TypeVar("C")
 
 
-def parser(doc: str | None, *, rebuild: str | None = None) -> argparse.ArgumentParser:
-    """A benchmark's parser, with the options every one has; ``rebuild`` names the file a
-    ``--report-only`` run rebuilds its report from, for those that can."""
+def parser(
+    doc: str | None, *, quick: bool = True, rebuild: str | None = None
+) -> argparse.ArgumentParser:
+    """A benchmark's parser, with the options every one has: ``--quick`` where it has a
+    quick mode; ``rebuild`` names the file a ``--report-only`` run rebuilds its report
+    from, for those that can."""
     out = argparse.ArgumentParser(
         description=(doc or "").strip().splitlines()[0] if doc else None,
     )
@@ -38,7 +40,8 @@ def parser(doc: str | None, *, rebuild: str | None = None) -> argparse.ArgumentP
         action="store_true",
         help="every case at a tiny size, in seconds; writes nothing",
     )
-    out.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
+    if quick:
+        out.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
     out.add_argument("--json", type=Path, default=None, help="write the raw results here only")
     out.add_argument("--no-write", action="store_true", help="print the report, write nothing")
     if rebuild is not None:
