@@ -88,7 +88,12 @@ class Config:
 
 FULL = Config()
 QUICK = Config(timing=Timing(window=2.0, short=1.5))
-SMOKE = Config(timing=Timing(window=0.2, short=0.2, latency_rate=200, first_burst=20))
+#: The frozen variant runs wsfleet's code and the freeze; the floor, coredis's: both on each
+#: event loop, each step for a moment.
+SMOKE = Config(
+    modes=("wsfleet-frozen", "coredis"),
+    timing=Timing(window=0.2, short=0.2, latency_rate=200, first_burst=20),
+)
 
 # -- worker processes ------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -59,7 +60,7 @@ def manager_config(smoke: bool) -> Any:
     import manager_bench
 
     if smoke:
-        return manager_bench.SMOKE
+        return replace(manager_bench.SMOKE, backends=("asyncio",))
     # Scaled down from the full run (100k) to keep a round near a minute on a shared
     # machine: the figures are per operation, and both sides run the same sizes.
     return manager_bench.Config(
@@ -77,7 +78,7 @@ def fanout_config(smoke: bool) -> Any:
 
     if smoke:
         return fb.Config(
-            variants=FANOUT_VARIANTS,
+            variants=("wsfleet-ws-asyncio",),
             connections=(fb.WARM + 24,),
             stall_variants=(),
             counts=fb.Counts(single=lambda n: 2, burst=4, reps=1),
