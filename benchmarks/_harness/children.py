@@ -52,16 +52,6 @@ class Child:
         except OSError as exc:
             raise Failed(f"{self.name} is gone: {exc}; {self.tail()}") from exc
 
-    def line(self, timeout: float) -> str:
-        """The next line, whatever it says."""
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise Failed(f"{self.name}: no answer within {timeout:.0f} s") from None
-        if line is None:
-            raise Failed(f"{self.name} exited ({self.proc.poll()}); {self.tail()}")
-        return line
-
     def expect(self, *words: str, timeout: float) -> list[str]:
         """The next line starting with one of ``words``: [word, rest...]."""
         end = time.monotonic() + timeout
@@ -69,7 +59,13 @@ class Child:
             left = end - time.monotonic()
             if left <= 0:
                 raise Failed(f"{self.name}: no {'/'.join(words)} within {timeout:.0f} s")
-            parts = self.line(left).split(" ", 1)
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise Failed(f"{self.name} exited ({self.proc.poll()}); {self.tail()}")
+            parts = line.split(" ", 1)
             if parts[0] in words:
                 return parts
             if parts[0] == "failed":
