@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -191,6 +191,7 @@ def RedisBackplane(
     buffer: int = 0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cluster: bool = False,
+    secrets: bytes | str | Sequence[bytes | str] | None = None,
     **client_options: Any,
 ) -> Backplane:
     """A ``Backplane`` over Redis at ``url``; every process of one fleet uses the same
@@ -198,7 +199,9 @@ def RedisBackplane(
     (0: drop and count them). ``max_message_size`` bounds one envelope on the bus (4 MiB):
     a larger message is refused before anything is queued, as a subscriber whose output
     buffer passes Redis' ``client-output-buffer-limit pubsub`` is disconnected. Every node
-    of a fleet should use the same bound. ``client_options`` go to the coredis client."""
+    of a fleet should use the same bound. ``secrets`` signs every envelope and refuses any
+    not signed with one of these keys (see ``Backplane``; one key, or two while changing
+    keys). ``client_options`` go to the coredis client."""
     store = RedisStore(url, namespace=namespace, cluster=cluster, **client_options)
     return Backplane(
         store,
@@ -209,4 +212,5 @@ def RedisBackplane(
         node_ttl=node_ttl,
         buffer=buffer,
         max_message_size=max_message_size,
+        secrets=secrets,
     )

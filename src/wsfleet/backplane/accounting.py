@@ -28,9 +28,12 @@ from dataclasses import dataclass
 
 from .wire import Header
 
-__all__ = ["Drops", "Receipts", "SendNumbers"]
+__all__ = ["NOTICE_PERIOD", "Drops", "Notices", "Receipts", "SendNumbers"]
 
 logger = logging.getLogger("wsfleet.backplane")
+
+#: The shortest time between two log lines of ``Notices`` for one reason, in seconds.
+NOTICE_PERIOD = 10.0
 
 
 class Drops:
@@ -58,6 +61,33 @@ class Drops:
                 reason,
                 count,
                 after,
+            )
+
+
+class Notices:
+    """Logs what another node's messages were refused for: once per reason per period, with
+    how many since the last line, so that a flood of forged messages is a few log lines."""
+
+    __slots__ = ("_last", "_since", "owner", "period")
+
+    def __init__(self, owner: object, period: float = NOTICE_PERIOD) -> None:
+        self.owner = owner
+        self.period = period
+        self._last: dict[str, float] = {}
+        self._since: Counter[str] = Counter()
+
+    def __call__(self, reason: str, now: float, detail: object = "") -> None:
+        """One message refused for ``reason`` at ``now`` (a clock in seconds)."""
+        self._since[reason] += 1
+        last = self._last.get(reason)
+        if last is None or now - last >= self.period:
+            self._last[reason] = now
+            logger.warning(
+                "%r: refused another node's message(s) (%s): %d since the last notice; %s",
+                self.owner,
+                reason,
+                self._since.pop(reason),
+                detail,
             )
 
 

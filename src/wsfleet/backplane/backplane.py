@@ -22,8 +22,9 @@ manager calls the backplane; the backplane calls only the ``Node``.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import Counter
+from collections.abc import Sequence
+from secrets import token_hex
 from typing import Any
 
 import anyio
@@ -35,6 +36,7 @@ from ..policies.retry import RetryPolicy
 from .link import DEFAULT_LINK_POLICY, Link
 from .node import Node
 from .replication import Replication
+from .signing import Signing
 from .store import Store, StoreSession
 from .view import ClusterView
 from .wire import DEFAULT_MAX_MESSAGE_SIZE, ENVELOPE_ROOM, Envelope, Kind, encoded_size
@@ -54,6 +56,11 @@ class Backplane:
     ``op_timeout`` bounds each operation on the store. ``max_message_size`` bounds one
     envelope on the bus, in bytes: ``check_message`` refuses a larger message before the
     manager queues it, and an envelope over it from another node is malformed here.
+
+    ``secrets`` turns signing on (``signing`` explains it): one key (``bytes`` or ``str`` of
+    at least 16 bytes), or two while changing keys, the new one first. This node then
+    signs every envelope with each key and drops, counts and logs every one that is not
+    signed with one of them. Every node of the fleet needs it on (or off) alike.
     """
 
     def __init__(
@@ -69,7 +76,9 @@ class Backplane:
         max_pending: int = 10_000,
         op_timeout: float = 2.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        secrets: bytes | str | Sequence[bytes | str] | None = None,
     ) -> None:
+        signing = None if secrets is None else Signing(secrets)
         if not isinstance(namespace, str) or not namespace:
             raise InvalidArgument("namespace must be a non-empty str")
         for name, value in (
@@ -94,13 +103,15 @@ class Backplane:
             )
         self.store = store
         self.namespace = namespace
-        self.node_id = node_id if node_id is not None else secrets.token_hex(6)
+        self.node_id = node_id if node_id is not None else token_hex(6)
         self.heartbeat_interval = float(heartbeat_interval)
         self.node_ttl = float(node_ttl)
         self.buffer = buffer
         self.max_pending = max(max_pending, buffer)
         self.op_timeout = float(op_timeout)
         self.max_message_size = max_message_size
+        #: The keys this node signs with and accepts (``None``: signing is off).
+        self.signing = signing
         self.view = ClusterView()
         self._link = Link(
             store,
@@ -113,6 +124,7 @@ class Backplane:
             max_pending=self.max_pending,
             op_timeout=self.op_timeout,
             max_message_size=max_message_size,
+            signing=signing,
         )
         #: Counts of what the link did and dropped (the manager's ``stats().backplane``).
         self.stats: Counter[str] = self._link.stats
