@@ -68,8 +68,7 @@ def store(request: pytest.FixtureRequest) -> Callable[[], Store]:
 async def publish(store: Store, *frames: bytes) -> None:
     """Put ``frames`` on the bus as they are, as anyone who can reach the store could."""
     async with store.session() as session:
-        for frame in frames:
-            await session.publish(frame)
+        await session.publish_many(list(frames))
 
 
 @asynccontextmanager

@@ -139,11 +139,14 @@ class _Origin:
 
 
 class Receipts:
-    """What this node heard from each other node's current run."""
+    """What this node heard from each other node's current run: of ``limit`` origins at
+    most, the one heard from least recently forgotten first (anyone who can publish can
+    name an origin)."""
 
-    __slots__ = ("_origins",)
+    __slots__ = ("_origins", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
         self._origins: dict[str, _Origin] = {}
 
     def arrived(self, header: Header, now: float) -> tuple[bool, int]:
@@ -154,11 +157,17 @@ class Receipts:
         The first word from a run sets where counting starts: sends made before this node
         heard of that run are not its to count (it may not have existed yet).
         """
-        origin = self._origins.get(header.node)
+        origins = self._origins
+        origin = origins.get(header.node)
         send = header.kind == "send"
         if origin is None or origin.run != header.run:
+            if origin is None and len(origins) >= self.limit:
+                del origins[next(iter(origins))]  # the least recently heard
             start = header.seq - 1 if send else header.seq
-            origin = self._origins[header.node] = _Origin(header.run, start, now)
+            origin = origins[header.node] = _Origin(header.run, start, now)
+        elif origin.heard != now:  # once per heartbeat: to the end of the order
+            del origins[header.node]
+            origins[header.node] = origin
         origin.heard = now
         if send and header.seq <= origin.seq:
             return False, 0

@@ -35,10 +35,11 @@ from ..fsm.states import ConnectionState
 from ..policies.retry import RetryPolicy
 from .link import DEFAULT_LINK_POLICY, Link
 from .node import Node
+from .publisher import MEMBERSHIP
 from .replication import Replication
 from .signing import Signing
 from .store import Store, StoreSession
-from .view import ClusterView
+from .view import DEFAULT_MAX_NODES, DEFAULT_MAX_RECORDS, ClusterView
 from .wire import DEFAULT_MAX_MESSAGE_SIZE, ENVELOPE_ROOM, Envelope, Kind, encoded_size
 
 __all__ = ["Backplane"]
@@ -47,9 +48,13 @@ logger = logging.getLogger("wsfleet.backplane")
 
 C = ConnectionState.CONNECTED
 
+#: How long the task that loads the records of the nodes that said hello waits for more
+#: before it closes its session: however many hellos come, a session per this at most.
+HELLO_LINGER = 0.1
+
 
 class Backplane:
-    """Connects a manager to the other nodes of its fleet through a ``Store``.
+    r"""Connects a manager to the other nodes of its fleet through a ``Store``.
 
     ``buffer`` keeps up to that many sends while the link is down (0: refuse and count
     them); ``max_pending`` bounds the sends waiting to be published while it is up;
@@ -61,6 +66,11 @@ class Backplane:
     at least 16 bytes), or two while changing keys, the new one first. This node then
     signs every envelope with each key and drops, counts and logs every one that is not
     signed with one of them. Every node of the fleet needs it on (or off) alike.
+
+    ``max_nodes`` bounds the other nodes this one follows (and the peers, origins and
+    hellos it keeps track of); ``max_records`` the records (an identifier online, and
+    each of its groups) it keeps of one other node. Past either, a change is refused and
+    counted (``stats["refused: ..."]``): what another node says never takes more memory.
     """
 
     def __init__(
@@ -77,6 +87,8 @@ class Backplane:
         op_timeout: float = 2.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         secrets: bytes | str | Sequence[bytes | str] | None = None,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
         signing = None if secrets is None else Signing(secrets)
         if not isinstance(namespace, str) or not namespace:
@@ -90,6 +102,9 @@ class Backplane:
                 raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
         if node_ttl <= heartbeat_interval:
             raise InvalidArgument("node_ttl must be longer than heartbeat_interval")
+        for name, bound in (("max_nodes", max_nodes), ("max_records", max_records)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise InvalidArgument(f"{name} must be an int >= 1, got {bound!r}")
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 0:
             raise InvalidArgument(f"buffer must be an int >= 0, got {buffer!r}")
         if (
@@ -112,7 +127,6 @@ class Backplane:
         self.max_message_size = max_message_size
         #: The keys this node signs with and accepts (``None``: signing is off).
         self.signing = signing
-        self.view = ClusterView()
         self._link = Link(
             store,
             namespace=namespace,
@@ -125,9 +139,11 @@ class Backplane:
             op_timeout=self.op_timeout,
             max_message_size=max_message_size,
             signing=signing,
+            max_nodes=max_nodes,
         )
         #: Counts of what the link did and dropped (the manager's ``stats().backplane``).
         self.stats: Counter[str] = self._link.stats
+        self.view = ClusterView(max_nodes=max_nodes, max_records=max_records, counts=self.stats)
         self._publisher = self._link.publisher
         self._replication = Replication(self.view, store, self.node_id, self.op_timeout)
         #: Identifiers whose membership changed while the link was not CONNECTED.
@@ -225,7 +241,16 @@ class Backplane:
 class _Relay:
     """What the link reports, carried to the node and the view (``LinkReports``)."""
 
-    __slots__ = ("_backplane", "_link", "_node", "_publisher", "_replication")
+    __slots__ = (
+        "_backplane",
+        "_link",
+        "_node",
+        "_publisher",
+        "_refusals",
+        "_reloading",
+        "_replication",
+        "_view",
+    )
 
     def __init__(self, backplane: Backplane, node: Node) -> None:
         self._backplane = backplane
@@ -233,6 +258,11 @@ class _Relay:
         self._link = backplane._link
         self._publisher = backplane._publisher
         self._replication = backplane._replication
+        self._view = backplane.view
+        #: The refusals counted so far (a change in the view's count is logged).
+        self._refusals = 0
+        #: Whether the task that loads the records of the nodes that said hello runs.
+        self._reloading = False
 
     async def reassert(self, session: StoreSession) -> None:
         # The snapshot says what changed while the link was down, and the others reload it
@@ -266,6 +296,9 @@ class _Relay:
             self._node.deliver(
                 data["to"], data.get("target"), envelope.message, data.get("exclude", ())
             )
+        elif kind in MEMBERSHIP and not self._replication.knows(origin):
+            # Not a node of the fleet: nothing it says of itself may take memory here.
+            self._refused("unknown node", origin)
         elif kind in ("join", "leave"):
             identifier = data["id"]
             joined = kind == "join"
@@ -282,10 +315,24 @@ class _Relay:
         elif kind == "hello":  # a node (re)joined; its state is in the store
             self._link.stats["hellos"] += 1
             self._publisher.peer(origin)
-            self._node.spawn(self._reload, origin, name="wsfleet backplane reload")
+            if not self._replication.announced(origin):
+                self._refused("too many hellos", origin)
+            elif not self._reloading:
+                self._reloading = True
+                self._node.spawn(self._reload, name="wsfleet backplane reload")
             # It may have been away when this node last announced its count.
             self._publisher.want_tally()
         # A tally has done its work in the link (it follows each origin's count).
+        if self._view.counts["refused"] != self._refusals:
+            self._refusals = self._view.counts["refused"]
+            self._link.notice("view full", self._link.heard_at, f"{origin}: {kind}")
+
+    def _refused(self, reason: str, origin: str) -> None:
+        stats = self._link.stats
+        stats[f"refused: {reason}"] += 1
+        stats["refused"] += 1
+        self._refusals += 1
+        self._link.notice(reason, self._link.heard_at, origin)
 
     async def leases(self, session: StoreSession, live: set[str]) -> None:
         for gone in self._replication.keep(live):
@@ -296,8 +343,15 @@ class _Relay:
     async def record(self, session: StoreSession, identifier: str) -> None:
         await self._replication.record(session, identifier, self._node)
 
-    async def _reload(self, origin: str) -> None:
+    async def _reload(self) -> None:
+        """Load the records of the nodes that said hello: one task at a time, however many
+        hellos come (each of its own would open a connection to the store)."""
         try:
-            await self._replication.reload_node(origin)
+            unknown = await self._replication.reload_announced(HELLO_LINGER)
         except Exception as exc:
-            logger.warning("%r: could not load node %s: %r", self._link, origin, exc)
+            logger.warning("%r: could not load the nodes that said hello: %r", self._link, exc)
+        else:
+            for _ in range(unknown):
+                self._refused("hello of no node with a lease", "?")
+        finally:
+            self._reloading = False

@@ -129,6 +129,7 @@ class Link:
             op_timeout=op_timeout,
             max_message_size=max_message_size,
             signing=signing,
+            max_peers=max_nodes,
         )
         #: The keys a frame must be signed with; ``None``: envelopes travel in the clear.
         self.signing = signing
@@ -141,7 +142,7 @@ class Link:
         self._stop: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
         #: What this node heard of the other nodes' sends.
-        self._receipts = Receipts()
+        self._receipts = Receipts(max_nodes)
         #: The time at the last heartbeat: when an envelope is heard, near enough to forget
         #: origins silent for an hour, and cheaper than reading the clock per envelope.
         self._heard_at = 0.0
@@ -152,6 +153,11 @@ class Link:
     @property
     def state(self) -> ConnectionState:
         return self.lifecycle.state
+
+    @property
+    def heard_at(self) -> float:
+        """The time at the last heartbeat (near enough to rate-limit log lines)."""
+        return self._heard_at
 
     # -- the lifecycle -----------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class Publisher:
         op_timeout: float,
         max_message_size: int,
         signing: Signing | None = None,
+        max_peers: int = 1024,
     ) -> None:
         #: The link's lifecycle, read to choose the bound of the queue.
         self.lifecycle = lifecycle
@@ -91,6 +92,7 @@ class Publisher:
         self._rewrite: set[str] = set()
         #: Other nodes expected to hear what this node publishes (see ``_unheard``).
         self._peers: set[str] = set()
+        self.max_peers = max_peers
         self._grace_until = 0.0
         #: Set by the publish loop at every message it is done with (``settle`` waits on it).
         self._progress = anyio.Event()
@@ -159,8 +161,11 @@ class Publisher:
     # -- who listens -------------------------------------------------------------------------
 
     def peer(self, node: str) -> None:
-        """``node`` said hello: it listens now, and should hear what this node publishes."""
-        self._peers.add(node)
+        """``node`` said hello: it listens now, and should hear what this node publishes
+        (up to ``max_peers``: a hello is anyone's to publish; the heartbeat keeps only
+        the nodes that hold a lease)."""
+        if len(self._peers) < self.max_peers:
+            self._peers.add(node)
 
     def reconnected(self, live: set[str], grace: float) -> None:
         """The link is back; the nodes in ``live`` hold a lease. They may be reconnecting

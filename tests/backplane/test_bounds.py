@@ -1,0 +1,199 @@
+"""What a message on the bus can make a node do is bounded, with signing off as with it on.
+
+Without signing, anyone who can publish on the bus can say anything (that is the trust
+model, docs/howto/security.md); what they must not get is a node's memory or its
+connections. A flood of forged presence, from made-up nodes and in the name of a real one,
+and a flood of forged hellos, leave every count of entries within its bound; the node
+counts what it refused and keeps serving. Over the in-process hub and a real redis-server,
+on asyncio and on trio. Entries are counted, never memory or time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from wsfleet import Backplane, ConnectionManager, InvalidArgument
+from wsfleet.backplane import Store, StoreSession
+from wsfleet.backplane.signing import Signing
+from wsfleet.backplane.wire import VERSION
+from wsfleet.testing import MemoryTransport
+
+from .test_signing import NS, OLD, connected, delivers, publish, stat, wait_until
+
+pytestmark = pytest.mark.anyio
+
+#: Forged presence messages in one flood: twelve times the bound on records is plenty to
+#: show it holds (benchmarks/backplane_flood.py floods with 50,000 and measures memory).
+FLOOD = 6_000
+#: Published at a time; the hub's subscriptions hold 10,000 messages each.
+CHUNK = 2_000
+MAX_NODES = 8
+MAX_RECORDS = 500
+#: A lease long enough that no node's lapses while the other is busy with a flood.
+HEARTBEAT = 0.2
+TTL = 3.0
+
+
+class Counting(Store):
+    """A node's way to the shared store, counting the sessions it opens."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sessions = 0
+        self.open = 0
+        self.most_open = 0
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[StoreSession]:
+        self.sessions += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            async with self.store.session() as session:
+                yield session
+        finally:
+            self.open -= 1
+
+
+@asynccontextmanager
+async def node(
+    store: Callable[[], Store], name: str, **options: Any
+) -> AsyncIterator[tuple[ConnectionManager, Backplane, Counting]]:
+    counting = Counting(store())
+    backplane = Backplane(
+        counting,
+        namespace=NS,
+        node_id=name,
+        heartbeat_interval=HEARTBEAT,
+        node_ttl=TTL,
+        max_nodes=MAX_NODES,
+        max_records=MAX_RECORDS,
+        **options,
+    )
+    async with ConnectionManager(backplane=backplane) as manager:
+        await wait_until(lambda: connected(manager), f"{name} connected")
+        yield manager, backplane, counting
+
+
+def forged(kind: str, node: str, **fields: Any) -> bytes:
+    body = {"v": VERSION, "ns": NS, "node": node, "run": "forged", "seq": 0, "k": kind}
+    return json.dumps(body | fields, separators=(",", ":")).encode()
+
+
+async def flood(
+    store: Callable[[], Store], receiver: ConnectionManager, frames: list[bytes]
+) -> None:
+    """Publish ``frames`` in chunks, each once ``receiver`` has taken the one before."""
+    for start in range(0, len(frames), CHUNK):
+        chunk = frames[start : start + CHUNK]
+        before = stat(receiver, "received") + stat(receiver, "dropped")
+        await publish(store(), *chunk)
+        goal = before + len(chunk)
+        await wait_until(
+            lambda g=goal: stat(receiver, "received") + stat(receiver, "dropped") >= g,
+            "the receiver took the chunk",
+            timeout=30,
+        )
+
+
+def test_bounds_are_validated() -> None:
+    from wsfleet import InMemoryHub
+
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(InvalidArgument):
+            Backplane(InMemoryHub(), max_nodes=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            Backplane(InMemoryHub(), max_records=bad)  # type: ignore[arg-type]
+
+
+async def test_a_presence_flood_takes_bounded_memory(store: Callable[[], Store]) -> None:
+    async with AsyncExitStack() as stack:
+        n1, _, _ = await stack.enter_async_context(node(store, "n1"))
+        n2, backplane, _ = await stack.enter_async_context(node(store, "n2"))
+        view = backplane.view
+        await wait_until(lambda: view.knows("n1"), "n2 knows n1")
+        alice = MemoryTransport()
+        n1.register(alice, "alice")
+        await wait_until(lambda: n2.presence("alice") == {"n1"}, "n2 sees alice")
+        third = FLOOD // 3
+        frames = [forged("online", f"made-up-{i}", id=f"u{i}") for i in range(third)]
+        frames += [forged("online", "n1", id=f"v{i}") for i in range(third)]
+        frames += [
+            forged("join", "n1", id="alice", group=f"g{i}") for i in range(FLOOD - 2 * third)
+        ]
+        await flood(store, n2, frames)
+        # Nothing of the made-up nodes; of n1, at most its bound.
+        assert view.nodes() <= {"n1"}
+        assert view.size("n1") <= MAX_RECORDS
+        assert len(view.identifiers()) <= MAX_RECORDS
+        assert len(backplane._link._receipts) <= MAX_NODES
+        assert stat(n2, "refused: unknown node") == third
+        assert stat(n2, "refused: too many records") >= FLOOD - third - MAX_RECORDS
+        # It keeps serving: the real n1 is still seen, and messages cross both ways.
+        assert "alice" in view.identifiers()
+        await delivers(n1, n2, "after the flood")
+        await delivers(n2, n1, "and back")
+
+
+async def test_a_hello_flood_opens_one_connection_at_a_time(store: Callable[[], Store]) -> None:
+    async with AsyncExitStack() as stack:
+        n1, _, _ = await stack.enter_async_context(node(store, "n1"))
+        n2, backplane, counting = await stack.enter_async_context(node(store, "n2"))
+        await wait_until(lambda: backplane.view.knows("n1"), "n2 knows n1")
+        sessions = counting.sessions
+        hellos = 1_000
+        frames = [forged("hello", f"made-up-{i}") for i in range(hellos)]
+        await flood(store, n2, frames)
+        await wait_until(
+            lambda: (
+                stat(n2, "refused: hello of no node with a lease")
+                + stat(n2, "refused: too many hellos")
+                == hellos
+            ),
+            "every forged hello refused",
+        )
+        assert counting.most_open <= 2  # the link's own session, and one for the reloads
+        assert counting.sessions - sessions < hellos // 10
+        assert len(backplane._publisher._peers) <= MAX_NODES
+        assert backplane.view.nodes() == {"n1"}
+        assert len(backplane._link._receipts) <= MAX_NODES
+        await delivers(n1, n2, "after the hellos")
+
+
+async def test_with_signing_a_flood_leaves_no_trace(store: Callable[[], Store]) -> None:
+    async with AsyncExitStack() as stack:
+        n1, _, _ = await stack.enter_async_context(node(store, "n1", secrets=OLD))
+        n2, backplane, _ = await stack.enter_async_context(node(store, "n2", secrets=OLD))
+        await wait_until(lambda: backplane.view.knows("n1"), "n2 knows n1")
+        receipts = len(backplane._link._receipts)
+        frames = [forged("online", "n1", id=f"v{i}") for i in range(CHUNK)]
+        frames += [forged("hello", f"made-up-{i}") for i in range(CHUNK)]
+        other = Signing(b"not the fleet's key, 32 bytes.." + b"!")
+        frames += [other.seal(frame, 1, time.time()) for frame in frames[:CHUNK]]
+        await flood(store, n2, frames)
+        assert stat(n2, "dropped: unsigned") == 2 * CHUNK
+        assert stat(n2, "dropped: bad signature") == CHUNK
+        assert backplane.view.size("n1") == 0
+        assert len(backplane._link._receipts) == receipts
+        assert len(backplane._link._fresh) <= 1
+        await delivers(n1, n2, "after the forgeries")
+
+
+@pytest.fixture(params=["hub", "redis"])
+def store(request: pytest.FixtureRequest) -> Callable[[], Store]:
+    if request.param == "hub":
+        from wsfleet import InMemoryHub
+
+        hub = InMemoryHub()
+        return lambda: hub
+    pytest.importorskip("coredis")
+    from wsfleet.adapters.redis import RedisStore
+
+    server = request.getfixturevalue("redis")
+    return lambda: RedisStore(server.url, namespace=NS)
