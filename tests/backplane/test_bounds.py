@@ -197,3 +197,39 @@ def store(request: pytest.FixtureRequest) -> Callable[[], Store]:
 
     server = request.getfixturevalue("redis")
     return lambda: RedisStore(server.url, namespace=NS)
+
+
+# -- what a node reads from Redis ------------------------------------------------------------------
+
+
+async def test_what_is_read_from_redis_is_bounded(redis: Any) -> None:
+    """Whoever can write the keys can plant records; a node reads a bounded part of them."""
+    coredis = pytest.importorskip("coredis")
+    from wsfleet.adapters.redis import MAX_RECORD_BYTES, RedisStore
+
+    future = time.time() + 3600
+    async with coredis.Redis.from_url(redis.url) as client:
+        await client.zadd(f"{NS}:nodes", {f"planted-{i}": future + i for i in range(3000)})
+        big = {f"id-{i}": json.dumps([f"g{i}"]) for i in range(5000)}
+        await client.hset(f"{NS}:node:planted-1", big)
+        huge = json.dumps(["x" * 100] * (MAX_RECORD_BYTES // 100))
+        await client.hset(f"{NS}:node:planted-2", {"one": huge, "two": '["ok"]'})
+    store = RedisStore(redis.url, namespace=NS, max_nodes=MAX_NODES, max_records=MAX_RECORDS)
+    async with store.session() as session:
+        live = await session.live_nodes()
+        assert len(live) == MAX_NODES + 1
+        assert live == {f"planted-{i}" for i in range(MAX_NODES + 1)}
+        assert len(await session.load("planted-1")) == MAX_RECORDS
+        assert await session.load("planted-2") == {"two": ["ok"]}
+    # Leases planted far ahead do not push the real nodes out: they renew theirs a few
+    # seconds at a time, so theirs end first.
+    async with AsyncExitStack() as stack:
+        n1, _, _ = await stack.enter_async_context(
+            node(lambda: RedisStore(redis.url, namespace=NS, max_nodes=MAX_NODES), "n1")
+        )
+        n2, backplane, _ = await stack.enter_async_context(
+            node(lambda: RedisStore(redis.url, namespace=NS, max_nodes=MAX_NODES), "n2")
+        )
+        await wait_until(lambda: backplane.view.knows("n1"), "n2 follows n1")
+        assert len(backplane.view.nodes()) <= MAX_NODES
+        await delivers(n1, n2, "past the planted leases")

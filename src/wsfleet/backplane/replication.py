@@ -122,9 +122,10 @@ class Replication:
         await session.replace_node(self.node_id, snapshot, ttl)
 
     async def reload(self, session: StoreSession, live: set[str]) -> None:
-        """After a reconnection: forget the nodes not in ``live``, load all the others."""
+        """After a reconnection: forget the nodes not in ``live``, load the others (as many
+        as the view may follow)."""
         self.keep(live)
-        for other in live - {self.node_id}:
+        for other in sorted(live - {self.node_id})[: self.view.max_nodes]:
             await self.load(session, other)
 
     def keep(self, live: set[str]) -> set[str]:
