@@ -36,7 +36,7 @@ from ..policies.retry import RetryPolicy
 from .link import DEFAULT_LINK_POLICY, Link
 from .node import Node
 from .publisher import MEMBERSHIP
-from .replication import Replication
+from .replication import REFRESH_AFTER, Replication
 from .signing import Signing
 from .store import Store, StoreSession
 from .view import DEFAULT_MAX_NODES, DEFAULT_MAX_RECORDS, ClusterView
@@ -71,6 +71,9 @@ class Backplane:
     hellos it keeps track of); ``max_records`` the records (an identifier online, and
     each of its groups) it keeps of one other node. Past either, a change is refused and
     counted (``stats["refused: ..."]``): what another node says never takes more memory.
+    What it says in a real node's name, and that node's record does not hold, lasts until
+    that record is loaded again: at its next ``hello``, or within a minute (``refresh_after``
+    seconds, one node per heartbeat).
     """
 
     def __init__(
@@ -127,6 +130,8 @@ class Backplane:
         self.max_message_size = max_message_size
         #: The keys this node signs with and accepts (``None``: signing is off).
         self.signing = signing
+        #: How old another node's record may grow in the view before it is loaded again.
+        self.refresh_after = REFRESH_AFTER
         self._link = Link(
             store,
             namespace=namespace,
@@ -339,6 +344,7 @@ class _Relay:
             logger.info("%r: node %s expired", self._link, gone)
             self._link.stats["nodes expired"] += 1
         await self._replication.load_new(session, live)
+        await self._replication.refresh(session, self._backplane.refresh_after)
 
     async def record(self, session: StoreSession, identifier: str) -> None:
         await self._replication.record(session, identifier, self._node)

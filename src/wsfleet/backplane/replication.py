@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Final
 
 import anyio
 
@@ -38,13 +39,27 @@ from .store import Store, StoreSession
 from .view import ClusterView
 from .wire import Kind
 
-__all__ = ["Replication"]
+__all__ = ["REFRESH_AFTER", "Replication"]
+
+#: How old a node's record in the view may grow before the heartbeat loads it again (one
+#: node per beat): what the announcements added and the record does not hold (forged in
+#: that node's name, say) is gone by then.
+REFRESH_AFTER: Final = 60.0
 
 
 class Replication:
     """The view of the other nodes, kept from their records and announcements."""
 
-    __slots__ = ("_announced", "_loads", "live", "node_id", "op_timeout", "store", "view")
+    __slots__ = (
+        "_announced",
+        "_loaded",
+        "_loads",
+        "live",
+        "node_id",
+        "op_timeout",
+        "store",
+        "view",
+    )
 
     def __init__(self, view: ClusterView, store: Store, node_id: str, op_timeout: float) -> None:
         self.view = view
@@ -57,6 +72,8 @@ class Replication:
         self.live: set[str] = set()
         #: Nodes that said ``hello`` and whose records are to load (at most ``max_nodes``).
         self._announced: set[str] = set()
+        #: When each node's record was last loaded.
+        self._loaded: dict[str, float] = {}
 
     def knows(self, origin: str) -> bool:
         """Whether ``origin`` is a node this one takes membership changes from."""
@@ -134,7 +151,17 @@ class Replication:
         gone = self.view.nodes() - live
         for node in gone:
             self.view.drop(node)
+            self._loaded.pop(node, None)
         return gone
+
+    async def refresh(self, session: StoreSession, after: float = REFRESH_AFTER) -> None:
+        """Load again the record of the node loaded longest ago, if that is ``after``
+        seconds or more (the heartbeat calls it: one node per beat)."""
+        if not self._loaded:
+            return
+        oldest = min(self._loaded, key=self._loaded.__getitem__)
+        if anyio.current_time() - self._loaded[oldest] >= after:
+            await self.load(session, oldest)
 
     async def load_new(self, session: StoreSession, live: set[str]) -> None:
         """Load the nodes of ``live`` the view does not know yet."""
@@ -158,6 +185,8 @@ class Replication:
         finally:
             self._loads = [c for c in self._loads if c is not changes]
         self.view.replace(origin, snapshot)
+        if self.view.knows(origin):
+            self._loaded[origin] = anyio.current_time()
         for change in changes:
             change()
 
