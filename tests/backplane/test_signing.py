@@ -34,7 +34,7 @@ NEW = "the new secret, as text, 32+ long"
 OTHER = b"a secret of another fleet, 32 b."
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     """Poll ``predicate`` every few milliseconds; fail with ``what`` after ``timeout``."""
     with anyio.move_on_after(timeout):
         while not predicate():
