@@ -68,5 +68,5 @@ async def test_a_fleet_runs_under_the_acl_and_nothing_else(redis: RedisServer) -
             lambda: user.flushall(),
             lambda: user.config_get(["*"]),
         ):
-            with pytest.raises(coredis.exceptions.RedisError, match="(?i)noperm|permission"):
+            with pytest.raises(coredis.exceptions.RedisError, match=r"(?i)noperm|permission"):
                 await command()
