@@ -238,3 +238,26 @@ async def test_what_is_read_from_redis_is_bounded(redis: Any) -> None:
         await wait_until(lambda: backplane.view.knows("n1"), "n2 follows n1")
         assert len(backplane.view.nodes()) <= MAX_NODES
         await delivers(n1, n2, "past the planted leases")
+
+
+async def test_a_join_from_a_node_not_known_yet_still_reaches_this_nodes_sockets(
+    store: Callable[[], Store],
+) -> None:
+    """A real node may be unknown here for a moment (its lease read as lapsed under load):
+    its membership changes wait for its record, but this node's own sockets of the
+    identifier still follow the join, which no record would bring back."""
+    async with AsyncExitStack() as stack:
+        n1, _, _ = await stack.enter_async_context(node(store, "n1"))
+        n2, backplane, _ = await stack.enter_async_context(node(store, "n2"))
+        await wait_until(lambda: backplane.view.knows("n1"), "n2 knows n1")
+        n1.register(MemoryTransport(), "alice")
+        n2.register(MemoryTransport(), "alice")
+        await wait_until(lambda: n2.presence("alice") == {"n1", "n2"}, "n2 sees alice on n1")
+        backplane.view.drop("n1")  # as if n1's lease had lapsed at n2's last heartbeat
+        backplane._replication.live = set()
+        n1.add_to_group("alice", "room")
+        await wait_until(lambda: stat(n2, "refused: unknown node") == 1, "refused for the view")
+        assert n2.groups() == {"room"}  # alice's socket here is in the room
+        # n1 holds a lease: the next heartbeat loads its record, the view catches up.
+        await wait_until(lambda: n2.presence("alice") == {"n1", "n2"}, "n1 loaded again")
+        assert n2.get_group_members("room") == {"alice"}

@@ -49,6 +49,8 @@ async def test_a_fleet_runs_under_the_acl_and_nothing_else(redis: RedisServer) -
         n2.register(bob, "bob")
         n2.add_to_group("bob", "room")
         with anyio.fail_after(15):
+            while not all(m.stats().backplane_state == "CONNECTED" for m in (n1, n2)):
+                await anyio.sleep(0.01)
             while n1.get_group_members("room") != {"bob"}:
                 await anyio.sleep(0.01)
             await n1.send_to_group("room", "hello bob")

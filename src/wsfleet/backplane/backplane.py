@@ -301,16 +301,24 @@ class _Relay:
             self._node.deliver(
                 data["to"], data.get("target"), envelope.message, data.get("exclude", ())
             )
-        elif kind in MEMBERSHIP and not self._replication.knows(origin):
-            # Not a node of the fleet: nothing it says of itself may take memory here.
-            self._refused("unknown node", origin)
         elif kind in ("join", "leave"):
             identifier = data["id"]
             joined = kind == "join"
-            self._replication.follow(kind, identifier, data["group"], origin)
+            if self._replication.knows(origin):
+                self._replication.follow(kind, identifier, data["group"], origin)
+            else:
+                # Not (yet) a node of the fleet here: what it says of itself waits for its
+                # record; the nodes known to hold ``identifier`` and this node's own sockets
+                # of it follow all the same (the group is the identifier's, fleet-wide).
+                self._refused("unknown node", origin)
+                self._replication.follow(kind, identifier, data["group"], None)
             self._node.mirror(identifier, data["group"], joined)
             if self._node.holds(identifier):
                 self._publisher.rewrite(identifier)  # the store must say what the node does
+        elif kind in MEMBERSHIP and not self._replication.knows(origin):
+            # Not (yet) a node of the fleet here: nothing it says of itself may take memory
+            # here; if it is one, its record says the same when it is loaded.
+            self._refused("unknown node", origin)
         elif kind == "online":
             self._replication.online(origin, data["id"], self._node)
         elif kind == "offline":
