@@ -261,3 +261,18 @@ async def test_a_join_from_a_node_not_known_yet_still_reaches_this_nodes_sockets
         # n1 holds a lease: the next heartbeat loads its record, the view catches up.
         await wait_until(lambda: n2.presence("alice") == {"n1", "n2"}, "n1 loaded again")
         assert n2.get_group_members("room") == {"alice"}
+
+
+async def test_forged_joins_of_a_user_here_are_bounded(store: Callable[[], Store]) -> None:
+    """A join in a node's name puts this node's own sockets of the identifier in the group:
+    so many groups at most."""
+    async with AsyncExitStack() as stack:
+        n1, _, _ = await stack.enter_async_context(node(store, "n1"))
+        n2, backplane, _ = await stack.enter_async_context(node(store, "n2"))
+        await wait_until(lambda: backplane.view.knows("n1"), "n2 knows n1")
+        n2.register(MemoryTransport(), "bob")
+        frames = [forged("join", "n1", id="bob", group=f"g{i}") for i in range(2 * MAX_RECORDS)]
+        await flood(store, n2, frames)
+        assert len(n2.groups()) == MAX_RECORDS
+        assert stat(n2, "refused: too many groups") == MAX_RECORDS
+        await delivers(n1, n2, "after the joins")

@@ -312,7 +312,11 @@ class _Relay:
                 # of it follow all the same (the group is the identifier's, fleet-wide).
                 self._refused("unknown node", origin)
                 self._replication.follow(kind, identifier, data["group"], None)
-            self._node.mirror(identifier, data["group"], joined)
+            node = self._node
+            if joined and len(node.groups_of(identifier)) >= self._view.max_records:
+                self._refused("too many groups", origin)  # this node's registry is bounded too
+            else:
+                node.mirror(identifier, data["group"], joined)
             if self._node.holds(identifier):
                 self._publisher.rewrite(identifier)  # the store must say what the node does
         elif kind in MEMBERSHIP and not self._replication.knows(origin):
