@@ -340,3 +340,19 @@ async def test_a_replayed_frame_is_refused(store: Callable[[], Store]) -> None:
         await anyio.sleep(HEARTBEAT)
         assert bob.received == ["from the new run"]
         assert stat(n2, "dropped") == 0
+
+
+def test_signing_does_no_io() -> None:
+    """Like the wire and the accounting, the signing module imports no event loop."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wsfleet.backplane.signing\n"
+        "print(sorted(m for m in ('anyio', 'trio', 'asyncio', 'socket', 'coredis') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -275,12 +275,12 @@ class Link:
 
     async def _receive(self, messages: AsyncIterator[bytes], reports: LinkReports) -> None:
         signed = self.signing is not None
-        for_sure = self.max_message_size + SIGNATURE_ROOM
+        largest = self.max_message_size + SIGNATURE_ROOM
         async for raw in messages:
             stamp: Stamp | None = None
             if signed or raw.startswith(PREFIX):
                 # Nothing of a frame is read before its signature is checked.
-                if len(raw) > for_sure:
+                if len(raw) > largest:
                     self._refused("too large", f"{len(raw)} bytes")
                     continue
                 try:
