@@ -28,6 +28,9 @@ refused with ``MalformedEnvelope`` (``wsfleet.errors``): the subscriber logs it,
 goes on. When its header was sound, the error carries it, so the receiver can count the send
 it replaced.
 
+With signing on (``Backplane(secrets=...)``), each encoded envelope travels inside a signed
+frame (``signing``), checked before this module reads it; the envelope itself is the same.
+
 No I/O and no event loop here: a test imports this module alone and proves it.
 """
 
