@@ -1,6 +1,7 @@
 """Forged messages on the bus: how much of a node's memory, and how many connections, they take.
 
     python benchmarks/backplane_flood.py [--count N]   # prints a Markdown table
+    python benchmarks/backplane_flood.py --smoke       # a few hundred of each, no table
 
 Two nodes on one ``InMemoryHub`` (signing off: anyone who can publish can say anything),
 then, for each kind of flood, ``--count`` forged messages (50,000 by default) published
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -114,9 +116,12 @@ async def one(name: str, frames: list[bytes]) -> dict[str, Any]:
         return row
 
 
-async def main(count: int) -> None:
+async def main(count: int, smoke: bool = False) -> None:
     tracemalloc.start()
     rows = [await one(name, frames) for name, frames in floods(count).items()]
+    if smoke:
+        sys.stderr.write(f"smoke: backplane_flood ran {len(rows)} floods of {count}\n")
+        return
     print("| " + " | ".join(rows[0]) + " |")
     print("|" + "---|" * len(rows[0]))
     for row in rows:
@@ -126,4 +131,6 @@ async def main(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50_000)
-    anyio.run(main, parser.parse_args().count)
+    parser.add_argument("--smoke", action="store_true", help="a few hundred of each, no table")
+    args = parser.parse_args()
+    anyio.run(main, 500 if args.smoke else args.count, args.smoke)

@@ -186,6 +186,7 @@ SMOKE_SCRIPTS = (
     "compare.py",
     "idle_bench.py",
     "flood_bench.py",
+    "backplane_flood.py",
     "manager_bench.py",
     "fsm_bench.py",
 )
