@@ -278,11 +278,11 @@ class Link:
         largest = self.max_message_size + SIGNATURE_ROOM
         async for raw in messages:
             stamp: Stamp | None = None
+            if len(raw) > largest:  # before anything parses it: a bound only holds unread
+                self._refused("too large", f"{len(raw)} bytes")
+                continue
             if signed or raw.startswith(PREFIX):
                 # Nothing of a frame is read before its signature is checked.
-                if len(raw) > largest:
-                    self._refused("too large", f"{len(raw)} bytes")
-                    continue
                 try:
                     raw, stamp = self._open(raw)
                 except Rejected as exc:
