@@ -300,6 +300,8 @@ def test_a_foreign_namespace_is_refused_even_when_otherwise_valid() -> None:
 # -- properties ------------------------------------------------------------------------------
 
 NAMES = st.text(min_size=1, max_size=12)
+#: Identifiers and groups: what a client could register (printable, as ``check_name`` says).
+CLIENT_NAMES = NAMES.filter(str.isprintable)
 SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
 MESSAGES = st.text(max_size=40) | st.binary(max_size=40)
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
@@ -327,12 +329,12 @@ def envelopes(draw: st.DrawFn) -> Envelope:
             target = draw(st.lists(NAMES, max_size=4))
         data = send_data(to, target, draw(MESSAGES), draw(st.lists(NAMES, max_size=3)))
     elif kind in ("join", "leave"):
-        data = {"id": draw(NAMES), "group": draw(NAMES)}
+        data = {"id": draw(CLIENT_NAMES), "group": draw(CLIENT_NAMES)}
     elif kind in ("online", "offline"):
-        data = {"id": draw(NAMES)}
+        data = {"id": draw(CLIENT_NAMES)}
     elif kind == "kick":
         sendable = st.integers(1000, 1003) | st.integers(1007, 1014) | st.integers(3000, 4999)
-        data = {"id": draw(NAMES), "code": draw(sendable)}
+        data = {"id": draw(CLIENT_NAMES), "code": draw(sendable)}
         if draw(st.booleans()):
             data["reason"] = draw(st.text(max_size=20))
     else:
