@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import anyio
-import sniffio
 import pytest
+import sniffio
 import trio.testing
 
 from wsfleet import (
