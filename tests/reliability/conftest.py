@@ -89,7 +89,7 @@ def collect_leftovers() -> None:
     """Collect what earlier tests left to the cycle collector before each check starts.
 
     coredis leaves the memory streams of a failed dial to the GC (see
-    ``tests/backplane/test_redis_backplane.py``); after the Redis checks, some stay
+    ``tests/backplane/redis/test_backplane.py``); after the Redis checks, some stay
     reachable (from log records, tracebacks) until their test is over, and would otherwise
     warn from inside whichever later check collects next. Memory checks start cleaner too.
     """

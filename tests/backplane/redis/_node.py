@@ -1,6 +1,6 @@
 """One node of a fleet in its own OS process, driven over stdin/stdout (for the tests).
 
-    python tests/backplane/_node.py REDIS_URL NODE_ID [--backend asyncio|trio]
+    python tests/backplane/redis/_node.py REDIS_URL NODE_ID [--backend asyncio|trio]
                                     [--heartbeat SECONDS] [--ttl SECONDS] [--namespace NS]
 
 Serves WebSocket clients with the websockets library on 127.0.0.1 (a free port): each
@@ -33,7 +33,7 @@ from typing import Any
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the harness
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for the harness
 
 from adapters.harness_websockets import serve
 from wsfleet import ConnectionManager, Delivery

@@ -14,10 +14,11 @@ import anyio.abc
 import pytest
 
 from adapters.clients import client
+from support import ROOT
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 class Chat(str):

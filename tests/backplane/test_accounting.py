@@ -1,7 +1,7 @@
 """Every cross-node send a node accepted is delivered or counted, once: the faults one by one.
 
 A real Redis produces these faults only by chance and at its own moment (see
-``tests/backplane/test_redis_accounting.py``); here a ``Faulty`` store between one node and
+``tests/backplane/redis/test_accounting.py``); here a ``Faulty`` store between one node and
 an ``InMemoryHub`` produces each on purpose: a publish that reached everyone but whose answer
 was lost, messages that never reached a subscriber whose link stayed up, a node that was away
 while another sent. The sum checked each time is the contract: what node a accepted

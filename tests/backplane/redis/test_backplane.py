@@ -11,7 +11,7 @@ What is checked, on asyncio and on trio:
 * Redis SIGKILLed and restarted three times under traffic: nothing escapes, local delivery
   loses nothing, cross-node delivery resumes within 2 s, and every cross-node message the
   other node did not get is counted once, in the sender's ``stats().drops`` or the
-  receiver's (``test_redis_accounting.py`` adds a frozen Redis and an oversize message);
+  receiver's (``test_accounting.py`` beside it adds a frozen Redis and an oversize message);
 * the link's own state machine goes CONNECTED -> ERROR -> RECONNECTING -> CONNECTED.
 
 Heartbeats and leases are short (0.2 s / 0.6 s); every wait is bounded.

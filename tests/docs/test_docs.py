@@ -22,9 +22,9 @@ from types import ModuleType
 import pytest
 
 import wsfleet
+from support import ROOT
 from wsfleet.fsm.table import TABLE
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 STATE_MACHINE_PAGE = DOCS / "explanation" / "state-machine.md"
 PLOT_SCRIPT = ROOT / "scripts" / "plot_backoff.py"

@@ -3,7 +3,7 @@
 Each async test starts the demo in-process on a free loopback port, on asyncio and on trio,
 and talks to it as the browser pages do: HTTP GETs for the pages, websockets clients for
 ``/ws?id=<name>`` (the chat) and ``/admin`` (the dashboard). The browser itself is driven in
-``test_demo_browser.py``.
+``test_browser.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidS
 
 from adapters.clients import client
 from redis_server import running_redis
+from support import ROOT
 from wsfleet import ConnectionState, InvalidArgument
 from wsfleet.cli import main
 from wsfleet.demo import Demo, _board, open_demo
@@ -39,7 +40,6 @@ from wsfleet.demo._controls import MAX_STALLED
 from wsfleet.demo._origins import OriginCheck, normalize_origin
 from wsfleet.demo._pages import ENDPOINTS
 
-ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
