@@ -8,6 +8,7 @@ Imported by name (``from support import C, wait_for``): the top conftest puts ``
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,6 +84,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """Terminate a program a test started; kill it if it is not gone within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # -- the backplane -----------------------------------------------------------------------------

@@ -11,13 +11,14 @@ while another sent. The sum checked each time is the contract: what node a accep
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 
+from support import backplane_drops, backplane_stat, connected, wait_until
 from wsfleet import (
     Backplane,
     ConnectionManager,
@@ -36,27 +37,6 @@ pytestmark = pytest.mark.anyio
 HEARTBEAT = 0.05
 TTL = 0.2
 FAST = RetryPolicy(max_attempts=1_000_000_000, base_delay=0.01, max_delay=0.05, jitter=0)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
-    assert predicate(), f"after {timeout} s, still not: {what}"
-
-
-def drops(manager: ConnectionManager) -> dict[str, int]:
-    return {k: v for k, v in manager.stats().drops.items() if k.startswith("backplane:")}
-
-
-def link_errors(manager: ConnectionManager) -> int:
-    stats = manager.stats().backplane
-    assert stats is not None
-    return stats.get("link error", 0)
-
-
-def connected(*managers: ConnectionManager) -> bool:
-    return all(m.stats().backplane_state == "CONNECTED" for m in managers)
 
 
 class Faulty(Store):
@@ -189,9 +169,9 @@ class Sender:
 def balanced(sender: Sender, b: ConnectionManager, bob: MemoryTransport) -> bool:
     """Every accepted message delivered to bob or counted, by a or by b; and every refused
     one counted by a."""
-    a_drops = drops(sender.manager)
+    a_drops = backplane_drops(sender.manager)
     refused = sum(a_drops.get(f"backplane: {r}", 0) for r in ("link down", "publish queue full"))
-    counted = sum(a_drops.values()) - refused + sum(drops(b).values())
+    counted = sum(a_drops.values()) - refused + sum(backplane_drops(b).values())
     return refused == sender.refused and sender.accepted == len(bob.received) + counted
 
 
@@ -205,11 +185,13 @@ async def test_a_publish_whose_answer_was_lost_is_not_counted_twice() -> None:
         fa.lose_answers = 1
         await sender.send()
         await wait_until(lambda: bob.received == ["1"], "b delivered it")
-        await wait_until(lambda: link_errors(a) == 1 and connected(a, b), "a's link came back")
+        await wait_until(
+            lambda: backplane_stat(a, "link error") == 1 and connected(a, b), "a's link came back"
+        )
         await sender.send()
         await wait_until(lambda: bob.received == ["1", "2"], "and the next one")
         await anyio.sleep(3 * HEARTBEAT)  # a's tallies come and go
-        assert drops(a) == drops(b) == {}
+        assert backplane_drops(a) == backplane_drops(b) == {}
         assert balanced(sender, b, bob)
 
 
@@ -222,8 +204,8 @@ async def test_messages_lost_on_the_way_are_counted_by_the_receiver() -> None:
         fb.swallow = 2
         await sender.send(3)
         await wait_until(lambda: bob.received == ["1", "4"], "b delivered the others")
-        assert drops(b) == {"backplane: lost in transit": 2}
-        assert drops(a) == {}
+        assert backplane_drops(b) == {"backplane: lost in transit": 2}
+        assert backplane_drops(a) == {}
         assert balanced(sender, b, bob)
         assert connected(a, b)
 
@@ -236,7 +218,9 @@ async def test_a_lost_last_message_is_counted_after_the_next_heartbeat() -> None
         await wait_until(lambda: len(bob.received) == 2, "the first two arrived")
         fb.swallow = 1
         await sender.send()
-        await wait_until(lambda: drops(b) == {"backplane: lost in transit": 1}, "b counted it")
+        await wait_until(
+            lambda: backplane_drops(b) == {"backplane: lost in transit": 1}, "b counted it"
+        )
         assert bob.received == ["1", "2"]
         assert balanced(sender, b, bob)
 
@@ -256,13 +240,15 @@ async def test_a_node_that_was_away_learns_what_it_missed_when_it_says_hello() -
         await sender.send(3)  # a's link is up: accepted, published, heard by nobody else
         assert sender.accepted == 4
         await anyio.sleep(3 * HEARTBEAT)  # a's tally went out, while b was away
-        assert drops(b) == {}
+        assert backplane_drops(b) == {}
         fb.cut = False
-        await wait_until(lambda: drops(b) == {"backplane: lost in transit": 3}, "b counted")
+        await wait_until(
+            lambda: backplane_drops(b) == {"backplane: lost in transit": 3}, "b counted"
+        )
         assert bob.received == ["1"]
         await sender.send()
         await wait_until(lambda: bob.received == ["1", "5"], "and b delivers again")
-        assert drops(a) == {}
+        assert backplane_drops(a) == {}
         assert balanced(sender, b, bob)
 
 
@@ -281,7 +267,7 @@ async def test_a_node_restarted_under_the_same_id_is_counted_afresh() -> None:
                     assert (await a.broadcast(f"{run}.{i}")).published
                 await wait_until(lambda r=run: len(bob.received) == 3 * (r + 1), "delivered")
         assert bob.received == ["0.0", "0.1", "0.2", "1.0", "1.1", "1.2"]
-        assert drops(b) == {}
+        assert backplane_drops(b) == {}
 
 
 async def test_a_send_that_cannot_be_encoded_is_counted_by_the_sender() -> None:
@@ -292,11 +278,11 @@ async def test_a_send_that_cannot_be_encoded_is_counted_by_the_sender() -> None:
             await a.send_to_one("bob\udc80", "hi")
         assert fa.backplane is not None
         assert fa.backplane.send("one", "bob\udc80", "hi", [])  # accepted: built later
-        await wait_until(lambda: drops(a) == {"backplane: unencodable": 1}, "counted")
+        await wait_until(lambda: backplane_drops(a) == {"backplane: unencodable": 1}, "counted")
         await a.broadcast("next")
         await wait_until(lambda: bob.received == ["next"], "the link lives on")
         assert connected(a, b)
-        assert drops(b) == {}
+        assert backplane_drops(b) == {}
 
 
 async def test_an_envelope_over_the_bound_when_built_is_counted_by_the_sender() -> None:
@@ -304,10 +290,12 @@ async def test_an_envelope_over_the_bound_when_built_is_counted_by_the_sender() 
     async with pair(max_message_size=ENVELOPE_ROOM + 1000) as (a, _, b, _, bob):
         names = [f"someone-{i:05}" for i in range(1000)]
         assert (await a.send_to_many(names, "hi")).published
-        await wait_until(lambda: drops(a) == {"backplane: too large for the backplane": 1}, "")
+        await wait_until(
+            lambda: backplane_drops(a) == {"backplane: too large for the backplane": 1}, ""
+        )
         await a.broadcast("next")
         await wait_until(lambda: bob.received == ["next"], "the link lives on")
-        assert drops(b) == {}
+        assert backplane_drops(b) == {}
 
 
 # -- the bound, before anything is queued --------------------------------------------------
@@ -331,7 +319,7 @@ async def test_a_message_over_the_bound_is_refused_before_it_is_queued() -> None
         assert (await a.broadcast(fits)).published
         await wait_until(lambda: bob.received == [fits], "the largest that fits arrived")
         assert alice.received == [fits]  # none of the refused ones reached even this node
-        assert drops(a) == drops(b) == {}
+        assert backplane_drops(a) == backplane_drops(b) == {}
 
 
 def test_check_message_measures_text_as_json_writes_it() -> None:

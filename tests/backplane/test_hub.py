@@ -13,7 +13,7 @@ well under a second per test; every wait is bounded.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import pytest
 
+from support import backplane_stat, connected, wait_until
 from wsfleet import (
     Backplane,
     ConnectionManager,
@@ -42,26 +43,8 @@ TTL = 0.2
 FAST = RetryPolicy(max_attempts=1_000_000_000, base_delay=0.01, max_delay=0.05, jitter=0)
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    """Poll ``predicate`` every few milliseconds; fail with ``what`` after ``timeout``."""
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
-    assert predicate(), f"after {timeout} s, still not: {what}"
-
-
-def connected(*managers: ConnectionManager) -> bool:
-    return all(m.stats().backplane_state == "CONNECTED" for m in managers)
-
-
 def down(*managers: ConnectionManager) -> bool:
     return all(m.stats().backplane_state != "CONNECTED" for m in managers)
-
-
-def backplane_stat(manager: ConnectionManager, key: str) -> int:
-    stats = manager.stats().backplane
-    assert stats is not None
-    return stats.get(key, 0)
 
 
 @dataclass
@@ -464,8 +447,7 @@ async def test_a_node_starting_while_an_identifier_comes_online_still_sees_it() 
         async with fleet(hub, "n1") as (n1,):  # starts in that window
             relay.release("put_member")
             await wait_until(lambda: "bob" in hub.members.get("n2", {}), "bob recorded")
-            await anyio.sleep(3 * HEARTBEAT)
-            assert n1.manager.presence("bob") == {"n2"}
+            await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
 
 
 # -- outages ----------------------------------------------------------------------------------
@@ -676,10 +658,10 @@ async def test_sends_queued_for_other_nodes_at_exit_are_published_or_counted() -
             for i in range(5):
                 assert (await n1.manager.send_to_one("bob", f"m{i}")).published
             await wait_until(lambda: relay.waiting("publish") == 1, "the first is under way")
-        await anyio.sleep(2 * HEARTBEAT)
-        stats = n1.manager.stats()
+        await wait_until(
+            lambda: len(bob.received) + n1.manager.stats().dropped == 5, "each sent or counted"
+        )
         assert backplane_stat(n1.manager, "queued sends") == 0
-        assert len(bob.received) + stats.dropped == 5
 
 
 async def test_a_node_whose_lease_lapses_vanishes_after_node_ttl() -> None:

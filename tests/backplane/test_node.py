@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import pytest
 
+from support import wait_until
 from wsfleet import RetryPolicy
 from wsfleet.backplane import Backplane, InMemoryHub, Store, StoreSession
 from wsfleet.backplane.replication import Replication
@@ -75,13 +76,6 @@ class RecordingNode:
     def spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any, name: str) -> None:
         self.spawned.append(name)
         self.tg.start_soon(func, *args, name=name)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
-    assert predicate(), f"after {timeout} s, still not: {what}"
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import pytest
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from support import wait_until
 from wsfleet import ConnectionManager, RetryPolicy
 from wsfleet.backplane import Backplane, Store, StoreSession
 from wsfleet.testing import MemoryTransport
@@ -100,13 +101,6 @@ class KeyValueSession(StoreSession):
     async def forget(self, node: str) -> None:
         self.store.leases.pop(node, None)
         self.store.records.pop(node, None)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
-    assert predicate(), f"after {timeout} s, still not: {what}"
 
 
 @asynccontextmanager

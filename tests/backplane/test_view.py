@@ -8,6 +8,7 @@ updates over a few nodes, identifiers and groups, and checks every query after e
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -104,7 +105,7 @@ class ClusterViewMachine(RuleBasedStateMachine):
 
 
 ClusterViewMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
-TestClusterView = ClusterViewMachine.TestCase
+TestClusterView = pytest.mark.slow(ClusterViewMachine.TestCase)  # 150 runs of 40 steps
 
 
 # -- examples --------------------------------------------------------------------------------

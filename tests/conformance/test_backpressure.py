@@ -13,15 +13,13 @@ import json
 
 import anyio
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import C, E
+from wsfleet import ConnectionManager
 
 from .peers import client, frame, join, raw_connect
 from .proof import ROOM, serves_a_newcomer
 from .relay import Relay
 from .servers import Combo, serve
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
 
 READERS = 10
 MESSAGES = 3000

@@ -25,7 +25,8 @@ import anyio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import C, D, E
+from wsfleet import ConnectionManager
 
 from .peers import (
     client,
@@ -40,10 +41,6 @@ from .peers import (
 from .proof import ROOM, Snapshot, serves_a_newcomer, snapshot, untouched
 from .relay import Relay
 from .servers import Combo, serve
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
 
 #: Messages the flooder sends, as fast as its connection takes them.
 FLOOD = 2000

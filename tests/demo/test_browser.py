@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,10 +26,14 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from support import free_port, stop
+
 try:
     from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 except ImportError:
     pytest.skip("Playwright is not installed (pip install playwright)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow  # a browser, and a demo program per backend
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -48,13 +51,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WAIT = 5_000  # ms, for anything the server should do at once
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclass(frozen=True)
@@ -103,12 +99,7 @@ def served(
             assert f"http://127.0.0.1:{port}/" in line, line + stderr.read_text()
             yield Served(f"http://127.0.0.1:{port}/", stderr)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 @pytest.fixture

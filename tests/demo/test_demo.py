@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidS
 
 from adapters.clients import client
 from redis_server import running_redis
-from support import ROOT
+from support import ROOT, free_port
 from wsfleet import ConnectionState, InvalidArgument
 from wsfleet.cli import main
 from wsfleet.demo import Demo, _board, open_demo
@@ -750,6 +750,7 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 async def test_one_user_cannot_end_the_demo_by_joining_groups() -> None:
     # One identity, five tabs, a thousand groups of 32 characters asked for, a dashboard
     # watching: every row listing every group, the snapshot would pass the manager's limit.
@@ -964,6 +965,7 @@ async def test_a_dashboard_push_that_fails_is_counted_and_the_next_one_goes(
     assert logged[0].exc_info is not None
 
 
+@pytest.mark.slow
 async def test_stalled_clients_are_bounded() -> None:
     async with open_demo("127.0.0.1", 0) as demo, admin(demo) as board:
         for _ in range(MAX_STALLED):
@@ -993,13 +995,6 @@ def test_demo_command_line_options() -> None:
     with pytest.raises(SystemExit) as usage:
         main(["demo", "--backend", "curio"])
     assert usage.value.code == 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -54,6 +54,7 @@ def _have(module: str) -> bool:
     not (_have("mkdocs") and _have("mkdocstrings_handlers.python")),
     reason="mkdocs and mkdocstrings[python] are not installed (pip install -e '.[docs]')",
 )
+@pytest.mark.slow  # a whole mkdocs build
 def test_the_docs_build_strictly_and_load_nothing_from_elsewhere(tmp_path: Path) -> None:
     site = tmp_path / "site"
     result = subprocess.run(
@@ -233,6 +234,7 @@ def test_the_tutorial_program_prints_what_the_tutorial_shows(backend: str) -> No
     assert result.stdout == shown
 
 
+@pytest.mark.slow  # pytest in a fresh interpreter
 def test_the_testing_how_to_test_module_passes(tmp_path: Path) -> None:
     pytest.importorskip("trio")
     module = tmp_path / "test_lobby.py"
@@ -248,6 +250,7 @@ def test_the_testing_how_to_test_module_passes(tmp_path: Path) -> None:
     assert "7 passed" in result.stdout
 
 
+@pytest.mark.slow  # pytest in a fresh interpreter
 def test_the_fastapi_how_to_app_passes_its_own_test_twice_in_one_process(tmp_path: Path) -> None:
     """The lifespan owns the manager: two TestClient(app) runs in one process both work."""
     page = DOCS / "howto" / "fastapi.md"

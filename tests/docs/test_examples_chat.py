@@ -14,7 +14,7 @@ import anyio.abc
 import pytest
 
 from adapters.clients import client
-from support import ROOT
+from support import ROOT, stop
 
 pytestmark = pytest.mark.anyio
 
@@ -55,12 +55,7 @@ def chat_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chat
             yield chat
             assert process.poll() is None, "the server died: " + errors.read_text()
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 async def ask(ws: Any, request: dict[str, Any]) -> None:

@@ -7,14 +7,9 @@ from datetime import UTC
 
 import pytest
 
+from support import C, D, E, I, R
 from wsfleet import ConnectionState, InvalidTransition, RetryPolicy
 from wsfleet.fsm import FleetMachine, Lifecycle, ManualClock, MonotonicClock, StateChange
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
 
 EXACT = RetryPolicy(max_attempts=3, base_delay=1.0, backoff_multiplier=2.0, jitter=0.0)
 

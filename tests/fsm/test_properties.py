@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from support import C, D, E, R
 from wsfleet import TABLE, ConnectionState, InvalidTransition, RetryPolicy
 from wsfleet.fsm import FleetMachine, Lifecycle, ManualClock, StateChange
 
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-C = ConnectionState.CONNECTED
-D = ConnectionState.DISCONNECTED
+pytestmark = pytest.mark.slow  # 200 random lifecycles of 40 steps
 
 # The reference model: which pairs the table joins, and which of them are guarded.
 TABLE_PAIRS = {(s, rule.dest) for rule in TABLE for s in rule.sources if s is not None}

@@ -6,14 +6,9 @@ import itertools
 
 import pytest
 
+from support import C, D, E, I, R
 from wsfleet import ConnectionState, InvalidTransition, RetryPolicy, WsfleetError
 from wsfleet.fsm import FleetMachine, Lifecycle, ManualClock
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
 
 # Written out from the specification, not derived from the table under test.
 ALLOWED = {

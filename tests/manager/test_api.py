@@ -18,6 +18,7 @@ from anyio.lowlevel import checkpoint
 
 import wsfleet
 import wsfleet.transport
+from support import NEVER, C, D, E, I, R, eventually
 from wsfleet import (
     AlreadyRegistered,
     ConnectionManager,
@@ -27,7 +28,6 @@ from wsfleet import (
     ManagerClosed,
     MessageTooLarge,
     OverflowPolicy,
-    RetryPolicy,
     StateChange,
     UnencodableMessage,
     UnknownIdentifier,
@@ -41,15 +41,6 @@ from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
-
-#: A retry that never comes during a test: ERROR stays ERROR, RECONNECTING stays put.
-NEVER = RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, jitter=0)
-
 BAD_NAME_TYPES = [None, 1, b"alice", ["alice"], 1.5]
 BAD_NAME_VALUES = ["", "x" * 257, "lone \udc80 surrogate", "new\nline", "esc\x1b[31m"]
 NOT_MESSAGES = [None, 1, 1.5, bytearray(b"hi"), memoryview(b"hi"), ["hi"], {"hi": 1}]
@@ -59,15 +50,6 @@ NOT_MESSAGES = [None, 1, 1.5, bytearray(b"hi"), memoryview(b"hi"), ["hi"], {"hi"
 async def manager() -> AsyncIterator[ConnectionManager]:
     async with ConnectionManager() as manager:
         yield manager
-
-
-async def eventually(predicate: Callable[[], bool], steps: int = 2000) -> None:
-    """Let the manager's tasks run until ``predicate`` holds (bounded, never sleeps)."""
-    for _ in range(steps):
-        if predicate():
-            return
-        await checkpoint()
-    raise AssertionError("the condition never became true")
 
 
 def snapshot(manager: ConnectionManager) -> tuple[Any, ...]:

@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 import pytest
 
+from support import C
 from wsfleet import (
     BackpressurePolicy,
     ConnectionManager,
-    ConnectionState,
     OverflowPolicy,
     StateChange,
     WrongType,
@@ -24,8 +24,6 @@ from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
 
 #: Small queues, so a producer that never waits overflows them within a few dozen messages.
 OVERFLOW = OverflowPolicy(max_messages=16, action="disconnect")

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
+from support import C, D, I, eventually
 from wsfleet import ConnectionManager, ConnectionState, StateChange
 from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
 
 Seen = list[tuple[object, ConnectionState | None, ConnectionState]]
-
-
-async def eventually(predicate: Callable[[], bool], steps: int = 2000) -> None:
-    """Let the manager's tasks run until ``predicate`` holds (bounded, never sleeps)."""
-    for _ in range(steps):
-        if predicate():
-            return
-        await checkpoint()
-    raise AssertionError("the condition never became true")
 
 
 async def test_callbacks_run_after_the_change_not_inside_it() -> None:

@@ -13,11 +13,11 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
+from support import NEVER, C, D, E, eventually
 from wsfleet import (
     ConnectionManager,
     ConnectionState,
     OverflowPolicy,
-    RetryPolicy,
     StateChange,
     TransportError,
 )
@@ -26,21 +26,6 @@ from wsfleet.testing import MemoryTransport
 from wsfleet.transport import Outbound
 
 pytestmark = pytest.mark.anyio
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
-
-NEVER = RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, jitter=0)
-
-
-async def eventually(predicate: Callable[[], bool], steps: int = 5000) -> None:
-    """Let the manager's tasks run until ``predicate`` holds (bounded, never sleeps)."""
-    for _ in range(steps):
-        if predicate():
-            return
-        await checkpoint()
-    raise AssertionError("the condition never became true")
 
 
 async def one_in_flight(manager: ConnectionManager, message: str) -> int:
@@ -477,6 +462,7 @@ async def test_a_slow_writer_batches_what_arrives_while_it_writes() -> None:
 # -- churn ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_churn_of_connections_during_broadcasts_loses_and_duplicates_nothing() -> None:
     """2,000 connects and 2,000 disconnects interleaved with 1,000 broadcasts."""
     rng = random.Random(20240611)

@@ -7,13 +7,23 @@ manager's own stamps (monotonic, on the loop's clock), so the bounds below hold 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
 
 import anyio
 import pytest
-import trio.testing
 
+from support import (
+    LATE,
+    MICROSECOND,
+    NEVER,
+    C,
+    D,
+    E,
+    I,
+    mock_clock_backend,  # noqa: F401
+    wait_for,
+)
 from wsfleet import (
     PING,
     ConnectionManager,
@@ -29,29 +39,9 @@ from wsfleet.transport import Outbound
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
-
 INTERVAL = 0.05
 TIMEOUT = 0.05
 IDLE = 0.05
-#: How late a timer may fire on a loaded machine in real time: generous, but bounded.
-LATE = 0.5
-
-#: Wall-clock datetimes have microsecond resolution; two of them may round apart by this.
-MICROSECOND = 2e-6
-
-NEVER = RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, jitter=0)
-
-
-@pytest.fixture(params=["asyncio", "trio-mockclock"])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    if request.param == "asyncio":
-        return "asyncio"
-    # A fresh clock per test: a MockClock remembers its time.
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 class TimedTransport(MemoryTransport):
@@ -66,13 +56,6 @@ class TimedTransport(MemoryTransport):
         if written:
             self.ping_times.extend(anyio.current_time() for item in batch if item is PING)
         return written
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Sleep in small steps (virtual ones on the mock clock) until ``predicate`` holds."""
-    with anyio.fail_after(within):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 # -- idle -------------------------------------------------------------------------------
@@ -172,8 +155,7 @@ async def test_pings_do_not_take_a_task_per_connection() -> None:
         sockets = [MemoryTransport(f"s{i}") for i in range(300)]
         for i, socket in enumerate(sockets):
             manager.register(socket, f"user{i}")
-        await anyio.sleep(3 * INTERVAL)
-        assert all(s.pings >= 1 for s in sockets)
+        await wait_for(lambda: all(s.pings >= 1 for s in sockets))
         assert len(anyio.get_running_tasks()) <= baseline + 2
 
 
@@ -217,10 +199,9 @@ async def test_a_peer_that_answers_every_ping_is_never_timed_out() -> None:
     async with ConnectionManager(heartbeat=policy) as manager:
         socket = MemoryTransport()
         conn = manager.register(socket, "alice")
-        await anyio.sleep(6 * (INTERVAL + TIMEOUT))
+        await wait_for(lambda: socket.pings >= 6)  # six rounds, each answered
         assert conn.state is C
         assert socket.close_code is None
-        assert socket.pings >= 6
         assert manager.stats().heartbeat_timeouts == 0
 
 
@@ -328,6 +309,7 @@ class Unpingable(MemoryTransport):
     no_ping_reason = "this transport cannot ping"
 
 
+@pytest.mark.slow  # the default periods (40 s), in real time on asyncio
 async def test_by_default_the_manager_pings_as_websockets_does() -> None:
     async with ConnectionManager() as manager:  # no policy given: HeartbeatPolicy()
         assert manager.heartbeat == HeartbeatPolicy()
@@ -353,6 +335,7 @@ async def test_an_explicit_pinging_heartbeat_refuses_a_socket_that_cannot_be_pin
         assert manager.count() == 0
 
 
+@pytest.mark.slow  # ten default intervals (200 s), in real time on asyncio
 async def test_heartbeat_none_turns_pings_and_idleness_off() -> None:
     async with ConnectionManager(heartbeat=None) as manager:
         deaf = MemoryTransport("deaf", auto_pong=False)

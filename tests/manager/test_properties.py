@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
+from support import C, D, E, I, R
 from wsfleet import (
     AlreadyRegistered,
     ConnectionManager,
@@ -36,11 +37,6 @@ from wsfleet import (
 from wsfleet.fsm.table import Rule, rules_by_pair
 from wsfleet.testing import MemoryTransport
 
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
 WRITABLE = (C, I)
 
 MAX_ATTEMPTS = 2
@@ -331,7 +327,8 @@ class ManagerOnTrio(ManagerMachine):
     backend = "trio"
 
 
-TestManagerOnAsyncio = ManagerOnAsyncio.TestCase
+# Random runs of a whole manager on each loop: more than a few seconds each.
+TestManagerOnAsyncio = pytest.mark.slow(ManagerOnAsyncio.TestCase)
 TestManagerOnAsyncio.settings = SETTINGS
-TestManagerOnTrio = ManagerOnTrio.TestCase
+TestManagerOnTrio = pytest.mark.slow(ManagerOnTrio.TestCase)
 TestManagerOnTrio.settings = SETTINGS

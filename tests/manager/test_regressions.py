@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import pytest
 
+from support import LATE, MICROSECOND, C, D, E, R, pairs, wait_for
 from wsfleet import (
     Connection,
     ConnectionManager,
@@ -31,29 +30,11 @@ from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
-
-LATE = 0.5
-MICROSECOND = 2e-6
-
 
 def policy(**kwargs: float) -> RetryPolicy:
     settings: dict[str, float] = {"max_attempts": 5, "base_delay": 0.02, "jitter": 0.0}
     settings.update(kwargs)
     return RetryPolicy(**settings)  # type: ignore[arg-type]
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while not predicate():
-            await anyio.sleep(0.005)
-
-
-def pairs(changes: list[StateChange]) -> list[tuple[ConnectionState | None, ConnectionState]]:
-    return [(c.old, c.new) for c in changes]
 
 
 class Reporting(MemoryTransport):

@@ -7,16 +7,23 @@ Timing runs on trio's ``MockClock`` (exact) and on asyncio in real time (short d
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import pytest
-import trio.testing
 
+from support import (
+    LATE,
+    MICROSECOND,
+    C,
+    D,
+    E,
+    R,
+    mock_clock_backend,  # noqa: F401
+    pairs,
+    wait_for,
+)
 from wsfleet import (
     Connection,
     ConnectionManager,
-    ConnectionState,
     HeartbeatPolicy,
     RetryPolicy,
     StateChange,
@@ -26,24 +33,6 @@ from wsfleet import (
 from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
-
-#: How late a timer may fire on a loaded machine in real time: generous, but bounded.
-LATE = 0.5
-#: Wall-clock datetimes have microsecond resolution; two of them may round apart by this.
-MICROSECOND = 2e-6
-
-
-@pytest.fixture(params=["asyncio", "trio-mockclock"])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    if request.param == "asyncio":
-        return "asyncio"
-    # A fresh clock per test: a MockClock remembers its time.
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 def quick(**kwargs: object) -> RetryPolicy:
@@ -55,17 +44,6 @@ def quick(**kwargs: object) -> RetryPolicy:
     }
     settings.update(kwargs)
     return RetryPolicy(**settings)  # type: ignore[arg-type]
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Sleep in small steps (virtual ones on the mock clock) until ``predicate`` holds."""
-    with anyio.fail_after(within):
-        while not predicate():
-            await anyio.sleep(0.002)
-
-
-def pairs(changes: list[StateChange]) -> list[tuple[ConnectionState | None, ConnectionState]]:
-    return [(c.old, c.new) for c in changes]
 
 
 # -- no reconnector: attempts fail --------------------------------------------------------
@@ -268,8 +246,7 @@ async def test_after_reconnecting_the_heartbeat_watches_the_new_transport() -> N
         assert deaf.close_code == 1011
         await wait_for(lambda: conn.state is C and conn.transport is fresh)
         reconnected_at = conn.changed_at
-        await anyio.sleep(0.35)
+        await wait_for(lambda: fresh.pings >= 3)  # three rounds on the new transport
         assert conn.state is C
         assert conn.changed_at == reconnected_at  # no second timeout
-        assert fresh.pings >= 3
         assert manager.stats().heartbeat_timeouts == 1

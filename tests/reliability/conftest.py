@@ -101,19 +101,6 @@ def collect_leftovers() -> None:
 # -- waiting ----------------------------------------------------------------------------------
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> float:
-    """Poll ``predicate`` every millisecond or so; fail with ``what`` after ``timeout``.
-
-    Returns how long it took, in seconds.
-    """
-    started = anyio.current_time()
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.001)
-    assert predicate(), f"after {timeout} s, still not: {what}"
-    return anyio.current_time() - started
-
-
 # -- process-wide counts ------------------------------------------------------------------------
 
 

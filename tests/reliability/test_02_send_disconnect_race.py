@@ -27,19 +27,10 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
+from support import wait_until
 from wsfleet import ConnectionManager, ConnectionState, WsfleetError
 
-from .conftest import (
-    Figure,
-    Sizes,
-    client,
-    close_client,
-    raw_connect,
-    reset,
-    serve,
-    task_count,
-    wait_until,
-)
+from .conftest import Figure, Sizes, client, close_client, raw_connect, reset, serve, task_count
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 

@@ -30,10 +30,11 @@ import anyio.lowlevel
 import pytest
 
 from redis_server import UNCLOSED, RedisServer
+from support import wait_until
 from wsfleet import ConnectionManager
 from wsfleet.adapters.redis import RedisBackplane
 
-from .conftest import Figure, Sizes, client, serve, wait_until
+from .conftest import Figure, Sizes, client, serve
 
 pytestmark = [
     pytest.mark.reliability,

@@ -36,9 +36,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from support import wait_until
 from wsfleet import Connection, ConnectionManager, HeartbeatPolicy
 
-from .conftest import Figure, Sizes, client, rss_bytes, serve, task_count, wait_until
+from .conftest import Figure, Sizes, client, rss_bytes, serve, task_count
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 

@@ -16,6 +16,7 @@ import anyio
 import pytest
 import trio.testing
 
+from support import C, D, E
 from wsfleet import ConnectionState, HeartbeatPolicy, OverflowPolicy, RetryPolicy
 from wsfleet._runtime.connection import Connection
 from wsfleet._runtime.context import Context
@@ -30,12 +31,6 @@ from wsfleet.testing import MemoryTransport
 from wsfleet.transport import PING
 
 pytestmark = pytest.mark.anyio
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
 
 
 class Recorder:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 from adapters.clients import client
 from adapters.harness_websockets import serve
 from redis_server import UNCLOSED, RedisServer
+from support import backplane_drops, backplane_stat, connected, wait_until
 from wsfleet import Backplane, ConnectionManager, MessageTooLarge, OverflowPolicy
 from wsfleet.adapters.redis import RedisBackplane, RedisStore
 from wsfleet.testing import MemoryTransport
@@ -42,27 +43,6 @@ TTL = 0.6
 OP_TIMEOUT = 0.5
 RATE = 50  # messages per second
 REFUSED = ("backplane: link down", "backplane: publish queue full")
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
-    assert predicate(), f"after {timeout} s, still not: {what}"
-
-
-def connected(*managers: ConnectionManager) -> bool:
-    return all(m.stats().backplane_state == "CONNECTED" for m in managers)
-
-
-def drops(manager: ConnectionManager) -> dict[str, int]:
-    return {k: v for k, v in manager.stats().drops.items() if k.startswith("backplane:")}
-
-
-def counter(manager: ConnectionManager, key: str) -> int:
-    stats = manager.stats().backplane
-    assert stats is not None
-    return stats.get(key, 0)
 
 
 @asynccontextmanager
@@ -102,9 +82,9 @@ class Ledger:
 
     def counted(self) -> tuple[int, int]:
         """(refusals the sender counted, losses of accepted messages counted anywhere)."""
-        sender = drops(self.sender)
+        sender = backplane_drops(self.sender)
         refused = sum(sender.get(reason, 0) for reason in REFUSED)
-        lost = sum(sender.values()) - refused + sum(drops(self.receiver).values())
+        lost = sum(sender.values()) - refused + sum(backplane_drops(self.receiver).values())
         return refused, lost
 
     def balanced(self) -> bool:
@@ -114,11 +94,12 @@ class Ledger:
     def explain(self) -> str:
         return (
             f"accepted {self.accepted}, refused {self.refused}, delivered "
-            f"{len(self.socket.received)}; sender {drops(self.sender)}, "
-            f"receiver {drops(self.receiver)}"
+            f"{len(self.socket.received)}; sender {backplane_drops(self.sender)}, "
+            f"receiver {backplane_drops(self.receiver)}"
         )
 
 
+@pytest.mark.slow  # Redis frozen, then killed
 async def test_every_accepted_message_is_delivered_or_counted_through_outages(
     redis: RedisServer,
 ) -> None:
@@ -159,9 +140,9 @@ async def test_every_accepted_message_is_delivered_or_counted_through_outages(
         assert ledger.refused > 0, "the outages cost something"
         numbers = [int(m) for m in ledger.socket.received]
         assert numbers == sorted(set(numbers))  # in order, none twice
-        assert set(drops(a)) <= {*REFUSED, "backplane: unconfirmed at close"}
-        assert set(drops(b)) <= {"backplane: lost in transit"}
-        assert counter(a, "link error") >= 2
+        assert set(backplane_drops(a)) <= {*REFUSED, "backplane: unconfirmed at close"}
+        assert set(backplane_drops(b)) <= {"backplane: lost in transit"}
+        assert backplane_stat(a, "link error") >= 2
 
 
 async def test_a_message_over_the_bound_is_refused_before_redis_can_drop_the_subscribers(
@@ -191,8 +172,8 @@ async def test_a_message_over_the_bound_is_refused_before_redis_can_drop_the_sub
         await a.broadcast(b"\x00" * (1024 * 1024))  # the manager's default limit fits
         await wait_until(lambda: len(bob.received) == 1, "the next one arrived")
         assert len(alice.received) == 1
-        assert counter(a, "link error") == counter(b, "link error") == 0
-        assert drops(a) == drops(b) == {}
+        assert backplane_stat(a, "link error") == backplane_stat(b, "link error") == 0
+        assert backplane_drops(a) == backplane_drops(b) == {}
 
 
 async def test_a_message_redis_drops_with_its_subscribers_is_counted(redis: RedisServer) -> None:
@@ -207,14 +188,14 @@ async def test_a_message_redis_drops_with_its_subscribers_is_counted(redis: Redi
         await wait_until(lambda: len(ledger.socket.received) == 1, "the first arrived")
         await ledger.send("y" * (1024 * 1024))  # under the bound, over Redis' limit
         await wait_until(
-            lambda: counter(a, "link error") >= 1 and counter(b, "link error") >= 1,
+            lambda: backplane_stat(a, "link error") >= 1 and backplane_stat(b, "link error") >= 1,
             "Redis dropped both subscriptions",
         )
         await wait_until(lambda: connected(a, b), "both back")
         await ledger.send()
         await wait_until(ledger.balanced, f"the sum balances: {ledger.explain()}")
         assert ledger.socket.received == ["1", "3"]
-        assert drops(b) == {"backplane: lost in transit": 1}
+        assert backplane_drops(b) == {"backplane: lost in transit": 1}
 
 
 async def test_a_forged_envelope_with_a_lone_surrogate_reaches_no_socket(
@@ -252,7 +233,8 @@ async def test_a_forged_envelope_with_a_lone_surrogate_reaches_no_socket(
             async with coredis.Redis.from_url(redis.url) as intruder:
                 assert await intruder.publish(f"{NAMESPACE}:bus", forged) == 2
             await wait_until(
-                lambda: all(counter(m, "malformed") == 1 for m in managers), "both counted it"
+                lambda: all(backplane_stat(m, "malformed") == 1 for m in managers),
+                "both counted it",
             )
             await managers[0].broadcast("after")
             await wait_until(
@@ -261,9 +243,9 @@ async def test_a_forged_envelope_with_a_lone_surrogate_reaches_no_socket(
             )
             assert [m.stats().states for m in managers] == states
             for manager in managers:
-                assert drops(manager) == {"backplane: malformed": 1}
+                assert backplane_drops(manager) == {"backplane: malformed": 1}
                 assert manager.stats().dropped == 1
-                assert counter(manager, "link error") == 0
+                assert backplane_stat(manager, "link error") == 0
         # The clients closed: their sessions end before the servers stop.
         await wait_until(lambda: all(m.count() == 0 for m in managers), "the sessions ended")
 

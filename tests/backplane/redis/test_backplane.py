@@ -34,6 +34,7 @@ import coredis
 import pytest
 
 from redis_server import UNCLOSED, RedisServer
+from support import backplane_drops, backplane_stat, connected, wait_until
 from wsfleet import ConnectionManager, Delivery
 from wsfleet.adapters.redis import RedisBackplane
 from wsfleet.backplane.wire import VERSION
@@ -49,28 +50,6 @@ pytestmark = [
 HEARTBEAT = 0.2
 TTL = 0.6
 NAMESPACE = "wsfleet-test"
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
-    """Poll ``predicate`` every few milliseconds; fail with ``what`` after ``timeout``."""
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
-    assert predicate(), f"after {timeout} s, still not: {what}"
-
-
-def connected(*managers: ConnectionManager) -> bool:
-    return all(m.stats().backplane_state == "CONNECTED" for m in managers)
-
-
-def backplane_drops(manager: ConnectionManager) -> dict[str, int]:
-    return {k: v for k, v in manager.stats().drops.items() if k.startswith("backplane:")}
-
-
-def counter(manager: ConnectionManager, key: str) -> int:
-    stats = manager.stats().backplane
-    assert stats is not None
-    return stats.get(key, 0)
 
 
 @asynccontextmanager
@@ -90,7 +69,8 @@ async def fleet(url: str, *names: str, **options: Any) -> AsyncIterator[list[Con
 async def settle(*managers: ConnectionManager) -> None:
     """Wait until every node's queue to Redis is empty, and a little for the far side."""
     await wait_until(
-        lambda: all(counter(m, "queued sends") == 0 for m in managers), "publish queues empty"
+        lambda: all(backplane_stat(m, "queued sends") == 0 for m in managers),
+        "publish queues empty",
     )
     await anyio.sleep(0.05)
 
@@ -170,9 +150,10 @@ async def test_every_fan_out_reaches_every_target_on_every_node_once_in_order(
                 assert mine == [m for m in expected[key] if m.startswith(f"{sender}:")], key
         for manager in nodes.values():
             assert backplane_drops(manager) == {}
-            assert counter(manager, "malformed") == 0
+            assert backplane_stat(manager, "malformed") == 0
 
 
+@pytest.mark.slow  # Redis frozen
 async def test_local_targets_do_not_wait_for_redis(redis: RedisServer) -> None:
     """With Redis frozen (SIGSTOP), the sender's own sockets still get their copy at once;
     the other node's get theirs when Redis thaws, and nothing is lost or counted."""
@@ -198,7 +179,7 @@ async def test_local_targets_do_not_wait_for_redis(redis: RedisServer) -> None:
         await wait_until(lambda: bob.received == ["hello"], "bob got it once Redis thawed")
         await settle(n1, n2)
         assert backplane_drops(n1) == {}
-        assert counter(n1, "published") == 1
+        assert backplane_stat(n1, "published") == 1
 
 
 async def test_bytes_and_exclusions_cross_nodes(redis: RedisServer) -> None:
@@ -326,12 +307,14 @@ async def test_garbage_on_the_channel_is_skipped_and_counted(redis: RedisServer)
             for raw in garbage:
                 assert await client.publish(f"{NAMESPACE}:bus", raw) == 2
         await wait_until(
-            lambda: counter(n1, "malformed") == counter(n2, "malformed") == len(garbage),
+            lambda: (
+                backplane_stat(n1, "malformed") == backplane_stat(n2, "malformed") == len(garbage)
+            ),
             "every node counted every bad message",
         )
         assert bob.received == []
         # The subscribers live on: the link never went down and messages still flow.
-        assert counter(n1, "link error") == counter(n2, "link error") == 0
+        assert backplane_stat(n1, "link error") == backplane_stat(n2, "link error") == 0
         await n1.broadcast("after the garbage")
         await wait_until(lambda: bob.received == ["after the garbage"], "bob got the next one")
         assert connected(n1, n2)
@@ -356,7 +339,7 @@ async def test_records_no_node_wrote_are_skipped_and_the_links_stay_up(
             bob = MemoryTransport()
             n2.register(bob, "bob")
             await anyio.sleep(3 * HEARTBEAT)  # heartbeats that read the records again
-            assert counter(n1, "link error") == counter(n2, "link error") == 0
+            assert backplane_stat(n1, "link error") == backplane_stat(n2, "link error") == 0
             assert "line\nbreak" not in n1.presence("bob") | set(n1.identifiers())
             await n1.broadcast("still flowing")
             await wait_until(lambda: bob.received == ["still flowing"], "bob got it")
@@ -426,6 +409,7 @@ def link_log() -> Iterator[LinkLog]:
         logger.setLevel(level)
 
 
+@pytest.mark.slow  # Redis killed
 async def test_the_link_goes_through_error_and_reconnecting_around_an_outage(
     redis: RedisServer, link_log: LinkLog
 ) -> None:
@@ -474,6 +458,7 @@ async def test_the_link_goes_through_error_and_reconnecting_around_an_outage(
     assert all(c == ("RECONNECTING", "ERROR") for c in outage[1::2])
 
 
+@pytest.mark.slow  # Redis killed
 async def test_redis_killed_and_restarted_under_traffic(redis: RedisServer) -> None:
     """Three SIGKILLs of Redis while node a sends numbered messages to everyone, 200 a second.
 
@@ -550,5 +535,5 @@ async def test_redis_killed_and_restarted_under_traffic(redis: RedisServer) -> N
             assert not missed_now & set(range(resumed, window[-1] + 1)), sorted(missed_now)
 
         assert connected(a, b)
-        assert counter(a, "link error") >= 3
-        assert counter(b, "link error") >= 3
+        assert backplane_stat(a, "link error") >= 3
+        assert backplane_stat(b, "link error") >= 3

@@ -26,6 +26,7 @@ from redis_server import UNCLOSED, RedisServer
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.slow,  # a Python process per node
     # coredis leaves the memory streams of a failed dial to the GC (see the other module).
     pytest.mark.filterwarnings(f"ignore:{UNCLOSED}:ResourceWarning"),
 ]
