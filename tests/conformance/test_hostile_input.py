@@ -161,6 +161,7 @@ async def test_a_bad_name_in_a_request_gets_its_sender_an_error(combo: Combo) ->
         await s.unharmed()
 
 
+@pytest.mark.slow
 async def test_a_flood_from_one_client_does_not_hold_up_the_others(combo: Combo) -> None:
     """One client sends FLOOD messages as fast as it can (and reads its echoes); meanwhile
     the bystanders' round trips go on, each within a few seconds."""

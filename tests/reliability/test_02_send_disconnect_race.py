@@ -159,6 +159,7 @@ async def race(server: Server, url: str, i: int, rng: random.Random, tally: Tall
             tg.start_soon(call)
 
 
+@pytest.mark.slow
 async def test_sends_racing_disconnects_raise_only_wsfleet_errors(
     sizes: Sizes, figure: Figure
 ) -> None:

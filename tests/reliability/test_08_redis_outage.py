@@ -114,6 +114,7 @@ def all_connected(nodes: dict[str, Node]) -> bool:
     return all(n.manager.stats().backplane_state == "CONNECTED" for n in nodes.values())
 
 
+@pytest.mark.slow  # Redis killed
 async def test_redis_outages_under_traffic(
     redis: RedisServer, sizes: Sizes, figure: Figure
 ) -> None:

@@ -151,6 +151,7 @@ async def soak_fleet(
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heartbeat", HEARTBEATS)
 async def test_soak_keeps_memory_flat_and_collects_closed_connections(
     heartbeat: HeartbeatPolicy | None, sizes: Sizes, figure: Figure

@@ -39,6 +39,7 @@ from .conftest import Figure, Sizes, client, serve
 
 pytestmark = [
     pytest.mark.reliability,
+    pytest.mark.slow,  # Redis frozen, then killed
     pytest.mark.anyio,
     pytest.mark.filterwarnings(f"ignore:{UNCLOSED}:ResourceWarning"),
 ]
