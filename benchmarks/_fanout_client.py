@@ -36,10 +36,12 @@ import base64
 import contextlib
 import json
 import os
-import resource
 import statistics
 import sys
 import time
+from functools import partial
+
+from _harness.process import commands, pin, raise_nofile, say
 
 BUFFER = bytearray(256 * 1024)  # every read lands here; the data is only counted
 CONCURRENT_HANDSHAKES = 64
@@ -47,11 +49,6 @@ CONCURRENT_HANDSHAKES = 64
 STAMP_END = 28
 #: Quantiles of the latency distribution reported in "done", in steps of 0.5 %.
 QUANTILES = 200
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 class Client:
@@ -253,13 +250,18 @@ def upgrade_request(port: int, identifier: str, socketio: bool = False) -> bytes
     ).encode()
 
 
+def same(conn: Conn) -> Conn:
+    """The protocol factory of one connection: the Conn made for it."""
+    return conn
+
+
 async def open_one(client: Client, port: int, identifier: str, stall: bool) -> Conn:
     loop = asyncio.get_running_loop()
     for attempt in range(5):
         conn = Conn(client, upgrade_request(port, identifier, client.socketio), stall)
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda conn=conn: conn, "127.0.0.1", port), 10
+                loop.create_connection(partial(same, conn), "127.0.0.1", port), 10
             )
             await asyncio.wait_for(conn.handshake, 10)
             if client.socketio:
@@ -310,7 +312,7 @@ async def watch(client: Client, nbytes: int, limit: float) -> None:
         await asyncio.wait_for(client.all_done.wait(), limit)
     times = sorted(c.done_at for c in conns if c.done_at is not None)
     short = [c.target - c.received for c in conns if c.done_at is None]
-    report = {
+    report: dict[str, object] = {
         "connections": len(conns),
         "complete": len(times),
         "first": times[0] if times else None,
@@ -351,13 +353,8 @@ async def main(port: int, socketio: bool) -> None:
     client = Client()
     client.socketio = socketio
     client.stamp_at = 8 if socketio else 0
-    loop = asyncio.get_running_loop()
     watcher: asyncio.Task[None] | None = None
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        words = line.split()
-        if not words or words[0] == "quit":
-            break
+    async for words in commands():
         command, args = words[0], words[1:]
         if command == "connect":
             n, prefix, stall = int(args[0]), args[1], args[2] == "1"
@@ -385,11 +382,8 @@ def cli() -> None:
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
     parser.add_argument("--socketio", action="store_true", help="speak Engine.IO v4 on top")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.cpu})
+    raise_nofile()
+    pin(args.cpu)
     asyncio.run(main(args.port, args.socketio))
 
 

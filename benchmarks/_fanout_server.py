@@ -48,8 +48,6 @@ import gc
 import hashlib
 import json
 import os
-import resource
-import socket
 import sys
 import time
 import traceback
@@ -62,6 +60,7 @@ import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint
 
+from _harness.process import commands, count_reaches, free_port, pin, raise_nofile, rss, say
 from wsfleet import ConnectionManager, OverflowPolicy
 
 VARIANTS: dict[str, str] = {
@@ -97,26 +96,6 @@ STALL_POLICY = OverflowPolicy(max_messages=4096, max_bytes=1024 * 1024, action="
 #: then every client's queue passes the 1 MiB bound, healthy or not; one stalled client alone
 #: (at most 1 MiB before it is evicted) never holds the producer back.
 STREAM_BACKLOG = 2 * 1024 * 1024
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def rss() -> int | None:
-    """This process's resident memory in bytes (Linux), or None."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def identifier_of(target: str) -> str:
@@ -185,7 +164,11 @@ def stamped(serial: int, size: int) -> str:
 
 
 @asynccontextmanager
-async def websockets_asyncio(fleet: Fleet) -> AsyncIterator[int]:
+async def websockets_asyncio(
+    fleet: Fleet, *, ping_interval: float | None = None, ping_timeout: float | None = None
+) -> AsyncIterator[int]:
+    """websockets on asyncio; its own keepalive only where ``ping_interval`` asks (the idle
+    benchmark's peer, with no wsfleet)."""
     from websockets.asyncio.server import serve
     from websockets.exceptions import ConnectionClosed
 
@@ -201,8 +184,8 @@ async def websockets_asyncio(fleet: Fleet) -> AsyncIterator[int]:
         "127.0.0.1",
         0,
         compression=None,
-        ping_interval=None,
-        ping_timeout=None,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
         close_timeout=1,
         backlog=2048,
     ) as server:
@@ -210,7 +193,10 @@ async def websockets_asyncio(fleet: Fleet) -> AsyncIterator[int]:
 
 
 @asynccontextmanager
-async def websockets_trio(fleet: Fleet) -> AsyncIterator[int]:
+async def websockets_trio(
+    fleet: Fleet, *, ping_interval: float | None = None, ping_timeout: float | None = None
+) -> AsyncIterator[int]:
+    """websockets on trio; its own keepalive only where ``ping_interval`` asks."""
     from websockets.exceptions import ConnectionClosed
     from websockets.trio.server import serve
 
@@ -229,8 +215,8 @@ async def websockets_trio(fleet: Fleet) -> AsyncIterator[int]:
                 0,
                 host="127.0.0.1",
                 compression=None,
-                ping_interval=None,
-                ping_timeout=None,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
                 close_timeout=1,
                 backlog=2048,
             )
@@ -257,13 +243,6 @@ async def trio_websocket(fleet: Fleet) -> AsyncIterator[int]:
         tg.cancel_scope.cancel()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @asynccontextmanager
 async def hypercorn_serving(app: Any) -> AsyncIterator[int]:
     """An ASGI app under hypercorn (asyncio worker), with no keepalive and no compression
@@ -280,7 +259,7 @@ async def hypercorn_serving(app: Any) -> AsyncIterator[int]:
     config.errorlog = None
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))
         with anyio.fail_after(10):
             while True:  # hypercorn has no "started" signal: wait until it accepts
                 try:
@@ -430,14 +409,16 @@ async def socketio_room(fleet: Fleet) -> AsyncIterator[int]:
         async_mode="asgi", ping_interval=3600, ping_timeout=60, logger=False
     )
 
-    @sio.event
     async def connect(sid: str, environ: dict[str, Any]) -> None:
         await sio.enter_room(sid, "r")
         fleet.add(sid, identifier_of("?" + environ.get("QUERY_STRING", "")))
 
-    @sio.event
     async def disconnect(sid: str, *reason: Any) -> None:
         fleet.remove(sid)
+
+    # sio.event's plain form: mypy cannot type a decorator from an untyped package
+    sio.on("connect", connect)
+    sio.on("disconnect", disconnect)
 
     async with uvicorn_serving(socketio.ASGIApp(sio)) as port:
         yield port
@@ -649,8 +630,10 @@ class Job:
             else:
                 # Older managers: the same through a private call, as a diagnostic.
                 conns = list(self.fleet.conns)
+                send: Callable[[list[Any], str], int]
+                send = getattr(manager, "_send_to_connections")  # noqa: B009 (not in its type)
                 async for text in texts:
-                    self.target += manager._send_to_connections(conns, text)
+                    self.target += send(conns, text)
             await self.settle()
             return
         async for text in texts:
@@ -701,20 +684,13 @@ async def serve(variant: str) -> None:
     job = Job(variant, fleet)
     async with AsyncExit(manager), SERVERS[variant](fleet) as port:
         say(f"port {port}")
-        while True:
-            line = await anyio.to_thread.run_sync(sys.stdin.readline)
-            if not line:
-                break
-            words = line.split()
-            if not words:
-                continue
+        async for words in commands():
             command, args = words[0], words[1:]
             if command == "wait":
-                want, limit = int(args[0]), float(args[1])
-                with anyio.move_on_after(limit):
-                    while len(fleet.sockets) < want:  # noqa: ASYNC110 (handlers append)
-                        await anyio.sleep(0.01)
-                say(f"ready {len(fleet.sockets)}")
+                held = await count_reaches(
+                    lambda: len(fleet.sockets), int(args[0]), float(args[1]), 0.01
+                )
+                say(f"ready {held}")
             elif command == "go":
                 m, size, mode, limit = int(args[0]), int(args[1]), args[2], float(args[3])
                 t0 = time.perf_counter()
@@ -746,8 +722,6 @@ async def serve(variant: str) -> None:
                         i.startswith("stalled") for i in fleet.ids.values()
                     )
                 say("stats " + json.dumps(info))
-            elif command == "quit":
-                break
     # Closing thousands of sockets politely only costs the driver time; it is done with us.
 
 
@@ -775,8 +749,7 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
     args = parser.parse_args()
     raise_nofile()
-    if args.cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.cpu})
+    pin(args.cpu)
     anyio.run(serve, args.variant, backend=VARIANTS[args.variant])
 
 

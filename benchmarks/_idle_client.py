@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import sys
 import time
 from collections import Counter
@@ -29,13 +28,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake
 from websockets.protocol import State
 
+from _harness.process import commands, raise_nofile, say
+
 CONCURRENT_HANDSHAKES = 64
 ATTEMPTS = 5
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 async def open_one(port: int, identifier: str) -> ClientConnection:
@@ -78,13 +74,8 @@ def check(clients: list[ClientConnection]) -> dict[str, object]:
 
 
 async def main(port: int) -> None:
-    loop = asyncio.get_running_loop()
     clients: list[ClientConnection] = []
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        words = line.split()
-        if not words or words[0] == "quit":
-            break
+    async for words in commands():
         command, args = words[0], words[1:]
         if command == "connect":
             t0 = time.monotonic()
@@ -105,9 +96,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     asyncio.run(main(args.port))
 
 

@@ -34,25 +34,15 @@ import os
 import resource
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
-from _fanout_server import (
-    AsyncExit,
-    Fleet,
-    identifier_of,
-    raise_nofile,
-    rss,
-    say,
-    trio_websocket,
-    websockets_asyncio,
-    websockets_trio,
-)
+from _fanout_server import AsyncExit, Fleet, trio_websocket, websockets_asyncio, websockets_trio
+from _harness.process import commands, count_reaches, raise_nofile, rss, say
 from wsfleet import ConnectionManager, HeartbeatPolicy
 
 Serving = Callable[[Fleet], AbstractAsyncContextManager[int]]
@@ -65,60 +55,8 @@ VARIANTS: dict[str, tuple[str, Serving]] = {
 }
 
 
-@asynccontextmanager
-async def keepalive_asyncio(
-    interval: float, pong_timeout: float, fleet: Fleet
-) -> AsyncIterator[int]:
-    """websockets on asyncio pinging by itself; the handler only reads."""
-    from websockets.asyncio.server import serve
-    from websockets.exceptions import ConnectionClosed
-
-    async def handler(ws: Any) -> None:
-        with suppress(ConnectionClosed):
-            await fleet.hold(ws, identifier_of(ws.request.path), ws.recv)
-
-    async with serve(
-        handler,
-        "127.0.0.1",
-        0,
-        compression=None,
-        ping_interval=interval,
-        ping_timeout=pong_timeout,
-        close_timeout=1,
-        backlog=2048,
-    ) as server:
-        yield next(iter(server.sockets)).getsockname()[1]
-
-
-@asynccontextmanager
-async def keepalive_trio(interval: float, pong_timeout: float, fleet: Fleet) -> AsyncIterator[int]:
-    """websockets on trio pinging by itself; the handler only reads."""
-    from websockets.exceptions import ConnectionClosed
-    from websockets.trio.server import serve
-
-    async def handler(ws: Any) -> None:
-        with suppress(ConnectionClosed):
-            await fleet.hold(ws, identifier_of(ws.request.path), ws.recv)
-
-    async with anyio.create_task_group() as tg:
-        server = await tg.start(
-            partial(
-                serve,
-                handler,
-                0,
-                host="127.0.0.1",
-                compression=None,
-                ping_interval=interval,
-                ping_timeout=pong_timeout,
-                close_timeout=1,
-                backlog=2048,
-            )
-        )
-        yield server.listeners[0].socket.getsockname()[1]
-        tg.cancel_scope.cancel()
-
-
-KEEPALIVE = {"asyncio": keepalive_asyncio, "trio": keepalive_trio}
+#: websockets pinging by itself, no wsfleet: the handler only reads.
+KEEPALIVE = {"asyncio": websockets_asyncio, "trio": websockets_trio}
 
 
 def configure(variant: str, policy: str) -> tuple[ConnectionManager | None, Serving]:
@@ -127,7 +65,7 @@ def configure(variant: str, policy: str) -> tuple[ConnectionManager | None, Serv
         if variant not in KEEPALIVE:
             raise SystemExit(f"{variant} has no keepalive of its own")
         interval, timeout = (float(part) for part in policy.removeprefix("library:").split(","))
-        return None, partial(KEEPALIVE[variant], interval, timeout)
+        return None, partial(KEEPALIVE[variant], ping_interval=interval, ping_timeout=timeout)
     heartbeat: HeartbeatPolicy | None
     if policy == "off":
         heartbeat = None
@@ -169,17 +107,6 @@ def sample(manager: ConnectionManager | None, fleet: Fleet) -> dict[str, Any]:
     return info
 
 
-async def commands() -> AsyncIterator[list[str]]:
-    """The driver's lines, split into words, until it closes stdin."""
-    while True:
-        line = await anyio.to_thread.run_sync(sys.stdin.readline)
-        if not line:
-            return
-        words = line.split()
-        if words:
-            yield words
-
-
 async def serve(variant: str, policy: str) -> None:
     manager, serving = configure(variant, policy)
     fleet = Fleet(manager)
@@ -188,15 +115,10 @@ async def serve(variant: str, policy: str) -> None:
         async for words in commands():
             command, args = words[0], words[1:]
             if command == "wait":
-                want, limit = int(args[0]), float(args[1])
-                with anyio.move_on_after(limit):
-                    while held(manager, fleet) < want:  # noqa: ASYNC110 (handlers register)
-                        await anyio.sleep(0.05)
-                say(f"ready {held(manager, fleet)}")
+                count = partial(held, manager, fleet)
+                say(f"ready {await count_reaches(count, int(args[0]), float(args[1]), 0.05)}")
             elif command == "sample":
                 say("sample " + json.dumps(sample(manager, fleet)))
-            elif command == "quit":
-                break
         # Closing thousands of sockets politely only costs the driver time; it is done with
         # us. (AsyncExit does the same when the server fails: it prints why and leaves.)
         sys.stdout.flush()

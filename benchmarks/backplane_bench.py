@@ -1,6 +1,7 @@
 """Two processes, one fleet, one Redis: what the Redis backplane costs on loopback.
 
-    python benchmarks/backplane_bench.py [--quick]   # writes benchmarks/results/backplane.md/.json
+    python benchmarks/backplane_bench.py [--quick | --smoke]
+        # writes benchmarks/results/backplane.md and backplane.json (--smoke: nothing)
 
 The benchmark starts its own ``redis-server`` on a free 127.0.0.1 port (no persistence;
 ``wsfleet.testing.RedisServer``, the tests' launcher), then for each event loop a pair
@@ -31,7 +32,6 @@ happened; the full run takes about two minutes, ``--quick`` about one.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,7 +52,7 @@ import anyio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _report import table, write
+from _harness import cli, table
 
 FAN = 1_000
 #: What runs: wsfleet as it is, wsfleet in processes that ``gc.freeze()`` after set-up,
@@ -63,6 +64,36 @@ FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.85, 1.0)
 #: A step is kept up with if nothing is lost and the probe's p99 stays under this.
 SUSTAINED_P99_MS = 25.0
 QUEUE_BOUND = 2_000
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each part of a pair's run lasts, in seconds, and how fast the probe goes."""
+
+    #: the latency window
+    window: float = 5.0
+    #: the measured burst, and each paced step of the sustained fan-out
+    short: float = 3.0
+    latency_rate: int = LATENCY_RATE
+    #: the first burst, which sizes the measured one
+    first_burst: int = 200
+
+
+@dataclass(frozen=True)
+class Config:
+    modes: tuple[str, ...] = MODES
+    backends: tuple[str, ...] = ("asyncio", "trio")
+    timing: Timing = Timing()
+
+
+FULL = Config()
+QUICK = Config(timing=Timing(window=2.0, short=1.5))
+#: The frozen variant runs wsfleet's code and the freeze; the floor, coredis's: both on each
+#: event loop, each step for a moment.
+SMOKE = Config(
+    modes=("wsfleet-frozen", "coredis"),
+    timing=Timing(window=0.2, short=0.2, latency_rate=200, first_burst=20),
+)
 
 # -- worker processes ------------------------------------------------------------------------
 
@@ -389,26 +420,20 @@ class Worker:
         self.process.wait(timeout=10)
 
 
-def redis_server_class() -> Any:
-    """The same launcher the tests use (``wsfleet.testing.RedisServer``)."""
-    from wsfleet.testing import RedisServer
-
-    return RedisServer
-
-
-def run_pair(url: str, mode: str, backend: str, quick: bool, log: IO[bytes]) -> dict[str, Any]:
+def run_pair(url: str, mode: str, backend: str, timing: Timing, log: IO[bytes]) -> dict[str, Any]:
     receiver = Worker(mode, "receiver", url, backend, log)
     sender: Worker | None = None
     try:
         receiver.read(30)
+        # The sender starts once the receiver is up: it learns of the receiver's sockets
+        # from what the receiver announces, at once only if it is subscribed by then.
         sender = Worker(mode, "sender", url, backend, log)
         sender.read(30)
-        window = 2.0 if quick else 5.0
-        short = 1.5 if quick else 3.0
+        window, short = timing.window, timing.short
         result: dict[str, Any] = {}
 
         receiver.call("reset")
-        sent = sender.call("latency", rate=LATENCY_RATE, seconds=window)
+        sent = sender.call("latency", rate=timing.latency_rate, seconds=window)
         seen = receiver.call("wait", count=sent["sent"], within=10, timeout=20)
         result["latency"] = seen["latency"] | {
             "sent": sent["sent"],
@@ -425,8 +450,9 @@ def run_pair(url: str, mode: str, backend: str, quick: bool, log: IO[bytes]) -> 
             fanouts = seen["deliveries"] / per_message
             return sent, fanouts, fanouts / seen["seconds"] if seen["seconds"] else 0.0
 
-        _, _, guess = burst(200)  # a first guess sizes the measured burst to ``short`` s
-        sent, fanouts, rate = burst(max(200, int(guess * short)))
+        first = timing.first_burst
+        _, _, guess = burst(first)  # a first guess sizes the measured burst to ``short`` s
+        sent, fanouts, rate = burst(max(first, int(guess * short)))
         result["burst"] = {
             "sent": sent["sent"],
             "fanouts": fanouts,
@@ -446,7 +472,9 @@ def run_pair(url: str, mode: str, backend: str, quick: bool, log: IO[bytes]) -> 
                 expected = sent["sent"] * (FAN + 1)
                 seen = receiver.call("wait", count=expected, within=30, timeout=40)
                 lost = expected - seen["deliveries"] - seen["latency"]["count"]
-                kept_up = lost == 0 and seen["latency"]["p99_ms"] <= SUSTAINED_P99_MS
+                # a step that delivered no probe message (too short) shows nothing kept up
+                p99 = seen["latency"].get("p99_ms", math.inf)
+                kept_up = lost == 0 and p99 <= SUSTAINED_P99_MS
                 steps.append(
                     {
                         "rate": fraction * rate,
@@ -459,8 +487,8 @@ def run_pair(url: str, mode: str, backend: str, quick: bool, log: IO[bytes]) -> 
                 )
                 if not kept_up:
                     break
-        for worker_ in (sender, receiver):
-            worker_.call("quit", timeout=15)
+        for live in (sender, receiver):
+            live.call("quit", timeout=15)
         return result
     finally:
         for worker_ in (sender, receiver):
@@ -468,35 +496,40 @@ def run_pair(url: str, mode: str, backend: str, quick: bool, log: IO[bytes]) -> 
                 worker_.kill()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter windows")
-    parser.add_argument("--worker", nargs=4, metavar=("MODE", "ROLE", "URL", "BACKEND"))
-    args = parser.parse_args()
-    if args.worker:
-        worker(*args.worker)
-        return
+def measure(config: Config) -> dict[str, Any]:
+    """Every mode on every event loop, through one throw-away redis-server."""
+    from _harness.redis import RedisServer
 
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     results: dict[str, Any] = {}
     with (
-        redis_server_class()() as redis,
+        RedisServer() as redis,
         tempfile.TemporaryFile() as log,  # the workers' stderr, shown if something fails
     ):
         try:
-            for mode in MODES:
-                for backend in ("asyncio", "trio"):
+            for mode in config.modes:
+                for backend in config.backends:
                     key = f"{mode}/{backend}"
                     print(f"== {key}", file=sys.stderr, flush=True)
-                    results[key] = run_pair(redis.url, mode, backend, args.quick, log)
+                    results[key] = run_pair(redis.url, mode, backend, config.timing, log)
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-5000:])
             raise
-    elapsed = time.perf_counter() - started
-    load = (load_before, os.getloadavg()[0])
+    return {
+        "load_average": (load_before, os.getloadavg()[0]),
+        "seconds": time.perf_counter() - started,
+        "results": results,
+        "config": asdict(config),
+    }
 
+
+def render(data: dict[str, Any]) -> str:
+    results = data["results"]
+    load = data["load_average"]
+    elapsed = data["seconds"]
+    timing = data["config"]["timing"]
     rows = []
     for key, r in results.items():
         lat = r["latency"]
@@ -512,9 +545,10 @@ def main() -> None:
             )
         else:
             first = r["sustained"][0]
+            p99 = first["latency"].get("p99_ms", math.nan)
             sustained = (
                 f"none: at {first['rate']:,.0f}/s already p99 "
-                f"{first['latency']['p99_ms']:.1f} ms, {first['lost_deliveries']} lost"
+                f"{p99:.1f} ms, {first['lost_deliveries']} lost"
             )
         rows.append(
             (
@@ -528,7 +562,7 @@ def main() -> None:
     body = table(
         [
             "sender -> Redis -> receiver",
-            f"latency ms p50 / p99 / max at {LATENCY_RATE:,}/s",
+            f"latency ms p50 / p99 / max at {timing['latency_rate']:,}/s",
             "lost",
             "burst messages/s (deliveries/s)",
             f"max sustained fan-out to {FAN:,} sockets",
@@ -538,7 +572,8 @@ def main() -> None:
     met = {key: r["latency"]["p99_ms"] <= 5.0 for key, r in results.items() if key.startswith("ws")}
     verdict = ", ".join(f"{key} {'met' if ok else 'NOT met'}" for key, ok in met.items())
     body += (
-        f"\n\nTarget, latency p99 <= 5 ms at {LATENCY_RATE:,} messages per second: {verdict}.\n\n"
+        f"\n\nTarget, latency p99 <= 5 ms at {timing['latency_rate']:,} messages per second: "
+        f"{verdict}.\n\n"
         "Rows: `wsfleet` as it is; `wsfleet-frozen`, the same in processes that call "
         "`gc.collect(); gc.freeze()` once set up, as a long-lived server may: the receiver "
         "holds 1,000 connections, and a full collection that walks all of them pauses the "
@@ -553,7 +588,7 @@ def main() -> None:
         "(the sender keeps at most 2,000 queued), the receiver's rate from its first "
         "delivery to its last; a burst coalesces writes, so the paced rate the receiver "
         "keeps up with is lower: the last column is the highest paced step (10, 30, 50, 70, "
-        f"85 or 100 % of the burst rate, {'1.5' if args.quick else '3'} s each) with nothing "
+        f"85 or 100 % of the burst rate, {timing['short']:g} s each) with nothing "
         f"lost and the probe's p99 under {SUSTAINED_P99_MS:.0f} ms (the probe is in the "
         "group, so its delay includes the fan-out).\n\n"
         "Two worker processes and redis-server share the machine's "
@@ -561,12 +596,24 @@ def main() -> None:
         f"before the run and {load[1]:.2f} after: other work on the machine shows in the "
         f"tails, of the floor as much as of wsfleet. The run took {elapsed:.0f} s.\n"
     )
-    write(
-        "backplane",
-        "Redis backplane: two processes on loopback",
-        "python benchmarks/backplane_bench.py" + (" --quick" if args.quick else ""),
-        body,
-        {"load_average": load, "seconds": elapsed, "results": results},
+    return body
+
+
+def main() -> None:
+    parser = cli.parser(__doc__)
+    parser.add_argument("--worker", nargs=4, metavar=("MODE", "ROLE", "URL", "BACKEND"))
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    cli.run(
+        args,
+        SMOKE if args.smoke else QUICK if args.quick else FULL,
+        measure,
+        render,
+        name="backplane",
+        title="Redis backplane: two processes on loopback",
+        script="backplane_bench.py",
     )
 
 

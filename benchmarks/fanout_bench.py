@@ -1,6 +1,7 @@
 """Fan-out over real loopback sockets: each wsfleet adapter against its plain peer.
 
     python benchmarks/fanout_bench.py [--quick]   # writes benchmarks/results/fanout.md/.json
+    python benchmarks/fanout_bench.py --smoke     # every variant, mode and size, tiny; seconds
 
 Every server variant runs in a process of its own (``_fanout_server.py``, pinned to one CPU),
 the clients in another (``_fanout_client.py``, pinned to the other CPU): raw TCP sockets that
@@ -56,24 +57,32 @@ import argparse
 import contextlib
 import json
 import os
-import queue
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _report import RESULTS, Deadline, environment, table, write
+from _harness import (
+    PYTHON,
+    RESULTS,
+    Child,
+    Deadline,
+    Failed,
+    cli,
+    cpus,
+    environment,
+    summarise,
+    table,
+    write,
+)
 
-PYTHON = sys.executable
 SERVER = str(HERE / "_fanout_server.py")
 CLIENT = str(HERE / "_fanout_client.py")
 
@@ -184,21 +193,44 @@ def frame_bytes(size: int, variant: str = "") -> int:
     return size + (2 if size < 126 else 4 if size < 65536 else 10)
 
 
+#: Imports every variant's modules in one fresh process (the benchmark's own imports do not
+#: count) and prints, per variant, why it cannot run (the import's error) or null.
+PROBE = """
+import importlib, json, sys
+out = {}
+for key, modules in json.loads(sys.argv[1]).items():
+    try:
+        for name in modules.split(","):
+            importlib.import_module(name.strip())
+    except Exception as exc:
+        out[key] = f"{type(exc).__name__}: {exc}"
+    else:
+        out[key] = None
+print(json.dumps(out))
+"""
+_missing: dict[str, str | None] = {}
+
+
 def missing(variant: Variant) -> str | None:
-    """Why the variant cannot run here (its adapter does not import), or None."""
+    """Why the variant cannot run here (its adapter does not import), or None. Every
+    variant is probed at the first call, in one process."""
     if variant.module is None:
         return None
-    probe = subprocess.run(
-        [PYTHON, "-c", f"import {variant.module}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if probe.returncode == 0:
-        return None
-    lines = probe.stderr.strip().splitlines()
-    return lines[-1] if lines else f"import {variant.module} failed"
+    if not _missing:
+        wanted = {v.key: v.module for v in VARIANTS if v.module is not None}
+        probe = subprocess.run(
+            [PYTHON, "-c", PROBE, json.dumps(wanted)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        try:
+            _missing.update(json.loads(probe.stdout))
+        except ValueError:
+            lines = probe.stderr.strip().splitlines()
+            return lines[-1] if lines else "the import probe failed"
+    return _missing.get(variant.key, f"import {variant.module} not probed")
 
 
 def batch_api() -> bool:
@@ -211,88 +243,6 @@ def batch_api() -> bool:
         check=False,
     )
     return probe.stdout.strip() == "True"
-
-
-class Failed(Exception):
-    pass
-
-
-class Child:
-    """A helper process spoken to by lines on stdin/stdout; stderr goes to a temporary file."""
-
-    def __init__(self, name: str, argv: list[str]) -> None:
-        self.name = name
-        # Closed in kill(): it lives as long as the process it logs.
-        self.log: IO[str] = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except OSError as exc:
-            raise Failed(f"{self.name} is gone: {exc}; {self.tail()}") from exc
-
-    def expect(self, *words: str, timeout: float) -> list[str]:
-        """The next line starting with one of ``words``: [word, rest...]."""
-        end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise Failed(f"{self.name}: no {'/'.join(words)} within {timeout:.0f} s")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise Failed(f"{self.name} exited ({self.proc.poll()}); {self.tail()}")
-            parts = line.split(" ", 1)
-            if parts[0] in words:
-                return parts
-            if parts[0] == "failed":
-                raise Failed(f"{self.name}: {line}")
-
-    def tail(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        text = self.log.read().strip().splitlines()
-        return " | ".join(text[-6:]) or "no stderr"
-
-    def kill(self) -> None:
-        if self.log.closed:  # killed already (a failed variant is let go early)
-            return
-        with contextlib.suppress(OSError, Failed):
-            self.send("quit")
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
-
-
-def cpus() -> tuple[int | None, int | None]:
-    """One CPU for the server, another for the clients, when there are two to give."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None, None
-    mine = sorted(os.sched_getaffinity(0))
-    return (mine[0], mine[1]) if len(mine) >= 2 else (None, None)
 
 
 class Run:
@@ -427,8 +377,9 @@ class Run:
 
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in rounds if r[key] is not None and r["complete"]]
-    return statistics.median(values) if values else None
+    """The median of the complete rounds' figures."""
+    summary = summarise(r[key] for r in rounds if r["complete"])
+    return None if summary is None else summary.median
 
 
 def round_timeout(n: int, m: int, size: int = SIZE) -> float:
@@ -873,7 +824,7 @@ def per_connection(entry: dict[str, Any], n: int, which: str) -> float | None:
     """Resident memory per connection at N, over the warm baseline, in bytes (this run)."""
     base = entry.get("rss_base")
     value = entry.get("memory", {}).get(str(n), {}).get(which)
-    warm = entry.get("warm", WARM)
+    warm: int = entry.get("warm", WARM)
     if base is None or value is None or n <= warm:
         return None
     return float(value - base) / (n - warm)
@@ -931,7 +882,7 @@ def kib(value: float | None, spec: str = ".1f") -> str:
 
 def targets_section(results: dict[str, Any], meta: dict[str, Any]) -> str:
     cpu = meta["targets"]["cpu"]
-    rows = [
+    rows: list[tuple[object, ...]] = [
         (
             BY_KEY[r["variant"]].label,
             BY_KEY[r["peer"]].label,
@@ -1221,91 +1172,78 @@ def build_report(results: dict[str, Any], meta: dict[str, Any]) -> str:
 # -- main -----------------------------------------------------------------------------------
 
 
-def keys_of(text: str, parser: argparse.ArgumentParser, what: str) -> list[str]:
-    keys = [k for k in text.split(",") if k]
-    unknown = [k for k in keys if k not in BY_KEY]
-    if unknown:
-        parser.error(f"unknown {what}: {', '.join(unknown)}")
-    return keys
+@dataclass(frozen=True)
+class Config:
+    """One run: what is measured, at which sizes, with how many rounds, within what time."""
+
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    connections: tuple[int, ...] = (1_000, 5_000)
+    message_sizes: tuple[int, ...] = MESSAGE_SIZES
+    stall_variants: tuple[str, ...] = DEFAULT_VARIANTS
+    counts: Counts = FULL
+    stall: dict[str, Any] = field(
+        default_factory=lambda: {
+            "healthy": STALL_HEALTHY,
+            "messages": STALL_MESSAGES,
+            "warmup": 100,
+            "pairs": 5,
+            "plain_controls": 3,
+            "control_timeout": 60.0,
+            "min_timeout": 5.0,
+        }
+    )
+    #: new groups and stalled-client runs start only within this; a loaded machine may then
+    #: leave some unmeasured, said in the report
+    budget_s: float = 2_400
+    quick: bool = False
 
 
-def numbers(text: str) -> list[int]:
-    return sorted({int(s) for s in text.split(",") if s})
+def quick_config() -> Config:
+    return Config(
+        connections=(1_000,),
+        stall_variants=(),
+        counts=QUICK,
+        stall={**Config().stall, "warmup": 50, "pairs": 2, "plain_controls": 2},
+        budget_s=240,
+        quick=True,
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="N = 1,000 only, one round per cell, no batch rounds, no stalled client",
+def smoke_config() -> Config:
+    """Every variant that imports here, every mode and size, and the stalled client on one
+    wsfleet variant and one plain one, at a tiny size: seconds, figures meaningless."""
+    return Config(
+        connections=(WARM + 24,),
+        counts=Counts(single=lambda n: 2, burst=4, reps=1),
+        stall_variants=("wsfleet-ws-asyncio", "ws-loop"),
+        # enough for the stalled client to pass the 1 MiB bound and its kernel buffers
+        stall={
+            "healthy": 4,
+            "messages": 400,
+            "warmup": 2,
+            "pairs": 1,
+            "plain_controls": 1,
+            "control_timeout": 20.0,
+            "min_timeout": 2.0,
+        },
+        budget_s=120,
+        quick=True,
     )
-    parser.add_argument(
-        "--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated keys"
-    )
-    parser.add_argument(
-        "--connections",
-        "--sizes",
-        dest="connections",
-        default=None,
-        help="comma-separated N (default 1000,5000; --quick: 1000)",
-    )
-    parser.add_argument(
-        "--message-sizes",
-        default=",".join(str(s) for s in MESSAGE_SIZES),
-        help="comma-separated message sizes in bytes (default 64,4096)",
-    )
-    parser.add_argument(
-        "--stall-variants",
-        default=None,
-        help="comma-separated keys for the stalled-client runs (default: the variants; "
-        "--quick: none)",
-    )
-    parser.add_argument("--no-stall", action="store_true", help="skip the stalled-client runs")
-    parser.add_argument("--no-fanout", action="store_true", help="only the stalled-client runs")
-    parser.add_argument("--no-write", action="store_true", help="print, do not write results")
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="measure nothing: rebuild fanout.md from the figures in fanout.json",
-    )
-    args = parser.parse_args()
-    if args.report_only:
-        rebuild(no_write=args.no_write)
-        return
-    quick = args.quick
-    default_ns = [1_000] if quick else [1_000, 5_000]
-    ns = numbers(args.connections) if args.connections else default_ns
-    if not ns or ns[0] <= WARM:
-        parser.error(f"every N must be above {WARM} (the warm connections)")
-    sizes = tuple(numbers(args.message_sizes))
-    if not sizes or sizes[0] < 30 or sizes[-1] > 65_535:
-        parser.error("message sizes must be 30 to 65,535 bytes (a serial heads each message)")
-    keys = keys_of(args.variants, parser, "variant(s)")
-    if args.no_stall:
-        stall_keys: list[str] = []
-    elif args.stall_variants is not None:
-        stall_keys = keys_of(args.stall_variants, parser, "stall variant(s)")
-    else:
-        stall_keys = [] if quick else keys
-    stall = {
-        "healthy": STALL_HEALTHY,
-        "messages": STALL_MESSAGES,
-        "warmup": 50 if quick else 100,
-        "pairs": 2 if quick else 5,
-        "plain_controls": 2 if quick else 3,
-        "control_timeout": 60.0,
-        "min_timeout": 5.0,
-    }
-    counts = QUICK if quick else FULL
-    # New groups and stalled-client runs start only within this; a loaded machine may then
-    # leave some unmeasured, said in the report.
-    budget = Deadline(240 if quick else 2_400)
+
+
+def measure(config: Config) -> dict[str, Any]:
+    """Fan-out rounds of every group of variants, then the stalled-client runs; ``meta``
+    says how, and ``meta.targets`` holds issue 13's verdicts."""
+    keys = list(config.variants)
+    stall_keys = list(config.stall_variants)
+    ns = list(config.connections)
+    counts = config.counts
+    budget = Deadline(config.budget_s)
     started = time.monotonic()
     results: dict[str, Any] = {"fanout": {}, "stalled": {}}
 
     def progress(text: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
+        print(f"[{time.monotonic() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
     available: dict[str, str | None] = {
         key: missing(BY_KEY[key]) for key in dict.fromkeys(keys + stall_keys)
@@ -1317,13 +1255,13 @@ def main() -> None:
             results["fanout"][key] = {"missing": why}
         else:
             present.append(key)
-    for group in [] if args.no_fanout else groups_of(present):
+    for group in groups_of(present):
         if budget.passed():
             for key in group:
                 results["fanout"][key] = {"error": "skipped: time budget spent"}
             continue
         progress("fan-out: " + ", ".join(BY_KEY[k].label for k in group))
-        results["fanout"].update(measure_cells(group, ns, sizes, counts))
+        results["fanout"].update(measure_cells(group, ns, config.message_sizes, counts))
     for key in stall_keys:
         why = available[key]
         if why is not None:
@@ -1334,23 +1272,23 @@ def main() -> None:
             continue
         progress(f"stalled client: {BY_KEY[key].label}")
         try:
-            results["stalled"][key] = stalled_scenario(BY_KEY[key], stall)
+            results["stalled"][key] = stalled_scenario(BY_KEY[key], config.stall)
         except Failed as exc:
             results["stalled"][key] = {"error": str(exc)}
             progress(f"  failed: {exc}")
     meta: dict[str, Any] = {
-        "quick": quick,
+        "quick": config.quick,
         "connections": ns,
-        "message_sizes": list(sizes),
+        "message_sizes": list(config.message_sizes),
         "variants": keys,
         "peers": {k: list(BY_KEY[k].peers) for k in keys if BY_KEY[k].peers},
         "stall_variants": stall_keys,
-        "m": M,
+        "m": counts.burst,
         "single_m": {str(n): counts.single(n) for n in ns},
         "modes": list(counts.modes),
         "memory_samples": 1 + counts.memory_samples,
         "warm": WARM,
-        "stall": stall,
+        "stall": config.stall,
         "stall_deviation": STALL_DEVIATION,
         "batch_api": batch_api(),
         "cpus": cpus(),
@@ -1358,38 +1296,115 @@ def main() -> None:
         "elapsed_s": time.monotonic() - started,
     }
     results["meta"] = meta
+    meta["targets"] = {"cpu": cpu_targets(results, meta), "memory": memory_targets(results, meta)}
     progress("done")
-    report(results, no_write=args.no_write)
+    return results
 
 
-def report(results: dict[str, Any], *, no_write: bool) -> None:
-    """Issue 13's verdicts from the figures, then fanout.md/.json (or print)."""
-    meta = results["meta"]
-    meta["targets"] = {
-        "cpu": cpu_targets(results, meta),
-        "memory": memory_targets(results, meta),
-    }
-    body = build_report(results, meta)
-    if no_write:
-        print(body)
-        return
-    command = "python benchmarks/fanout_bench.py" + (" --quick" if meta["quick"] else "")
-    write(
-        "fanout",
-        "Fan-out over loopback: wsfleet and its plain peers",
-        command,
-        body,
-        results,
-        measured=meta.get("environment"),
+def render(results: dict[str, Any]) -> str:
+    return build_report(results, results["meta"])
+
+
+def keys_of(text: str, parser: argparse.ArgumentParser, what: str) -> tuple[str, ...]:
+    keys = tuple(k for k in text.split(",") if k)
+    unknown = [k for k in keys if k not in BY_KEY]
+    if unknown:
+        parser.error(f"unknown {what}: {', '.join(unknown)}")
+    return keys
+
+
+def numbers(text: str) -> tuple[int, ...]:
+    return tuple(sorted({int(s) for s in text.split(",") if s}))
+
+
+def main() -> None:
+    parser = cli.parser(__doc__, rebuild="results/fanout.json")
+    parser.add_argument("--variants", default=None, help="comma-separated keys")
+    parser.add_argument(
+        "--connections",
+        "--sizes",
+        dest="connections",
+        default=None,
+        help="comma-separated N (default 1000,5000; --quick: 1000)",
     )
+    parser.add_argument(
+        "--message-sizes",
+        default=None,
+        help="comma-separated message sizes in bytes (default 64,4096)",
+    )
+    parser.add_argument("--modes", default=None, help="comma-separated modes (single,burst,batch)")
+    parser.add_argument(
+        "--stall-variants",
+        default=None,
+        help="comma-separated keys for the stalled-client runs (default: the variants; "
+        "--quick: none)",
+    )
+    parser.add_argument("--no-stall", action="store_true", help="skip the stalled-client runs")
+    parser.add_argument("--no-fanout", action="store_true", help="only the stalled-client runs")
+    args = parser.parse_args()
+    if args.report_only:
+        rebuild(no_write=args.no_write)
+        return
+    config = smoke_config() if args.smoke else quick_config() if args.quick else Config()
+    changes: dict[str, Any] = {}
+    if args.variants is not None:
+        changes["variants"] = keys_of(args.variants, parser, "variant(s)")
+        if not args.quick and not args.smoke:
+            changes["stall_variants"] = changes["variants"]
+    if args.connections:
+        changes["connections"] = numbers(args.connections)
+        if not changes["connections"] or changes["connections"][0] <= WARM:
+            parser.error(f"every N must be above {WARM} (the warm connections)")
+    if args.message_sizes:
+        sizes = numbers(args.message_sizes)
+        if not sizes or sizes[0] < 30 or sizes[-1] > 65_535:
+            parser.error("message sizes must be 30 to 65,535 bytes (a serial heads each message)")
+        changes["message_sizes"] = sizes
+    if args.modes:
+        modes = tuple(m for m in args.modes.split(",") if m)
+        if not modes or any(m not in MODES for m in modes):
+            parser.error(f"modes are {', '.join(MODES)}")
+        changes["counts"] = Counts(
+            single=config.counts.single,
+            burst=config.counts.burst,
+            modes=modes,
+            reps=config.counts.reps,
+            memory_samples=config.counts.memory_samples,
+        )
+    if args.stall_variants is not None:
+        changes["stall_variants"] = keys_of(args.stall_variants, parser, "stall variant(s)")
+    if args.no_stall:
+        changes["stall_variants"] = ()
+    if args.no_fanout:
+        changes["variants"] = ()
+    config = replace(config, **changes)
+    cli.run(
+        args,
+        config,
+        measure,
+        render,
+        name="fanout",
+        title=TITLE,
+        script="fanout_bench.py",
+    )
+
+
+TITLE = "Fan-out over loopback: wsfleet and its plain peers"
 
 
 def rebuild(*, no_write: bool) -> None:
     """fanout.md again from fanout.json: the report's text changes, the figures do not."""
     results: dict[str, Any] = json.loads((RESULTS / "fanout.json").read_text(encoding="utf-8"))
-    if "connections" not in results.get("meta", {}):
+    meta = results.get("meta", {})
+    if "connections" not in meta:
         raise SystemExit("fanout.json predates this report (no meta.connections): measure again")
-    report(results, no_write=no_write)
+    meta["targets"] = {"cpu": cpu_targets(results, meta), "memory": memory_targets(results, meta)}
+    body = render(results)
+    if no_write:
+        print(body)
+        return
+    command = "python benchmarks/fanout_bench.py" + (" --quick" if meta["quick"] else "")
+    write("fanout", TITLE, command, body, results, measured=meta.get("environment"))
 
 
 if __name__ == "__main__":

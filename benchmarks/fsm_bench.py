@@ -1,6 +1,6 @@
 """Cost of the state-machine part of a connection at 1k, 10k and 100k connections.
 
-    python benchmarks/fsm_bench.py            # writes benchmarks/results/fsm.md and fsm.json
+    python benchmarks/fsm_bench.py [--smoke]  # writes benchmarks/results/fsm.md and fsm.json
 
 For each fleet size it measures: bytes per connection (tracemalloc, the lifecycle and its
 place in a registry dict), microseconds to create one (object + first state), microseconds
@@ -18,6 +18,7 @@ import random
 import sys
 import time
 import tracemalloc
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transitions import Machine
 
-from _report import table, write
+from _harness import cli, table
 from wsfleet.fsm import ConnectionState, FleetMachine, Lifecycle
 
 C = ConnectionState.CONNECTED
 I = ConnectionState.IDLE  # noqa: E741
 SIZES = (1_000, 10_000, 100_000)
-CHANGES = 200_000
-CHURN = 50_000
 
 
-def measure(n: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class Config:
+    sizes: tuple[int, ...] = SIZES
+    #: state changes, and arrivals + departures, timed at each size
+    changes: int = 200_000
+    churn: int = 50_000
+    #: the usual ``transitions`` patterns: (a Machine per connection, add_model) sizes
+    per_connection: int = 1_000
+    shared: tuple[int, ...] = (1_000, 10_000)
+
+
+FULL = Config()
+SMOKE = Config(sizes=(100, 1_000), changes=2_000, churn=500, per_connection=100, shared=(100,))
+
+
+def at_size(n: int, changes: int = FULL.changes, churn_count: int = FULL.churn) -> dict[str, float]:
     machine = FleetMachine()
     # Memory first, under tracemalloc; then timings on a fresh fleet, without its overhead.
     gc.collect()
@@ -60,7 +74,7 @@ def measure(n: int) -> dict[str, float]:
     create = time.perf_counter() - t0
 
     rng = random.Random(1)
-    picks = [fleet[rng.randrange(n)] for _ in range(CHANGES)]
+    picks = [fleet[rng.randrange(n)] for _ in range(changes)]
     request = machine.request
     t0 = time.perf_counter()
     for model in picks:
@@ -69,7 +83,7 @@ def measure(n: int) -> dict[str, float]:
 
     # Churn at a steady fleet size: one connection arrives and a random one leaves.
     live = list(fleet)
-    victims = [rng.randrange(n) for _ in range(CHURN)]
+    victims = [rng.randrange(n) for _ in range(churn_count)]
     t0 = time.perf_counter()
     for i, slot in enumerate(victims):
         model = Lifecycle()
@@ -90,9 +104,9 @@ def measure(n: int) -> dict[str, float]:
         "connections": n,
         "bytes_per_connection": mem / n,
         "create_us": create / n * 1e6,
-        "change_us": change / CHANGES * 1e6,
-        "changes_per_second": CHANGES / change,
-        "churn_us": churn / CHURN * 1e6,
+        "change_us": change / changes * 1e6,
+        "changes_per_second": changes / change,
+        "churn_us": churn / churn_count * 1e6,
         "drop_us": drop / n * 1e6,
     }
 
@@ -148,12 +162,31 @@ def cells(r: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def main() -> None:
-    results = [measure(n) for n in SIZES]
+def measure(config: Config) -> dict[str, Any]:
+    results = [at_size(n, config.changes, config.churn) for n in config.sizes]
     ratio = {
         key: results[-1][key] / results[0][key]
         for key in ("create_us", "change_us", "churn_us", "drop_us")
     }
+    baseline = [("Machine per connection", naive(config.per_connection, shared=False))] + [
+        (f"add_model, {label(n)}", naive(n, shared=True)) for n in config.shared
+    ]
+    return {
+        "wsfleet": results,
+        "ratios_100k_over_1k": ratio,
+        "baselines": dict(baseline),
+        "config": asdict(config),
+    }
+
+
+def label(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def render(data: dict[str, Any]) -> str:
+    results = data["wsfleet"]
+    ratio = data["ratios_100k_over_1k"]
+    big, small = label(results[-1]["connections"]), label(results[0]["connections"])
     rows = [(*cells(r), f"{r['drop_us']:.3f}") for r in results]
     body = table(
         ["connections", "bytes/conn", "create µs", "change µs", "changes/s", "churn µs", "drop µs"],
@@ -171,7 +204,7 @@ def main() -> None:
         ("bytes per connection <= 1024", f"{worst:.0f}", worst <= 1024),
         ("state changes per second >= 50,000", f"{slowest:,.0f}", slowest >= 50_000),
     ] + [
-        (f"{key.removesuffix('_us')} at 100k <= 1.5x at 1k", f"{value:.2f}x", value <= 1.5)
+        (f"{key.removesuffix('_us')} at {big} <= 1.5x at {small}", f"{value:.2f}x", value <= 1.5)
         for key, value in ratio.items()
     ]
     body += "\n\n## Targets\n\n" + table(
@@ -184,11 +217,7 @@ def main() -> None:
         "cold objects (1k connections fit in the CPU cache, 100k do not), not work that "
         "grows with n.\n"
     )
-    baseline = [
-        ("Machine per connection", naive(1_000, shared=False)),
-        ("add_model, 1k", naive(1_000, shared=True)),
-        ("add_model, 10k", naive(10_000, shared=True)),
-    ]
+    baseline = list(data["baselines"].items())
     body += "\n## The usual ways, for comparison\n\n" + table(
         ["pattern", "bytes/conn", "create µs", "remove_model µs"],
         [
@@ -201,12 +230,19 @@ def main() -> None:
             for name, r in baseline
         ],
     )
-    write(
-        "fsm",
-        "State machine cost per connection",
-        "python benchmarks/fsm_bench.py",
-        body,
-        {"wsfleet": results, "ratios_100k_over_1k": ratio, "baselines": dict(baseline)},
+    return body
+
+
+def main() -> None:
+    args = cli.parser(__doc__, quick=False).parse_args()
+    cli.run(
+        args,
+        SMOKE if args.smoke else FULL,
+        measure,
+        render,
+        name="fsm",
+        title="State machine cost per connection",
+        script="fsm_bench.py",
     )
 
 

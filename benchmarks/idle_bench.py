@@ -1,7 +1,7 @@
 """What an idle fleet costs the server under the default heartbeat, over real loopback sockets.
 
-    python benchmarks/idle_bench.py [--quick] [--clients N] [--variants asyncio,trio,...]
-        # writes benchmarks/results/idle.md/.json
+    python benchmarks/idle_bench.py [--quick | --smoke] [--clients N] [--variants asyncio,...]
+        # writes benchmarks/results/idle.md and idle.json (--smoke: nothing)
 
 A wsfleet server (``_idle_server.py``) in a process of its own holds N idle clients (10,000
 by default), each socket in ``async with manager.session(ws, id)`` as applications write it,
@@ -29,6 +29,7 @@ interval.
 ``--quick`` runs 500 clients per server under a short policy (ping every 2 s, timeout 2 s,
 idle after 6 s) for an 8 s window, on asyncio and trio (websockets) unless ``--variants``
 says otherwise, in well under a minute; the full run takes about eight minutes on 2 CPUs.
+``--smoke``: 20 clients, every variant and server, a 0.3 s policy and a 1.2 s window.
 """
 
 from __future__ import annotations
@@ -46,10 +47,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _report import RESULTS, Deadline, table, write
-from fanout_bench import Child, Failed
+from _harness import PYTHON, RESULTS, Child, Deadline, Failed, cli, table
 
-PYTHON = sys.executable
 SERVER = str(HERE / "_idle_server.py")
 CLIENT = str(HERE / "_idle_client.py")
 
@@ -80,6 +79,8 @@ class Plan:
     quick: bool
     variants: tuple[str, ...]
     keepalive: bool
+    #: a variant that would start after this many seconds is skipped, and said so
+    budget_s: float = 240.0
 
     def policy(self, side: str) -> str:
         """The server's ``policy`` argument for one side."""
@@ -109,7 +110,7 @@ def sample(server: Child) -> dict[str, Any]:
     return result
 
 
-def measure(variant: str, plan: Plan) -> dict[str, Any]:
+def measure_variant(variant: str, plan: Plan) -> dict[str, Any]:
     """The servers of one variant with their clients, watched over the same window."""
     n = plan.clients
     sides = plan.sides(variant)
@@ -502,9 +503,65 @@ def method_section(results: dict[str, Any], meta: dict[str, Any]) -> str:
 # -- main -----------------------------------------------------------------------------------
 
 
+def measure(plan: Plan) -> dict[str, Any]:
+    """Each variant's servers and clients in turn; ``meta`` says how."""
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    # Bounded: each variant is a fixed window plus connecting (bounded by the timeouts in
+    # measure_variant); a variant that would start after this deadline is skipped.
+    budget = Deadline(plan.budget_s)
+    results: dict[str, Any] = {"variants": {}}
+    interval = plan.ping_interval
+    for variant in plan.variants:
+        if budget.passed():
+            results["variants"][variant] = {"error": "skipped: time budget spent"}
+            continue
+        print(f"[{time.monotonic() - started:6.1f} s] {variant}", file=sys.stderr, flush=True)
+        try:
+            result = measure_variant(variant, plan)
+        except Failed as exc:
+            results["variants"][variant] = {"error": str(exc)}
+            print(f"  failed: {exc}", file=sys.stderr, flush=True)
+            continue
+        result["in_process"] = in_process(VARIANTS[variant][1], plan.clients, interval)
+        results["variants"][variant] = result
+    estimate = in_process("asyncio", plan.clients, interval)
+    results["meta"] = {
+        **asdict(plan),
+        "policy": {
+            "ping_interval": interval,
+            "ping_timeout": plan.ping_timeout,
+            "idle_after": plan.idle_after,
+        },
+        "window_s": plan.window,
+        "sample_every_s": plan.sample_every,
+        "manager_measured": None if estimate is None else estimate["measured"],
+        "load_average": {"before": load_before, "after": os.getloadavg()[0]},
+        "elapsed_s": time.monotonic() - started,
+    }
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    return build_report(results, results["meta"])
+
+
+SMOKE = Plan(
+    clients=20,
+    ping_interval=0.3,
+    ping_timeout=0.3,
+    idle_after=0.9,
+    window=1.2,
+    sample_every=0.4,
+    quick=True,
+    variants=tuple(VARIANTS),
+    keepalive=True,
+    budget_s=60.0,
+)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="500 clients, a 2 s policy")
+    parser = cli.parser(__doc__)
     parser.add_argument("--clients", type=int, default=None, help="per server (10,000)")
     parser.add_argument(
         "--variants", default=None, help="comma-separated (all; --quick: asyncio,trio)"
@@ -513,8 +570,20 @@ def main() -> None:
     parser.add_argument(
         "--no-keepalive", action="store_true", help="skip websockets' own keepalive (the peer)"
     )
-    parser.add_argument("--no-write", action="store_true", help="print, do not write results")
     args = parser.parse_args()
+    plan = SMOKE if args.smoke else plan_of(parser, args)
+    cli.run(
+        args,
+        plan,
+        measure,
+        render,
+        name="idle",
+        title="An idle fleet under the heartbeat, over loopback",
+        script="idle_bench.py",
+    )
+
+
+def plan_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     quick = args.quick
     interval, timeout, idle = (2.0, 2.0, 6.0) if quick else (20.0, 20.0, 60.0)
     clients = args.clients if args.clients is not None else (500 if quick else 10_000)
@@ -535,7 +604,7 @@ def main() -> None:
             f"--window must be at least {idle + interval / 2:g} s: idle_after ({idle:g} s) "
             "and half a ping interval, so every connection goes IDLE inside it"
         )
-    plan = Plan(
+    return Plan(
         clients=clients,
         ping_interval=interval,
         ping_timeout=timeout,
@@ -545,43 +614,8 @@ def main() -> None:
         quick=quick,
         variants=variants,
         keepalive=not args.no_keepalive,
+        budget_s=(25 if quick else 240) * len(variants),
     )
-    started = time.monotonic()
-    load_before = os.getloadavg()[0]
-    # Bounded: each variant is a fixed window plus connecting (bounded by the timeouts in
-    # measure); a variant that would start after this deadline is skipped and said so.
-    budget = Deadline((25 if quick else 240) * len(variants))
-    results: dict[str, Any] = {"variants": {}}
-    for variant in variants:
-        if budget.passed():
-            results["variants"][variant] = {"error": "skipped: time budget spent"}
-            continue
-        print(f"[{time.monotonic() - started:6.1f} s] {variant}", file=sys.stderr, flush=True)
-        try:
-            result = measure(variant, plan)
-        except Failed as exc:
-            results["variants"][variant] = {"error": str(exc)}
-            print(f"  failed: {exc}", file=sys.stderr, flush=True)
-            continue
-        result["in_process"] = in_process(VARIANTS[variant][1], clients, interval)
-        results["variants"][variant] = result
-    estimate = in_process("asyncio", clients, interval)
-    meta = {
-        **asdict(plan),
-        "policy": {"ping_interval": interval, "ping_timeout": timeout, "idle_after": idle},
-        "window_s": window,
-        "sample_every_s": plan.sample_every,
-        "manager_measured": None if estimate is None else estimate["measured"],
-        "load_average": {"before": load_before, "after": os.getloadavg()[0]},
-        "elapsed_s": time.monotonic() - started,
-    }
-    results["meta"] = meta
-    body = build_report(results, meta)
-    if args.no_write:
-        print(body)
-        return
-    command = " ".join(["python benchmarks/idle_bench.py", *sys.argv[1:]])
-    write("idle", "An idle fleet under the heartbeat, over loopback", command, body, results)
 
 
 if __name__ == "__main__":

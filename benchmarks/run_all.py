@@ -3,6 +3,8 @@
     pip install -e '.[bench]'
     python benchmarks/run_all.py [--quick]
         # writes benchmarks/results/REPORT.md, REPORT.json and plots/*.png
+    python benchmarks/run_all.py --smoke
+        # every benchmark's --smoke, and this report's sections at a tiny size; writes nothing
 
 Runs, within one global deadline (``--quick``: 170 s, full: 28 min; a SIGALRM cuts off
 whatever is still running, and the report is written with what was measured):
@@ -25,6 +27,10 @@ whatever is still running, and the report is written with what was measured):
   for the default retry policy, jitter off and FULL jitter.
 
 Progress goes to stderr. Nothing here overwrites the single benchmarks' own result files.
+
+``--smoke`` (CI) proves that nothing here has rotted, in well under a minute: it runs every
+benchmark script with ``--smoke`` (three at a time) and this report's own sections on a tiny
+plan, renders everything, writes nothing, and fails if any of them fails.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +64,7 @@ import backplane_bench
 import fanout_bench as fb
 import fsm_bench
 import manager_bench
-from _report import RESULTS, table
+from _harness import PYTHON, RESULTS, Failed, table
 
 PLOTS = RESULTS / "plots"
 DURATIONS = RESULTS / "run_all_durations.json"
@@ -86,6 +93,13 @@ class Plan:
     backplane_modes: tuple[str, ...]
     backplane_backends: tuple[str, ...]
     storm_clients: int
+    #: the fleet of the manager's broadcast and heartbeat
+    manager_large: int = 100_000
+    #: the fan-out variants measured (None: every group)
+    fanout_keys: tuple[str, ...] | None = None
+    stall_healthy: int = fb.STALL_HEALTHY
+    #: connections of the usual ``transitions`` patterns
+    fsm_baseline: int = 1_000
 
 
 QUICK = Plan(
@@ -137,6 +151,44 @@ FULL = Plan(
     storm_clients=10_000,
 )
 
+#: ``--smoke``: the report's own code at a tiny size (each benchmark's cases are smoked by
+#: its own script), within seconds.
+SMOKE = Plan(
+    name="smoke",
+    budget_s=90,
+    fsm_sizes=(100, 1_000),
+    fsm_changes=1_000,
+    fsm_churn=500,
+    manager_sizes=(100, 1_000),
+    manager_cycles=100,
+    manager_backends=("asyncio", "trio"),
+    broadcast_rounds=1,
+    heartbeat_s=None,
+    fanout_sizes=(40,),
+    fanout_m=4,
+    stall_variants=("wsfleet-ws-asyncio",),
+    stall_messages=400,
+    stall_rate=4_000,
+    stall_pairs=1,
+    backplane_modes=("wsfleet",),
+    backplane_backends=("asyncio",),
+    storm_clients=200,
+    manager_large=1_000,
+    fanout_keys=("raw-floor", "wsfleet-ws-asyncio"),
+    stall_healthy=4,
+    fsm_baseline=100,
+)
+#: Each benchmark's own smoke run, longest first (``--smoke`` runs SMOKE_JOBS at a time:
+#: much of a smoke run is waiting on helper processes and windows, not computing).
+SMOKE_SCRIPTS = (
+    "fanout_bench.py",
+    "backplane_bench.py",
+    "compare.py",
+    "idle_bench.py",
+    "manager_bench.py",
+    "fsm_bench.py",
+)
+
 #: Fan-out variants measured side by side, their rounds alternating (see fanout_bench).
 FANOUT_GROUPS = (
     ("raw-floor", "ws-broadcast", "wsfleet-ws-asyncio"),
@@ -183,16 +235,15 @@ def deadline(seconds: float) -> Iterator[None]:
 
 
 def fsm_section(plan: Plan) -> dict[str, Any]:
-    fsm_bench.CHANGES = plan.fsm_changes
-    fsm_bench.CHURN = plan.fsm_churn
     out: dict[str, Any] = {"wsfleet": []}
     for n in plan.fsm_sizes:
         progress(f"state machine: {n:,} connections")
-        out["wsfleet"].append(fsm_bench.measure(n))
+        out["wsfleet"].append(fsm_bench.at_size(n, plan.fsm_changes, plan.fsm_churn))
     progress("state machine: the usual transitions patterns")
+    n = plan.fsm_baseline
     out["peers"] = {
-        "Machine per connection (1k)": fsm_bench.naive(1_000, shared=False),
-        "add_model to one Machine (1k)": fsm_bench.naive(1_000, shared=True),
+        f"Machine per connection ({fsm_bench.label(n)})": fsm_bench.naive(n, shared=False),
+        f"add_model to one Machine ({fsm_bench.label(n)})": fsm_bench.naive(n, shared=True),
     }
     return out
 
@@ -266,14 +317,15 @@ def manager_section(plan: Plan) -> dict[str, Any]:
                 manager_bench.churn, n, plan.manager_cycles, backend=backend
             )
             r["bytes_per_connection"][str(n)] = anyio.run(manager_bench.memory, n, backend=backend)
-        progress(f"manager ({backend}): broadcast to 100k")
+        large = plan.manager_large
+        progress(f"manager ({backend}): broadcast to {large:,}")
         r["broadcast_100k"] = anyio.run(
-            manager_bench.broadcast, 100_000, plan.broadcast_rounds, backend=backend
+            manager_bench.broadcast, large, plan.broadcast_rounds, backend=backend
         )
         if plan.heartbeat_s is not None:
-            progress(f"manager ({backend}): 100k idle connections, heartbeats")
+            progress(f"manager ({backend}): {large:,} idle connections, heartbeats")
             r["heartbeat_100k"] = anyio.run(
-                manager_bench.heartbeat, 100_000, 2.0, plan.heartbeat_s, backend=backend
+                manager_bench.heartbeat, large, 2.0, plan.heartbeat_s, backend=backend
             )
         out[backend] = r
     progress("manager: what the peers keep per connection")
@@ -287,27 +339,32 @@ def fanout_section(plan: Plan, budget_end: float) -> dict[str, Any]:
     for group in FANOUT_GROUPS:
         present = []
         for key in group:
+            if plan.fanout_keys is not None and key not in plan.fanout_keys:
+                continue
             why = fb.missing(fb.BY_KEY[key])
             if why is not None:
                 out[key] = {"missing": why}
             else:
                 present.append(key)
+        if not present:
+            continue
         if time.monotonic() > budget_end:
             for key in present:
                 out[key] = {"error": "skipped: the fan-out's share of the time was spent"}
             progress("fan-out: time spent, skipped " + ", ".join(present))
             continue
         progress("fan-out: " + ", ".join(fb.BY_KEY[k].label for k in present))
-        out.update(fb.measure_group(present, list(plan.fanout_sizes), plan.name == "quick"))
+        quick = plan.name != "full"
+        out.update(fb.measure_group(present, list(plan.fanout_sizes), quick))
     return out
 
 
 def stall_section(plan: Plan, budget_end: float) -> dict[str, Any]:
     stall = {
-        "healthy": fb.STALL_HEALTHY,
+        "healthy": plan.stall_healthy,
         "messages": plan.stall_messages,
         "rate": plan.stall_rate,
-        "warmup": 20 if plan.name == "quick" else 100,
+        "warmup": 100 if plan.name == "full" else 20,
         "pairs": plan.stall_pairs,
         "plain_controls": 1,
         "control_timeout": 60.0,
@@ -326,22 +383,25 @@ def stall_section(plan: Plan, budget_end: float) -> dict[str, Any]:
         progress(f"stalled client: {variant.label}")
         try:
             out["variants"][key] = fb.stalled_scenario(variant, stall, latency=True)
-        except fb.Failed as exc:
+        except Failed as exc:
             out["variants"][key] = {"error": str(exc)}
     return out
 
 
 def backplane_section(plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    with backplane_bench.redis_server_class()() as redis, tempfile.TemporaryFile() as log:
+    from _harness.redis import RedisServer
+
+    timing = {"full": backplane_bench.FULL, "quick": backplane_bench.QUICK}.get(
+        plan.name, backplane_bench.SMOKE
+    ).timing
+    with RedisServer() as redis, tempfile.TemporaryFile() as log:
         for mode in plan.backplane_modes:
             for backend in plan.backplane_backends:
                 key = f"{mode}/{backend}"
                 progress(f"backplane: {key}")
                 try:
-                    out[key] = backplane_bench.run_pair(
-                        redis.url, mode, backend, plan.name == "quick", log
-                    )
+                    out[key] = backplane_bench.run_pair(redis.url, mode, backend, timing, log)
                 except Exception as exc:
                     log.seek(0)
                     tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
@@ -349,7 +409,7 @@ def backplane_section(plan: Plan) -> dict[str, Any]:
     return out
 
 
-STORM_POLICIES = (
+STORM_POLICIES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("default policy", {}),
     ("jitter off", {"jitter": 0.0}),
     ("FULL jitter", {"jitter_mode": "full"}),
@@ -390,6 +450,8 @@ def plots(results: dict[str, Any]) -> dict[str, str]:
 
     PLOTS.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
+    xs: Any  # the points of one curve, however they were gathered
+    ys: Any
     palette = plt.get_cmap("tab10")
     color = {key: palette(i % 10) for i, key in enumerate(fb.BY_KEY)}
 
@@ -730,7 +792,7 @@ def report_fanout(section: dict[str, Any], plan: Plan, plots_: dict[str, str]) -
     data = section.get("data")
     if not data:
         return text
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for n in plan.fanout_sizes:
         for key in fb.BY_KEY:
             entry = data.get(key, {})
@@ -805,7 +867,7 @@ def report_stall(section: dict[str, Any], plots_: dict[str, str]) -> str:
     if not data:
         return text
     stall = data["plan"]
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for key, entry in data["variants"].items():
         label = fb.BY_KEY[key].label
         why = entry.get("missing") or entry.get("error")
@@ -867,7 +929,7 @@ def report_backplane(section: dict[str, Any]) -> str:
     data = section.get("data")
     if not data:
         return text
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for key, r in data.items():
         if "error" in r:
             rows.append((key, "-", "-", "-", r["error"]))
@@ -1023,25 +1085,9 @@ def build_report(
 # -- main ------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="under 3 minutes: fewer sizes")
-    parser.add_argument(
-        "--only",
-        default="",
-        help="comma-separated sections to run (fsm,manager,fanout,stalled,backplane,storm)",
-    )
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="measure nothing: rebuild REPORT.md and the plots from REPORT.json",
-    )
-    args = parser.parse_args()
-    if args.report_only:
-        rebuild()
-        return
-    plan = QUICK if args.quick else FULL
-    only = {s for s in args.only.split(",") if s}
+def measure(plan: Plan, only: set[str] | None = None) -> dict[str, Any]:
+    """Every section (or those in ``only``) within the plan's one deadline: ``meta`` and
+    ``results``, a section each (``data`` or ``error``, and ``seconds``)."""
     started = time.monotonic()
     date = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     load_before = os.getloadavg()[0]
@@ -1081,44 +1127,144 @@ def main() -> None:
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 progress(f"{name} failed: {exc!r}")
             results[name]["seconds"] = time.monotonic() - began
-    seconds = time.monotonic() - started
     meta = {
         "plan": plan.__dict__,
         "date": date,
-        "seconds": seconds,
+        "seconds": time.monotonic() - started,
         "cut_off": cut_off,
         "load": (load_before, os.getloadavg()[0]),
     }
+    return {"meta": meta, "results": results}
+
+
+def render(saved: dict[str, Any], drawn: dict[str, str] | None = None) -> str:
+    """REPORT.md's text from what ``measure`` returned (and the plots drawn of it)."""
+    meta = saved["meta"]
+    return build_report(saved["results"], Plan(**meta["plan"]), drawn or {}, meta)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="under 3 minutes: fewer sizes")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every benchmark's --smoke and this report's sections, tiny; writes nothing",
+    )
+    parser.add_argument("--smoke-sections", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated sections to run (fsm,manager,fanout,stalled,backplane,storm)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rebuild REPORT.md and the plots from REPORT.json",
+    )
+    args = parser.parse_args()
+    if args.report_only:
+        rebuild()
+        return
+    if args.smoke:
+        smoke()
+        return
+    if args.smoke_sections:
+        smoke_sections()
+        return
+    plan = QUICK if args.quick else FULL
+    only = {s for s in args.only.split(",") if s}
+    saved = measure(plan, only)
+    meta = saved["meta"]
     RESULTS.mkdir(exist_ok=True)
     known: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         known = json.loads(DURATIONS.read_text(encoding="utf-8"))
     if not only:  # a partial run says nothing about how long a whole one takes
-        known[plan.name] = {"seconds": seconds, "date": date, "cut_off": cut_off}
+        known[plan.name] = {
+            "seconds": meta["seconds"],
+            "date": meta["date"],
+            "cut_off": meta["cut_off"],
+        }
         DURATIONS.write_text(json.dumps(known, indent=2) + "\n", encoding="utf-8")
     progress("plots")
     try:
-        drawn = plots(results)
+        drawn = plots(saved["results"])
     except Exception as exc:  # the report is worth having without its pictures
         progress(f"plots failed: {exc!r}")
         drawn = {}
-    text = build_report(results, plan, drawn, meta)
-    (RESULTS / "REPORT.md").write_text(text, encoding="utf-8")
+    (RESULTS / "REPORT.md").write_text(render(saved, drawn), encoding="utf-8")
     (RESULTS / "REPORT.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=1, default=str) + "\n",
-        encoding="utf-8",
+        json.dumps(saved, indent=1, default=str) + "\n", encoding="utf-8"
     )
-    progress(f"wrote {RESULTS / 'REPORT.md'} in {seconds:.0f} s")
+    progress(f"wrote {RESULTS / 'REPORT.md'} in {meta['seconds']:.0f} s")
+
+
+def smoke_sections() -> None:
+    """This report's sections on the SMOKE plan, rendered, written nowhere; fails on any
+    section's error."""
+    saved = measure(SMOKE)
+    render(saved)
+    failures = [
+        f"{name}: {section['error']}"
+        for name, section in saved["results"].items()
+        if "error" in section
+    ]
+    if failures:
+        raise SystemExit("run_all sections failed: " + "; ".join(failures))
+
+
+def smoke() -> None:
+    """Every benchmark's ``--smoke`` and this report's sections, a few processes at a time."""
+    jobs = [[PYTHON, str(HERE / script), "--smoke"] for script in SMOKE_SCRIPTS]
+    jobs.insert(3, [PYTHON, str(HERE / "run_all.py"), "--smoke-sections"])
+    pending = list(jobs)
+    running: list[tuple[list[str], subprocess.Popen[bytes], float, Any]] = []
+    failed_: list[str] = []
+    while pending or running:
+        while pending and len(running) < SMOKE_JOBS:
+            argv = pending.pop(0)
+            log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the job ends)
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            running.append((argv, proc, time.monotonic(), log))
+        time.sleep(0.1)
+        for job in list(running):
+            argv, proc, began, log = job
+            code = proc.poll()
+            if code is None:
+                if time.monotonic() - began > SMOKE_JOB_TIMEOUT_S:
+                    proc.kill()
+                    code = proc.wait()
+                else:
+                    continue
+            running.remove(job)
+            name = " ".join(Path(argv[1]).name if i == 1 else a for i, a in enumerate(argv[1:], 1))
+            progress(
+                f"{name}: {'ok' if code == 0 else f'FAILED ({code})'} in "
+                f"{time.monotonic() - began:.1f} s"
+            )
+            if code != 0:
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-15:]
+                sys.stderr.write("".join(f"    {line}\n" for line in tail))
+                failed_.append(name)
+            log.close()
+    progress("smoke: " + ("all ran" if not failed_ else "failed: " + ", ".join(failed_)))
+    if failed_:
+        raise SystemExit(1)
 
 
 def rebuild() -> None:
     """REPORT.md and the plots again, from the figures REPORT.json kept."""
     saved = json.loads((RESULTS / "REPORT.json").read_text(encoding="utf-8"))
-    meta, results = saved["meta"], saved["results"]
-    plan = Plan(**meta["plan"])
-    drawn = plots(results)
-    (RESULTS / "REPORT.md").write_text(build_report(results, plan, drawn, meta), encoding="utf-8")
+    drawn = plots(saved["results"])
+    (RESULTS / "REPORT.md").write_text(render(saved, drawn), encoding="utf-8")
     progress(f"rebuilt {RESULTS / 'REPORT.md'} from REPORT.json")
+
+
+SMOKE_JOBS = 3
+#: A smoke job that takes longer than this has hung: it is killed and fails.
+SMOKE_JOB_TIMEOUT_S = 180.0
 
 
 if __name__ == "__main__":

@@ -14,28 +14,28 @@ interface the manager gives it (``_Node``).
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import (
-    AsyncIterator,
-    Iterable,
-)
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeVarTuple
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._node import BackplaneMembership, BackplaneNode
+from ._runtime.auth import Authenticate, Authenticator, session_for
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
+from ._runtime.joins import JoinRule, JoinRules
+from ._runtime.observer import FleetObserver, ObserverHandle
 from ._runtime.outbound import MessageHandler, dial
 from ._runtime.registry import Registry, check_name
 from ._runtime.routing import excluded, targets
-from ._runtime.session import Session, open_session
+from ._runtime.session import Session
+from ._runtime.settings import check_instance, check_seconds, check_size
 from ._runtime.stats import Delivery, FleetStats
 from .backplane import Backplane, Node
 from .closecodes import sendable
@@ -62,9 +62,6 @@ _DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 #: what websockets does by default. Sockets that cannot be pinged (ASGI) are left to their
 #: server's keepalive under this default; an explicit pinging policy refuses them instead.
 _DEFAULT_HEARTBEAT: Final = HeartbeatPolicy()
-
-
-_Args = TypeVarTuple("_Args")
 
 
 def _check_close(code: object, reason: object) -> None:
@@ -108,6 +105,9 @@ class ConnectionManager:
         close_timeout: float = 2.0,
         backpressure: BackpressurePolicy | None = _DEFAULT_BACKPRESSURE,
         rate_limit: RateLimitPolicy | None = None,
+        can_join: JoinRule | None = None,
+        authenticate: Authenticate | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         """Settings, each checked here (a bad one raises and nothing is started).
 
@@ -126,38 +126,34 @@ class ConnectionManager:
             connection is cut.
         :param backpressure: when fan-out calls wait because the whole fleet is behind;
             ``None`` never waits.
-        :param rate_limit: how much one client may send (``RateLimitPolicy``): messages over
-            it are dropped and counted before the application sees them, or close the
-            sender with 1008; ``None`` (the default) limits nothing.
+        :param rate_limit: how much one client may send (``RateLimitPolicy``): over it, the
+            sender is not read until it is back within its limit, and the message waits
+            (the default), is dropped and counted, or closes the sender with 1008;
+            ``None`` (the default) limits nothing.
+        :param can_join: ``(identifier, group) -> bool`` (plain or async), asked before an
+            identifier joins a group no ``join_rule`` pattern names; ``None`` allows all.
+        :param authenticate: who a socket is, ``(handshake) -> str | None``: ``authenticate()``.
+        :param max_message_size: the largest message a client may send, in bytes, on every
+            adapter (over it: closed with 1009); ``None`` leaves each library's own limit.
         """
-        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
-            raise WrongType(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
-        if heartbeat is not None and not isinstance(heartbeat, HeartbeatPolicy):
-            raise WrongType(f"heartbeat must be a HeartbeatPolicy, got {heartbeat!r}")
-        if overflow is not None and not isinstance(overflow, OverflowPolicy):
-            raise WrongType(f"overflow must be an OverflowPolicy, got {overflow!r}")
-        if backpressure is not None and not isinstance(backpressure, BackpressurePolicy):
-            raise WrongType(
-                f"backpressure must be a BackpressurePolicy or None, got {backpressure!r}"
-            )
-        if rate_limit is not None and not isinstance(rate_limit, RateLimitPolicy):
-            raise WrongType(f"rate_limit must be a RateLimitPolicy or None, got {rate_limit!r}")
-        if backplane is not None and not isinstance(backplane, Backplane):
-            raise WrongType(f"backplane must be a Backplane or None, got {backplane!r}")
-        seconds = [
+        for name, policy, kind in (
+            ("retry_policy", retry_policy, RetryPolicy),
+            ("heartbeat", heartbeat, HeartbeatPolicy),
+            ("overflow", overflow, OverflowPolicy),
+            ("backpressure", backpressure, BackpressurePolicy),
+            ("rate_limit", rate_limit, RateLimitPolicy),
+            ("backplane", backplane, Backplane),
+        ):
+            check_instance(name, policy, kind)
+        self._joins, self._auth = JoinRules(can_join), Authenticator(authenticate)
+        check_size("max_message_size", max_message_size)
+        for name, seconds in (
             ("callback_timeout", callback_timeout),
             ("shutdown_timeout", shutdown_timeout),
             ("close_timeout", close_timeout),
-        ]
-        if resume_window is not None:
-            seconds.append(("resume_window", resume_window))
-        for name, value in seconds:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
-            if not 0 < value < math.inf:  # NaN fails this too
-                raise InvalidArgument(
-                    f"{name} must be a finite number of seconds > 0, got {value!r}"
-                )
+            ("resume_window", 1.0 if resume_window is None else resume_window),
+        ):
+            check_seconds(name, seconds)
         self.heartbeat = heartbeat
         self.overflow = overflow if overflow is not None else OverflowPolicy()
         self.resume_window = None if resume_window is None else float(resume_window)
@@ -173,6 +169,7 @@ class ConnectionManager:
             backpressure=backpressure,
             pings_optional=heartbeat is _DEFAULT_HEARTBEAT,
             rate_limit=rate_limit,
+            max_message_size=max_message_size,
         )
         self.rate_limit = rate_limit
         self.backpressure = backpressure
@@ -319,14 +316,39 @@ class ConnectionManager:
 
         With a backplane the membership is fleet-wide: other nodes holding sockets of
         ``identifier`` put them in the group too. ``identifier`` must have a socket here.
+        A new membership is first put to the group's join rule (``join_rule``,
+        ``can_join``): ``JoinRefused`` if it says no; an async rule needs ``join``.
         """
         self._fleet.context.check()
         check_name("identifier", identifier)
         check_name("group", group)
+        if group not in self._registry.memberships.get(identifier, ()):
+            self._joins.check_now(identifier, group)
+            self._join(identifier, group)
+
+    async def join(self, identifier: str, group: str) -> None:
+        """``add_to_group``, asking the group's join rule even if it is async."""
+        self._fleet.context.check()
+        check_name("identifier", identifier)
+        check_name("group", group)
+        if group not in self._registry.memberships.get(identifier, ()):
+            await self._joins.check(identifier, group)
+            self._fleet.context.check()  # the rule took time: the manager may have closed
+            self._join(identifier, group)
+
+    def _join(self, identifier: str, group: str) -> None:
         new = group not in self._registry.memberships.get(identifier, ())
         self._registry.join(identifier, group)
         if new and self._backplane is not None:
             self._backplane.membership("join", identifier, group)
+
+    def join_rule(self, pattern: str, rule: JoinRule | None = None) -> Any:
+        """Ask ``rule(identifier, group) -> bool`` before anyone joins a group ``pattern``
+        names: one name, or an ``fnmatch`` pattern (``"room:*"``). Exact names come first,
+        then patterns in the order given, then ``can_join``. Also a decorator:
+        ``@manager.join_rule("admin:*")`` above the rule.
+        """
+        return self._joins.given(pattern, rule)
 
     def remove_from_group(self, identifier: str, group: str) -> None:
         """Take ``identifier`` out of ``group``; idempotent, even once it has no socket left."""
@@ -468,8 +490,28 @@ class ConnectionManager:
             self._fleet.context.check(cleanup=True)  # the loop's thread; not once it has ended
         return self._fleet.callbacks.add(callback)
 
+    async def authenticate(self, socket: object) -> str:
+        """Who the ``authenticate`` hook says ``socket`` (or its request) is, asked once per
+        object (``session`` uses it); ``Unauthenticated`` if it refuses (``wsfleet.handshake``)."""
+        return await self._auth.identify(socket)
+
+    def add_observer(self, observer: FleetObserver) -> ObserverHandle:
+        """Report every fan-out here to ``observer``; returns a handle whose ``remove()``
+        detaches it.
+
+        ``observer.fanned_out(size, recipients)`` runs once per fan-out call (another node's
+        included), ``observer.flushed(seconds)`` once per flusher round that wrote one: the
+        seconds from that round's first fan-out call to its batches handed to the
+        transports. Both run on the loop, inside the call: they must be quick and must not
+        raise. ``wsfleet.metrics.FleetCollector`` is one; with none, a fan-out pays one
+        attribute check for the feature.
+        """
+        if self._entered:
+            self._fleet.context.check(cleanup=True)
+        return self._fleet.add_observer(observer)
+
     def session(
-        self, socket: object, identifier: str, *, resume: str | None = None
+        self, socket: object, identifier: str | None = None, *, resume: str | None = None
     ) -> AbstractAsyncContextManager[Session]:
         """Register ``socket`` for the life of a handler; iterate the session to receive.
 
@@ -481,8 +523,9 @@ class ConnectionManager:
         names a held session of the same identifier, the new socket takes it over (its
         groups kept, its buffered messages delivered first); any other value starts afresh.
         A bad identifier (it comes from the client) closes the socket with 1008 instead.
+        Without ``identifier`` the ``authenticate`` hook names it; a refusal closes with 4401.
         """
-        return open_session(self._fleet, socket, identifier, resume)
+        return session_for(self._fleet, self._auth, socket, identifier, resume)
 
     def touch(self, socket: object, *, pong: bool = False) -> None:
         """Report inbound activity on ``socket`` (adapters call it for each message/pong)."""
@@ -524,7 +567,7 @@ class ConnectionManager:
     async def broadcast(self, message: Message, *, exclude: object = None) -> int:
         """Queue ``message`` for every connection except ``exclude`` (sockets or identifiers).
 
-        Returns how many connections it was queued for (see ``Delivery``). Inside
+        Returns how many connections it was for (see ``Delivery``). Inside
         ``async with manager.batch():`` a burst is queued whole before anything is written.
         When the whole fleet is behind (``BackpressurePolicy``), the call first waits,
         bounded, for the writers to catch up; it never waits for one slow peer.
@@ -643,6 +686,7 @@ class ConnectionManager:
             producer_wait_seconds=fleet.producer_wait_seconds,
             received_messages=fleet.inbound.received_messages,
             inbound_drops=dict(fleet.inbound.drops),
+            inbound_waits=fleet.inbound.waits,
             node_id=None if backplane is None else backplane.node_id,
             backplane_state=None if backplane is None else backplane.state.name,
             backplane=None if backplane is None else dict(backplane.stats),

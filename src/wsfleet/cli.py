@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="serve a chat and a live dashboard of its connections (pages and WebSockets)",
-        description="Serve a chat (/) and a live dashboard of the fleet (/dashboard) on one "
+        description="Serve a chat (/), a live dashboard of the fleet (/dashboard) and its "
+        "Prometheus metrics (/metrics) on one "
         "port: the websockets library's server answers the pages and the WebSockets, on "
         "asyncio or trio. Anyone who can reach the port can press the dashboard's buttons; "
         "in a browser, only the demo's own pages (and --allow-origin) may open its "

@@ -14,7 +14,9 @@ __all__ = [
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "MAX_REASON_BYTES",
+    "MESSAGE_TOO_BIG",
     "POLICY_VIOLATION",
+    "UNAUTHENTICATED",
     "is_clean",
     "is_final",
     "sendable",
@@ -28,7 +30,14 @@ CLEAN: Final = frozenset((1000, 1001, 1005))
 #: a refused identifier); a heartbeat timeout.
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
+#: An inbound message over the size limit (``ConnectionManager(max_message_size=...)``).
+MESSAGE_TOO_BIG: Final = 1009
 INTERNAL_ERROR: Final = 1011
+
+#: What a socket the authentication hook refused after its handshake is closed with: 4401,
+#: in the application's range, read as HTTP's 401. A final code (``is_final``): a client
+#: should not come back with the same credentials.
+UNAUTHENTICATED: Final = 4401
 
 
 #: The longest close reason a close frame can carry (125 bytes of payload, 2 for the code).

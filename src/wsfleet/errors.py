@@ -13,6 +13,8 @@ conventions (``except ValueError``) keeps working::
     ├── MessageTooLarge (ValueError)       .size, .limit, .detail
     ├── UnencodableMessage (ValueError)    text that is not valid Unicode (lone surrogates)
     ├── AlreadyRegistered (ValueError)     the same socket registered twice
+    ├── JoinRefused (PermissionError)      .identifier, .group: a join rule said no
+    ├── Unauthenticated (PermissionError)  .reason: the authentication hook refused a socket
     ├── UnknownSocket (KeyError)           a socket the manager does not hold
     ├── UnknownIdentifier (KeyError)       an identifier with no connection
     ├── ManagerClosed (RuntimeError)       the manager is not running
@@ -42,6 +44,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidPolicy",
     "InvalidTransition",
+    "JoinRefused",
     "MalformedEnvelope",
     "ManagerClosed",
     "MessageTooLarge",
@@ -49,6 +52,7 @@ __all__ = [
     "RetriesExhausted",
     "TransportClosed",
     "TransportError",
+    "Unauthenticated",
     "UnencodableMessage",
     "UnknownIdentifier",
     "UnknownSocket",
@@ -154,6 +158,36 @@ class AlreadyRegistered(WsfleetError, ValueError):
     """The socket is already registered with this manager."""
 
 
+class JoinRefused(WsfleetError, PermissionError):
+    """A join rule (``manager.join_rule``, ``can_join=``) refused ``identifier`` the group
+    ``group``; nothing was changed."""
+
+    def __init__(self, identifier: str, group: str) -> None:
+        super().__init__(f"{identifier!r} may not join {group!r}: a join rule refused it")
+        self.identifier = identifier
+        self.group = group
+
+    def __reduce__(self) -> tuple[type[JoinRefused], tuple[str, str]]:
+        return (type(self), (self.identifier, self.group))
+
+
+class Unauthenticated(WsfleetError, PermissionError):
+    """The authentication hook (``ConnectionManager(authenticate=...)``) refused a socket:
+    it returned ``None`` or raised this. Nothing was registered.
+
+    A hook raises it to give the client a reason, which goes in the refusal: the body of an
+    HTTP 401 at the handshake, or the reason of the 4401 close. Keep it short and tell
+    nothing the client should not know (a close reason holds at most 123 bytes).
+    """
+
+    def __init__(self, reason: str = "unauthenticated") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[Unauthenticated], tuple[str]]:
+        return (type(self), (self.reason,))
+
+
 class _KeyErrorMessage(WsfleetError, KeyError):
     # KeyError.__str__ shows repr(args[0]); a sentence reads better.
     def __str__(self) -> str:
@@ -244,6 +278,8 @@ for _error in (
     MessageTooLarge,
     UnencodableMessage,
     AlreadyRegistered,
+    JoinRefused,
+    Unauthenticated,
     UnknownSocket,
     UnknownIdentifier,
     ManagerClosed,

@@ -151,6 +151,16 @@ class Transport(ABC):
     async def send(self, batch: Sequence[Outbound]) -> None:
         """Write every item of the batch, in order; ``PING`` items are ping frames."""
 
+    def limit_inbound(self, max_size: int) -> bool:
+        """Have the library refuse inbound messages over ``max_size`` bytes itself.
+
+        Called at registration when the manager has a ``max_message_size``. A library that
+        can stops reading such a message early and closes with 1009; return ``True`` then.
+        The default returns ``False``: the session checks each message's size on receipt
+        instead (after the library has read it whole) and closes with 1009 the same way.
+        """
+        return False
+
     async def receive(self) -> Message:
         """The next inbound message; raise ``TransportClosed(code, reason)`` once closed.
 

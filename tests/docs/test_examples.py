@@ -78,6 +78,12 @@ async def main():
             await bad.get_message()
     except ConnectionClosed as closed:
         print("bad id closed with", closed.reason.code)
+    try:  # a message as large as trio-websocket takes: over the manager's inbound limit
+        async with open_websocket_url(url + "/mallory") as big:
+            await big.send_message("a" * (1024 * 1024 - 2))
+            await big.get_message()
+    except ConnectionClosed as closed:
+        print("big message closed with", closed.reason.code)
     for _ in range(5):  # resets during the handshake
         sock = socket.create_connection(("127.0.0.1", {port}))
         sock.sendall(b"GET /eve HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\n"
@@ -107,4 +113,5 @@ trio.run(main)
             server.wait(timeout=10)
     assert result.returncode == 0, result.stderr
     assert "bad id closed with 1008" in result.stdout
+    assert "big message closed with 1009" in result.stdout
     assert "bob got alice: hi" in result.stdout

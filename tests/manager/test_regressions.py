@@ -107,15 +107,17 @@ async def test_a_full_buffer_of_a_connection_that_is_down_does_not_evict_it_agai
         assert await m.send_to_one("alice", "m0") == 1
         await wait_for(lambda: conn._out.writing and conn.queued == 0)  # stuck in a stalled write
         assert [await m.send_to_one("alice", f"m{i}") for i in (1, 2)] == [1, 1]
-        # Two wait behind the stalled write: the next one does not fit.
-        assert await m.send_to_one("alice", "too many") == 0
+        # Two wait behind the stalled write: the next one does not fit (it is counted for
+        # alice all the same: dropped with her queue).
+        assert await m.send_to_one("alice", "too many") == 1
         assert conn.state is E  # evicted: a slow consumer
         await wait_for(lambda: socket.closes == 1)
         assert socket.close_code == 1008
 
         # Down, waiting for its retry: the buffer fills again, and overflows.
         assert [await m.send_to_one("alice", f"down {i}") for i in range(2)] == [1, 1]
-        assert [await m.send_to_one("alice", f"extra {i}") for i in range(3)] == [0, 0, 0]
+        # Over the bound: each counted, as a drop.
+        assert [await m.send_to_one("alice", f"extra {i}") for i in range(3)] == [1, 1, 1]
         await anyio.sleep(0.05)
         assert conn.state is E
         assert conn.queued == 2

@@ -10,7 +10,8 @@ facade that checks what users pass) and the pure core (``wsfleet.fsm``, ``wsflee
 * ``callbacks``: the application's state-change callbacks, each in a lane of its own;
 * ``resumption``: held sessions and their one-use tokens;
 * ``session``, ``outbound``: a server handler's socket; a client connection the manager dials;
-* ``connection``, ``context``, ``loop``, ``stats``: what the parts share.
+* ``connection``, ``context``, ``loop``, ``stats``: what the parts share;
+* ``observer``: what an observer of the fan-outs (``wsfleet.metrics``) is told.
 
 Each part is built with what it needs (the context, a policy, a protocol for what it
 reports) and imports none of the others but ``connection`` and ``context``; only ``fleet``

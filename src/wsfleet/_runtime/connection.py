@@ -120,6 +120,8 @@ class Connection(Lifecycle):
         "_hold",
         "_out",
         "_owner",
+        "_sized",
+        "cut_off",
         "dialled",
         "identifier",
         "leaving",
@@ -147,6 +149,10 @@ class Connection(Lifecycle):
         self._hold = Holding()
         #: The inbound gate's part: this sender's rate-limit bucket, once it sent something.
         self._bucket: Bucket | None = None
+        #: The transport refuses oversize messages itself (``Transport.limit_inbound``).
+        self._sized = False
+        #: The close code and reason the manager cut this connection off with, if it did.
+        self.cut_off: tuple[int, str] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.identifier!r} {self.state.name}>"

@@ -30,7 +30,14 @@ from typing import Protocol
 
 import anyio
 
-from ..closecodes import GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, is_clean, is_final
+from ..closecodes import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    MESSAGE_TOO_BIG,
+    POLICY_VIOLATION,
+    is_clean,
+    is_final,
+)
 from ..errors import (
     AlreadyRegistered,
     FinalRefusal,
@@ -52,9 +59,11 @@ from .callbacks import Callbacks
 from .connection import Connection, Reconnector
 from .context import Context
 from .inbound import Inbound
+from .observer import FleetObserver, ObserverHandle, Observers
 from .outbox import Outbox
 from .registry import Registry, check_name
 from .resumption import Resumption
+from .session import RATE_LIMITED
 from .timers import Timers
 
 __all__ = ["Fleet", "Membership"]
@@ -103,6 +112,7 @@ class Fleet:
         backpressure: BackpressurePolicy | None = None,
         pings_optional: bool = False,
         rate_limit: RateLimitPolicy | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         self.context = Context()
         self.registry = Registry()
@@ -117,7 +127,7 @@ class Fleet:
         self.timers = Timers(self.context, heartbeat, self)
         self.callbacks = Callbacks(callback_timeout)
         self.resumption = Resumption(self.context, self.machine, resume_window)
-        self.inbound = Inbound(self.context, rate_limit, self)
+        self.inbound = Inbound(self.context, rate_limit, self, max_message_size)
         self.membership: Membership = _Alone()
         self.backpressure = backpressure
         #: Fan-out calls that waited for the writers, and the seconds they waited in all.
@@ -125,6 +135,9 @@ class Fleet:
         self.producer_wait_seconds = 0.0
         #: The writers' progress when they were last found stalled (see ``room``).
         self._stalled_at: int | None = None
+        #: Told of every fan-out (a metrics exporter); ``None``: nobody, one check per call.
+        self.observer: FleetObserver | None = None
+        self._observers: list[ObserverHandle] = []
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -156,6 +169,33 @@ class Fleet:
     def check(self) -> None:
         """Refuse new work from another thread or outside the manager's block."""
         self.context.check()
+
+    def add_observer(self, observer: FleetObserver) -> ObserverHandle:
+        """Report every fan-out to ``observer`` from now on (see ``observer``)."""
+        for name in ("fanned_out", "flushed"):
+            if not callable(getattr(observer, name, None)):
+                raise WrongType(f"observer must have a {name}() method, got {observer!r}")
+        handle = ObserverHandle(observer, self._remove_observer)
+        self._observers.append(handle)
+        self._observed()
+        return handle
+
+    def _remove_observer(self, handle: ObserverHandle) -> bool:
+        if handle not in self._observers:
+            return False
+        self._observers.remove(handle)
+        self._observed()
+        return True
+
+    def _observed(self) -> None:
+        """The one reference the hot paths check: nobody, the observer, or all of them."""
+        observers = tuple(handle.observer for handle in self._observers)
+        observer: FleetObserver | None = None
+        if len(observers) == 1:
+            observer = observers[0]
+        elif observers:
+            observer = Observers(observers)
+        self.observer = self.outbox.observer = observer
 
     # -- registration ------------------------------------------------------------------------
 
@@ -199,6 +239,7 @@ class Fleet:
         conn = Connection(self, socket, transport, identifier, self.context.now())
         conn.retry_policy = retry_policy
         transport.attach(conn)
+        self.inbound.limit(conn)
         first = identifier not in registry.by_identifier
         registry.add(conn)
         if first:
@@ -233,7 +274,10 @@ class Fleet:
         self.timers.forget(conn)
         if conn.identifier not in registry.by_identifier:
             self.membership.offline(conn.identifier)
-            self.inbound.forget(conn.identifier)
+            last = True
+        else:
+            last = False
+        self.inbound.forget(conn, last)
         self.resumption.forget(conn)
 
     def close_identifier(self, identifier: str, code: int, reason: str) -> int:
@@ -252,6 +296,7 @@ class Fleet:
         old.connection = None
         conn.transport = transport
         transport.attach(conn)
+        self.inbound.limit(conn)
         self.context.spawn(self.outbox.close, old, 1000, "replaced", name="wsfleet close")
 
     # -- state changes: the machine decides, ``apply`` acts ------------------------------------
@@ -273,7 +318,10 @@ class Fleet:
             conn = change.connection
             assert isinstance(conn, Connection)
             new = change.new
-            registry.moved(conn, change.old, new)
+            old = change.old
+            registry.moved(conn, old, new)
+            if (old in HELD) is not (new in HELD):
+                outbox.park(conn, held=new in HELD)
             if new is C:
                 self.timers.arm(conn, reconnected=change.old is R)
                 outbox.schedule(conn)
@@ -308,13 +356,18 @@ class Fleet:
         """Whether the fleet's queues say the server is behind (``BackpressurePolicy``)."""
         policy = self.backpressure
         outbox = self.outbox
-        if policy is None or not outbox.queued_messages:
+        # Only what writers can drain counts: queues kept for a retry or a resume wait for
+        # their client, not for the server, and a producer waiting on them would wait for
+        # nothing (a few dozen held sessions would hold up every fan-out).
+        queued = outbox.queued_messages - outbox.held_messages
+        if policy is None or queued <= 0:
             return False
         overflow = self.overflow
+        by_state = self.registry.by_state
         return policy.behind(
-            queued_messages=outbox.queued_messages,
-            queued_bytes=outbox.queued_bytes,
-            connections=len(self.registry),
+            queued_messages=queued,
+            queued_bytes=outbox.queued_bytes - outbox.held_bytes,
+            connections=len(by_state[C]) + len(by_state[ConnectionState.IDLE]),
             queue_messages=overflow.max_messages,
             queue_bytes=overflow.max_bytes,
             evicting=overflow.action is OverflowAction.DISCONNECT,
@@ -356,6 +409,10 @@ class Fleet:
         """Queue ``message`` for ``targets``; then evict the ones whose queue overflowed."""
         outbox = self.outbox
         count = outbox.fan_out(targets, message, size)
+        observer = self.observer
+        if observer is not None:
+            observer.fanned_out(size, count)
+            outbox.note_fanout()
         if outbox.has_evictions:
             for conn in outbox.take_evictions():
                 if conn.registered and conn.writable:  # the message that did not fit too
@@ -377,6 +434,7 @@ class Fleet:
         What it had queued is dropped, with ``refused`` messages that did not get in.
         """
         outbox = self.outbox
+        conn.cut_off = (code, reason)
         outbox.stop_writer(conn)
         outbox.discard(conn, reason, refused=refused)
         if conn.state in (C, I, R):
@@ -413,13 +471,18 @@ class Fleet:
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.request(conn, E, f"I/O failure: {text}")
 
-    def admit(self, conn: Connection, message: Message) -> bool:
-        """Whether a message ``conn`` received goes on to the application (rate limits)."""
+    def admit(self, conn: Connection, message: Message) -> tuple[bool, float]:
+        """Whether a message ``conn`` received goes on to the application, and how long its
+        sender must not be read first (rate limits)."""
         return self.inbound.admit(conn, message)
 
     def rate_limited(self, conn: Connection) -> None:
         if conn.registered and conn.writable:
-            self.evict(conn, POLICY_VIOLATION, "rate limit")
+            self.evict(conn, POLICY_VIOLATION, RATE_LIMITED)
+
+    def too_big(self, conn: Connection) -> None:
+        if conn.registered and conn.writable:
+            self.evict(conn, MESSAGE_TOO_BIG, "message too big")
 
     # -- what the outbox reports -------------------------------------------------------------
 

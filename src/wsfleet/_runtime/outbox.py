@@ -34,6 +34,7 @@ from ..policies.overflow import OverflowDecision, OverflowPolicy
 from ..transport import PING, Message, Outbound, Transport, message_size
 from .connection import Connection
 from .context import Context
+from .observer import FleetObserver
 
 __all__ = ["COALESCE_CALLS", "WRITER_LINGER", "Outbox", "OutboxReports"]
 
@@ -94,11 +95,19 @@ class Outbox:
         self._burst_bytes = 0
         self.queued_messages = 0
         self.queued_bytes = 0
+        #: Of those, what waits in the queues of connections in ERROR or RECONNECTING: kept
+        #: for a retry or a resume, with no writer, so nothing a producer could wait for.
+        self.held_messages = 0
+        self.held_bytes = 0
         self.sent_messages = 0
         self.pings_sent = 0
         #: Batches handed to transports: what the writers got done (see ``Fleet.room``).
         self.progress = 0
         self.drops: Counter[str] = Counter()
+        #: Told how long each flusher round took (``Fleet.add_observer``); ``None``: nobody.
+        self.observer: FleetObserver | None = None
+        #: When the first observed fan-out of the coming flusher round was queued.
+        self._first_fanout: float | None = None
 
     def bind_loop(self) -> None:
         """Events belong to the running loop on asyncio: make them once it runs."""
@@ -108,17 +117,21 @@ class Outbox:
     # -- enqueueing ------------------------------------------------------------------------
 
     def fan_out(self, targets: Iterable[Connection], message: Message, size: int) -> int:
-        """Queue ``message`` for each target; returns how many it was queued for.
+        """Queue ``message`` for each target; returns how many targets it was for.
 
-        A target the overflow policy evicts is counted out and kept for
-        ``take_evictions``: the caller evicts it once this loop is over.
+        Each live target counts once: it queued the message, or (its queue full) its
+        overflow policy counted it dropped, so what fan-outs return adds up to what is sent,
+        dropped and queued. A target the overflow policy evicts is kept for
+        ``take_evictions``: the caller evicts it (counting the message with its queue) once
+        this loop is over.
         """
         overflow = self.overflow
         max_messages = overflow.max_messages
         max_bytes = overflow.max_bytes
         ready = self._ready
         queued = 0
-        accepted_on_overflow = 0
+        held = 0
+        overflowed = 0
         for conn in targets:
             state = conn.state
             if state is D:
@@ -128,7 +141,7 @@ class Outbox:
             if queue is None:
                 queue = out.pending = []
             elif len(queue) >= max_messages or out.pending_bytes + size > max_bytes:
-                accepted_on_overflow += self._overflowed(conn, message, size)
+                overflowed += self._overflowed(conn, message, size)
                 continue
             queue.append(message)
             out.pending_bytes += size
@@ -143,16 +156,31 @@ class Outbox:
                 elif not out.scheduled:
                     out.scheduled = True
                     ready.append(conn)
+            else:  # ERROR or RECONNECTING: kept for later, not written now
+                held += 1
         self.queued_messages += queued
         self.queued_bytes += queued * size
+        if held:
+            self.held_messages += held
+            self.held_bytes += held * size
         self._burst_calls += 1
         self._burst_bytes += size
         if ready and not self._wake_requested:
             self._request_flush()
-        return queued + accepted_on_overflow
+        return queued + overflowed
+
+    def note_fanout(self) -> None:
+        """An observed fan-out was queued: the flusher's next round is timed from the first.
+
+        Called only with an observer attached. A fan-out that left nothing for the flusher
+        (every target has a writer of its own, or none took it) starts no timing.
+        """
+        if self._first_fanout is None and self._ready:
+            self._first_fanout = anyio.current_time()
 
     def _overflowed(self, conn: Connection, message: Message, size: int) -> int:
-        """The queue is full: apply the overflow policy. Returns 1 if the message was queued."""
+        """The queue is full: apply the overflow policy. Returns 1: the message is accounted
+        for, queued (making room, or not) or counted as dropped, now or on eviction."""
         policy = self.overflow
         out = conn._out
         queue = out.pending
@@ -165,6 +193,9 @@ class Outbox:
                 out.pending_bytes += size
                 self.queued_messages += 1
                 self.queued_bytes += size
+                if not conn.writable:
+                    self.held_messages += 1
+                    self.held_bytes += size
                 self.schedule(conn)
                 return 1
             if decision is OverflowDecision.DROP_OLDEST and len(queue) > pinged:
@@ -174,19 +205,22 @@ class Outbox:
                 out.pending_bytes -= dropped
                 self.queued_messages -= 1
                 self.queued_bytes -= dropped
+                if not conn.writable:
+                    self.held_messages -= 1
+                    self.held_bytes -= dropped
                 self.count_drop("overflow: drop-oldest")
                 continue
             if decision is OverflowDecision.DISCONNECT and conn.writable:
                 # The message that did not fit is counted with the queue, on eviction.
                 if conn not in self._evicted:  # (a short list: the evictions of one call)
                     self._evicted.append(conn)
-                return 0
+                return 1
             if decision is OverflowDecision.DISCONNECT:
                 # Already down and buffering for a reconnect: there is nobody to cut off.
                 self.count_drop("overflow while down")
-                return 0
+                return 1
             self.count_drop("overflow: drop-newest")
-            return 0
+            return 1
 
     def take_evictions(self) -> list[Connection]:
         """The connections the last fan-outs found over their bound, to be evicted now."""
@@ -201,6 +235,18 @@ class Outbox:
         if n:
             self.drops[reason] += n
 
+    def park(self, conn: Connection, held: bool) -> None:
+        """``conn`` went into ERROR/RECONNECTING (``held``) or out of them: what its queue
+        holds moves into or out of ``held_messages``/``held_bytes`` (``Fleet.apply`` calls
+        this on every such change, before anything else touches the queue)."""
+        queue = conn._out.pending
+        if not queue:
+            return
+        messages = sum(1 for item in queue if item is not PING)
+        sign = 1 if held else -1
+        self.held_messages += sign * messages
+        self.held_bytes += sign * conn._out.pending_bytes
+
     def discard(self, conn: Connection, reason: str, *, refused: int = 0) -> None:
         """Drop everything queued for ``conn``, and ``refused`` messages that never got in,
         counted (and logged, once) under ``reason``."""
@@ -211,6 +257,9 @@ class Outbox:
             messages += sum(1 for item in queue if item is not PING)
             self.queued_messages -= messages - refused
             self.queued_bytes -= out.pending_bytes
+            if not conn.writable and conn.state is not D:  # kept for later until now
+                self.held_messages -= messages - refused
+                self.held_bytes -= out.pending_bytes
             out.pending = None
             out.pending_bytes = 0
         if messages:
@@ -301,8 +350,11 @@ class Outbox:
             self._wake = anyio.Event()
             self._wake_requested = False
             ready, self._ready = self._ready, []
+            first, self._first_fanout = self._first_fanout, None
             await self._flush(ready)
             del ready  # hold no connection while waiting: a closed one must be free to go
+            if first is not None and self.observer is not None:
+                self.observer.flushed(anyio.current_time() - first)
 
     async def _flush(self, ready: list[Connection]) -> None:
         write_now = self._write_now

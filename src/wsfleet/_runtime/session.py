@@ -65,8 +65,9 @@ class SessionHost(Protocol):
 
     def forget(self, conn: Connection, reason: str) -> None: ...
 
-    def admit(self, conn: Connection, message: Message) -> bool:
-        """Whether a received message goes on to the application (the rate limits)."""
+    def admit(self, conn: Connection, message: Message) -> tuple[bool, float]:
+        """Whether a received message goes on to the application, and how long the sender
+        must not be read first (the rate limits: ``Inbound.admit``)."""
 
 
 class Session:
@@ -90,7 +91,7 @@ class Session:
         *,
         identifier: str = "",
         refused: str | None = None,
-        admit: Callable[[Connection, Message], bool] | None = None,
+        admit: Callable[[Connection, Message], tuple[bool, float]] | None = None,
     ) -> None:
         self._connection = connection
         #: The runtime's inbound gate (rate limits); ``None`` lets every message through.
@@ -154,10 +155,29 @@ class Session:
                 # may be in no group any more), so the message ends the iteration instead.
                 raise StopAsyncIteration
             conn.touch()
-            if self._admit is None or self._admit(conn, message):
+            if self._admit is None:
                 return message
-            # Over its rate limit: dropped and counted, and the next one is read (unless the
-            # policy cut the sender off, which the check above sees).
+            deliver, pause = self._admit(conn, message)
+            if pause:
+                # Over its rate limit: the sender is not read until it is back within it, so
+                # its kernel buffers fill and TCP slows it down (reading a flood only to drop
+                # it would cost the server as much as delivering it).
+                await anyio.sleep(pause)
+                if deliver and not self._current():
+                    raise StopAsyncIteration
+            if deliver:
+                return message
+            if not self._current():
+                # The gate cut the sender off (its rate limit, a message too big): the close
+                # that started must reach the peer before the handler's exit closes the
+                # socket with a plain 1000. Closing again here waits for that one (a close
+                # is idempotent) without reading the rest of a flood through this loop.
+                code, reason = conn.cut_off or (POLICY_VIOLATION, RATE_LIMITED)
+                self.close_code, self.close_reason = code, reason
+                with anyio.move_on_after(CUT_OFF_WAIT, shield=True), suppress(Exception):
+                    await transport.close(code, reason)
+                raise StopAsyncIteration
+            # Dropped and counted: the next one is read.
 
     async def _receive(self, conn: Connection, transport: Transport) -> Message:
         try:
@@ -184,6 +204,11 @@ class Session:
             return 0
         return await self._connection.send(message)
 
+
+#: The close reason of a sender cut off by ``RateLimitAction.CLOSE``.
+RATE_LIMITED = "rate limit"
+#: How long a session cut off by its rate limit waits for its close to complete.
+CUT_OFF_WAIT = 10.0
 
 #: The longest close reason the WebSocket protocol allows, in bytes of UTF-8.
 MAX_CLOSE_REASON = 123

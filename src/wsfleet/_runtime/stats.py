@@ -10,8 +10,12 @@ __all__ = ["Delivery", "FleetStats"]
 
 
 class Delivery(int):
-    """What a fan-out returns: how many local connections it was queued for (the int), and
-    whether it was also published for the other nodes of the fleet (``published``)."""
+    """What a fan-out returns: how many local connections it was for (the int), and whether
+    it was also published for the other nodes of the fleet (``published``).
+
+    Each connection counts once, whether it queued the message or its full queue counted
+    the message dropped (``OverflowPolicy``): what fan-outs return adds up to
+    ``stats().sent_messages`` + the drops + ``queued_messages``."""
 
     published: bool
 
@@ -61,6 +65,8 @@ class FleetStats:
     """Messages the sessions received since the manager started."""
     inbound_drops: Mapping[str, int] = field(default_factory=dict)
     """Received messages refused before the application saw them, by reason ("rate limit")."""
+    inbound_waits: int = 0
+    """Received messages held back until their sender was within its rate limit (``WAIT``)."""
     node_id: str | None = None
     backplane_state: str | None = None
     """The link to the other nodes: CONNECTED, ERROR, RECONNECTING ...; ``None`` if alone."""
@@ -75,6 +81,7 @@ class FleetStats:
         data = asdict(self)
         data["states"] = dict(self.states)
         data["drops"] = dict(self.drops)
+        data["dropped"] = self.dropped
         data["inbound_drops"] = dict(self.inbound_drops)
         if self.backplane is not None:
             data["backplane"] = dict(self.backplane)

@@ -84,10 +84,16 @@ import ssl
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
-from ..errors import FinalRefusal, TransportClosed, TransportError
+from ..errors import (
+    FinalRefusal,
+    InvalidArgument,
+    TransportClosed,
+    TransportError,
+    Unauthenticated,
+)
 from ..transport import (
     Message,
     Outbound,
@@ -108,6 +114,7 @@ try:
         ConnectionRejected,
         HandshakeError,
         WebSocketConnection,
+        WebSocketRequest,
         wrap_client_stream,
     )
     from wsproto.connection import ConnectionState as ProtocolState
@@ -120,7 +127,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "wsfleet.adapters.trio_websocket needs trio-websocket: pip install 'wsfleet[trio]'"
     ) from exc
 
-__all__ = ["TrioWebsocketTransport", "open_client"]
+__all__ = ["TrioWebsocketTransport", "accept", "open_client"]
 
 logger = logging.getLogger("wsfleet")
 
@@ -469,6 +476,15 @@ class TrioWebsocketTransport(Transport):
 
     # -- reads and close -------------------------------------------------------------------
 
+    def limit_inbound(self, max_size: int) -> bool:
+        """trio-websocket's reader compares each message, as it grows, with the connection's
+        ``_max_message_size`` (what ``serve_websocket(max_message_size=...)`` sets) and
+        closes with 1009 past it. A release without that attribute: checked on receipt."""
+        if not isinstance(getattr(self.ws, "_max_message_size", None), int):
+            return False
+        self.ws._max_message_size = max_size
+        return True
+
     async def receive(self) -> Message:
         try:
             return await self.ws.get_message()
@@ -590,3 +606,52 @@ async def open_client(url: str, **options: Any) -> AsyncIterator[TrioWebsocketTr
 
 
 register_dialer("trio-websocket", open_client, loops=("trio",))
+
+
+class _Authenticates(Protocol):
+    async def authenticate(self, socket: object, /) -> str: ...
+
+
+async def accept(
+    manager: _Authenticates,
+    request: WebSocketRequest,
+    *,
+    subprotocol: str | None = None,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    status: int = 401,
+) -> tuple[WebSocketConnection, str] | None:
+    """Ask the manager's ``authenticate`` hook about ``request``, then accept or reject it::
+
+        async def handler(request: WebSocketRequest) -> None:
+            accepted = await accept(manager, request)
+            if accepted is None:
+                return  # refused with HTTP 401, or the client left during the handshake
+            ws, who = accepted
+            async with manager.session(ws) as session:  # or manager.session(ws, who)
+                ...
+
+    Refused (the hook returned ``None`` or raised ``Unauthenticated``), the request is
+    rejected with HTTP ``status`` (401) and the reason as its body: no WebSocket, nothing
+    registered, ``None`` returned. Accepted, the identity is remembered for the connection
+    (``manager.session(ws)`` uses it) and returned with it. A client gone during the
+    handshake gives ``None`` too: on trio, an error escaping a handler would end the whole
+    server. Another exception of the hook's is the application's bug: the client gets an
+    HTTP 500 and the exception goes on.
+    """
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status < 500:
+        raise InvalidArgument(f"status must be an HTTP 4xx code, got {status!r}")
+    try:
+        identifier = await manager.authenticate(request)
+    except Unauthenticated as exc:
+        with suppress(ConnectionClosed, *_IO_ERRORS):
+            await request.reject(status, body=exc.reason.encode("utf-8", "replace"))
+        return None
+    except Exception:
+        with suppress(ConnectionClosed, *_IO_ERRORS):
+            await request.reject(500)  # what websockets answers too; the error goes on
+        raise
+    try:
+        ws = await request.accept(subprotocol=subprotocol, extra_headers=extra_headers)
+    except (ConnectionClosed, *_IO_ERRORS):
+        return None
+    return ws, identifier

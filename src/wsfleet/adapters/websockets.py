@@ -39,13 +39,19 @@ import os
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import sniffio
 
-from ..errors import FinalRefusal, TransportClosed, TransportError
+from ..errors import (
+    FinalRefusal,
+    InvalidArgument,
+    TransportClosed,
+    TransportError,
+    Unauthenticated,
+)
 from ..transport import (
     Message,
     Outbound,
@@ -73,7 +79,7 @@ try:
 except ImportError:  # websockets without its trio implementation, or trio not installed
     _trio_connection = None
 
-__all__ = ["WebsocketsTransport", "open_client"]
+__all__ = ["WebsocketsTransport", "authenticate", "open_client"]
 
 #: Bounds of the cache of shared frames: this many frames, and this many bytes of them (or
 #: one larger frame), kept after a fan-out until they make room for newer ones.
@@ -325,6 +331,15 @@ class WebsocketsTransport(Transport):
     def unsent(self, value: int) -> None:
         raise AttributeError("unsent is counted by the socket's writes, not set")
 
+    def limit_inbound(self, max_size: int) -> bool:
+        """websockets reads its protocol's ``max_message_size`` for each frame it parses:
+        a message over it is refused mid-read with 1009, as ``serve(max_size=...)`` does."""
+        protocol = self.ws.protocol
+        if not isinstance(getattr(protocol, "max_message_size", None), int | None):
+            return False
+        protocol.max_message_size = max_size
+        return True
+
     # -- writes --------------------------------------------------------------------------
 
     def _ping_data(self) -> bytes:
@@ -567,3 +582,35 @@ async def open_client(url: str, **options: Any) -> AsyncIterator[WebsocketsTrans
 
 
 register_dialer("websockets", open_client)
+
+
+class _Authenticates(Protocol):
+    async def authenticate(self, socket: object, /) -> str: ...
+
+
+ProcessRequest: TypeAlias = Callable[[Any, Any], Awaitable[Any]]
+
+
+def authenticate(manager: _Authenticates, *, status: int = 401) -> ProcessRequest:
+    """A ``process_request`` for websockets' ``serve`` (asyncio or trio) that asks the
+    manager's ``authenticate`` hook before the upgrade::
+
+        async with serve(handler, host, port, process_request=authenticate(manager)):
+
+    Refused (the hook returned ``None`` or raised ``Unauthenticated``), the client gets an
+    HTTP ``status`` (401) with the reason as its body, and no WebSocket: the handler never
+    runs, nothing is registered. Accepted, the identity is remembered for the connection,
+    so the handler's ``manager.session(ws)`` opens under it without asking again. Another
+    exception of the hook's is websockets' to handle: it logs it and answers 500.
+    """
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status < 500:
+        raise InvalidArgument(f"status must be an HTTP 4xx code, got {status!r}")
+
+    async def process_request(connection: Any, request: Any) -> Any:
+        try:
+            await manager.authenticate(connection)
+        except Unauthenticated as exc:
+            return connection.respond(status, f"{exc.reason}\n")
+        return None
+
+    return process_request

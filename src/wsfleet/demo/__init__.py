@@ -4,7 +4,8 @@ Run ``wsfleet demo`` and open http://127.0.0.1:8000/ (the chat) in a few tabs an
 http://127.0.0.1:8000/dashboard next to them: every connection with its state, the state
 changes as they happen, the counters of ``manager.stats()``, the state diagram, and buttons
 that make the machine move (force idle, drop a connection abnormally, stall a client, kill
-everything).
+everything). http://127.0.0.1:8000/metrics is what a Prometheus server would scrape
+(``wsfleet.metrics``; the dashboard links to it).
 
 Everything runs on one port, in one process, on asyncio or trio (``--backend``): the
 websockets library's server answers the page requests itself (``process_request``) and

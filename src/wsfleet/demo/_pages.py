@@ -33,6 +33,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ._chat import ChatError, check_identity
+from ._metrics import Exposition
 from ._origins import OriginCheck
 
 __all__ = ["ENDPOINTS", "Pages"]
@@ -97,6 +98,8 @@ class Pages:
 
     def __init__(self, origins: OriginCheck) -> None:
         self.origins = origins
+        #: ``/metrics``, once the manager runs (``None``: prometheus-client is not installed).
+        self.metrics: Exposition | None = None
         static = resources.files(__package__) / "static"
         self.files: dict[str, bytes] = {
             entry.name: entry.read_bytes()
@@ -114,6 +117,17 @@ class Pages:
         if body is None:
             return _text(404, "Not Found", f"no such file: {name}")
         content_type = next(t for ext, t in TYPES.items() if name.endswith(ext))
+        return _response(200, "OK", content_type, body)
+
+    def metrics_page(self) -> Response:
+        """The Prometheus exposition of the demo's manager."""
+        if self.metrics is None:
+            return _text(
+                404,
+                "Not Found",
+                "metrics need prometheus-client: pip install 'wsfleet[prometheus]'",
+            )
+        body, content_type = self.metrics()
         return _response(200, "OK", content_type, body)
 
     def route(self, request: Request, local_address: Any = None) -> Response | None:
@@ -139,7 +153,9 @@ class Pages:
             return self.file(PAGES[parts.path])
         if parts.path.startswith("/static/"):
             return self.file(parts.path.removeprefix("/static/"))
-        return _text(404, "Not Found", f"nothing at {parts.path}; try / or /dashboard")
+        if parts.path == "/metrics":
+            return self.metrics_page()
+        return _text(404, "Not Found", f"nothing at {parts.path}; try /, /dashboard or /metrics")
 
     def hook(self) -> Callable[[Any, Request], Response | None]:
         """``process_request`` for websockets' ``serve`` (asyncio and trio alike)."""

@@ -32,6 +32,7 @@ from ..errors import InvalidArgument
 from ._board import Board
 from ._chat import check_identity, serve_chat
 from ._controls import Controls, serve_dashboard
+from ._metrics import exposition
 from ._origins import OriginCheck
 from ._pages import Pages
 from ._policies import HEARTBEAT, OVERFLOW, RETRY
@@ -58,7 +59,8 @@ class Demo:
 
     @property
     def url(self) -> str:
-        """The chat page; the dashboard is at ``url + "dashboard"``."""
+        """The chat page; the dashboard is at ``url + "dashboard"``, the metrics at
+        ``url + "metrics"``."""
         return f"http://{self.host}:{self.port}/"
 
     @property
@@ -151,8 +153,11 @@ async def open_demo(
         controls = Controls(manager, board, tg)
         manager.on_state_change(board.changed)
         tg.start_soon(board.run, name="demo board")
-        async with _listen(_router(manager, board, controls), pages.hook(), host, port) as bound:
-            yield Demo(manager, board, controls, origins, host, bound, backend)
+        with exposition(manager) as pages.metrics:  # /metrics, for Prometheus
+            async with _listen(
+                _router(manager, board, controls), pages.hook(), host, port
+            ) as bound:
+                yield Demo(manager, board, controls, origins, host, bound, backend)
         tg.cancel_scope.cancel()
 
 

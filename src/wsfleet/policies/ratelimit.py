@@ -1,11 +1,18 @@
 """How much a client may send: token buckets for messages and bytes.
 
 One client that floods a server with tiny messages costs every other client their latency:
-each message wakes its handler, is parsed, maybe relayed. A token bucket bounds what one
+each message is read, parsed and handed to its handler. A token bucket bounds what one
 sender can take while leaving room for bursts: it holds up to ``burst`` tokens, refills at
-``per_second``, and a message takes one token (and its size in byte tokens). A message that
-finds the bucket empty is over the limit: it is dropped and counted, or its sender is cut
-off with 1008 "rate limit", as the policy says.
+``per_second``, and a message takes one token (and its size in byte tokens).
+
+What protects the others is that the flooder's socket is *read* less often, not only that
+its messages are thrown away: a server that reads a flood at full speed to drop it spends
+its CPU on the flood all the same. So over the limit, the session stops reading from that
+sender until its bucket has refilled, whatever the action: its kernel buffers fill and TCP
+slows the sender down at no cost to the server. The action says what becomes of the message
+that went over: it waits and is delivered (``WAIT``, the default: nothing is lost, the
+sender is only slowed), it is dropped and counted (``DROP``), or its sender is cut off with
+1008 "rate limit" (``CLOSE``).
 
 The policy is pure: it computes a bucket's new level from its old one, the time elapsed and
 the message's size; the runtime keeps the levels (a few floats per connection, or per
@@ -20,22 +27,37 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._validate import check_above, to_member, to_number
+from ._validate import check_above, check_at_least, to_member, to_number
 
 __all__ = ["Bucket", "RateLimitAction", "RateLimitPolicy", "RateLimitScope"]
 
 
 class RateLimitAction(enum.Enum):
-    """What happens to a message over the limit."""
+    """What happens to a message over the limit; its sender is not read until it is back
+    within the limit in every case.
 
-    #: Drop it, count it (``stats().inbound_drops["rate limit"]``) and go on reading.
+    - ``WAIT``: delivered once the sender is within its limit (``stats().inbound_waits``).
+    - ``DROP``: dropped and counted (``stats().inbound_drops["rate limit"]``).
+    - ``CLOSE``: dropped and counted, and the sender closed with 1008 "rate limit".
+    """
+
+    #: Deliver it once the sender is back within its limit; until then its socket is not
+    #: read (``stats().inbound_waits`` counts these messages).
+    WAIT = "wait"
+    #: Drop it, count it (``stats().inbound_drops["rate limit"]``) and read the sender's
+    #: next message once its bucket holds a token again.
     DROP = "drop"
     #: Close the sender's socket with 1008 "rate limit".
     CLOSE = "close"
 
 
 class RateLimitScope(enum.Enum):
-    """Whose budget a message is taken from."""
+    """Whose budget a message is taken from.
+
+    - ``CONNECTION``: each socket its own.
+    - ``IDENTIFIER``: one budget for all of an identifier's sockets on this node, kept
+      after its last socket goes until it would have refilled (reconnecting buys nothing).
+    """
 
     #: Each socket its own: a user with several tabs has a budget per tab.
     CONNECTION = "connection"
@@ -58,15 +80,21 @@ class RateLimitPolicy:
     ``messages_per_second`` and ``bytes_per_second`` are the sustained rates (``None``
     leaves that dimension unlimited); ``burst_messages`` and ``burst_bytes`` how much a quiet
     sender may spend at once (by default one second's worth, and at least one message). A
-    message larger than ``burst_bytes`` can never pass: make it at least the largest
-    message the server accepts. Bytes are those of the message on the wire (UTF-8 for text).
+    message larger than ``burst_bytes`` is dropped or closes its sender under ``DROP`` and
+    ``CLOSE`` (it could never pass), and waits ``size / bytes_per_second`` under ``WAIT``:
+    make the burst at least the largest message the server accepts. Bytes are those of the
+    message on the wire (UTF-8 for text).
+
+    A sender held back is not read at all, pongs included: keep the longest wait (one
+    message's worth, ``1 / messages_per_second``, or the largest message over
+    ``bytes_per_second``) well under the heartbeat's ``ping_timeout``.
     """
 
     messages_per_second: float | None = 100.0
     burst_messages: float | None = None
     bytes_per_second: float | None = None
     burst_bytes: float | None = None
-    action: RateLimitAction = RateLimitAction.DROP
+    action: RateLimitAction = RateLimitAction.WAIT
     scope: RateLimitScope = RateLimitScope.CONNECTION
 
     if TYPE_CHECKING:
@@ -78,7 +106,7 @@ class RateLimitPolicy:
             burst_messages: float | None = None,
             bytes_per_second: float | None = None,
             burst_bytes: float | None = None,
-            action: RateLimitAction | str = RateLimitAction.DROP,
+            action: RateLimitAction | str = RateLimitAction.WAIT,
             scope: RateLimitScope | str = RateLimitScope.CONNECTION,
         ) -> None: ...
 
@@ -97,12 +125,24 @@ class RateLimitPolicy:
                 size = to_number(burst, size)
                 check_above(burst, size, 0.0)
                 object.__setattr__(self, burst, size)
+        if self.burst_messages is not None:  # less than one message would let none through
+            check_at_least("burst_messages", self.burst_messages, 1.0)
         if self.burst_messages is None and self.messages_per_second is not None:
             object.__setattr__(self, "burst_messages", max(1.0, self.messages_per_second))
         if self.burst_bytes is None and self.bytes_per_second is not None:
             object.__setattr__(self, "burst_bytes", self.bytes_per_second)
         object.__setattr__(self, "action", to_member("action", self.action, RateLimitAction))
         object.__setattr__(self, "scope", to_member("scope", self.scope, RateLimitScope))
+
+    @property
+    def refill_time(self) -> float:
+        """Seconds an empty bucket takes to fill up again (0 with no limit at all)."""
+        times = [0.0]
+        if self.messages_per_second is not None and self.burst_messages is not None:
+            times.append(self.burst_messages / self.messages_per_second)
+        if self.bytes_per_second is not None and self.burst_bytes is not None:
+            times.append(self.burst_bytes / self.bytes_per_second)
+        return max(times)
 
     def full(self, now: float) -> Bucket:
         """A new sender's bucket: full, so it may start with a burst."""
@@ -129,3 +169,33 @@ class RateLimitPolicy:
         if messages < 1.0 or nbytes < size:
             return False, Bucket(messages, nbytes, now)
         return True, Bucket(messages - 1.0, nbytes - size, now)
+
+    def borrow(self, bucket: Bucket, now: float, size: int) -> tuple[float, Bucket]:
+        """Take a message whatever the bucket holds; the seconds until the debt is repaid.
+
+        Under ``WAIT`` a message over the limit is delivered late rather than lost: it takes
+        its tokens on credit (the bucket goes below zero) and the sender is not read again
+        until the bucket is back at zero. The returned delay is 0 within the limit.
+        """
+        admitted, after = self.take(bucket, now, size)
+        if admitted:
+            return 0.0, after
+        messages, nbytes = after.messages - 1.0, after.bytes - size
+        return self._until(messages, nbytes), Bucket(messages, nbytes, now)
+
+    def refill_in(self, bucket: Bucket, size: int = 0) -> float:
+        """Seconds until ``bucket`` (as counted at ``bucket.at``) could take one message of
+        ``size`` bytes: how long a sender is not read after a message was dropped.
+        ``math.inf`` when it never could (the message is larger than ``burst_bytes``)."""
+        if self.burst_bytes is not None and size > self.burst_bytes:
+            return math.inf
+        return self._until(bucket.messages - 1.0, bucket.bytes - size)
+
+    def _until(self, messages: float, nbytes: float) -> float:
+        """Seconds until both levels are back at zero (they are below it by a debt)."""
+        delay = 0.0
+        if messages < 0.0 and self.messages_per_second is not None:
+            delay = -messages / self.messages_per_second
+        if nbytes < 0.0 and self.bytes_per_second is not None:
+            delay = max(delay, -nbytes / self.bytes_per_second)
+        return delay

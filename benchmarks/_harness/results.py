@@ -1,4 +1,4 @@
-"""Shared plumbing for the benchmark scripts: timing, and writing results to a file."""
+"""Results on disk and the pieces of a report: the environment line, tables, deadlines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def environment() -> str:
@@ -27,19 +27,27 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def write(
-    name: str, title: str, command: str, body: str, data: object, measured: str | None = None
+    name: str,
+    title: str,
+    command: str,
+    body: str,
+    data: object,
+    measured: str | None = None,
+    *,
+    directory: Path = RESULTS,
 ) -> Path:
-    """Write ``results/<name>.md`` (for people) and ``results/<name>.json`` (for tools).
+    """Write ``<directory>/<name>.md`` (for people) and ``.json`` (for tools), and print the
+    markdown.
 
     ``measured``: the environment the figures were measured in, when the report is rebuilt
     later from saved figures (``environment()`` then, not now)."""
-    RESULTS.mkdir(exist_ok=True)
-    md = RESULTS / f"{name}.md"
+    directory.mkdir(parents=True, exist_ok=True)
+    md = directory / f"{name}.md"
     md.write_text(
         f"# {title}\n\nMeasured with `{command}` on {measured or environment()}.\n\n{body}\n",
         encoding="utf-8",
     )
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (directory / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     sys.stdout.write(md.read_text(encoding="utf-8"))
     return md
 
