@@ -14,15 +14,13 @@ import random
 import anyio
 import pytest
 
-from wsfleet import ConnectionManager, ConnectionState, OverflowPolicy, RetryPolicy
+from support import NEVER, E
+from wsfleet import ConnectionManager, ConnectionState, OverflowPolicy
 from wsfleet.testing import MemoryTransport
 
 pytestmark = pytest.mark.anyio
 
-E = ConnectionState.ERROR
 HELD = (ConnectionState.ERROR, ConnectionState.RECONNECTING)
-#: A retry that never comes during a test: its connections stay held.
-NEVER = RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, jitter=0)
 OVERFLOW = OverflowPolicy(max_messages=16, action="disconnect")
 
 

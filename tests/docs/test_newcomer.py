@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-while not (ROOT / "pyproject.toml").exists():  # (tests may move into subdirectories)
-    ROOT = ROOT.parent
+from support import ROOT, free_port
+
 PAGE = ROOT / "docs" / "howto" / "fastapi.md"
 
 
@@ -25,13 +23,6 @@ def block(title: str) -> str:
     found = re.findall(rf'```python title="{re.escape(title)}"\n(.*?)```', text, re.S)
     assert len(found) == 1, f"expected one block titled {title!r}"
     return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 CLIENT = """

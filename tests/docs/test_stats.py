@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
+from support import ROOT
 from wsfleet import FleetStats
 
-ROOT = Path(__file__).resolve().parents[1]
-while not (ROOT / "pyproject.toml").exists():  # (tests may move into subdirectories)
-    ROOT = ROOT.parent
 RUNTIME = ROOT / "src" / "wsfleet" / "_runtime"
 
 #: Where a reason is written as a literal: a drop counted, a queue discarded, an eviction,
