@@ -1,11 +1,11 @@
 """One flooding client beside quiet ones: what the flood costs the quiet clients' round trip.
 
     python benchmarks/flood_bench.py [--quiet 100] [--seconds 4] [--variants asyncio,trio]
-                                     [--policies none,drop,close] [--no-write]
+                                     [--policies none,wait,drop,close] [--smoke] [--no-write]
 
 For each server variant (``_flood_server.py``: websockets on asyncio or on trio, every socket
 held through ``manager.session``) and rate-limit policy (``none``: ``ConnectionManager()``;
-``drop``/``close``: ``RateLimitPolicy(messages_per_second=50, action=...)``):
+``wait``/``drop``/``close``: ``RateLimitPolicy(messages_per_second=50, action=...)``):
 
 1. ``--quiet`` clients (websockets on asyncio, in this process) each send a probe every
    100 ms; the server echoes it. The round trips of ``--seconds`` of this are the baseline.
@@ -22,21 +22,24 @@ bound): a starved server must not look fast by answering nothing. Results go to
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 from websockets.asyncio.client import connect
 
-from _report import table, write
+from _harness import cli
+from _harness.results import table
 
 HERE = Path(__file__).resolve().parent
 PROBE_EVERY = 0.1
+#: The limit ``_flood_server.py`` sets (messages per second), for the report.
+RATE = 50.0
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -49,11 +52,14 @@ def percentile(values: list[float], share: float) -> float:
 class Prober:
     """The quiet clients: probes out every 100 ms each, round trips recorded by phase."""
 
-    def __init__(self) -> None:
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+        self.all_connected = anyio.Event()
         self.phase = ""
         self.rtts: dict[str, list[float]] = {}
         self.pending: dict[str, tuple[str, float]] = {}  # probe -> (phase, sent at)
         self.running = True
+        self.connected = 0
 
     async def client(self, port: int, index: int) -> None:
         async with (
@@ -66,6 +72,9 @@ class Prober:
             ) as ws,
             anyio.create_task_group() as tasks,
         ):
+            self.connected += 1
+            if self.connected == self.clients:
+                self.all_connected.set()
 
             async def read() -> None:
                 async for message in ws:
@@ -133,12 +142,13 @@ def server_stats(server: subprocess.Popen[str]) -> dict[str, Any]:
 
 async def run_case(variant: str, policy: str, quiet: int, seconds: float) -> dict[str, Any]:
     server, port = start_server(variant, policy)
-    prober = Prober()
+    prober = Prober(quiet)
     try:
         async with anyio.create_task_group() as tasks:
             for index in range(quiet):
                 tasks.start_soon(prober.client, port, index)
-            await anyio.sleep(1.0 + quiet / 200)  # connected
+            with anyio.fail_after(30):
+                await prober.all_connected.wait()
             await prober.measure("quiet", seconds)
             before = await anyio.to_thread.run_sync(server_stats, server)
             flooder = await anyio.to_thread.run_sync(start_flooder, port, seconds + 0.5)
@@ -181,7 +191,7 @@ async def run_case(variant: str, policy: str, quiet: int, seconds: float) -> dic
     }
 
 
-def render(results: list[dict[str, Any]]) -> str:
+def render_cases(results: list[dict[str, Any]]) -> str:
     rows = [
         [
             r["variant"],
@@ -216,39 +226,65 @@ def render(results: list[dict[str, Any]]) -> str:
     )
 
 
-async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
-    for variant in args.variants.split(","):
-        for policy in args.policies.split(","):
-            result = await run_case(variant, policy, args.quiet, args.seconds)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-    return results
+@dataclass(frozen=True)
+class Config:
+    quiet: int
+    seconds: float
+    variants: tuple[str, ...]
+    policies: tuple[str, ...]
+
+
+SMOKE = Config(quiet=5, seconds=0.5, variants=("asyncio", "trio"), policies=("wait",))
+
+
+async def measure_all(config: Config) -> dict[str, Any]:
+    cases = []
+    for variant in config.variants:
+        for policy in config.policies:
+            cases.append(await run_case(variant, policy, config.quiet, config.seconds))
+    return {"config": asdict(config), "cases": cases}
+
+
+def measure(config: Config) -> dict[str, Any]:
+    return anyio.run(measure_all, config)
+
+
+def render(results: dict[str, Any]) -> str:
+    config = results["config"]
+    return (
+        "The quiet clients' p99 round trip while one client floods, over the same without "
+        f"the flood, per server and rate limit ({RATE:g} messages/s); {config['quiet']} quiet "
+        f"clients, {config['seconds']:g} s per phase (see the script's docstring).\n\n"
+        + render_cases(results["cases"])
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.parser(__doc__, quick=False)
     parser.add_argument("--quiet", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--variants", default="asyncio,trio")
-    parser.add_argument("--policies", default="none,drop,close")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--policies", default="none,wait,drop,close")
     args = parser.parse_args()
-    results = anyio.run(measure, args)
-    text = render(results)
-    if args.no_write:
-        print(text)
-    else:
-        write(
-            "flood",
-            "One flooder beside quiet clients",
-            "python benchmarks/flood_bench.py " + " ".join(sys.argv[1:]),
-            "The quiet clients' p99 round trip while one client floods, over the same without "
-            "the flood, per server and rate limit (50 messages/s); "
-            f"{args.quiet} quiet clients, {args.seconds:g} s per phase (see the script's "
-            "docstring).\n\n" + text,
-            results,
+    config = (
+        SMOKE
+        if args.smoke
+        else Config(
+            quiet=args.quiet,
+            seconds=args.seconds,
+            variants=tuple(args.variants.split(",")),
+            policies=tuple(args.policies.split(",")),
         )
+    )
+    cli.run(
+        args,
+        config,
+        measure,
+        render,
+        name="flood",
+        title="One flooder beside quiet clients",
+        script="flood_bench.py",
+    )
 
 
 if __name__ == "__main__":

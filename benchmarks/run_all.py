@@ -185,6 +185,8 @@ SMOKE_SCRIPTS = (
     "backplane_bench.py",
     "compare.py",
     "idle_bench.py",
+    "flood_bench.py",
+    "backplane_flood.py",
     "manager_bench.py",
     "fsm_bench.py",
 )

@@ -17,6 +17,12 @@ that stops (SIGKILL included) has its hash expire and its entry in ``ns:nodes`` 
 pruned by the others, so it leaves every node's view within ``node_ttl + heartbeat_interval``
 (8 s by default; the contract is 15 s at most), with nothing to do for anyone.
 
+Nothing read from Redis is trusted further than a node's own messages would be: names
+wsfleet could not have written are skipped (``_name``), and what is read is bounded: at most
+``max_nodes`` node ids, ``max_records`` identifiers per node, a record's groups in at most
+``MAX_RECORD_BYTES``. Whoever can write the keys can still make a node believe in records
+(see docs/howto/security.md); they cannot make it read without end.
+
 Redis Cluster: pass ``cluster=True`` (and a cluster node's URL). Publishing then uses sharded
 pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7) so a message goes to one shard only; the
 per-node hashes and the node set are ordinary keys, which the cluster client routes.
@@ -26,11 +32,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..backplane import DEFAULT_MAX_MESSAGE_SIZE, Backplane, Store, StoreSession
+from ..backplane.view import DEFAULT_MAX_NODES, DEFAULT_MAX_RECORDS
 from ..policies.retry import RetryPolicy
 
 try:
@@ -40,7 +47,12 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
     raise ImportError("wsfleet.adapters.redis needs coredis: pip install 'wsfleet[redis]'") from exc
 
-__all__ = ["RedisBackplane", "RedisStore"]
+__all__ = ["MAX_RECORD_BYTES", "RedisBackplane", "RedisStore"]
+
+#: The most bytes of one identifier's record (the JSON list of its groups) a node reads.
+MAX_RECORD_BYTES = 64 * 1024
+#: Fields of a node's hash read per round trip when it holds more than a node may load.
+_SCAN_COUNT = 1000
 
 
 def _valid(name: str) -> bool:
@@ -74,11 +86,17 @@ class RedisStore(Store):
         cluster: bool = False,
         connect_timeout: float = 1.0,
         command_timeout: float = 1.0,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        max_records: int = DEFAULT_MAX_RECORDS,
         **client_options: Any,
     ) -> None:
         self.url = url
         self.namespace = namespace
         self.cluster = cluster
+        #: The most node ids ``live_nodes`` reads (this node's own among them).
+        self.max_nodes = max_nodes
+        #: The most identifiers ``load`` reads of one node.
+        self.max_records = max_records
         self.client_options: dict[str, Any] = {
             "connect_timeout": connect_timeout,
             "stream_timeout": command_timeout,
@@ -104,6 +122,8 @@ class _RedisSession(StoreSession):
         self.channel = f"{ns}:bus"
         self.nodes_key = f"{ns}:nodes"
         self.prefix = f"{ns}:node:"
+        self.max_nodes = store.max_nodes
+        self.max_records = store.max_records
 
     async def publish(self, data: bytes) -> int:
         if self.cluster:
@@ -157,16 +177,37 @@ class _RedisSession(StoreSession):
         now = time.time()
         await self.client.zremrangebyscore(self.nodes_key, "-inf", now)
         # ZRANGE ... BYSCORE (Redis 6.2): coredis deprecates ZRANGEBYSCORE with a warning.
-        nodes = await self.client.zrange(self.nodes_key, now, "+inf", sortby=PureToken.BYSCORE)
+        # The leases that end first: a node renews its own by ``node_ttl`` at a time, so a
+        # lease planted far ahead cannot push a real node out. One more than the others
+        # may be: this node's own.
+        nodes = await self.client.zrange(
+            self.nodes_key,
+            now,
+            "+inf",
+            sortby=PureToken.BYSCORE,
+            offset=0,
+            count=self.max_nodes + 1,
+        )
         return {name for name in map(_name, nodes) if name is not None}
 
     async def load(self, node: str) -> dict[str, list[str]]:
-        raw = await self.client.hgetall(self.prefix + node)
+        key = self.prefix + node
+        raw: dict[Any, Any]
+        if await self.client.hlen(key) <= self.max_records:
+            raw = await self.client.hgetall(key)
+        else:  # more than any node may hold: the first ``max_records``, a page at a time
+            raw = {}
+            cursor = None
+            while cursor != 0 and len(raw) < self.max_records:
+                cursor, page = await self.client.hscan(key, cursor, count=_SCAN_COUNT)
+                raw.update(page)
         snapshot: dict[str, list[str]] = {}
-        for key, value in raw.items():
-            name = _name(key)
+        for field, value in raw.items():
+            name = _name(field)
             if name is None:
                 continue  # not ours: skipped, like a malformed message on the bus
+            if len(snapshot) == self.max_records or len(value) > MAX_RECORD_BYTES:
+                continue
             try:
                 groups = json.loads(value)
             except (ValueError, RecursionError):
@@ -191,6 +232,9 @@ def RedisBackplane(
     buffer: int = 0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cluster: bool = False,
+    secrets: bytes | str | Sequence[bytes | str] | None = None,
+    max_nodes: int = DEFAULT_MAX_NODES,
+    max_records: int = DEFAULT_MAX_RECORDS,
     **client_options: Any,
 ) -> Backplane:
     """A ``Backplane`` over Redis at ``url``; every process of one fleet uses the same
@@ -198,8 +242,19 @@ def RedisBackplane(
     (0: drop and count them). ``max_message_size`` bounds one envelope on the bus (4 MiB):
     a larger message is refused before anything is queued, as a subscriber whose output
     buffer passes Redis' ``client-output-buffer-limit pubsub`` is disconnected. Every node
-    of a fleet should use the same bound. ``client_options`` go to the coredis client."""
-    store = RedisStore(url, namespace=namespace, cluster=cluster, **client_options)
+    of a fleet should use the same bound. ``secrets`` signs every envelope and refuses any
+    not signed with one of these keys (see ``Backplane``; one key, or two while changing
+    keys). ``max_nodes`` and ``max_records`` bound what a node keeps of the others (see
+    ``Backplane``) and reads of them from Redis. ``client_options`` go to the coredis
+    client."""
+    store = RedisStore(
+        url,
+        namespace=namespace,
+        cluster=cluster,
+        max_nodes=max_nodes,
+        max_records=max_records,
+        **client_options,
+    )
     return Backplane(
         store,
         namespace=namespace,
@@ -209,4 +264,7 @@ def RedisBackplane(
         node_ttl=node_ttl,
         buffer=buffer,
         max_message_size=max_message_size,
+        secrets=secrets,
+        max_nodes=max_nodes,
+        max_records=max_records,
     )

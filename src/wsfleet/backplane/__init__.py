@@ -19,6 +19,7 @@ The modules behind it, each with one concern:
   and the leases; ``publisher``: the queue of what this node publishes, and its loop;
 * ``replication``: membership across nodes, the view of the others and this node's records;
 * ``view``: the ``ClusterView`` (no I/O); ``wire``: the envelopes (no I/O);
+  ``signing``: signed frames, replays refused (no I/O);
   ``accounting``: numbering sends and counting the missed ones (no I/O);
 * ``store``, ``hub``, ``node``: the interfaces above and the in-process store.
 

@@ -28,9 +28,12 @@ from dataclasses import dataclass
 
 from .wire import Header
 
-__all__ = ["Drops", "Receipts", "SendNumbers"]
+__all__ = ["NOTICE_PERIOD", "Drops", "Notices", "Receipts", "SendNumbers"]
 
 logger = logging.getLogger("wsfleet.backplane")
+
+#: The shortest time between two log lines of ``Notices`` for one reason, in seconds.
+NOTICE_PERIOD = 10.0
 
 
 class Drops:
@@ -58,6 +61,33 @@ class Drops:
                 reason,
                 count,
                 after,
+            )
+
+
+class Notices:
+    """Logs what another node's messages were refused for: once per reason per period, with
+    how many since the last line, so that a flood of forged messages is a few log lines."""
+
+    __slots__ = ("_last", "_since", "owner", "period")
+
+    def __init__(self, owner: object, period: float = NOTICE_PERIOD) -> None:
+        self.owner = owner
+        self.period = period
+        self._last: dict[str, float] = {}
+        self._since: Counter[str] = Counter()
+
+    def __call__(self, reason: str, now: float, detail: object = "") -> None:
+        """One message refused for ``reason`` at ``now`` (a clock in seconds)."""
+        self._since[reason] += 1
+        last = self._last.get(reason)
+        if last is None or now - last >= self.period:
+            self._last[reason] = now
+            logger.warning(
+                "%r: refused another node's message(s) (%s): %d since the last notice; %s",
+                self.owner,
+                reason,
+                self._since.pop(reason),
+                detail,
             )
 
 
@@ -109,11 +139,14 @@ class _Origin:
 
 
 class Receipts:
-    """What this node heard from each other node's current run."""
+    """What this node heard from each other node's current run: of ``limit`` origins at
+    most, the one heard from least recently forgotten first (anyone who can publish can
+    name an origin)."""
 
-    __slots__ = ("_origins",)
+    __slots__ = ("_origins", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
         self._origins: dict[str, _Origin] = {}
 
     def arrived(self, header: Header, now: float) -> tuple[bool, int]:
@@ -124,11 +157,17 @@ class Receipts:
         The first word from a run sets where counting starts: sends made before this node
         heard of that run are not its to count (it may not have existed yet).
         """
-        origin = self._origins.get(header.node)
+        origins = self._origins
+        origin = origins.get(header.node)
         send = header.kind == "send"
         if origin is None or origin.run != header.run:
+            if origin is None and len(origins) >= self.limit:
+                del origins[next(iter(origins))]  # the least recently heard
             start = header.seq - 1 if send else header.seq
-            origin = self._origins[header.node] = _Origin(header.run, start, now)
+            origin = origins[header.node] = _Origin(header.run, start, now)
+        elif origin.heard != now:  # once per heartbeat: to the end of the order
+            del origins[header.node]
+            origins[header.node] = origin
         origin.heard = now
         if send and header.seq <= origin.seq:
             return False, 0

@@ -22,8 +22,9 @@ manager calls the backplane; the backplane calls only the ``Node``.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import Counter
+from collections.abc import Sequence
+from secrets import token_hex
 from typing import Any
 
 import anyio
@@ -34,9 +35,11 @@ from ..fsm.states import ConnectionState
 from ..policies.retry import RetryPolicy
 from .link import DEFAULT_LINK_POLICY, Link
 from .node import Node
-from .replication import Replication
+from .publisher import MEMBERSHIP
+from .replication import REFRESH_AFTER, Replication
+from .signing import Signing
 from .store import Store, StoreSession
-from .view import ClusterView
+from .view import DEFAULT_MAX_NODES, DEFAULT_MAX_RECORDS, ClusterView
 from .wire import DEFAULT_MAX_MESSAGE_SIZE, ENVELOPE_ROOM, Envelope, Kind, encoded_size
 
 __all__ = ["Backplane"]
@@ -45,15 +48,32 @@ logger = logging.getLogger("wsfleet.backplane")
 
 C = ConnectionState.CONNECTED
 
+#: How long the task that loads the records of the nodes that said hello waits for more
+#: before it closes its session: however many hellos come, a session per this at most.
+HELLO_LINGER = 0.1
+
 
 class Backplane:
-    """Connects a manager to the other nodes of its fleet through a ``Store``.
+    r"""Connects a manager to the other nodes of its fleet through a ``Store``.
 
     ``buffer`` keeps up to that many sends while the link is down (0: refuse and count
     them); ``max_pending`` bounds the sends waiting to be published while it is up;
     ``op_timeout`` bounds each operation on the store. ``max_message_size`` bounds one
     envelope on the bus, in bytes: ``check_message`` refuses a larger message before the
     manager queues it, and an envelope over it from another node is malformed here.
+
+    ``secrets`` turns signing on (``signing`` explains it): one key (``bytes`` or ``str`` of
+    at least 16 bytes), or two while changing keys, the new one first. This node then
+    signs every envelope with each key and drops, counts and logs every one that is not
+    signed with one of them. Every node of the fleet needs it on (or off) alike.
+
+    ``max_nodes`` bounds the other nodes this one follows (and the peers, origins and
+    hellos it keeps track of); ``max_records`` the records (an identifier online, and
+    each of its groups) it keeps of one other node. Past either, a change is refused and
+    counted (``stats["refused: ..."]``): what another node says never takes more memory.
+    What it says in a real node's name, and that node's record does not hold, lasts until
+    that record is loaded again: at its next ``hello``, or within a minute (``refresh_after``
+    seconds, one node per heartbeat).
     """
 
     def __init__(
@@ -69,7 +89,11 @@ class Backplane:
         max_pending: int = 10_000,
         op_timeout: float = 2.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        secrets: bytes | str | Sequence[bytes | str] | None = None,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
+        signing = None if secrets is None else Signing(secrets)
         if not isinstance(namespace, str) or not namespace:
             raise InvalidArgument("namespace must be a non-empty str")
         for name, value in (
@@ -81,6 +105,9 @@ class Backplane:
                 raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
         if node_ttl <= heartbeat_interval:
             raise InvalidArgument("node_ttl must be longer than heartbeat_interval")
+        for name, bound in (("max_nodes", max_nodes), ("max_records", max_records)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise InvalidArgument(f"{name} must be an int >= 1, got {bound!r}")
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 0:
             raise InvalidArgument(f"buffer must be an int >= 0, got {buffer!r}")
         if (
@@ -94,14 +121,17 @@ class Backplane:
             )
         self.store = store
         self.namespace = namespace
-        self.node_id = node_id if node_id is not None else secrets.token_hex(6)
+        self.node_id = node_id if node_id is not None else token_hex(6)
         self.heartbeat_interval = float(heartbeat_interval)
         self.node_ttl = float(node_ttl)
         self.buffer = buffer
         self.max_pending = max(max_pending, buffer)
         self.op_timeout = float(op_timeout)
         self.max_message_size = max_message_size
-        self.view = ClusterView()
+        #: The keys this node signs with and accepts (``None``: signing is off).
+        self.signing = signing
+        #: How old another node's record may grow in the view before it is loaded again.
+        self.refresh_after = REFRESH_AFTER
         self._link = Link(
             store,
             namespace=namespace,
@@ -113,9 +143,12 @@ class Backplane:
             max_pending=self.max_pending,
             op_timeout=self.op_timeout,
             max_message_size=max_message_size,
+            signing=signing,
+            max_nodes=max_nodes,
         )
         #: Counts of what the link did and dropped (the manager's ``stats().backplane``).
         self.stats: Counter[str] = self._link.stats
+        self.view = ClusterView(max_nodes=max_nodes, max_records=max_records, counts=self.stats)
         self._publisher = self._link.publisher
         self._replication = Replication(self.view, store, self.node_id, self.op_timeout)
         #: Identifiers whose membership changed while the link was not CONNECTED.
@@ -213,7 +246,16 @@ class Backplane:
 class _Relay:
     """What the link reports, carried to the node and the view (``LinkReports``)."""
 
-    __slots__ = ("_backplane", "_link", "_node", "_publisher", "_replication")
+    __slots__ = (
+        "_backplane",
+        "_link",
+        "_node",
+        "_publisher",
+        "_refusals",
+        "_reloading",
+        "_replication",
+        "_view",
+    )
 
     def __init__(self, backplane: Backplane, node: Node) -> None:
         self._backplane = backplane
@@ -221,6 +263,11 @@ class _Relay:
         self._link = backplane._link
         self._publisher = backplane._publisher
         self._replication = backplane._replication
+        self._view = backplane.view
+        #: The refusals counted so far (a change in the view's count is logged).
+        self._refusals = 0
+        #: Whether the task that loads the records of the nodes that said hello runs.
+        self._reloading = False
 
     async def reassert(self, session: StoreSession) -> None:
         # The snapshot says what changed while the link was down, and the others reload it
@@ -257,10 +304,25 @@ class _Relay:
         elif kind in ("join", "leave"):
             identifier = data["id"]
             joined = kind == "join"
-            self._replication.follow(kind, identifier, data["group"], origin)
-            self._node.mirror(identifier, data["group"], joined)
+            if self._replication.knows(origin):
+                self._replication.follow(kind, identifier, data["group"], origin)
+            else:
+                # Not (yet) a node of the fleet here: what it says of itself waits for its
+                # record; the nodes known to hold ``identifier`` and this node's own sockets
+                # of it follow all the same (the group is the identifier's, fleet-wide).
+                self._refused("unknown node", origin)
+                self._replication.follow(kind, identifier, data["group"], None)
+            node = self._node
+            if joined and len(node.groups_of(identifier)) >= self._view.max_records:
+                self._refused("too many groups", origin)  # this node's registry is bounded too
+            else:
+                node.mirror(identifier, data["group"], joined)
             if self._node.holds(identifier):
                 self._publisher.rewrite(identifier)  # the store must say what the node does
+        elif kind in MEMBERSHIP and not self._replication.knows(origin):
+            # Not (yet) a node of the fleet here: nothing it says of itself may take memory
+            # here; if it is one, its record says the same when it is loaded.
+            self._refused("unknown node", origin)
         elif kind == "online":
             self._replication.online(origin, data["id"], self._node)
         elif kind == "offline":
@@ -270,22 +332,44 @@ class _Relay:
         elif kind == "hello":  # a node (re)joined; its state is in the store
             self._link.stats["hellos"] += 1
             self._publisher.peer(origin)
-            self._node.spawn(self._reload, origin, name="wsfleet backplane reload")
+            if not self._replication.announced(origin):
+                self._refused("too many hellos", origin)
+            elif not self._reloading:
+                self._reloading = True
+                self._node.spawn(self._reload, name="wsfleet backplane reload")
             # It may have been away when this node last announced its count.
             self._publisher.want_tally()
         # A tally has done its work in the link (it follows each origin's count).
+        if self._view.counts["refused"] != self._refusals:
+            self._refusals = self._view.counts["refused"]
+            self._link.notice("view full", self._link.heard_at, f"{origin}: {kind}")
+
+    def _refused(self, reason: str, origin: str) -> None:
+        stats = self._link.stats
+        stats[f"refused: {reason}"] += 1
+        stats["refused"] += 1
+        self._refusals += 1
+        self._link.notice(reason, self._link.heard_at, origin)
 
     async def leases(self, session: StoreSession, live: set[str]) -> None:
         for gone in self._replication.keep(live):
             logger.info("%r: node %s expired", self._link, gone)
             self._link.stats["nodes expired"] += 1
         await self._replication.load_new(session, live)
+        await self._replication.refresh(session, self._backplane.refresh_after)
 
     async def record(self, session: StoreSession, identifier: str) -> None:
         await self._replication.record(session, identifier, self._node)
 
-    async def _reload(self, origin: str) -> None:
+    async def _reload(self) -> None:
+        """Load the records of the nodes that said hello: one task at a time, however many
+        hellos come (each of its own would open a connection to the store)."""
         try:
-            await self._replication.reload_node(origin)
+            unknown = await self._replication.reload_announced(HELLO_LINGER)
         except Exception as exc:
-            logger.warning("%r: could not load node %s: %r", self._link, origin, exc)
+            logger.warning("%r: could not load the nodes that said hello: %r", self._link, exc)
+        else:
+            for _ in range(unknown):
+                self._refused("hello of no node with a lease", "?")
+        finally:
+            self._reloading = False

@@ -23,6 +23,7 @@ reaches only through ``LinkReports``.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
@@ -36,8 +37,9 @@ from ..fsm.clock import MonotonicClock
 from ..fsm.machine import FleetMachine, Lifecycle, StateChange
 from ..fsm.states import ConnectionState
 from ..policies.retry import RetryPolicy
-from .accounting import Drops, Receipts
+from .accounting import Drops, Notices, Receipts
 from .publisher import Publisher, Records
+from .signing import PREFIX, SIGNATURE_ROOM, Freshness, Rejected, Signing, Stamp
 from .store import Store, StoreSession
 from .wire import Envelope, Header, check_body, check_size, read_header
 
@@ -102,6 +104,8 @@ class Link:
         max_pending: int,
         op_timeout: float,
         max_message_size: int,
+        signing: Signing | None = None,
+        max_nodes: int = 1024,
     ) -> None:
         self.store = store
         self.namespace = namespace
@@ -124,13 +128,21 @@ class Link:
             max_pending=max_pending,
             op_timeout=op_timeout,
             max_message_size=max_message_size,
+            signing=signing,
+            max_peers=max_nodes,
         )
+        #: The keys a frame must be signed with; ``None``: envelopes travel in the clear.
+        self.signing = signing
+        #: The latest signed frame of each origin (a frame heard again is refused).
+        self._fresh = Freshness(max_nodes)
+        #: Log lines for refused messages, a few per reason however many there are.
+        self.notice = Notices(self)
         self._retry_delay: float | None = None
         self._machine = FleetMachine()
         self._stop: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
         #: What this node heard of the other nodes' sends.
-        self._receipts = Receipts()
+        self._receipts = Receipts(max_nodes)
         #: The time at the last heartbeat: when an envelope is heard, near enough to forget
         #: origins silent for an hour, and cheaper than reading the clock per envelope.
         self._heard_at = 0.0
@@ -141,6 +153,11 @@ class Link:
     @property
     def state(self) -> ConnectionState:
         return self.lifecycle.state
+
+    @property
+    def heard_at(self) -> float:
+        """The time at the last heartbeat (near enough to rate-limit log lines)."""
+        return self._heard_at
 
     # -- the lifecycle -----------------------------------------------------------------------
 
@@ -250,19 +267,38 @@ class Link:
             if self.publisher.unannounced():
                 self.publisher.want_tally()  # the last send may be the one a receiver missed
             self._receipts.forget(self._heard_at - FORGET_ORIGINS_AFTER)
+            self._fresh.forget(time.time())
             await anyio.sleep(self.heartbeat_interval)
             self._heard_at = anyio.current_time()
 
     # -- receiving ---------------------------------------------------------------------------
 
     async def _receive(self, messages: AsyncIterator[bytes], reports: LinkReports) -> None:
+        signed = self.signing is not None
+        largest = self.max_message_size + SIGNATURE_ROOM
         async for raw in messages:
+            stamp: Stamp | None = None
+            if len(raw) > largest:  # before anything parses it: a bound only holds unread
+                self._refused("too large", f"{len(raw)} bytes")
+                continue
+            if signed or raw.startswith(PREFIX):
+                # Nothing of a frame is read before its signature is checked.
+                try:
+                    raw, stamp = self._open(raw)
+                except Rejected as exc:
+                    self._refused(exc.reason, exc)
+                    continue
             try:
                 header, body = read_header(self.namespace, raw)
                 if header.node == self.node_id:
                     continue  # this node's own, back from the channel
+                if stamp is not None:
+                    self._fresh.check(header, stamp)
                 check_size(header, raw, self.max_message_size)
                 envelope = check_body(header, body)
+            except Rejected as exc:
+                self._refused(exc.reason, exc)
+                continue
             except MalformedEnvelope as exc:
                 self.stats["malformed"] += 1
                 logger.warning("%r: skipped a malformed message: %s", self, exc)
@@ -282,6 +318,25 @@ class Link:
                 logger.exception("%r: could not apply %r", self, envelope)
                 if envelope.kind == "send":
                     self.drop("malformed")
+
+    def _open(self, raw: bytes) -> tuple[bytes, Stamp]:
+        if self.signing is None:
+            raise Rejected("signed, no key here", "this node has no secrets")
+        return self.signing.open(raw, time.time())
+
+    def _refused(self, reason: str, detail: object) -> None:
+        """A frame refused before its envelope was read: its origin and kind are unknown.
+
+        Forged, unsigned or signed with another key, it counts as dropped (``"dropped:
+        <reason>"``). Replayed or stale, it does not: it is a copy of a frame that was
+        received, or will be counted as missed when its origin's next frame shows the gap.
+        """
+        if reason in ("replayed", "stale", "too large"):
+            self.stats[reason] += 1
+        else:
+            self.stats[f"dropped: {reason}"] += 1
+            self.stats["dropped"] += 1
+        self.notice(reason, self._heard_at, detail)
 
     def _unreadable(self, header: Header) -> None:
         """A send that arrived unreadable is dropped here, and counted as such (not as

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter, deque
 from typing import Any, Final, Protocol
 
@@ -28,6 +29,7 @@ import anyio
 from ..fsm.machine import Lifecycle
 from ..fsm.states import ConnectionState
 from .accounting import Drops, SendNumbers
+from .signing import Signing
 from .store import StoreSession
 from .wire import Envelope, Kind, encode, send_data
 
@@ -71,6 +73,8 @@ class Publisher:
         max_pending: int,
         op_timeout: float,
         max_message_size: int,
+        signing: Signing | None = None,
+        max_peers: int = 1024,
     ) -> None:
         #: The link's lifecycle, read to choose the bound of the queue.
         self.lifecycle = lifecycle
@@ -88,6 +92,7 @@ class Publisher:
         self._rewrite: set[str] = set()
         #: Other nodes expected to hear what this node publishes (see ``_unheard``).
         self._peers: set[str] = set()
+        self.max_peers = max_peers
         self._grace_until = 0.0
         #: Set by the publish loop at every message it is done with (``settle`` waits on it).
         self._progress = anyio.Event()
@@ -95,6 +100,10 @@ class Publisher:
         self._numbers = SendNumbers(secrets.token_hex(6))
         #: Whether a ``tally`` waits in the queue (one is enough).
         self._tally_queued = False
+        #: The keys envelopes are signed with (``signing``); ``None``: sent in the clear.
+        self.signing = signing
+        #: Signed frames of this run so far: the number of the latest (``Signing.seal``).
+        self._frames = 0
 
     def __repr__(self) -> str:
         return f"<Backplane {self.namespace}/{self.node_id} {self.lifecycle.state.name}>"
@@ -152,8 +161,11 @@ class Publisher:
     # -- who listens -------------------------------------------------------------------------
 
     def peer(self, node: str) -> None:
-        """``node`` said hello: it listens now, and should hear what this node publishes."""
-        self._peers.add(node)
+        """``node`` said hello: it listens now, and should hear what this node publishes
+        (up to ``max_peers``: a hello is anyone's to publish; the heartbeat keeps only
+        the nodes that hold a lease)."""
+        if len(self._peers) < self.max_peers:
+            self._peers.add(node)
 
     def reconnected(self, live: set[str], grace: float) -> None:
         """The link is back; the nodes in ``live`` hold a lease. They may be reconnecting
@@ -195,7 +207,7 @@ class Publisher:
         self._outgoing = deque(e for e in self._outgoing if e.kind == "send")
         self._tally_queued = False
         hello = Envelope("hello", self.node_id, self._numbers.run, self._numbers.sent)
-        await session.publish(encode(self.namespace, hello))
+        await session.publish(self._seal(encode(self.namespace, hello)))
         self._numbers.published(hello.header)
 
     def _batch(self) -> list[Envelope]:
@@ -264,8 +276,16 @@ class Publisher:
                 continue
             if send:
                 self._numbers.sent += 1
-            taken.append((stamped, data))
+            taken.append((stamped, self._seal(data)))
         return taken
+
+    def _seal(self, data: bytes) -> bytes:
+        """The bytes to publish: the envelope, in a signed frame if signing is on (the
+        frames are numbered in the order they are published)."""
+        if self.signing is None:
+            return data
+        self._frames += 1
+        return self.signing.seal(data, self._frames, time.time())
 
     async def _publish(self, session: StoreSession, batch: list[tuple[Envelope, bytes]]) -> None:
         """Publish a numbered batch; what the store took is then the receivers' to count.

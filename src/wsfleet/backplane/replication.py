@@ -14,6 +14,13 @@ nodes' in a ``ClusterView``, from two sources that travel by different connectio
 A change applied while a record was on its way may be newer than the record: it is made
 again on top of the record once it arrives (``load``).
 
+What another node says costs this node memory and work, so it is bounded: the view holds
+at most so many nodes and records (``ClusterView``); a membership change is taken only from
+a node this one knows (in the view, holding a lease, or loading after its ``hello``: every
+real node is one of these when its changes arrive, and what is refused from it is in its
+record when that is loaded); and the records of the nodes that said ``hello`` are loaded by
+one task, through one session, for those holding a lease only (``announced``).
+
 ``Replication`` knows neither the link nor the manager: the backplane hands it the local
 ``Node`` and a session of the store for each operation. Every operation on the store is
 bounded by ``op_timeout``.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Final
 
 import anyio
 
@@ -31,13 +39,27 @@ from .store import Store, StoreSession
 from .view import ClusterView
 from .wire import Kind
 
-__all__ = ["Replication"]
+__all__ = ["REFRESH_AFTER", "Replication"]
+
+#: How old a node's record in the view may grow before the heartbeat loads it again (one
+#: node per beat): what the announcements added and the record does not hold (forged in
+#: that node's name, say) is gone by then.
+REFRESH_AFTER: Final = 60.0
 
 
 class Replication:
     """The view of the other nodes, kept from their records and announcements."""
 
-    __slots__ = ("_loads", "node_id", "op_timeout", "store", "view")
+    __slots__ = (
+        "_announced",
+        "_loaded",
+        "_loads",
+        "live",
+        "node_id",
+        "op_timeout",
+        "store",
+        "view",
+    )
 
     def __init__(self, view: ClusterView, store: Store, node_id: str, op_timeout: float) -> None:
         self.view = view
@@ -46,6 +68,16 @@ class Replication:
         self.op_timeout = op_timeout
         #: Per load of a node's record under way: the view changes made meanwhile.
         self._loads: list[list[Callable[[], None]]] = []
+        #: The nodes holding a lease, as last read from the store.
+        self.live: set[str] = set()
+        #: Nodes that said ``hello`` and whose records are to load (at most ``max_nodes``).
+        self._announced: set[str] = set()
+        #: When each node's record was last loaded.
+        self._loaded: dict[str, float] = {}
+
+    def knows(self, origin: str) -> bool:
+        """Whether ``origin`` is a node this one takes membership changes from."""
+        return self.view.knows(origin) or origin in self.live or origin in self._announced
 
     # -- the view follows ----------------------------------------------------------------------
 
@@ -107,21 +139,34 @@ class Replication:
         await session.replace_node(self.node_id, snapshot, ttl)
 
     async def reload(self, session: StoreSession, live: set[str]) -> None:
-        """After a reconnection: forget the nodes not in ``live``, load all the others."""
+        """After a reconnection: forget the nodes not in ``live``, load the others (as many
+        as the view may follow)."""
         self.keep(live)
-        for other in live - {self.node_id}:
+        for other in sorted(live - {self.node_id})[: self.view.max_nodes]:
             await self.load(session, other)
 
     def keep(self, live: set[str]) -> set[str]:
         """Forget every node not in ``live`` (their leases lapsed); returns them."""
+        self.live = live
         gone = self.view.nodes() - live
         for node in gone:
             self.view.drop(node)
+            self._loaded.pop(node, None)
         return gone
+
+    async def refresh(self, session: StoreSession, after: float = REFRESH_AFTER) -> None:
+        """Load again the record of the node loaded longest ago, if that is ``after``
+        seconds or more (the heartbeat calls it: one node per beat)."""
+        if not self._loaded:
+            return
+        oldest = min(self._loaded, key=self._loaded.__getitem__)
+        if anyio.current_time() - self._loaded[oldest] >= after:
+            await self.load(session, oldest)
 
     async def load_new(self, session: StoreSession, live: set[str]) -> None:
         """Load the nodes of ``live`` the view does not know yet."""
-        for new in live - self.view.nodes() - {self.node_id}:
+        room = self.view.max_nodes - len(self.view.nodes())
+        for new in sorted(live - self.view.nodes() - {self.node_id})[: max(room, 0)]:
             await self.load(session, new)
 
     async def load(self, session: StoreSession, origin: str) -> None:
@@ -140,10 +185,38 @@ class Replication:
         finally:
             self._loads = [c for c in self._loads if c is not changes]
         self.view.replace(origin, snapshot)
+        if self.view.knows(origin):
+            self._loaded[origin] = anyio.current_time()
         for change in changes:
             change()
 
-    async def reload_node(self, origin: str) -> None:
-        """Load ``origin``'s record through a session of its own (after its ``hello``)."""
-        async with self.store.session() as session:
-            await self.load(session, origin)
+    def announced(self, origin: str) -> bool:
+        """``origin`` said ``hello``: its record is to load (``reload_announced``).
+        ``False`` if too many wait already (the heartbeat loads it if it holds a lease)."""
+        announced = self._announced
+        if origin in announced or len(announced) < self.view.max_nodes:
+            announced.add(origin)
+            return True
+        return False
+
+    async def reload_announced(self, linger: float) -> int:
+        """Load the records of the nodes that said ``hello``, through one session of its
+        own, until none has waited for ``linger`` seconds (a flood of hellos opens a
+        session per ``linger`` at most); those that hold no lease are not loaded. Returns
+        how many of those there were (a ``hello`` no node with a lease said: forged)."""
+        unknown = 0
+        try:
+            async with self.store.session() as session:
+                while self._announced:
+                    with anyio.fail_after(self.op_timeout):
+                        live = await session.live_nodes()
+                    for origin in sorted(self._announced):
+                        if origin in live and origin != self.node_id:
+                            await self.load(session, origin)
+                        else:
+                            unknown += 1
+                        self._announced.discard(origin)
+                    await anyio.sleep(linger)
+        finally:
+            self._announced.clear()  # the heartbeat loads the nodes of a failed attempt
+        return unknown

@@ -5,19 +5,44 @@ identifier keeps its groups in its own registry, and every node mirrors the othe
 from the store at (re)connection and from the backplane's ``join``/``leave``/``online``/
 ``offline`` envelopes in between. Updates are O(1) (O(groups) for an identifier going
 offline); queries cost the size of their answer. No I/O.
+
+What another node says fills this node's memory, so the view is bounded: at most
+``max_nodes`` nodes, and ``max_records`` records per node (an identifier online there is
+one, each of its groups one more). A change past a bound is refused and counted
+(``"refused: too many nodes"``, ``"refused: too many records"``); what a node holds leaves
+the view with it, when its lease lapses.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Final
 
-__all__ = ["ClusterView"]
+__all__ = ["DEFAULT_MAX_NODES", "DEFAULT_MAX_RECORDS", "ClusterView"]
+
+#: The most other nodes a view follows.
+DEFAULT_MAX_NODES: Final = 1024
+#: The most records (identifiers online, and their groups) a view keeps of one other node.
+DEFAULT_MAX_RECORDS: Final = 200_000
 
 
 class ClusterView:
-    __slots__ = ("_members", "_nodes", "_where")
+    __slots__ = ("_members", "_nodes", "_sizes", "_where", "counts", "max_nodes", "max_records")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        counts: Counter[str] | None = None,
+    ) -> None:
+        self.max_nodes = max_nodes
+        self.max_records = max_records
+        #: Where the refusals are counted (the backplane's statistics).
+        self.counts: Counter[str] = Counter() if counts is None else counts
+        #: node -> how many records it holds (identifiers, and their groups)
+        self._sizes: dict[str, int] = {}
         #: node -> identifier -> groups
         self._nodes: dict[str, dict[str, set[str]]] = {}
         #: group -> identifier -> on how many nodes that identifier is in the group
@@ -27,19 +52,44 @@ class ClusterView:
 
     # -- updates ---------------------------------------------------------------------------
 
-    def online(self, node: str, identifier: str) -> set[str]:
-        identifiers = self._nodes.setdefault(node, {})
+    def online(self, node: str, identifier: str) -> set[str] | None:
+        """``identifier``'s groups on ``node``, now that it is online there; ``None`` if
+        that was refused (a bound was reached)."""
+        identifiers = self._nodes.get(node)
+        if identifiers is None:
+            identifiers = self._add(node)
+            if identifiers is None:
+                return None
         groups = identifiers.get(identifier)
         if groups is None:
+            if self._sizes[node] >= self.max_records:
+                self._refuse("too many records")
+                return None
+            self._sizes[node] += 1
             groups = identifiers[identifier] = set()
             self._where.setdefault(identifier, set()).add(node)
         return groups
+
+    def _add(self, node: str) -> dict[str, set[str]] | None:
+        if len(self._nodes) >= self.max_nodes:
+            self._refuse("too many nodes")
+            return None
+        self._sizes[node] = 0
+        identifiers: dict[str, set[str]] = {}
+        self._nodes[node] = identifiers
+        return identifiers
+
+    def _refuse(self, bound: str) -> None:
+        self.counts[f"refused: {bound}"] += 1
+        self.counts["refused"] += 1
 
     def offline(self, node: str, identifier: str) -> None:
         identifiers = self._nodes.get(node)
         if identifiers is None or identifier not in identifiers:
             return
-        for group in identifiers.pop(identifier):
+        groups = identifiers.pop(identifier)
+        self._sizes[node] -= 1 + len(groups)
+        for group in groups:
             self._uncount(group, identifier)
         nodes = self._where[identifier]
         nodes.discard(node)
@@ -48,7 +98,11 @@ class ClusterView:
 
     def join(self, node: str, identifier: str, group: str) -> None:
         groups = self.online(node, identifier)
-        if group not in groups:
+        if groups is not None and group not in groups:
+            if self._sizes[node] >= self.max_records:
+                self._refuse("too many records")
+                return
+            self._sizes[node] += 1
             groups.add(group)
             counts = self._members.setdefault(group, {})
             counts[identifier] = counts.get(identifier, 0) + 1
@@ -57,6 +111,7 @@ class ClusterView:
         groups = self._nodes.get(node, {}).get(identifier)
         if groups is not None and group in groups:
             groups.discard(group)
+            self._sizes[node] -= 1
             self._uncount(group, identifier)
 
     def _uncount(self, group: str, identifier: str) -> None:
@@ -73,7 +128,8 @@ class ClusterView:
         self.drop(node)
         # Known even if it holds nobody, as after its last "offline": the backplane reloads
         # only nodes the view does not know.
-        self._nodes[node] = {}
+        if self._add(node) is None:
+            return
         for identifier, groups in snapshot.items():
             self.online(node, identifier)
             for group in groups:
@@ -84,11 +140,19 @@ class ClusterView:
         for identifier in list(self._nodes.get(node, ())):
             self.offline(node, identifier)
         self._nodes.pop(node, None)
+        self._sizes.pop(node, None)
 
     # -- queries -----------------------------------------------------------------------------
 
     def nodes(self) -> set[str]:
         return set(self._nodes)
+
+    def knows(self, node: str) -> bool:
+        return node in self._nodes
+
+    def size(self, node: str) -> int:
+        """How many records the view keeps of ``node``."""
+        return self._sizes.get(node, 0)
 
     def members(self, group: str) -> set[str]:
         return set(self._members.get(group, ()))

@@ -28,6 +28,9 @@ refused with ``MalformedEnvelope`` (``wsfleet.errors``): the subscriber logs it,
 goes on. When its header was sound, the error carries it, so the receiver can count the send
 it replaced.
 
+With signing on (``Backplane(secrets=...)``), each encoded envelope travels inside a signed
+frame (``signing``), checked before this module reads it; the envelope itself is the same.
+
 No I/O and no event loop here: a test imports this module alone and proves it.
 """
 
@@ -40,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 from ..closecodes import sendable
-from ..errors import MalformedEnvelope
+from ..errors import InvalidArgument, MalformedEnvelope, WrongType
+from ..names import check_name
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -174,6 +178,16 @@ def _str(body: dict[str, Any], key: str, header: Header | None = None) -> str:
     return value
 
 
+def _name(body: dict[str, Any], key: str, header: Header) -> str:
+    """An identifier or group name, held to the rules every name is (``check_name``): one a
+    node would refuse from its own clients is refused from the bus too."""
+    value = body.get(key)
+    try:
+        return check_name(f"field {key!r}", value)
+    except (InvalidArgument, WrongType) as exc:
+        raise MalformedEnvelope(str(exc), header) from None
+
+
 def read_header(namespace: str, raw: bytes | str) -> tuple[Header, dict[str, Any]]:
     """Parse an envelope and check its header: the header, and the body to hand to
     ``check_body``. A subscriber reads its own envelopes back: it stops here for those."""
@@ -226,12 +240,12 @@ def check_body(header: Header, body: dict[str, Any]) -> Envelope:
     if kind == "send":
         _check_send(data, header)
     elif kind in ("join", "leave"):
-        _str(data, "id", header)
-        _str(data, "group", header)
+        _name(data, "id", header)
+        _name(data, "group", header)
     elif kind in ("online", "offline"):
-        _str(data, "id", header)
+        _name(data, "id", header)
     elif kind == "kick":
-        _str(data, "id", header)
+        _name(data, "id", header)
         refusal = sendable(data.get("code"), data.get("reason", ""))
         if refusal is not None:  # a close the sockets could not be given
             raise MalformedEnvelope(refusal, header)
