@@ -10,7 +10,7 @@ modes start from (dashed), the delay before each attempt for 40 clients seeded 0
 so the drawing shows what the library does, not a formula beside it.
 
 No plotting library: the SVG is written here, with every number rounded to 0.1 px, so the
-same code always writes the same bytes (``tests/test_docs.py`` checks that the committed
+same code always writes the same bytes (``tests/docs/test_docs.py`` checks that the committed
 file is fresh).
 """
 

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "wsfleet"
+from support import ROOT
+
+SRC = ROOT / "src" / "wsfleet"
 
 #: ``manager._something`` or ``_manager._something``: the manager's private names.
 PRIVATE_USE = re.compile(r"\b_?manager\._[a-z]")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from support import ROOT
 from wsfleet import TABLE
 from wsfleet.cli import main
 from wsfleet.diagram import render
 
-DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"
+DIAGRAMS = ROOT / "diagrams"
 REGENERATE = "wsfleet diagram --format mermaid -o diagrams/connection-states.mmd"
 
 

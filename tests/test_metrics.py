@@ -12,10 +12,9 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,13 +26,14 @@ from fastapi import FastAPI, WebSocket
 from prometheus_client import CollectorRegistry, generate_latest, make_asgi_app
 from prometheus_client.parser import text_string_to_metric_families
 
+from support import ROOT, wait_until
 from wsfleet import Backplane, ConnectionManager, InMemoryHub, OverflowPolicy
 from wsfleet.errors import InvalidArgument, WrongType
 from wsfleet.metrics import FleetCollector, start_http_server
 
 pytestmark = pytest.mark.anyio
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "howto" / "metrics.md"
+DOCS = ROOT / "docs" / "howto" / "metrics.md"
 NAMES = ("alice", "bob", "carol")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -54,13 +54,6 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 def scrape(registry: CollectorRegistry) -> Samples:
     return samples(generate_latest(registry).decode())
-
-
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    with anyio.fail_after(10):
-        while not condition():
-            await anyio.sleep(0.01)
-    assert condition(), what
 
 
 # -- a websockets server and clients on the test's loop ------------------------------------------
@@ -128,7 +121,7 @@ async def test_a_scrape_says_what_stats_says_and_the_histograms_count_each_fan_o
     ):
         collector = stack.enter_context(FleetCollector(manager, registry=registry))
         clients = [await stack.enter_async_context(client(f"{url}?id={n}")) for n in NAMES]
-        await wait_for(lambda: manager.count() == len(NAMES), "every client registered")
+        await wait_until(lambda: manager.count() == len(NAMES), "every client registered")
         manager.add_to_group("alice", "room:1")
 
         found = scrape(registry)
@@ -150,7 +143,7 @@ async def test_a_scrape_says_what_stats_says_and_the_histograms_count_each_fan_o
         for i in range(9):
             await alice.send(f"m{i}")  # 2 bytes each
         assert await receive(clients[0], 8) == [f"m{i}" for i in range(8)]
-        await wait_for(lambda: manager.stats().queued_messages == 0, "the queues drained")
+        await wait_until(lambda: manager.stats().queued_messages == 0, "the queues drained")
 
         stats = manager.stats()
         found = scrape(registry)
@@ -215,11 +208,11 @@ async def test_several_observers_each_see_every_fan_out_until_removed() -> None:
         one = manager.add_observer(first)
         two = manager.add_observer(second)
         async with client(f"{url}?id=alice") as ws:
-            await wait_for(lambda: manager.count() == 1, "registered")
+            await wait_until(lambda: manager.count() == 1, "registered")
             await manager.send_to_one("alice", "hi")
             await manager.send_to_one("nobody", "lost")
             assert await receive(ws, 1) == ["hi"]
-            await wait_for(lambda: first.rounds >= 1, "a flusher round observed")
+            await wait_until(lambda: first.rounds >= 1, "a flusher round observed")
             assert first.sizes == second.sizes == [(2, 1), (4, 0)]
             assert one.remove() is True
             assert one.remove() is False
@@ -240,7 +233,7 @@ async def test_start_http_server_serves_the_metrics_on_its_own_port() -> None:
         client(f"{url}?id=alice"),
         client(f"{url}?id=bob"),
     ):
-        await wait_for(lambda: manager.count() == 2, "both registered")
+        await wait_until(lambda: manager.count() == 2, "both registered")
         with start_http_server(manager, 0) as server:
             assert server.host == "127.0.0.1"
             assert server.port > 0
@@ -303,7 +296,7 @@ async def serve_asgi(app: Any) -> AsyncIterator[int]:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run_uvicorn)
                 try:
-                    await wait_for(lambda: server.started, "uvicorn started")
+                    await wait_until(lambda: server.started, "uvicorn started")
                     yield port
                 finally:
                     server.should_exit = True
@@ -342,7 +335,7 @@ async def test_mounted_in_a_fastapi_app_it_serves_the_apps_manager() -> None:
         url = f"ws://127.0.0.1:{port}/ws"
         async with client(f"{url}/alice") as alice, client(f"{url}/bob") as bob:
             manager: ConnectionManager = app.state.manager
-            await wait_for(lambda: manager.count() == 2, "both registered")
+            await wait_until(lambda: manager.count() == 2, "both registered")
             await alice.send("hi")
             assert await receive(bob, 1) == ["alice: hi"]
             assert await receive(alice, 1) == ["alice: hi"]
@@ -404,7 +397,7 @@ async def test_every_name_follows_prometheus_conventions_and_no_label_names_a_us
         serve(manager) as url,
         client(f"{url}?id=alice"),
     ):
-        await wait_for(lambda: manager.count() == 1, "registered")
+        await wait_until(lambda: manager.count() == 1, "registered")
         manager.add_to_group("alice", "room:1")
         await manager.send_to_group("room:1", "hello")
         registry = CollectorRegistry()

@@ -1,0 +1,1 @@
+"""Tests of wsfleet.adapters: each adapter over real sockets, and the shared adapter suite."""

@@ -11,9 +11,9 @@ import anyio.lowlevel
 import pytest
 from starlette.websockets import WebSocket
 
+from support import C, E
 from wsfleet import (
     ConnectionManager,
-    ConnectionState,
     HeartbeatPolicy,
     InvalidArgument,
     OverflowPolicy,
@@ -25,12 +25,6 @@ from .clients import client, raw_upgrade
 from .harness_asgi import serve
 
 pytestmark = pytest.mark.anyio
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
-
 
 NO_PINGS = HeartbeatPolicy(ping_interval=None, ping_timeout=None, idle_after=None)
 

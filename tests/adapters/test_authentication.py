@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,6 +22,7 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from support import ROOT, wait_for
 from wsfleet import ConnectionManager, ConnectionState, Unauthenticated
 from wsfleet.handshake import Handshake
 
@@ -92,12 +92,6 @@ async def refused_with(url: str, **options: Any) -> InvalidStatus:
     with pytest.raises(InvalidStatus) as caught:
         await handshake(url, **options)
     return caught.value
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    with anyio.fail_after(within):
-        while not predicate():
-            await anyio.sleep(0.005)
 
 
 # -- at the handshake ---------------------------------------------------------------------------
@@ -338,7 +332,7 @@ def test_the_how_to_fastapi_app_authenticates_with_a_jwt() -> None:
     from fastapi.testclient import TestClient
     from starlette.testclient import WebSocketDenialResponse
 
-    page = Path(__file__).resolve().parents[2] / "docs" / "howto" / "authentication.md"
+    page = ROOT / "docs" / "howto" / "authentication.md"
     (source,) = re.findall(
         r'```python title="auth_app.py"\n(.*?)^```', page.read_text(), re.M | re.S
     )

@@ -12,7 +12,6 @@ milliseconds, and each is checked against the seeded policy within a generous bo
 from __future__ import annotations
 
 import itertools
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -24,10 +23,10 @@ import anyio.lowlevel
 import pytest
 import sniffio
 
+from support import LATE, MICROSECOND, C, D, E, R, free_port, pairs, wait_for
 from wsfleet import (
     Connection,
     ConnectionManager,
-    ConnectionState,
     InvalidArgument,
     RetryPolicy,
     StateChange,
@@ -35,15 +34,7 @@ from wsfleet import (
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
 
-#: How late a timer or a dial may be on a loaded machine: generous, but bounded.
-LATE = 0.5
-#: Wall-clock datetimes have microsecond resolution; two of them may round apart by this.
-MICROSECOND = 2e-6
 #: Client options per backend: a dial that gets no handshake answer gives up after 0.2 s.
 OPEN_TIMEOUT: dict[str, dict[str, Any]] = {
     "websockets": {"open_timeout": 0.2},
@@ -83,16 +74,6 @@ def policy(**kwargs: Any) -> RetryPolicy:
     return RetryPolicy(**settings)
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while not predicate():
-            await anyio.sleep(0.005)
-
-
-def pairs(changes: list[StateChange]) -> list[tuple[ConnectionState | None, ConnectionState]]:
-    return [(c.old, c.new) for c in changes]
-
-
 def waits_before_retries(changes: list[StateChange]) -> list[float]:
     """Seconds between each ERROR and the RECONNECTING that follows it."""
     waits = []
@@ -106,14 +87,6 @@ def assert_waits_follow(waits: list[float], expected: list[float]) -> None:
     assert len(waits) == len(expected), (waits, expected)
     for waited, delay in zip(waits, expected, strict=True):
         assert delay <= waited <= delay + LATE, (waits, expected)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # -- servers ---------------------------------------------------------------------------------

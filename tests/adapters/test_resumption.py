@@ -14,7 +14,7 @@ Without the network: ``Peer``, a ``MemoryTransport`` a session can read from.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 import pytest
 
+from support import LATE, MICROSECOND, C, D, E, R, pairs, wait_for
 from wsfleet import (
     ConnectionManager,
     ConnectionState,
@@ -38,31 +39,12 @@ from .harness_websockets import serve
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
-
-#: How late a timer may fire on a loaded machine: generous, but bounded.
-LATE = 0.5
-MICROSECOND = 2e-6
-
 
 def policy(**kwargs: Any) -> RetryPolicy:
     """ERROR lasts 0.1 s, then the session waits in RECONNECTING: 0.1 + 0.2 + 0.4 s in all."""
     settings: dict[str, Any] = {"max_attempts": 3, "base_delay": 0.1, "jitter": 0.0, "seed": 1}
     settings.update(kwargs)
     return RetryPolicy(**settings)
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while not predicate():
-            await anyio.sleep(0.005)
-
-
-def pairs(changes: list[StateChange]) -> list[tuple[ConnectionState | None, ConnectionState]]:
-    return [(c.old, c.new) for c in changes]
 
 
 # -- the application --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from trio_websocket import WebSocketConnection
 
 import wsfleet.adapters.trio_websocket as adapter
-from wsfleet import ConnectionManager, ConnectionState
+from wsfleet import ConnectionManager
 from wsfleet.adapters.trio_websocket import TrioWebsocketTransport
 from wsfleet.errors import TransportClosed
 
@@ -18,11 +18,6 @@ from .clients import client
 from .harness_trio_websocket import serve
 
 pytestmark = pytest.mark.anyio
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
 
 CLOSE_TIMEOUT = 0.5  # a peer that never answers a close frame costs this much, not 2 s
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -23,7 +23,8 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import wsfleet.adapters.trio_websocket as adapter
-from wsfleet import PING, ConnectionManager, ConnectionState, OverflowPolicy
+from support import C, wait_for
+from wsfleet import PING, ConnectionManager, OverflowPolicy
 from wsfleet.adapters.trio_websocket import TrioWebsocketTransport, open_client
 from wsfleet.errors import TransportClosed, TransportError
 
@@ -32,7 +33,6 @@ from .harness_trio_websocket import serve
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
 MESSAGES = 400
 SIZE = 64 * 1024  # 400 x 64 KiB = 25 MiB: far more than loopback's socket buffers hold
 ROOMY = OverflowPolicy(max_messages=2 * MESSAGES, max_bytes=2 * MESSAGES * SIZE)
@@ -100,12 +100,6 @@ def transport_of(manager: ConnectionManager, ws: WebSocketConnection) -> TrioWeb
 async def read_until_closed(ws: Any, received: list[str]) -> None:
     while True:
         received.append(await ws.recv())
-
-
-async def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.001)
 
 
 async def test_a_batch_the_socket_cannot_take_at_once_arrives_whole_and_in_order() -> None:

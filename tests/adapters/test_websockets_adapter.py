@@ -21,7 +21,8 @@ import pytest
 import sniffio
 from anyio.lowlevel import checkpoint
 
-from wsfleet import ConnectionManager, ConnectionState, OverflowPolicy
+from support import C, wait_until
+from wsfleet import ConnectionManager, OverflowPolicy
 from wsfleet.adapters import websockets as adapter
 from wsfleet.adapters.websockets import WebsocketsTransport
 
@@ -30,7 +31,6 @@ from .harness_websockets import serve
 
 pytestmark = pytest.mark.anyio
 
-C = ConnectionState.CONNECTED
 MESSAGES = 400
 SIZE = 64 * 1024  # 400 x 64 KiB = 25 MiB: far more than loopback's socket buffers hold
 ROOMY = OverflowPolicy(max_messages=2 * MESSAGES, max_bytes=2 * MESSAGES * SIZE)
@@ -68,12 +68,6 @@ async def one_reader(close_timeout: float = 1.0) -> AsyncIterator[tuple[Any, Any
             yield manager, server.sockets["reader"], ws
 
 
-async def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.001)
-
-
 async def test_a_batch_the_socket_cannot_take_at_once_arrives_whole_and_in_order() -> None:
     async with one_reader() as (manager, native, ws):
         conn = manager.connection(native)
@@ -82,7 +76,7 @@ async def test_a_batch_the_socket_cannot_take_at_once_arrives_whole_and_in_order
         async with manager.batch():  # one batch of 25 MiB; the client reads nothing yet
             for i in range(MESSAGES):
                 await manager.broadcast(message(i))
-        await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
+        await wait_until(lambda: manager.stats().queued_messages == 0, "handed over")
         if sniffio.current_async_library() == "trio":
             # Written to the socket by send_nowait as far as the kernel took it; the
             # rest is kept for the writer, which waits for the peer to read.
@@ -94,7 +88,7 @@ async def test_a_batch_the_socket_cannot_take_at_once_arrives_whole_and_in_order
                 received.append(await ws.recv())
         assert [m[:5] for m in received] == [f"{i:05d}" for i in range(MESSAGES)]
         assert all(m == message(i) for i, m in enumerate(received))
-        await wait_for(lambda: transport.unsent == 0, "the kept part written")
+        await wait_until(lambda: transport.unsent == 0, "the kept part written")
         assert manager.stats().sent_messages == MESSAGES
         assert manager.stats().drops == {}
         # The socket is usable as before: the next message takes the direct path.
@@ -110,7 +104,7 @@ async def test_messages_sent_while_the_rest_is_kept_follow_it_in_order() -> None
         async with manager.batch():
             for i in range(half):
                 await manager.broadcast(message(i))
-        await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
+        await wait_until(lambda: manager.stats().queued_messages == 0, "handed over")
         for i in range(half, MESSAGES):  # one by one, while the socket is full
             await manager.broadcast(message(i))
         received = []
@@ -118,7 +112,7 @@ async def test_messages_sent_while_the_rest_is_kept_follow_it_in_order() -> None
             for _ in range(MESSAGES):
                 received.append((await ws.recv())[:5])
         assert received == [f"{i:05d}" for i in range(MESSAGES)]
-        await wait_for(lambda: manager.stats().sent_messages == MESSAGES, "every message counted")
+        await wait_until(lambda: manager.stats().sent_messages == MESSAGES, "every message counted")
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # the lock is websockets.trio's
@@ -155,7 +149,7 @@ async def test_on_trio_a_pong_websockets_sends_while_half_a_frame_is_kept_goes_a
         assert transport._unsent is not None
         assert transport._unsent.torn  # the socket took part of a frame
         pong = await ws.ping()  # the client stops reading once its queue is full
-        await wait_for(native.send_lock.locked, "websockets writing its pong")
+        await wait_until(native.send_lock.locked, "websockets writing its pong")
         with anyio.fail_after(20):
             received = [await ws.recv() for _ in texts]
             await pong.wait()  # the pong came, after every message
@@ -180,13 +174,13 @@ async def test_on_trio_a_socket_registered_again_first_gets_what_was_kept_for_it
         serve(handler, max_message_size=2 * SIZE) as url,
         client(f"{url}?id=reader", max_size=2 * SIZE) as ws,
     ):
-        await wait_for(lambda: "reader" in registered, "connected")
+        await wait_until(lambda: "reader" in registered, "connected")
         native = registered["reader"]
         first = manager.register(native, "first")
         async with manager.batch():
             for text in texts:
                 await manager.broadcast(text)
-        await wait_for(lambda: first.transport.unsent > 0, "part of the batch kept")
+        await wait_until(lambda: first.transport.unsent > 0, "part of the batch kept")
         assert manager.unregister(native)
         again = manager.register(native, "again")
         assert again.transport is not first.transport
@@ -208,7 +202,7 @@ async def test_on_trio_closing_a_peer_holding_half_a_frame_resets_it_at_once() -
         async with manager.batch():
             for i in range(MESSAGES):
                 await manager.broadcast(message(i))
-        await wait_for(lambda: transport.unsent > 0, "part of the batch kept")
+        await wait_until(lambda: transport.unsent > 0, "part of the batch kept")
         started = anyio.current_time()
         await manager.close(native, 1008, "slow consumer")
         took = anyio.current_time() - started
@@ -237,7 +231,7 @@ async def test_a_compressed_and_a_plain_connection_both_get_every_message_intact
             client(f"{url}?id=plain") as plain,
             client(f"{url}?id=deflate", compression="deflate") as deflated,
         ):
-            await wait_for(lambda: len(server.sockets) == 2, "both registered")
+            await wait_until(lambda: len(server.sockets) == 2, "both registered")
             assert deflated.protocol.extensions  # permessage-deflate was negotiated
             assert not plain.protocol.extensions
             texts = ["a" * 1000, "b" * 1000, "héllo"]
@@ -270,7 +264,7 @@ async def test_a_batch_of_more_than_64_messages_shares_its_frames_between_connec
             client(f"{url}?id=a") as a,
             client(f"{url}?id=b") as b,
         ):
-            await wait_for(lambda: len(server.sockets) == 2, "both registered")
+            await wait_until(lambda: len(server.sockets) == 2, "both registered")
             ta, tb = (transport_of(manager, server.sockets[name]) for name in "ab")
             frames_a, frames_b = ta._frames(burst), tb._frames(burst)
             assert len(frames_a) == len(frames_b) == len(burst)
@@ -298,7 +292,7 @@ async def test_on_trio_a_burst_the_kernel_can_buffer_goes_out_without_a_writer()
         async with manager.batch():
             for text in burst:
                 await manager.broadcast(text)
-        await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
+        await wait_until(lambda: manager.stats().queued_messages == 0, "handed over")
         assert transport.unsent == 0
         assert not conn._out.writing  # written by send_nowait: no task was started for it
         with anyio.fail_after(10):
@@ -318,7 +312,7 @@ async def test_on_trio_peers_that_do_not_read_keep_views_of_one_copy_of_a_burst(
         server = Server(manager)
         async with serve(server.handler, max_message_size=2 * SIZE) as url:
             streams = [await raw_upgrade(f"{url}?id=p{i}") for i in range(peers)]
-            await wait_for(lambda: len(server.sockets) == peers, "every peer registered")
+            await wait_until(lambda: len(server.sockets) == peers, "every peer registered")
             transports = [transport_of(manager, ws) for ws in server.sockets.values()]
             tracemalloc.start()
             try:
@@ -326,8 +320,8 @@ async def test_on_trio_peers_that_do_not_read_keep_views_of_one_copy_of_a_burst(
                 async with manager.batch():
                     for text in burst:
                         await manager.broadcast(text)
-                await wait_for(lambda: manager.stats().queued_messages == 0, "handed over")
-                await wait_for(lambda: all(t.unsent for t in transports), "kept for every peer")
+                await wait_until(lambda: manager.stats().queued_messages == 0, "handed over")
+                await wait_until(lambda: all(t.unsent for t in transports), "kept for every peer")
                 held = tracemalloc.get_traced_memory()[0] - before
             finally:
                 tracemalloc.stop()
@@ -376,7 +370,7 @@ async def test_a_client_reading_slowly_gets_every_burst_whole_and_in_order() -> 
             assert received == texts
             if sniffio.current_async_library() == "trio":
                 assert most_kept > 0  # the bursts did queue up behind a partial write
-            await wait_for(lambda: transport.unsent == 0, "the kept part written")
+            await wait_until(lambda: transport.unsent == 0, "the kept part written")
             assert transport._unsent is None or not transport._unsent.buffers
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
+from support import backplane_stat, connected
 from wsfleet import Backplane, ConnectionManager, InvalidArgument
 from wsfleet.backplane import Store, StoreSession
 from wsfleet.backplane.signing import Signing
 from wsfleet.backplane.wire import VERSION
 from wsfleet.testing import MemoryTransport
 
-from .test_signing import NS, OLD, connected, delivers, publish, stat, wait_until
+from .test_signing import NS, OLD, delivers, publish, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -141,11 +142,13 @@ async def flood(
     """Publish ``frames`` in chunks, each once ``receiver`` has taken the one before."""
     for start in range(0, len(frames), CHUNK):
         chunk = frames[start : start + CHUNK]
-        before = stat(receiver, "received") + stat(receiver, "dropped")
+        before = backplane_stat(receiver, "received") + backplane_stat(receiver, "dropped")
         await publish(store(), *chunk)
         goal = before + len(chunk)
         await wait_until(
-            lambda g=goal: stat(receiver, "received") + stat(receiver, "dropped") >= g,
+            lambda g=goal: (
+                backplane_stat(receiver, "received") + backplane_stat(receiver, "dropped") >= g
+            ),
             "the receiver took the chunk",
             timeout=30,
         )
@@ -182,8 +185,8 @@ async def test_a_presence_flood_takes_bounded_memory(store: Callable[[], Store])
         assert view.size("n1") <= MAX_RECORDS
         assert len(view.identifiers()) <= MAX_RECORDS
         assert len(backplane._link._receipts) <= MAX_NODES
-        assert stat(n2, "refused: unknown node") == third
-        assert stat(n2, "refused: too many records") >= FLOOD - third - MAX_RECORDS
+        assert backplane_stat(n2, "refused: unknown node") == third
+        assert backplane_stat(n2, "refused: too many records") >= FLOOD - third - MAX_RECORDS
         # It keeps serving: the real n1 is still seen, and messages cross both ways.
         assert "alice" in view.identifiers()
         await delivers(n1, n2, "after the flood")
@@ -206,8 +209,8 @@ async def test_a_hello_flood_opens_one_connection_at_a_time(store: Callable[[], 
         await flood(store, n2, frames)
         await wait_until(
             lambda: (
-                stat(n2, "refused: hello of no node with a lease")
-                + stat(n2, "refused: too many hellos")
+                backplane_stat(n2, "refused: hello of no node with a lease")
+                + backplane_stat(n2, "refused: too many hellos")
                 == hellos
             ),
             "every forged hello refused",
@@ -231,8 +234,8 @@ async def test_with_signing_a_flood_leaves_no_trace(store: Callable[[], Store]) 
         other = Signing(b"not the fleet's key, 32 bytes.." + b"!")
         frames += [other.seal(frame, 1, time.time()) for frame in frames[:CHUNK]]
         await flood(store, n2, frames)
-        assert stat(n2, "dropped: unsigned") == 2 * CHUNK
-        assert stat(n2, "dropped: bad signature") == CHUNK
+        assert backplane_stat(n2, "dropped: unsigned") == 2 * CHUNK
+        assert backplane_stat(n2, "dropped: bad signature") == CHUNK
         assert backplane.view.size("n1") == 0
         assert len(backplane._link._receipts) == receipts
         assert len(backplane._link._fresh) <= 1
@@ -306,7 +309,9 @@ async def test_a_join_from_a_node_not_known_yet_still_reaches_this_nodes_sockets
         hiding.hidden.add("n1")  # n2 reads n1's lease as lapsed
         await wait_until(lambda: not backplane.view.knows("n1"), "n2 forgot n1")
         n1.add_to_group("alice", "room")
-        await wait_until(lambda: stat(n2, "refused: unknown node") == 1, "refused for the view")
+        await wait_until(
+            lambda: backplane_stat(n2, "refused: unknown node") == 1, "refused for the view"
+        )
         assert n2.groups() == {"room"}  # alice's socket here is in the room
         # n1's lease is read again: the next heartbeat loads its record, the view catches up.
         hiding.hidden.clear()
@@ -325,5 +330,5 @@ async def test_forged_joins_of_a_user_here_are_bounded(store: Callable[[], Store
         frames = [forged("join", "n1", id="bob", group=f"g{i}") for i in range(2 * MAX_RECORDS)]
         await flood(store, n2, frames)
         assert len(n2.groups()) == MAX_RECORDS
-        assert stat(n2, "refused: too many groups") == MAX_RECORDS
+        assert backplane_stat(n2, "refused: too many groups") == MAX_RECORDS
         await delivers(n1, n2, "after the joins")

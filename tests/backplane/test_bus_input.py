@@ -14,11 +14,12 @@ from typing import Any
 import anyio
 import pytest
 
+from support import backplane_stat, connected
 from wsfleet import Backplane, ConnectionManager, InMemoryHub
 from wsfleet.backplane.wire import VERSION
 from wsfleet.testing import MemoryTransport
 
-from .test_signing import connected, publish, stat, wait_until
+from .test_signing import publish, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -42,10 +43,12 @@ async def test_a_name_no_client_could_register_is_refused_from_the_bus(name: str
     async with ConnectionManager(backplane=backplane) as manager:
         await wait_until(lambda: connected(manager), "n1 connected")
         manager.register(MemoryTransport(), "ann")
-        malformed = stat(manager, "malformed")
+        malformed = backplane_stat(manager, "malformed")
         await publish(hub, forged("join", "n2", id=name, group="room"))
         await publish(hub, forged("join", "n2", id="bob", group=name))
-        await wait_until(lambda: stat(manager, "malformed") == malformed + 2, "both refused")
+        await wait_until(
+            lambda: backplane_stat(manager, "malformed") == malformed + 2, "both refused"
+        )
         assert manager.get_group_members("room") == set()
 
 
@@ -59,8 +62,8 @@ async def test_an_envelope_over_the_bound_is_refused_before_it_is_parsed() -> No
         # JSON that would take far more memory parsed than it takes on the wire, and is not
         # even an envelope: refused by its size alone.
         await publish(hub, b"[" + b"{}," * (BOUND // 3 * 4) + b"{}]")
-        await wait_until(lambda: stat(manager, "too large") == 1, "refused as too large")
-        assert stat(manager, "malformed") == 0  # never parsed: not found malformed either
+        await wait_until(lambda: backplane_stat(manager, "too large") == 1, "refused as too large")
+        assert backplane_stat(manager, "malformed") == 0  # never parsed: not found malformed either
         # And the node goes on taking what is within the bound.
         text = "still here"
         await publish(hub, forged("send", "n2", to="all", text=text))

@@ -26,13 +26,12 @@ from typing import Any
 import anyio
 from websockets.exceptions import ConnectionClosed
 
+from support import C
 from wsfleet import ConnectionManager, ConnectionState, FleetStats
 
 from .peers import client, raw_connect, receive_json, send_json
 from .relay import Change, Relay
 from .servers import Combo, run_as_users_do, serve
-
-C = ConnectionState.CONNECTED
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 
 import anyio
+import pytest
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import C, E
+from wsfleet import ConnectionManager
 
 from .peers import client, frame, join, raw_connect
 from .proof import ROOM, serves_a_newcomer
 from .relay import Relay
 from .servers import Combo, serve
 
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
+#: A tight producer on every combo: tens of seconds in all.
+pytestmark = pytest.mark.slow
 
 READERS = 10
 MESSAGES = 3000

@@ -11,17 +11,14 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import C, D, E
+from wsfleet import ConnectionManager
 
 from .peers import client, close, frame, join, raw_connect, reset, wait_closed
 from .peers import close_code as read_close_code
 from .proof import ROOM, serves_a_newcomer, snapshot, untouched
 from .relay import Relay
 from .servers import Combo, serve
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
 
 #: The close code clients see when the server is stopped while they are connected (the
 #: manager still running, as when it lives in an ASGI app's lifespan, which ends after the

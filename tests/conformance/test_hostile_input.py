@@ -25,7 +25,8 @@ import anyio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import C, D, E
+from wsfleet import ConnectionManager
 
 from .peers import (
     client,
@@ -40,10 +41,6 @@ from .peers import (
 from .proof import ROOM, Snapshot, serves_a_newcomer, snapshot, untouched
 from .relay import Relay
 from .servers import Combo, serve
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
 
 #: Messages the flooder sends, as fast as its connection takes them.
 FLOOD = 2000
@@ -164,6 +161,7 @@ async def test_a_bad_name_in_a_request_gets_its_sender_an_error(combo: Combo) ->
         await s.unharmed()
 
 
+@pytest.mark.slow
 async def test_a_flood_from_one_client_does_not_hold_up_the_others(combo: Combo) -> None:
     """One client sends FLOOD messages as fast as it can (and reads its echoes); meanwhile
     the bystanders' round trips go on, each within a few seconds."""

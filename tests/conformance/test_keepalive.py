@@ -13,15 +13,12 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import C, D, E
+from wsfleet import ConnectionManager
 
 from .peers import client, raw_connect, receive_json, send_json
 from .relay import Relay
 from .servers import Combo, serve
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
 
 PING = 0.25
 PONG = 0.25
@@ -36,6 +33,7 @@ def settings(combo: Combo) -> tuple[ConnectionManager, tuple[float, float] | Non
     return manager, None if combo.wsfleet_pings else (PING, PONG)
 
 
+@pytest.mark.slow  # ten ping periods, on every combo
 async def test_an_idle_client_that_answers_pings_lives_through_ten_ping_periods(
     combo: Combo,
 ) -> None:

@@ -21,15 +21,13 @@ from typing import Any
 import anyio
 from websockets.exceptions import ConnectionClosed
 
-from wsfleet import ConnectionManager, ConnectionState, RateLimitPolicy
+from support import C, E
+from wsfleet import ConnectionManager, RateLimitPolicy
 
 from .peers import client, join, receive_json, send_json, wait_closed
 from .proof import ROOM, Snapshot, serves_a_newcomer, snapshot, untouched
 from .relay import Relay
 from .servers import Combo, serve
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
 
 #: Messages the flooder sends at once: many times its burst.
 FLOOD = 200

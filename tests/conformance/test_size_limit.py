@@ -14,14 +14,14 @@ from contextlib import suppress
 import anyio
 from websockets.exceptions import ConnectionClosed
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import E
+from wsfleet import ConnectionManager
 
 from .peers import client, join, receive_json, send_json, wait_closed
 from .proof import ROOM, serves_a_newcomer, snapshot, untouched
 from .relay import Relay
 from .servers import Combo, serve
 
-E = ConnectionState.ERROR
 LIMIT = 4096
 
 

@@ -13,16 +13,13 @@ import json
 
 import anyio
 
-from wsfleet import ConnectionManager, ConnectionState
+from support import C, D, E
+from wsfleet import ConnectionManager
 
 from .peers import client, frame, join, raw_connect
 from .proof import ROOM, serves_a_newcomer
 from .relay import Relay
 from .servers import Combo, serve
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
-D = ConnectionState.DISCONNECTED
 
 PAYLOAD = "y" * 16384
 #: At most this many messages (64 MiB in all), far more than the stalled peer's buffers hold.

@@ -17,6 +17,8 @@ import pytest
 from .idle_fleet import IdleFleet, check_idle_clients, check_silent_peer
 from .servers import Combo
 
+pytestmark = pytest.mark.slow  # 45 s of default periods (in the background of the others)
+
 
 def test_an_idle_client_outlives_interval_plus_timeout(
     combo: Combo, default_idle_fleet: IdleFleet

@@ -89,7 +89,7 @@ def collect_leftovers() -> None:
     """Collect what earlier tests left to the cycle collector before each check starts.
 
     coredis leaves the memory streams of a failed dial to the GC (see
-    ``tests/backplane/test_redis_backplane.py``); after the Redis checks, some stay
+    ``tests/backplane/redis/test_backplane.py``); after the Redis checks, some stay
     reachable (from log records, tracebacks) until their test is over, and would otherwise
     warn from inside whichever later check collects next. Memory checks start cleaner too.
     """
@@ -99,19 +99,6 @@ def collect_leftovers() -> None:
 
 
 # -- waiting ----------------------------------------------------------------------------------
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> float:
-    """Poll ``predicate`` every millisecond or so; fail with ``what`` after ``timeout``.
-
-    Returns how long it took, in seconds.
-    """
-    started = anyio.current_time()
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.001)
-    assert predicate(), f"after {timeout} s, still not: {what}"
-    return anyio.current_time() - started
 
 
 # -- process-wide counts ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import pytest
 
+from support import wait_until
 from wsfleet import ConnectionManager, OverflowPolicy
 
 from .conftest import (
@@ -41,7 +42,6 @@ from .conftest import (
     reset,
     serve,
     task_count,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]

@@ -27,19 +27,10 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
+from support import wait_until
 from wsfleet import ConnectionManager, ConnectionState, WsfleetError
 
-from .conftest import (
-    Figure,
-    Sizes,
-    client,
-    close_client,
-    raw_connect,
-    reset,
-    serve,
-    task_count,
-    wait_until,
-)
+from .conftest import Figure, Sizes, client, close_client, raw_connect, reset, serve, task_count
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 
@@ -168,6 +159,7 @@ async def race(server: Server, url: str, i: int, rng: random.Random, tally: Tall
             tg.start_soon(call)
 
 
+@pytest.mark.slow
 async def test_sends_racing_disconnects_raise_only_wsfleet_errors(
     sizes: Sizes, figure: Figure
 ) -> None:

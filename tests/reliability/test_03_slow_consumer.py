@@ -27,14 +27,12 @@ from typing import Any
 import anyio
 import pytest
 
-from wsfleet import ConnectionManager, ConnectionState, OverflowPolicy
+from support import C, E, wait_until
+from wsfleet import ConnectionManager, OverflowPolicy
 
-from .conftest import Figure, Sizes, client, percentile, raw_connect, serve, wait_until
+from .conftest import Figure, Sizes, client, percentile, raw_connect, serve
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
 
 MESSAGE = 32 * 1024
 RATE = 16 * 2**20  # bytes per second, to every client

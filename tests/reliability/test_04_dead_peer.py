@@ -16,14 +16,12 @@ from typing import Any
 import anyio
 import pytest
 
+from support import C, E, wait_until
 from wsfleet import ConnectionManager, ConnectionState, HeartbeatPolicy, OverflowPolicy
 
-from .conftest import Figure, Sizes, client, raw_connect, reset, serve, wait_until
+from .conftest import Figure, Sizes, client, raw_connect, reset, serve
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
-
-C = ConnectionState.CONNECTED
-E = ConnectionState.ERROR
 
 RESET_BOUND = 0.25
 PING_INTERVAL = 0.2

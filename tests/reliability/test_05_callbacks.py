@@ -28,15 +28,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from support import C, D, I, wait_until
 from wsfleet import ConnectionManager, ConnectionState, StateChange
 
-from .conftest import Figure, Sizes, client, close_client, serve, wait_until
+from .conftest import Figure, Sizes, client, close_client, serve
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-D = ConnectionState.DISCONNECTED
 
 CALLBACK_TIMEOUT = 0.05
 SLOW = 0.01

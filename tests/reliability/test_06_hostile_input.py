@@ -30,6 +30,7 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
+from support import C, D, E, I, R, wait_until
 from wsfleet import (
     AlreadyRegistered,
     ConnectionManager,
@@ -55,16 +56,9 @@ from .conftest import (
     full_form,
     raw_connect,
     serve,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
-
-C = ConnectionState.CONNECTED
-I = ConnectionState.IDLE  # noqa: E741
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-D = ConnectionState.DISCONNECTED
 
 LIMIT = 64 * 1024  # outbound: OverflowPolicy.max_message_size
 MAX_SIZE = 1024 * 1024  # inbound: the websockets server's max_size

@@ -30,10 +30,11 @@ import anyio.lowlevel
 import pytest
 
 from redis_server import UNCLOSED, RedisServer
+from support import wait_until
 from wsfleet import ConnectionManager
 from wsfleet.adapters.redis import RedisBackplane
 
-from .conftest import Figure, Sizes, client, serve, wait_until
+from .conftest import Figure, Sizes, client, serve
 
 pytestmark = [
     pytest.mark.reliability,
@@ -113,6 +114,7 @@ def all_connected(nodes: dict[str, Node]) -> bool:
     return all(n.manager.stats().backplane_state == "CONNECTED" for n in nodes.values())
 
 
+@pytest.mark.slow  # Redis killed
 async def test_redis_outages_under_traffic(
     redis: RedisServer, sizes: Sizes, figure: Figure
 ) -> None:

@@ -36,9 +36,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from support import wait_until
 from wsfleet import Connection, ConnectionManager, HeartbeatPolicy
 
-from .conftest import Figure, Sizes, client, rss_bytes, serve, task_count, wait_until
+from .conftest import Figure, Sizes, client, rss_bytes, serve, task_count
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 
@@ -150,6 +151,7 @@ async def soak_fleet(
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heartbeat", HEARTBEATS)
 async def test_soak_keeps_memory_flat_and_collects_closed_connections(
     heartbeat: HeartbeatPolicy | None, sizes: Sizes, figure: Figure

@@ -20,9 +20,10 @@ import anyio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from support import wait_until
 from wsfleet import ConnectionManager, OverflowPolicy
 
-from .conftest import Figure, FrameReader, Sizes, client, raw_connect, serve, wait_until
+from .conftest import Figure, FrameReader, Sizes, client, raw_connect, serve
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 

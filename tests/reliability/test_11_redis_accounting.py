@@ -31,13 +31,15 @@ import anyio
 import pytest
 
 from redis_server import UNCLOSED, RedisServer
+from support import backplane_drops, backplane_stat, connected, wait_until
 from wsfleet import ConnectionManager, MessageTooLarge, OverflowPolicy
 from wsfleet.adapters.redis import RedisBackplane
 
-from .conftest import Figure, Sizes, client, serve, wait_until
+from .conftest import Figure, Sizes, client, serve
 
 pytestmark = [
     pytest.mark.reliability,
+    pytest.mark.slow,  # Redis frozen, then killed
     pytest.mark.anyio,
     pytest.mark.filterwarnings(f"ignore:{UNCLOSED}:ResourceWarning"),
 ]
@@ -46,20 +48,6 @@ RATE = 20  # messages per second
 OVERSIZE = 40_000_000
 #: Reasons a sender gives for refusing a message (``published`` False).
 REFUSED = ("backplane: link down", "backplane: publish queue full")
-
-
-def connected(*managers: ConnectionManager) -> bool:
-    return all(m.stats().backplane_state == "CONNECTED" for m in managers)
-
-
-def link_errors(manager: ConnectionManager) -> int:
-    stats = manager.stats().backplane
-    assert stats is not None
-    return stats.get("link error", 0)
-
-
-def backplane_drops(manager: ConnectionManager) -> dict[str, int]:
-    return {k: v for k, v in manager.stats().drops.items() if k.startswith("backplane:")}
 
 
 async def test_every_cross_node_loss_is_counted_through_freeze_kill_restart_and_oversize(
@@ -136,7 +124,7 @@ async def test_every_cross_node_loss_is_counted_through_freeze_kill_restart_and_
             await anyio.sleep(after_restart)
             stop.set()
 
-        links = [link_errors(a), link_errors(b)]
+        links = [backplane_stat(a, "link error"), backplane_stat(b, "link error")]
         with pytest.raises(MessageTooLarge) as info:
             await a.broadcast(bytes(OVERSIZE))
         assert "backplane" in str(info.value)
@@ -179,6 +167,9 @@ async def test_every_cross_node_loss_is_counted_through_freeze_kill_restart_and_
         assert counted_refused == refused
         assert received == sorted(set(received))  # in order, none twice
         assert refused > 0, "the outages cost something"
-        assert [link_errors(a), link_errors(b)] == links  # the 40 MB went nowhere
+        assert [
+            backplane_stat(a, "link error"),
+            backplane_stat(b, "link error"),
+        ] == links  # the 40 MB went nowhere
         assert b.stats().drops.keys() <= {"backplane: lost in transit"}
         tg.cancel_scope.cancel()

@@ -31,7 +31,7 @@ from conformance.servers import COMBOS, Combo
 
 from .conftest import Figure, full_form
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # ten ping periods, every combo
 
 SHORT = Periods(0.5, 0.5, idle_after=2.0, periods=10, server_keepalive=True, slack=1.0)
 

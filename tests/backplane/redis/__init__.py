@@ -1,0 +1,1 @@
+"""The backplane over a real redis-server: in one process and across processes."""

@@ -1,0 +1,1 @@
+"""Tests that the docs and the examples say what the code does."""

@@ -1,0 +1,1 @@
+"""Tests of ConnectionManager: its API, fan-out, callbacks, heartbeat, retry and backpressure."""

@@ -1,0 +1,1 @@
+"""Tests of wsfleet.policies: retry, heartbeat, overflow and backpressure settings."""

@@ -1,0 +1,1 @@
+"""Tests of wsfleet._runtime's parts, each built and driven alone."""
