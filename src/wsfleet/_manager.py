@@ -523,7 +523,7 @@ class ConnectionManager:
         names a held session of the same identifier, the new socket takes it over (its
         groups kept, its buffered messages delivered first); any other value starts afresh.
         A bad identifier (it comes from the client) closes the socket with 1008 instead.
-        Without ``identifier`` the ``authenticate`` hook names it; a refusal closes with 4401.
+        With an ``authenticate`` hook, the hook names it (``identifier`` must agree): 4401.
         """
         return session_for(self._fleet, self._auth, socket, identifier, resume)
 

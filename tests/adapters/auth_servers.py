@@ -68,8 +68,11 @@ class App:
 
     async def handle(self, ws: Any) -> None:
         self.handled += 1
-        resume = handshake_of(ws).query.get("resume")
-        async with self.manager.session(ws, resume=resume) as session:
+        query = handshake_of(ws).query
+        resume = query.get("resume")
+        # ``as``: an identifier the application takes from the URL, as examples written
+        # before authentication do; the hook's answer must agree with it.
+        async with self.manager.session(ws, query.get("as"), resume=resume) as session:
             self.sessions.append(session)
             if session.refused is not None:
                 return

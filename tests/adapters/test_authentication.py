@@ -277,6 +277,26 @@ async def test_a_refused_session_closes_with_4401_and_registers_nothing(
         assert refusals == ["refused a socket: sign in first (/ws from 127.0.0.1)"]
 
 
+@pytest.mark.parametrize("mode", ["session", "handshake"])
+async def test_an_identifier_from_the_url_never_overrides_the_hook(combo: Combo, mode: str) -> None:
+    """``manager.session(ws, who)`` with ``who`` from the URL, under a hook: the socket of
+    alice's token claiming to be bob is refused (4401), as is one with no token at all in
+    session mode; claiming the hook's own answer works."""
+    async with running(combo, mode, Hook()) as (app, url):
+        async with client(f"{url}/ws?token=alice-token&as=alice") as ws:
+            assert (await greeting(ws))["identifier"] == "alice"
+        claims = ["?token=alice-token&as=bob"] + (["?as=bob"] if mode == "session" else [])
+        for claim in claims:
+            async with client(f"{url}/ws{claim}") as ws:
+                with pytest.raises(ConnectionClosed) as closed, anyio.fail_after(10):
+                    await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4401
+        await wait_for(lambda: len(app.sessions) == 1 + len(claims))
+        assert [s.identifier for s in app.sessions if s.refused is None] == ["alice"]
+        assert "bob" not in app.manager.identifiers()
+
+
 # -- resume tokens are bound to the identity --------------------------------------------------
 
 

@@ -56,6 +56,11 @@ class Authenticator:
         #: id(object) -> (a weak reference to it, its identifier)
         self._known: dict[int, tuple[weakref.ref[object], str]] = {}
 
+    @property
+    def hooked(self) -> bool:
+        """Whether the manager authenticates (it was given a hook)."""
+        return self._hook is not None
+
     def known(self, obj: object) -> str | None:
         entry = self._known.get(id(obj))
         if entry is None or entry[0]() is not obj:
@@ -111,13 +116,24 @@ class Authenticator:
 
 @asynccontextmanager
 async def authenticated_session(
-    host: SessionHost, auth: Authenticator, socket: object, resume: str | None
+    host: SessionHost,
+    auth: Authenticator,
+    socket: object,
+    resume: str | None,
+    claimed: str | None = None,
 ) -> AsyncIterator[Session]:
     """``open_session`` under the identifier the hook names; a refusal closes the socket
-    with 4401 and runs the block with a refused session (nothing registered)."""
+    with 4401 and runs the block with a refused session (nothing registered).
+
+    ``claimed``: the identifier the application passed to ``session`` although the manager
+    authenticates: it must be the one the hook names, or the socket is refused the same way
+    (an identifier taken from the URL must not override, or skip, the authentication)."""
     host.check()
     try:
         identifier = await auth.identify(socket)
+        if claimed is not None and claimed != identifier:
+            logger.info("refused a socket: it claims another identifier than its own")
+            raise Unauthenticated("not the authenticated identifier")
     except Unauthenticated as exc:
         reason = close_reason(exc.reason or "unauthenticated")  # logged by ``identify``
         with (
@@ -144,7 +160,8 @@ def session_for(
     identifier: str | None,
     resume: str | None,
 ) -> AbstractAsyncContextManager[Session]:
-    """``manager.session``: under ``identifier``, or the one the hook names without it."""
-    if identifier is None:
-        return authenticated_session(host, auth, socket, resume)
+    """``manager.session``: under the identifier the hook names (which ``identifier``, if
+    given, must be), or without a hook under ``identifier``."""
+    if identifier is None or auth.hooked:
+        return authenticated_session(host, auth, socket, resume, claimed=identifier)
     return open_session(host, socket, identifier, resume)
