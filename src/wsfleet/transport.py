@@ -156,8 +156,9 @@ class Transport(ABC):
 
         Called at registration when the manager has a ``max_message_size``. A library that
         can stops reading such a message early and closes with 1009; return ``True`` then.
-        The default returns ``False``: the session checks each message's size on receipt
-        instead (after the library has read it whole) and closes with 1009 the same way.
+        Either way the session checks each message's size on receipt too, and closes with
+        1009 the same way: a message the library read before it was told (or one it
+        measures in characters rather than bytes) is caught there.
         """
         return False
 

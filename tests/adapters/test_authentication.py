@@ -127,6 +127,27 @@ async def test_a_refusal_at_the_handshake_is_an_http_error_and_registers_nothing
         assert refusals == ["refused a socket: unauthenticated (/ws from 127.0.0.1)"]
 
 
+@pytest.mark.parametrize(
+    "combo", [c for c in COMBOS if c.server == "websockets"], ids=lambda c: c.id
+)
+async def test_a_plain_http_request_is_left_to_websockets_without_asking_the_hook(
+    combo: Combo,
+) -> None:
+    """A health check or a crawler (no ``Upgrade: websocket``): websockets answers it 426
+    as it always does; the hook (a database lookup, perhaps) is not asked, nothing logged."""
+    hook = Hook()
+    async with running(combo, "handshake", hook) as (app, url):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with anyio.fail_after(10):
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+            async with stream:
+                await stream.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                answer = await stream.receive()
+        assert answer.startswith(b"HTTP/1.1 426"), answer[:40]
+        assert hook.seen == []
+        assert app.handled == 0
+
+
 @pytest.mark.parametrize("combo", [c for c in COMBOS if c.adapter == "asgi"], ids=lambda c: c.id)
 async def test_an_asgi_server_without_http_answers_closes_before_accepting(combo: Combo) -> None:
     """Without ``websocket.http.response`` the app closes the socket it never accepted,

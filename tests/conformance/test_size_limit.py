@@ -53,6 +53,13 @@ async def test_the_size_limit_is_one_setting_on_every_adapter(combo: Combo) -> N
                 assert await wait_closed(big, timeout=30) == 1009
             left = await relay.wait_left("big")
             assert left.new is E
+            # Bytes, not characters: text of fewer characters than the limit but more bytes
+            # (two a character) is over it on every adapter too.
+            async with client(f"{url}?id=wide", compression=None) as wide:
+                await join(wide, "big")
+                with suppress(ConnectionClosed):
+                    await wide.send(said("é" * ((LIMIT - SAY_OVERHEAD) // 2 + 1)))
+                assert await wait_closed(wide, timeout=30) == 1009
             await send_json(ann, type="say", room=ROOM, text="still here")
             assert (await receive_json(ann))["text"] == "still here"
             await untouched(relay, before, {"ann": ann})

@@ -118,13 +118,19 @@ def test_the_refill_time_is_the_slower_bucket_s() -> None:
     assert RateLimitPolicy(messages_per_second=10, burst_messages=20).refill_time == 2.0
     both = RateLimitPolicy(messages_per_second=10, bytes_per_second=100, burst_bytes=500)
     assert both.refill_time == 5.0
-    assert RateLimitPolicy(messages_per_second=None).refill_time == 0.0
 
 
 def test_a_dimension_left_unlimited_never_refuses() -> None:
-    policy = RateLimitPolicy(messages_per_second=None)
+    policy = RateLimitPolicy(messages_per_second=10**6)  # bytes: unlimited
     assert take_all(policy, [10**9] * 1000) == [True] * 1000
     assert policy.borrow(policy.full(0.0), 0.0, 10**9)[0] == 0.0
+    only_bytes = RateLimitPolicy(messages_per_second=None, bytes_per_second=10**12)
+    assert take_all(only_bytes, [1] * 1000) == [True] * 1000
+
+
+def test_a_limit_that_limits_nothing_is_refused() -> None:
+    with pytest.raises(InvalidPolicy, match="give one"):
+        RateLimitPolicy(messages_per_second=None, bytes_per_second=None)
 
 
 def test_actions_and_scopes_are_taken_by_value_or_member() -> None:

@@ -79,7 +79,7 @@ class Inbound:
         """Whether ``message`` from ``conn`` goes on to the application, and how many seconds
         the session must wait before it delivers it or reads ``conn``'s next message."""
         self.received_messages += 1
-        if self.max_size is not None and not conn._sized and _over(message, self.max_size):
+        if self.max_size is not None and _over(message, self.max_size):
             self.drops["too big"] += 1
             logger.warning("%r sent a message over %d bytes: closed with 1009", conn, self.max_size)
             self._reports.too_big(conn)
@@ -118,7 +118,7 @@ class Inbound:
         if now - self._logged_at >= LOG_EVERY:
             self._logged_at = now
             logger.warning(
-                "%r is over its rate limit (%s): %d messages held back, %d dropped so far "
+                "%r is over its rate limit (%s); so far held back: %d, dropped: %d "
                 "(stats().inbound_waits, inbound_drops['rate limit'])",
                 conn,
                 policy.action.value,

@@ -31,6 +31,8 @@ def check_size(name: str, value: object) -> int | None:
     """A count of bytes above zero, or ``None``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"{name} must be an int > 0 or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WrongType(f"{name} must be an int (bytes) or None, got {value!r}")
+    if value < 1:
+        raise InvalidArgument(f"{name} must be > 0, got {value!r}")
     return value

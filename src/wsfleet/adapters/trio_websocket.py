@@ -479,7 +479,9 @@ class TrioWebsocketTransport(Transport):
     def limit_inbound(self, max_size: int) -> bool:
         """trio-websocket's reader compares each message, as it grows, with the connection's
         ``_max_message_size`` (what ``serve_websocket(max_message_size=...)`` sets) and
-        closes with 1009 past it. A release without that attribute: checked on receipt."""
+        closes with 1009 past it. It counts text in characters, not bytes, so this only cuts
+        the largest floods early; the session's check on receipt holds the limit in bytes.
+        A release without that attribute: checked on receipt alone."""
         if not isinstance(getattr(self.ws, "_max_message_size", None), int):
             return False
         self.ws._max_message_size = max_size

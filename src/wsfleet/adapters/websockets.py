@@ -601,12 +601,17 @@ def authenticate(manager: _Authenticates, *, status: int = 401) -> ProcessReques
     HTTP ``status`` (401) with the reason as its body, and no WebSocket: the handler never
     runs, nothing is registered. Accepted, the identity is remembered for the connection,
     so the handler's ``manager.session(ws)`` opens under it without asking again. Another
-    exception of the hook's is websockets' to handle: it logs it and answers 500.
+    exception of the hook's is websockets' to handle: it logs it and answers 500. A plain
+    HTTP request (a health check, a crawler: no ``Upgrade: websocket``) is left to
+    websockets, which answers it 426, without asking the hook.
     """
     if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status < 500:
         raise InvalidArgument(f"status must be an HTTP 4xx code, got {status!r}")
 
     async def process_request(connection: Any, request: Any) -> Any:
+        upgrade = request.headers.get("Upgrade", "")
+        if "websocket" not in upgrade.lower():
+            return None  # not a WebSocket handshake: websockets refuses it (426)
         try:
             await manager.authenticate(connection)
         except Unauthenticated as exc:

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..errors import InvalidPolicy
 from ._validate import check_above, check_at_least, to_member, to_number
 
 __all__ = ["Bucket", "RateLimitAction", "RateLimitPolicy", "RateLimitScope"]
@@ -127,6 +128,12 @@ class RateLimitPolicy:
                 object.__setattr__(self, burst, size)
         if self.burst_messages is not None:  # less than one message would let none through
             check_at_least("burst_messages", self.burst_messages, 1.0)
+        if self.messages_per_second is None and self.bytes_per_second is None:
+            raise InvalidPolicy(
+                "messages_per_second",
+                "a rate limit limits messages_per_second, bytes_per_second or both: give one "
+                "(or no rate_limit at all)",
+            )
         if self.burst_messages is None and self.messages_per_second is not None:
             object.__setattr__(self, "burst_messages", max(1.0, self.messages_per_second))
         if self.burst_bytes is None and self.bytes_per_second is not None:
