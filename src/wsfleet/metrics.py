@@ -103,6 +103,9 @@ _BACKPLANE_COUNTERS: Final = {
     "malformed": ("backplane_malformed_messages", "Backplane messages skipped as malformed."),
     "late": ("backplane_late_messages", "Backplane messages that came after being counted."),
     "nodes expired": ("backplane_expired_nodes", "Other nodes dropped for going silent."),
+    "replayed": ("backplane_replayed_messages", "Signed frames refused as copies of earlier ones."),
+    "stale": ("backplane_stale_messages", "Signed frames refused as signed too long ago."),
+    "too large": ("backplane_oversize_messages", "Frames refused unread for their size."),
 }
 
 
@@ -382,6 +385,20 @@ class FleetCollector:
         )
         for key, (name, help) in _BACKPLANE_COUNTERS.items():
             yield self._counter(name, help, counters.get(key, 0))
+        refused = "refused: "
+        yield self._by(
+            CounterMetricFamily(
+                self._name("backplane_refused_messages"),
+                "Other nodes' messages a node refused to act on (unknown sender, bounds), "
+                "by reason.",
+                labels=[*self.labels, "reason"],
+            ),
+            {
+                key.removeprefix(refused): value
+                for key, value in counters.items()
+                if key.startswith(refused)
+            },
+        )
         prefix = "link "
         yield self._by(
             CounterMetricFamily(

@@ -70,3 +70,17 @@ async def test_an_envelope_over_the_bound_is_refused_before_it_is_parsed() -> No
         with anyio.fail_after(10):
             while text not in socket.received:
                 await anyio.sleep(0.005)
+
+
+async def test_a_flood_of_garbage_is_counted_each_time_and_logged_once_a_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = InMemoryHub()
+    backplane = Backplane(hub, namespace=NS, node_id="n1")
+    async with ConnectionManager(backplane=backplane) as manager:
+        await wait_until(lambda: connected(manager), "n1 connected")
+        with caplog.at_level("WARNING", logger="wsfleet"):
+            await publish(hub, *(f"garbage {i} {{not json".encode() for i in range(500)))
+            await wait_until(lambda: backplane_stat(manager, "malformed") == 500, "all counted")
+        lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+        assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]

@@ -102,7 +102,9 @@ class Authenticator:
             # One line per refusal, wherever it is answered (an HTTP 401 at the handshake,
             # a 4401 close after it); the path without its query, which may hold a token.
             peer = f" from {handshake.client[0]}" if handshake.client else ""
-            logger.info("refused a socket: %s (%s%s)", refused.reason, handshake.path, peer)
+            logger.info(
+                "refused a socket: %s (%s%s)", refused.reason, _printable(handshake.path), peer
+            )
             raise
         if not isinstance(answer, str):
             raise WrongType(f"authenticate must return a str or None, got {answer!r}")
@@ -165,3 +167,13 @@ def session_for(
     if identifier is None or auth.hooked:
         return authenticated_session(host, auth, socket, resume, claimed=identifier)
     return open_session(host, socket, identifier, resume)
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` as a log line may carry it: the client chose it, so a newline or an escape
+    sequence in it must not forge a line or repaint a terminal (escaped, as ``repr`` does),
+    and a long one is cut."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    shown = repr(text[:limit])[1:-1]
+    return shown + ("..." if len(text) > limit else "")

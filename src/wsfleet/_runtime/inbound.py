@@ -129,8 +129,9 @@ class Inbound:
 
     def forget(self, conn: Connection, last: bool) -> None:
         """``conn`` is gone (``last``: its identifier has no other socket here). Its budget,
-        or its identifier's, is kept until it would have refilled: a sender that reconnects
-        starts where it left off, not with a fresh burst."""
+        or its identifier's, is kept until it would have refilled: a sender that closes and
+        reconnects starts where it left off, not with a fresh burst. (Sockets open at the
+        same time each have their own under ``CONNECTION``: see ``RateLimitScope``.)"""
         policy = self.policy
         if policy is None:
             return

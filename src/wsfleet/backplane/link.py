@@ -301,7 +301,9 @@ class Link:
                 continue
             except MalformedEnvelope as exc:
                 self.stats["malformed"] += 1
-                logger.warning("%r: skipped a malformed message: %s", self, exc)
+                # Logged as refusals are, once per period with a count: anyone who can
+                # publish on the bus could otherwise fill the log (and slow the node) at will.
+                self.notice("malformed", self._heard_at, exc)
                 if isinstance(exc.header, Header):  # its header was sound, the rest not
                     self._unreadable(exc.header)
                 continue
