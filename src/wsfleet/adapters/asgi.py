@@ -65,7 +65,9 @@ from typing import Any
 import anyio
 
 from ..errors import InvalidArgument, TransportClosed, TransportError
-from ..transport import Message, Outbound, Ping, Transport, register_adapter
+from ..transport import Message, Outbound, Ping, Reporter, Transport, register_adapter
+from . import _asgi_hypercorn, _asgi_uvicorn
+from ._asgi_server import Server, Unknown, fall_back, server_send
 
 try:
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -102,8 +104,27 @@ def _disconnect_code(event: Any) -> tuple[int, str]:
     return code, str(event.get("reason") or "")
 
 
+def _find_server(websocket: WebSocket) -> tuple[Server | None, Any]:
+    """The known server behind the socket and its connection object, or ``(None, None)``
+    after logging (once per reason) why the public path is taken."""
+    send = server_send(websocket._send)
+    receive = websocket._receive
+    try:
+        for find in (_asgi_uvicorn.find, _asgi_hypercorn.find):
+            found = find(send, receive)
+            if found is not None:
+                return found
+    except (Unknown, AttributeError, ValueError) as exc:
+        fall_back(str(exc) or type(exc).__name__)
+        return None, None
+    fall_back(f"send is {getattr(send, '__qualname__', type(send).__qualname__)}")
+    return None, None
+
+
 class StarletteTransport(Transport):
     """An accepted Starlette (or FastAPI) ``WebSocket`` as a wsfleet ``Transport``."""
+
+    __slots__ = ("_closed", "_conn", "_receiving", "_server", "connection", "websocket")
 
     can_ping = False
     no_ping_reason = _NO_PINGS
@@ -117,15 +138,26 @@ class StarletteTransport(Transport):
         if state is WebSocketState.RESPONSE:
             raise InvalidArgument("this WebSocket was answered with an HTTP response")
         self.websocket = websocket
+        self.connection: Reporter | None = None
         #: (code, reason) once the socket is known to be closed, by either side.
         self._closed: tuple[int, str] | None = None
-        #: The scope of a ``receive`` in progress, which ``close`` cancels.
+        #: The scope of a ``receive`` in progress, which ``close`` cancels (public path).
         self._receiving: anyio.CancelScope | None = None
+        #: For a known server (see ``_asgi_server``): how to write to it, and its connection.
+        server, conn = _find_server(websocket)
+        self._server: Server | None = server
+        self._conn: Any = conn
 
     def __repr__(self) -> str:
         client = self.websocket.client
         where = f"{client.host}:{client.port}" if client is not None else "?"
         return f"<StarletteTransport {where}>"
+
+    @property
+    def direct(self) -> str | None:
+        """The server implementation written to directly (a key of ``TESTED``), or ``None``
+        when every message is an ASGI event through Starlette."""
+        return None if self._server is None else self._server.name
 
     def _closed_error(self, fallback: str) -> TransportClosed:
         if self._closed is None:
@@ -133,11 +165,29 @@ class StarletteTransport(Transport):
             return TransportClosed(1006, fallback)
         return TransportClosed(*self._closed)
 
-    # -- writes: one ASGI event per message --------------------------------------------------
+    # -- writes: the whole batch at once to a known server, else one ASGI event per message --
+
+    def send_nowait(self, batch: Sequence[Outbound]) -> bool:
+        server = self._server
+        if server is None or self._closed is not None:
+            return False
+        try:
+            return server.write_nowait(self._conn, batch)
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from exc
 
     async def send(self, batch: Sequence[Outbound]) -> None:
         if self._closed is not None:
             raise TransportClosed(*self._closed)
+        server = self._server
+        try:
+            if server is not None and await server.write(self._conn, batch):
+                return
+        except TransportClosed:  # closed in the middle of the batch
+            raise self._closed_error("closed") from None
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from exc
+        # Public path, and a known server that would no longer write: its send says why.
         send = self.websocket.send
         try:
             for item in batch:
@@ -162,6 +212,24 @@ class StarletteTransport(Transport):
     async def receive(self) -> Message:
         if self._closed is not None:
             raise TransportClosed(*self._closed)
+        server = self._server
+        if server is None:
+            return await self._receive_public()
+        # From the server's own queue, with no cancel scope: ``close`` wakes this wait by
+        # putting a disconnect in that queue, as the server does when the socket closes.
+        conn = self._conn
+        wait = server.receive(conn, self.websocket._receive)
+        try:
+            event = await wait
+        except BaseException:
+            server.cancelled(wait)
+            raise
+        server.received(conn)
+        if event["type"] == "websocket.disconnect":
+            self.websocket.client_state = WebSocketState.DISCONNECTED
+        return self._message(event)
+
+    async def _receive_public(self) -> Message:
         event: Any = None
         with anyio.CancelScope() as scope:
             self._receiving = scope
@@ -180,6 +248,9 @@ class StarletteTransport(Transport):
                 self._receiving = None
         if event is None:  # ``close`` cancelled the wait
             raise self._closed_error("closed")
+        return self._message(event)
+
+    def _message(self, event: Any) -> Message:
         kind = event["type"]
         if kind == "websocket.receive":
             text = event.get("text")
@@ -208,9 +279,11 @@ class StarletteTransport(Transport):
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the peer is gone already: closed is closed
         finally:
-            if self._receiving is not None:
-                # The handler's receive would wait for the peer to answer the close, which
-                # a stalled or vanished peer never does.
+            # The handler's receive would wait for the peer to answer the close, which
+            # a stalled or vanished peer never does.
+            if self._server is not None:
+                self._server.wake(self._conn, *self._closed)
+            elif self._receiving is not None:
                 self._receiving.cancel()
 
 
