@@ -148,7 +148,22 @@ class Session:
         while True:
             if not self._current():
                 raise StopAsyncIteration
-            message = await self._receive(conn, transport)
+            # Received here rather than in a helper coroutine: an idle connection's handler
+            # waits in this frame for its whole life, and a second frame would double that.
+            try:
+                message = await transport.receive()
+            except TransportClosed as closed:
+                self.close_code = closed.code
+                self.close_reason = closed.reason
+                if conn.transport is transport:  # not taken over meanwhile: it reports for it
+                    conn.closed(closed.code, closed.reason)
+                raise StopAsyncIteration from None
+            except TransportError as exc:
+                self.close_code = 1006
+                self.close_reason = str(exc)
+                if conn.transport is transport:
+                    conn.failed(exc)
+                raise StopAsyncIteration from None
             if not self._current():
                 # It arrived as the connection was evicted, unregistered or taken over: the
                 # application must not act for a client the manager let go (its identifier
@@ -159,22 +174,6 @@ class Session:
                 return message
             # Over its rate limit: dropped and counted, and the next one is read (unless the
             # policy cut the sender off, which the check above sees).
-
-    async def _receive(self, conn: Connection, transport: Transport) -> Message:
-        try:
-            return await transport.receive()
-        except TransportClosed as closed:
-            self.close_code = closed.code
-            self.close_reason = closed.reason
-            if conn.transport is transport:  # not taken over meanwhile: it reports for it
-                conn.closed(closed.code, closed.reason)
-            raise StopAsyncIteration from None
-        except TransportError as exc:
-            self.close_code = 1006
-            self.close_reason = str(exc)
-            if conn.transport is transport:
-                conn.failed(exc)
-            raise StopAsyncIteration from None
 
     async def send(self, message: Message) -> int:
         """Queue ``message`` for this socket alone (it goes through the same bounded queue).
