@@ -104,7 +104,7 @@ class _WSProto(_Uvicorn):
 
     def _encode(self, conn: Any, batch: Sequence[Outbound]) -> bytes:
         wsconn = conn.conn
-        inner = wsconn._connection
+        inner = wsconn.connection
         if inner is None or not inner._proto.extensions:
             return batch_bytes(batch)
         from wsproto.events import Message
