@@ -59,7 +59,7 @@ which ends only when the server closes the socket after the application has fini
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any
 
 import anyio
@@ -102,6 +102,58 @@ def _disconnect_code(event: Any) -> tuple[int, str]:
             return 1006, "connection lost"
         return code, ""
     return code, str(event.get("reason") or "")
+
+
+class _Receiving(Coroutine[Any, Any, Message]):
+    """``StarletteTransport.receive`` from a known server: the wait in the server's queue,
+    then the event's message, as a small object rather than a coroutine frame (every idle
+    connection keeps one waiting for its whole life).
+
+    ``wait`` is what the server's strategy gave: an awaitable of the queue's next event
+    (``QueueGet``), or on trio the channel's own ``receive()`` coroutine. An exception thrown
+    in (a cancellation) reaches that coroutine, or undoes the queue wait, and goes on.
+    """
+
+    __slots__ = ("_transport", "_wait")
+
+    def __init__(self, transport: StarletteTransport, wait: Any) -> None:
+        self._transport = transport
+        self._wait = wait
+
+    def __await__(self) -> Generator[Any, None, Message]:
+        return self  # type: ignore[return-value]
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        try:
+            return self._wait.send(value)
+        except StopIteration as stop:
+            raise StopIteration(self._transport._received(stop.value)) from None
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        wait = self._wait
+        error = typ if val is None and isinstance(typ, BaseException) else None
+        inner_throw = getattr(wait, "throw", None)
+        if inner_throw is not None:  # a coroutine: it unwinds its own wait
+            try:
+                if error is not None:
+                    return inner_throw(error)
+                return inner_throw(typ, val, tb)
+            except StopIteration as stop:
+                raise StopIteration(self._transport._received(stop.value)) from None
+        server = self._transport._server
+        assert server is not None
+        server.cancelled(wait)
+        if error is None:
+            error = typ(val) if val is None or not isinstance(val, BaseException) else val
+        raise error.with_traceback(tb) if tb is not None else error
+
+    def close(self) -> None:
+        wait = self._wait
+        if hasattr(wait, "close"):
+            wait.close()
 
 
 def _find_server(websocket: WebSocket) -> tuple[Server | None, Any]:
@@ -209,22 +261,23 @@ class StarletteTransport(Transport):
 
     # -- reads and close -----------------------------------------------------------------------
 
-    async def receive(self) -> Message:
+    def receive(self) -> Coroutine[Any, Any, Message]:
         if self._closed is not None:
-            raise TransportClosed(*self._closed)
+            return self._raise_closed()
         server = self._server
         if server is None:
-            return await self._receive_public()
+            return self._receive_public()
         # From the server's own queue, with no cancel scope: ``close`` wakes this wait by
         # putting a disconnect in that queue, as the server does when the socket closes.
-        conn = self._conn
-        wait = server.receive(conn, self.websocket._receive)
-        try:
-            event = await wait
-        except BaseException:
-            server.cancelled(wait)
-            raise
-        server.received(conn)
+        return _Receiving(self, server.receive(self._conn, self.websocket._receive))
+
+    async def _raise_closed(self) -> Message:
+        raise self._closed_error("closed")
+
+    def _received(self, event: Any) -> Message:
+        """The message of an event a known server's queue gave (see ``_Receiving``)."""
+        assert self._server is not None
+        self._server.received(self._conn)
         if event["type"] == "websocket.disconnect":
             self.websocket.client_state = WebSocketState.DISCONNECTED
         return self._message(event)
