@@ -13,15 +13,24 @@ back (the app may want a subprotocol or headers)::
             async for message in session:
                 ...
 
-How writes are coalesced: they are not
---------------------------------------
+How writes are coalesced
+------------------------
 ASGI has no synchronous write path and no batch event: every ``websocket.send`` event the
-application awaits carries exactly one message, and the server (uvicorn, hypercorn, daphne)
-decides how frames become system calls. So ``send_nowait`` always declines and ``send``
-awaits one ASGI send per message, in order; the server's own buffering is the only
-coalescing there is. Backpressure is whatever the server applies to ``websocket.send``:
-hypercorn awaits its socket write (on trio shielded from cancellation), so a peer that stops
-reading blocks the writer and the manager's overflow policy evicts it.
+application awaits carries exactly one message, and the server decides how frames become
+system calls. For the servers it knows, in the releases it was tested with (uvicorn's
+websockets-sansio and wsproto protocols, hypercorn over HTTP/1.1 on asyncio), this adapter
+goes past Starlette to the server's connection and writes a whole batch to its transport
+with one write, in ``send_nowait`` when the server's own send would write at once, else in
+``send`` after waiting as that send waits (the server's flow control); a fan-out encodes
+the batch's frames once for every connection without compression. hypercorn on trio has
+no synchronous write: there the adapter calls hypercorn's send itself, one event per
+message. Everything else, middleware wrapping ``send`` included, takes the public path:
+``send_nowait`` declines and ``send`` awaits one ASGI send per message, in order. See
+``_asgi_server`` for what is recognised and why anything else falls back.
+
+Backpressure is whatever the server applies to ``websocket.send``: hypercorn awaits its
+socket write (on trio shielded from cancellation), so a peer that stops reading blocks the
+writer and the manager's overflow policy evicts it.
 
 Pings: the ASGI server's job
 ----------------------------
@@ -52,9 +61,11 @@ reports such a 1005 as 1006 (abnormal, ERROR).
 
 When the adapter closes a socket (``close``, e.g. an eviction or the manager shutting down),
 a ``receive`` waiting on it ends at once with that code rather than waiting for the peer to
-answer the close. The handler then returns, and only that makes the server drop a peer that
-stopped reading: hypercorn on trio cannot even write the close frame past the stalled write,
-which ends only when the server closes the socket after the application has finished.
+answer the close (for a known server, by a ``websocket.disconnect`` put in the server's own
+queue, as the server does; else by cancelling the wait). The handler then returns, and only
+that makes the server drop a peer that stopped reading: hypercorn on trio cannot even write
+the close frame past the stalled write, which ends only when the server closes the socket
+after the application has finished.
 """
 
 from __future__ import annotations
