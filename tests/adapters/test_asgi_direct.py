@@ -188,14 +188,19 @@ async def test_a_client_that_does_not_read_holds_the_writer_until_it_reads(
         if buffered is not None:
             size, high = buffered
             assert size <= high + 2 * frame_size
+        # A large batch on top waits behind them, whole.
+        async with app.manager.batch():
+            for i in range(count, count + 50):
+                await app.manager.broadcast(f"{i:06d}" + payload[6:])
+        total = count + 50
         assert app.state_of("slow") is C
-        # Once the client reads, everything arrives, in order.
+        # Once the client reads, the writer resumes and everything arrives, in order.
         data = b""
         with anyio.fail_after(30):
-            while len(data) < count * frame_size:
+            while len(data) < total * frame_size:
                 data += await stalled.receive(1 << 20)
-        frames = [data[i * frame_size : (i + 1) * frame_size] for i in range(count)]
-        assert frames == [frame(f"{i:06d}" + payload[6:]) for i in range(count)]
+        frames = [data[i * frame_size : (i + 1) * frame_size] for i in range(total)]
+        assert frames == [frame(f"{i:06d}" + payload[6:]) for i in range(total)]
         await stalled.aclose()
 
 

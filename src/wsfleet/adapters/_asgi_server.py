@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import suppress
 from importlib import metadata
 from typing import Any, Final
@@ -31,6 +31,7 @@ __all__ = [
     "QueueGet",
     "Server",
     "Unknown",
+    "attrs_typed",
     "fall_back",
     "releases_tested",
     "server_send",
@@ -214,6 +215,3 @@ def attrs_typed(obj: object, types: Mapping[str, type | tuple[type, ...]]) -> No
                 f"{type(obj).__name__}.{name} is {type(value).__name__}, not the "
                 f"{getattr(expected, '__name__', expected)} of the release tested"
             )
-
-
-Finder = Callable[[object, object], "tuple[Server, Any] | None"]

@@ -165,6 +165,10 @@ class _Receiving(Coroutine[Any, Any, Message]):
         wait = self._wait
         if hasattr(wait, "close"):
             wait.close()
+        else:
+            server = self._transport._server
+            assert server is not None
+            server.cancelled(wait)
 
 
 def _find_server(websocket: WebSocket) -> tuple[Server | None, Any]:
