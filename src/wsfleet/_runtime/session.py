@@ -23,8 +23,9 @@ on trio, an exception escaping one handler would end the whole server.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
+from types import TracebackType
 from typing import Protocol
 
 import anyio
@@ -42,7 +43,7 @@ from ..transport import Message, Transport
 from .connection import Connection
 from .registry import check_name
 
-__all__ = ["Session", "SessionHost", "close_reason", "open_session"]
+__all__ = ["Session", "SessionBlock", "SessionHost", "close_reason", "open_session"]
 
 logger = logging.getLogger("wsfleet")
 
@@ -148,7 +149,22 @@ class Session:
         while True:
             if not self._current():
                 raise StopAsyncIteration
-            message = await self._receive(conn, transport)
+            # Received here rather than in a helper coroutine: an idle connection's handler
+            # waits in this frame for its whole life, and a second frame would double that.
+            try:
+                message = await transport.receive()
+            except TransportClosed as closed:
+                self.close_code = closed.code
+                self.close_reason = closed.reason
+                if conn.transport is transport:  # not taken over meanwhile: it reports for it
+                    conn.closed(closed.code, closed.reason)
+                raise StopAsyncIteration from None
+            except TransportError as exc:
+                self.close_code = 1006
+                self.close_reason = str(exc)
+                if conn.transport is transport:
+                    conn.failed(exc)
+                raise StopAsyncIteration from None
             if not self._current():
                 # It arrived as the connection was evicted, unregistered or taken over: the
                 # application must not act for a client the manager let go (its identifier
@@ -178,22 +194,6 @@ class Session:
                     await transport.close(code, reason)
                 raise StopAsyncIteration
             # Dropped and counted: the next one is read.
-
-    async def _receive(self, conn: Connection, transport: Transport) -> Message:
-        try:
-            return await transport.receive()
-        except TransportClosed as closed:
-            self.close_code = closed.code
-            self.close_reason = closed.reason
-            if conn.transport is transport:  # not taken over meanwhile: it reports for it
-                conn.closed(closed.code, closed.reason)
-            raise StopAsyncIteration from None
-        except TransportError as exc:
-            self.close_code = 1006
-            self.close_reason = str(exc)
-            if conn.transport is transport:
-                conn.failed(exc)
-            raise StopAsyncIteration from None
 
     async def send(self, message: Message) -> int:
         """Queue ``message`` for this socket alone (it goes through the same bounded queue).
@@ -234,34 +234,75 @@ async def _refuse(host: SessionHost, socket: object, reason: str) -> None:
         await transport.close(POLICY_VIOLATION, reason)
 
 
-@asynccontextmanager
-async def open_session(
-    host: SessionHost, socket: object, identifier: str, resume: str | None = None
-) -> AsyncIterator[Session]:
-    """Register ``socket`` for the duration of the block; see the module docstring."""
-    host.check()
-    try:
-        check_name("identifier", identifier)
-    except InvalidArgument as exc:  # a bad value came from the client (a bad type is a bug)
-        reason = close_reason(f"invalid identifier: {exc}")
-        await _refuse(host, socket, reason)
+class SessionBlock:
+    """The ``async with`` of ``open_session``: registers on entry, cleans up on exit.
+
+    A small class rather than an ``@asynccontextmanager`` generator: one is held by every
+    connection's handler for the connection's whole life, and a suspended generator (its
+    frame, its context manager, the event loop's record of it) costs several hundred bytes
+    per connection more than these few slots.
+    """
+
+    __slots__ = ("_conn", "_host", "_identifier", "_refused", "_resume", "_socket")
+
+    def __init__(
+        self, host: SessionHost, socket: object, identifier: str, resume: str | None
+    ) -> None:
+        self._host = host
+        self._socket = socket
+        self._identifier = identifier
+        self._resume = resume
+        self._conn: Connection | None = None
+        self._refused: str | None = None
+
+    async def __aenter__(self) -> Session:
+        host = self._host
+        socket = self._socket
+        identifier = self._identifier
+        host.check()
         try:
-            yield Session(None, identifier=identifier, refused=reason)
-        except WsfleetError as exc:  # the block used the identifier it was refused for
-            logger.debug("a refused session's block ended with %r", exc)
-        return
-    if resume is not None and not isinstance(resume, str):
-        resume = None  # whatever the client sent, it names no held session
-    conn = None if resume is None else host.take_over(socket, identifier, resume)
-    resumed = conn is not None
-    if conn is None:
-        conn = host.register(socket, identifier)
-    try:
-        yield Session(conn, resumed, admit=host.admit)
-    finally:
-        if conn.registered and conn.socket is socket and not host.hold(conn):
+            check_name("identifier", identifier)
+        except InvalidArgument as exc:  # a bad value came from the client (a bad type is a bug)
+            reason = close_reason(f"invalid identifier: {exc}")
+            await _refuse(host, socket, reason)
+            self._refused = reason
+            return Session(None, identifier=identifier, refused=reason)
+        resume = self._resume
+        if resume is not None and not isinstance(resume, str):
+            resume = None  # whatever the client sent, it names no held session
+        conn = None if resume is None else host.take_over(socket, identifier, resume)
+        resumed = conn is not None
+        if conn is None:
+            conn = host.register(socket, identifier)
+        self._conn = conn
+        return Session(conn, resumed, admit=host.admit)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._refused is not None:
+            if isinstance(exc, WsfleetError):  # the block used the identifier it was refused for
+                logger.debug("a refused session's block ended with %r", exc)
+                return True
+            return False
+        conn = self._conn
+        if conn is None:
+            return False
+        host = self._host
+        if conn.registered and conn.socket is self._socket and not host.hold(conn):
             with anyio.CancelScope(shield=True):
                 if conn.state in WRITABLE:
                     with anyio.move_on_after(host.close_timeout), suppress(Exception):
                         await conn.transport.close(1000, "")  # the peer may be gone already
                 host.forget(conn, "unregistered")
+        return False
+
+
+def open_session(
+    host: SessionHost, socket: object, identifier: str, resume: str | None = None
+) -> SessionBlock:
+    """Register ``socket`` for the duration of the block; see the module docstring."""
+    return SessionBlock(host, socket, identifier, resume)

@@ -13,15 +13,24 @@ back (the app may want a subprotocol or headers)::
             async for message in session:
                 ...
 
-How writes are coalesced: they are not
---------------------------------------
+How writes are coalesced
+------------------------
 ASGI has no synchronous write path and no batch event: every ``websocket.send`` event the
-application awaits carries exactly one message, and the server (uvicorn, hypercorn, daphne)
-decides how frames become system calls. So ``send_nowait`` always declines and ``send``
-awaits one ASGI send per message, in order; the server's own buffering is the only
-coalescing there is. Backpressure is whatever the server applies to ``websocket.send``:
-hypercorn awaits its socket write (on trio shielded from cancellation), so a peer that stops
-reading blocks the writer and the manager's overflow policy evicts it.
+application awaits carries exactly one message, and the server decides how frames become
+system calls. For the servers it knows, in the releases it was tested with (uvicorn's
+websockets-sansio and wsproto protocols, hypercorn over HTTP/1.1 on asyncio), this adapter
+goes past Starlette to the server's connection and writes a whole batch to its transport
+with one write, in ``send_nowait`` when the server's own send would write at once, else in
+``send`` after waiting as that send waits (the server's flow control); a fan-out encodes
+the batch's frames once for every connection without compression. hypercorn on trio has
+no synchronous write: there the adapter calls hypercorn's send itself, one event per
+message. Everything else, middleware wrapping ``send`` included, takes the public path:
+``send_nowait`` declines and ``send`` awaits one ASGI send per message, in order. See
+``_asgi_server`` for what is recognised and why anything else falls back.
+
+Backpressure is whatever the server applies to ``websocket.send``: hypercorn awaits its
+socket write (on trio shielded from cancellation), so a peer that stops reading blocks the
+writer and the manager's overflow policy evicts it.
 
 Pings: the ASGI server's job
 ----------------------------
@@ -52,20 +61,24 @@ reports such a 1005 as 1006 (abnormal, ERROR).
 
 When the adapter closes a socket (``close``, e.g. an eviction or the manager shutting down),
 a ``receive`` waiting on it ends at once with that code rather than waiting for the peer to
-answer the close. The handler then returns, and only that makes the server drop a peer that
-stopped reading: hypercorn on trio cannot even write the close frame past the stalled write,
-which ends only when the server closes the socket after the application has finished.
+answer the close (for a known server, by a ``websocket.disconnect`` put in the server's own
+queue, as the server does; else by cancelling the wait). The handler then returns, and only
+that makes the server drop a peer that stopped reading: hypercorn on trio cannot even write
+the close frame past the stalled write, which ends only when the server closes the socket
+after the application has finished.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any
 
 import anyio
 
 from ..errors import InvalidArgument, TransportClosed, TransportError
-from ..transport import Message, Outbound, Ping, Transport, register_adapter
+from ..transport import Message, Outbound, Ping, Reporter, Transport, register_adapter
+from . import _asgi_hypercorn, _asgi_uvicorn
+from ._asgi_server import Server, Unknown, fall_back, server_send
 
 try:
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -102,8 +115,83 @@ def _disconnect_code(event: Any) -> tuple[int, str]:
     return code, str(event.get("reason") or "")
 
 
+class _Receiving(Coroutine[Any, Any, Message]):
+    """``StarletteTransport.receive`` from a known server: the wait in the server's queue,
+    then the event's message, as a small object rather than a coroutine frame (every idle
+    connection keeps one waiting for its whole life).
+
+    ``wait`` is what the server's strategy gave: an awaitable of the queue's next event
+    (``QueueGet``), or on trio the channel's own ``receive()`` coroutine. An exception thrown
+    in (a cancellation) reaches that coroutine, or undoes the queue wait, and goes on.
+    """
+
+    __slots__ = ("_transport", "_wait")
+
+    def __init__(self, transport: StarletteTransport, wait: Any) -> None:
+        self._transport = transport
+        self._wait = wait
+
+    def __await__(self) -> Generator[Any, None, Message]:
+        return self  # type: ignore[return-value]
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        try:
+            return self._wait.send(value)
+        except StopIteration as stop:
+            raise StopIteration(self._transport._received(stop.value)) from None
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        wait = self._wait
+        error = typ if val is None and isinstance(typ, BaseException) else None
+        inner_throw = getattr(wait, "throw", None)
+        if inner_throw is not None:  # a coroutine: it unwinds its own wait
+            try:
+                if error is not None:
+                    return inner_throw(error)
+                return inner_throw(typ, val, tb)
+            except StopIteration as stop:
+                raise StopIteration(self._transport._received(stop.value)) from None
+        server = self._transport._server
+        assert server is not None
+        server.cancelled(wait)
+        if error is None:
+            error = typ(val) if val is None or not isinstance(val, BaseException) else val
+        raise error.with_traceback(tb) if tb is not None else error
+
+    def close(self) -> None:
+        wait = self._wait
+        if hasattr(wait, "close"):
+            wait.close()
+        else:
+            server = self._transport._server
+            assert server is not None
+            server.cancelled(wait)
+
+
+def _find_server(websocket: WebSocket) -> tuple[Server | None, Any]:
+    """The known server behind the socket and its connection object, or ``(None, None)``
+    after logging (once per reason) why the public path is taken."""
+    send = server_send(websocket._send)
+    receive = websocket._receive
+    try:
+        for find in (_asgi_uvicorn.find, _asgi_hypercorn.find):
+            found = find(send, receive)
+            if found is not None:
+                return found
+    except (Unknown, AttributeError, ValueError) as exc:
+        fall_back(str(exc) or type(exc).__name__)
+        return None, None
+    fall_back(f"send is {getattr(send, '__qualname__', type(send).__qualname__)}")
+    return None, None
+
+
 class StarletteTransport(Transport):
     """An accepted Starlette (or FastAPI) ``WebSocket`` as a wsfleet ``Transport``."""
+
+    __slots__ = ("_closed", "_conn", "_receiving", "_server", "connection", "websocket")
 
     can_ping = False
     no_ping_reason = _NO_PINGS
@@ -117,15 +205,26 @@ class StarletteTransport(Transport):
         if state is WebSocketState.RESPONSE:
             raise InvalidArgument("this WebSocket was answered with an HTTP response")
         self.websocket = websocket
+        self.connection: Reporter | None = None
         #: (code, reason) once the socket is known to be closed, by either side.
         self._closed: tuple[int, str] | None = None
-        #: The scope of a ``receive`` in progress, which ``close`` cancels.
+        #: The scope of a ``receive`` in progress, which ``close`` cancels (public path).
         self._receiving: anyio.CancelScope | None = None
+        #: For a known server (see ``_asgi_server``): how to write to it, and its connection.
+        server, conn = _find_server(websocket)
+        self._server: Server | None = server
+        self._conn: Any = conn
 
     def __repr__(self) -> str:
         client = self.websocket.client
         where = f"{client.host}:{client.port}" if client is not None else "?"
         return f"<StarletteTransport {where}>"
+
+    @property
+    def direct(self) -> str | None:
+        """The server implementation written to directly (a key of ``TESTED``), or ``None``
+        when every message is an ASGI event through Starlette."""
+        return None if self._server is None else self._server.name
 
     def _closed_error(self, fallback: str) -> TransportClosed:
         if self._closed is None:
@@ -133,11 +232,29 @@ class StarletteTransport(Transport):
             return TransportClosed(1006, fallback)
         return TransportClosed(*self._closed)
 
-    # -- writes: one ASGI event per message --------------------------------------------------
+    # -- writes: the whole batch at once to a known server, else one ASGI event per message --
+
+    def send_nowait(self, batch: Sequence[Outbound]) -> bool:
+        server = self._server
+        if server is None or self._closed is not None:
+            return False
+        try:
+            return server.write_nowait(self._conn, batch)
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from exc
 
     async def send(self, batch: Sequence[Outbound]) -> None:
         if self._closed is not None:
             raise TransportClosed(*self._closed)
+        server = self._server
+        try:
+            if server is not None and await server.write(self._conn, batch):
+                return
+        except TransportClosed:  # closed in the middle of the batch
+            raise self._closed_error("closed") from None
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from exc
+        # Public path, and a known server that would no longer write: its send says why.
         send = self.websocket.send
         try:
             for item in batch:
@@ -159,9 +276,28 @@ class StarletteTransport(Transport):
 
     # -- reads and close -----------------------------------------------------------------------
 
-    async def receive(self) -> Message:
+    def receive(self) -> Coroutine[Any, Any, Message]:
         if self._closed is not None:
-            raise TransportClosed(*self._closed)
+            return self._raise_closed()
+        server = self._server
+        if server is None:
+            return self._receive_public()
+        # From the server's own queue, with no cancel scope: ``close`` wakes this wait by
+        # putting a disconnect in that queue, as the server does when the socket closes.
+        return _Receiving(self, server.receive(self._conn, self.websocket._receive))
+
+    async def _raise_closed(self) -> Message:
+        raise self._closed_error("closed")
+
+    def _received(self, event: Any) -> Message:
+        """The message of an event a known server's queue gave (see ``_Receiving``)."""
+        assert self._server is not None
+        self._server.received(self._conn)
+        if event["type"] == "websocket.disconnect":
+            self.websocket.client_state = WebSocketState.DISCONNECTED
+        return self._message(event)
+
+    async def _receive_public(self) -> Message:
         event: Any = None
         with anyio.CancelScope() as scope:
             self._receiving = scope
@@ -180,6 +316,9 @@ class StarletteTransport(Transport):
                 self._receiving = None
         if event is None:  # ``close`` cancelled the wait
             raise self._closed_error("closed")
+        return self._message(event)
+
+    def _message(self, event: Any) -> Message:
         kind = event["type"]
         if kind == "websocket.receive":
             text = event.get("text")
@@ -208,9 +347,11 @@ class StarletteTransport(Transport):
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the peer is gone already: closed is closed
         finally:
-            if self._receiving is not None:
-                # The handler's receive would wait for the peer to answer the close, which
-                # a stalled or vanished peer never does.
+            # The handler's receive would wait for the peer to answer the close, which
+            # a stalled or vanished peer never does.
+            if self._server is not None:
+                self._server.wake(self._conn, *self._closed)
+            elif self._receiving is not None:
                 self._receiving.cancel()
 
 
