@@ -13,18 +13,20 @@ In every case the bystanders keep their sockets and states and hear each other t
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import pytest
 from websockets.exceptions import ConnectionClosed
 
 from support import C, E
 from wsfleet import ConnectionManager, RateLimitPolicy
 
-from .peers import client, join, receive_json, send_json, wait_closed
+from .peers import client, frame, join, raw_connect, receive_json, send_json, wait_closed
 from .proof import ROOM, Snapshot, serves_a_newcomer, snapshot, untouched
 from .relay import Relay
 from .servers import Combo, serve
@@ -157,3 +159,54 @@ async def test_over_its_limit_a_client_is_closed_with_1008_under_close(combo: Co
         assert s.manager.stats().inbound_drops["rate limit"] >= 1
         await talk(s, 5)
         await s.unharmed()
+
+
+class Counting(Relay):
+    """The relay, counting what the application saw of each client."""
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        super().__init__(manager)
+        self.seen: dict[str, int] = {}
+
+    async def act(self, me: str, request: Any) -> dict[str, str] | None:
+        self.seen[me] = self.seen.get(me, 0) + 1
+        return await super().act(me, request)
+
+
+async def test_a_client_let_go_while_held_back_loses_only_what_is_counted(
+    combo: Combo, request: pytest.FixtureRequest
+) -> None:
+    """Under ``wait``, the manager cuts a flooder off while its messages are held back: what
+    the server received is what the application saw plus what was counted lost, exactly."""
+    if combo.id == "websockets-trio":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="known defect: websockets' trio server does not finish leaving while "
+                "a connection cut off mid-wait still has unread frames queued",
+            )
+        )
+    policy = RateLimitPolicy(messages_per_second=RATE, burst_messages=BURST)
+    with anyio.fail_after(20):
+        async with ConnectionManager(heartbeat=combo.policy(), rate_limit=policy) as manager:
+            relay = Counting(manager)
+            async with serve(combo, relay.handler) as url:
+                flooder = await raw_connect(f"{url}?id=flood")
+                join_frame = frame(0x1, json.dumps({"type": "join", "room": "flood"}).encode())
+                await flooder.send(join_frame)
+                while relay.seen.get("flood") != 1:  # the join handled
+                    await anyio.sleep(0.005)
+                before = manager.stats()
+                said = json.dumps({"type": "say", "room": "nobody", "text": "x"}).encode()
+                await flooder.send(frame(0x1, said) * FLOOD)  # one write: the kernel holds it
+                while manager.stats().inbound_waits - before.inbound_waits < 5:
+                    await anyio.sleep(0.005)  # held back now: over its burst
+                await manager.disconnect_identifier("flood", 4000, "bye")
+                await relay.wait_ended("flood", timeout=20)
+                await flooder.aclose()
+                after = manager.stats()
+        received = after.received_messages - before.received_messages
+        lost = after.inbound_drops.get("disconnected", 0)
+        seen = relay.seen["flood"] - 1  # less the join
+        assert lost >= 1
+        assert received == seen + lost

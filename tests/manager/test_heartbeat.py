@@ -12,7 +12,7 @@ from itertools import pairwise
 
 import anyio
 import pytest
-import sniffio
+import trio.testing
 
 from support import (
     LATE,
@@ -310,7 +310,16 @@ class Unpingable(MemoryTransport):
     no_ping_reason = "this transport cannot ping"
 
 
-@pytest.mark.slow  # the default periods (40 s), in real time on asyncio
+#: The default periods in virtual time: on trio's mock clock only. On asyncio the same
+#: defaults are run in real time over real sockets, longer than their periods, by
+#: ``conformance/test_with_default_policies.py``; here they would only cost minutes.
+ON_THE_MOCK_CLOCK = pytest.mark.parametrize(
+    "anyio_backend",
+    [pytest.param(("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}), id="trio")],
+)
+
+
+@ON_THE_MOCK_CLOCK
 async def test_by_default_the_manager_pings_as_websockets_does() -> None:
     async with ConnectionManager() as manager:  # no policy given: HeartbeatPolicy()
         assert manager.heartbeat == HeartbeatPolicy()
@@ -336,13 +345,11 @@ async def test_an_explicit_pinging_heartbeat_refuses_a_socket_that_cannot_be_pin
         assert manager.count() == 0
 
 
-@pytest.mark.slow  # ten default intervals (200 s), in real time on asyncio
+@ON_THE_MOCK_CLOCK
 async def test_heartbeat_none_turns_pings_and_idleness_off() -> None:
     async with ConnectionManager(heartbeat=None) as manager:
         deaf = MemoryTransport("deaf", auto_pong=False)
         conn = manager.register(deaf, "deaf")
-        # Ten default intervals on trio's mock clock (virtual time); on asyncio, real time:
-        # past the default idle period and three ping intervals is proof enough there.
-        await anyio.sleep(200 if sniffio.current_async_library() == "trio" else 61)
+        await anyio.sleep(200)  # ten default intervals, in virtual time
         assert deaf.pings == 0
         assert conn.state is C

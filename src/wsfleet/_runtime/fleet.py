@@ -476,6 +476,10 @@ class Fleet:
         sender must not be read first (rate limits)."""
         return self.inbound.admit(conn, message)
 
+    def lost(self, conn: Connection, admitted: bool) -> None:
+        """A received message its session will not hand on (see ``SessionHost.lost``)."""
+        self.inbound.lost(admitted)
+
     def rate_limited(self, conn: Connection) -> None:
         if conn.registered and conn.writable:
             self.evict(conn, POLICY_VIOLATION, RATE_LIMITED)

@@ -127,6 +127,14 @@ class Inbound:
             )
         return admitted, delay
 
+    def lost(self, admitted: bool) -> None:
+        """A received message the application will not see: its connection was let go as it
+        arrived, or while it was held back (``admitted``: already counted as received).
+        Counted, so that received = delivered + dropped holds."""
+        if not admitted:
+            self.received_messages += 1
+        self.drops["disconnected"] += 1
+
     def forget(self, conn: Connection, last: bool) -> None:
         """``conn`` is gone (``last``: its identifier has no other socket here). Its budget,
         or its identifier's, is kept until it would have refilled: a sender that closes and

@@ -23,7 +23,6 @@ on trio, an exception escaping one handler would end the whole server.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from contextlib import suppress
 from types import TracebackType
 from typing import Protocol
@@ -70,13 +69,25 @@ class SessionHost(Protocol):
         """Whether a received message goes on to the application, and how long the sender
         must not be read first (the rate limits: ``Inbound.admit``)."""
 
+    def lost(self, conn: Connection, admitted: bool) -> None:
+        """A received message the application will not see: its connection was let go
+        while it waited (``admitted``: it had passed ``admit``) or as it arrived."""
+
+
+class InboundGate(Protocol):
+    """What a session hands each received message to (the runtime's ``Inbound``)."""
+
+    def admit(self, conn: Connection, message: Message) -> tuple[bool, float]: ...
+
+    def lost(self, conn: Connection, admitted: bool) -> None: ...
+
 
 class Session:
     """An async iterator over the messages a registered socket receives."""
 
     __slots__ = (
-        "_admit",
         "_connection",
+        "_gate",
         "_identifier",
         "_transport",
         "close_code",
@@ -92,11 +103,11 @@ class Session:
         *,
         identifier: str = "",
         refused: str | None = None,
-        admit: Callable[[Connection, Message], tuple[bool, float]] | None = None,
+        gate: InboundGate | None = None,
     ) -> None:
         self._connection = connection
-        #: The runtime's inbound gate (rate limits); ``None`` lets every message through.
-        self._admit = admit
+        #: The runtime's inbound gate (counts, rate limits); ``None`` lets every message by.
+        self._gate = gate
         #: This session's own socket: once another socket takes the connection over (a
         #: resume), this session has nothing more to receive and nothing to report.
         self._transport = None if connection is None else connection.transport
@@ -165,21 +176,26 @@ class Session:
                 if conn.transport is transport:
                     conn.failed(exc)
                 raise StopAsyncIteration from None
+            gate = self._gate
             if not self._current():
                 # It arrived as the connection was evicted, unregistered or taken over: the
                 # application must not act for a client the manager let go (its identifier
-                # may be in no group any more), so the message ends the iteration instead.
+                # may be in no group any more), so the message ends the iteration instead,
+                # counted as lost.
+                if gate is not None:
+                    gate.lost(conn, admitted=False)
                 raise StopAsyncIteration
             conn.touch()
-            if self._admit is None:
+            if gate is None:
                 return message
-            deliver, pause = self._admit(conn, message)
+            deliver, pause = gate.admit(conn, message)
             if pause:
                 # Over its rate limit: the sender is not read until it is back within it, so
                 # its kernel buffers fill and TCP slows it down (reading a flood only to drop
                 # it would cost the server as much as delivering it).
                 await anyio.sleep(pause)
                 if deliver and not self._current():
+                    gate.lost(conn, admitted=True)  # held back, and let go meanwhile
                     raise StopAsyncIteration
             if deliver:
                 return message
@@ -275,7 +291,7 @@ class SessionBlock:
         if conn is None:
             conn = host.register(socket, identifier)
         self._conn = conn
-        return Session(conn, resumed, admit=host.admit)
+        return Session(conn, resumed, gate=host)
 
     async def __aexit__(
         self,
