@@ -118,6 +118,8 @@ def test_the_refill_time_is_the_slower_bucket_s() -> None:
     assert RateLimitPolicy(messages_per_second=10, burst_messages=20).refill_time == 2.0
     both = RateLimitPolicy(messages_per_second=10, bytes_per_second=100, burst_bytes=500)
     assert both.refill_time == 5.0
+    only_bytes = RateLimitPolicy(messages_per_second=None, bytes_per_second=100, burst_bytes=300)
+    assert only_bytes.refill_time == 3.0
 
 
 def test_a_dimension_left_unlimited_never_refuses() -> None:

@@ -143,7 +143,7 @@ class RateLimitPolicy:
 
     @property
     def refill_time(self) -> float:
-        """Seconds an empty bucket takes to fill up again (0 with no limit at all)."""
+        """Seconds an empty bucket takes to fill up again: the slower of its two buckets."""
         times = [0.0]
         if self.messages_per_second is not None and self.burst_messages is not None:
             times.append(self.burst_messages / self.messages_per_second)
