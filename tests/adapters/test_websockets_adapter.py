@@ -390,3 +390,15 @@ async def test_on_trio_a_batch_of_more_frames_than_one_writev_takes_arrives_in_o
             with anyio.fail_after(10):
                 assert [await ws.recv() for _ in texts] == texts
             assert manager.stats().sent_messages == count
+
+
+async def test_a_transport_shows_itself_even_once_its_socket_is_closed() -> None:
+    """Logged as it goes (an eviction, a failed write): its repr must not raise then."""
+    async with one_reader() as (manager, native, _client):
+        transport = manager.connection(native).transport
+        assert "127.0.0.1" in repr(transport)
+        await manager.close(native, 1000, "bye")
+        with anyio.fail_after(10):
+            while native.state.name != "CLOSED":
+                await anyio.sleep(0.01)
+        assert repr(transport).startswith("<WebsocketsTransport ")

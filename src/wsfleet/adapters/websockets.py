@@ -318,7 +318,11 @@ class WebsocketsTransport(Transport):
                 self._unsent = _Unsent.of(stream)
 
     def __repr__(self) -> str:
-        return f"<WebsocketsTransport {self.ws.remote_address!r}>"
+        try:
+            peer = self.ws.remote_address
+        except Exception:  # a trio socket already closed has no address any more
+            peer = "closed"
+        return f"<WebsocketsTransport {peer!r}>"
 
     @property
     def unsent(self) -> int:
