@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
 from contextlib import suppress
 from importlib import metadata
@@ -113,7 +114,7 @@ def server_send(send: object) -> object:
     return send
 
 
-class Server:
+class Server(ABC):
     """How the adapter writes to, waits for and wakes one known server's connection.
 
     One instance per server implementation, shared by every socket: a transport holds the
@@ -134,22 +135,22 @@ class Server:
         would not write it any more (closed): the public path then says how."""
         return False
 
+    @abstractmethod
     async def send_event(self, conn: Any, event: dict[str, Any]) -> None:
         """One ASGI event through the server's send, past Starlette (no direct write)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def receive(self, conn: Any, receive: Any) -> Any:
         """An awaitable of the next ASGI event, from the server's own queue (``receive`` is
         the server's receive callable, for a server whose queue has no other way in)."""
-        raise NotImplementedError
 
-    def cancelled(self, wait: Any) -> None:
+    def cancelled(self, wait: Any) -> None:  # noqa: B027 (a hook: most servers need none)
         """A wait from ``receive`` ended with an exception: undo what it registered."""
 
-    def received(self, conn: Any) -> None:
+    def received(self, conn: Any) -> None:  # noqa: B027 (a hook: most servers need none)
         """An event was taken from the server's queue (what the server's receive does next)."""
 
-    def wake(self, conn: Any, code: int, reason: str) -> None:
+    def wake(self, conn: Any, code: int, reason: str) -> None:  # noqa: B027 (a hook)
         """Make a waiting ``receive`` end: a ``websocket.disconnect`` in the server's queue,
         unless something is queued already (the server's own disconnect, say)."""
 

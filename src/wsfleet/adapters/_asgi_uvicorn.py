@@ -18,6 +18,7 @@ when it paused them; closing stays uvicorn's (``websocket.close`` through its se
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,8 +40,9 @@ class _Uvicorn(Server):
     def _open(self, conn: Any) -> bool:
         return conn.conn.state is self.open_state
 
+    @abstractmethod
     def _encode(self, conn: Any, batch: Sequence[Outbound]) -> bytes:
-        raise NotImplementedError
+        """The batch as frames, by this implementation's protocol object."""
 
     def write_nowait(self, conn: Any, batch: Sequence[Outbound]) -> bool:
         if (
