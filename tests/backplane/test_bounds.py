@@ -332,3 +332,46 @@ async def test_forged_joins_of_a_user_here_are_bounded(store: Callable[[], Store
         assert len(n2.groups()) == MAX_RECORDS
         assert backplane_stat(n2, "refused: too many groups") == MAX_RECORDS
         await delivers(n1, n2, "after the joins")
+
+
+@pytest.mark.parametrize("kind", ["tally", "send"])
+async def test_a_count_forged_far_ahead_does_not_silence_the_node_it_names(
+    store: Callable[[], Store], kind: str
+) -> None:
+    """Anyone who can publish on an unsigned bus can name a node and its run. One envelope
+    numbered far ahead of that run would make every genuine send after it look "already
+    counted": the named node would go silent for the rest of its run, and the receiver's
+    count of sends lost in transit would jump by the forged distance. The jump is refused
+    and counted instead; the node's own sends go on arriving."""
+    async with AsyncExitStack() as stack:
+        n1, b1, _ = await stack.enter_async_context(node(store, "n1"))
+        n2, _, _ = await stack.enter_async_context(node(store, "n2"))
+        await delivers(n1, n2, "before")
+        run = b1._link.publisher._numbers.run
+        fields: dict[str, Any] = {"run": run, "seq": 10**15}
+        if kind == "send":
+            fields["to"] = "nobody-knows-this-target"  # unreadable past its header
+        await flood(store, n2, [forged(kind, "n1", **fields)])
+        for i in range(3):
+            await delivers(n1, n2, f"after {i}")
+        assert backplane_stat(n2, "dropped: implausible count") == 1
+        assert backplane_stat(n2, "lost in transit") == 0
+
+
+def test_receipts_believe_a_long_jump_only_when_the_next_envelope_follows_it() -> None:
+    from wsfleet.backplane.accounting import IMPLAUSIBLE, MAX_JUMP, Receipts
+    from wsfleet.backplane.wire import Header
+
+    def at(seq: int) -> Header:
+        return Header("send", "a", "r1", seq)  # type: ignore[arg-type]
+
+    receipts = Receipts()
+    assert receipts.arrived(at(1), 0.0) == (True, 0)
+    far = 2 + MAX_JUMP
+    assert receipts.arrived(at(far), 0.0) == (False, IMPLAUSIBLE)  # alone: refused
+    assert receipts.arrived(at(2), 0.0) == (True, 0)  # the real count goes on
+    assert receipts.arrived(at(2 + MAX_JUMP), 0.0) == (True, MAX_JUMP - 1)  # a gap, within
+    last = 2 + MAX_JUMP
+    assert receipts.arrived(at(last + 3 * MAX_JUMP), 0.0) == (False, IMPLAUSIBLE)
+    # A real outage that long: the next envelope follows the first, and both are believed.
+    assert receipts.arrived(at(last + 3 * MAX_JUMP + 1), 0.0) == (True, 3 * MAX_JUMP)

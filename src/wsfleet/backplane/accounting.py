@@ -129,6 +129,17 @@ class SendNumbers:
         return self.sent - max(self.announced, self.confirmed)
 
 
+#: The furthest one envelope may move an origin's count at once. Anyone who can publish on
+#: an unsigned bus can name an origin and its run; without a bound, one forged number far
+#: ahead would make every genuine send after it "already counted", silencing that origin
+#: for the rest of its run. A real jump this large (that many sends missed) is believed when
+#: a second envelope follows it (see ``Receipts.arrived``).
+MAX_JUMP = 100_000
+
+#: What ``Receipts.arrived`` says of an envelope that moved its origin's count too far.
+IMPLAUSIBLE = -1
+
+
 @dataclass(slots=True)
 class _Origin:
     run: str
@@ -136,6 +147,8 @@ class _Origin:
     seq: int
     #: When this node last heard from the origin (for ``Receipts.forget``).
     heard: float
+    #: The number of the last envelope refused as too far ahead (``MAX_JUMP``), if any.
+    ahead: int | None = None
 
 
 class Receipts:
@@ -152,7 +165,9 @@ class Receipts:
     def arrived(self, header: Header, now: float) -> tuple[bool, int]:
         """An envelope with ``header`` arrived: whether it is new (a send numbered at or
         below what was already received or counted is not), and how many sends of its
-        origin were skipped before it.
+        origin were skipped before it (``IMPLAUSIBLE`` for an envelope refused because it
+        moved the count more than ``MAX_JUMP`` at once, and no envelope just before it led
+        there).
 
         The first word from a run sets where counting starts: sends made before this node
         heard of that run are not its to count (it may not have existed yet).
@@ -171,6 +186,11 @@ class Receipts:
         origin.heard = now
         if send and header.seq <= origin.seq:
             return False, 0
+        if header.seq - origin.seq > MAX_JUMP:
+            ahead, origin.ahead = origin.ahead, header.seq
+            if ahead is None or not ahead < header.seq <= ahead + MAX_JUMP:
+                return False, IMPLAUSIBLE  # refused; believed if the next one follows it
+        origin.ahead = None
         skipped = max(0, header.seq - origin.seq - (1 if send else 0))
         origin.seq = max(origin.seq, header.seq)
         return True, skipped

@@ -37,7 +37,7 @@ from ..fsm.clock import MonotonicClock
 from ..fsm.machine import FleetMachine, Lifecycle, StateChange
 from ..fsm.states import ConnectionState
 from ..policies.retry import RetryPolicy
-from .accounting import Drops, Notices, Receipts
+from .accounting import IMPLAUSIBLE, Drops, Notices, Receipts
 from .publisher import Publisher, Records
 from .signing import PREFIX, SIGNATURE_ROOM, Freshness, Rejected, Signing, Stamp
 from .store import Store, StoreSession
@@ -308,7 +308,10 @@ class Link:
                     self._unreadable(exc.header)
                 continue
             self.stats["received"] += 1
-            if not self._arrived(header):
+            new = self._arrived(header)
+            if new is None:
+                continue  # numbered implausibly far ahead: refused and counted
+            if not new:
                 # A send received, or counted as missed, already: delivering it now would
                 # make it both. (A late publish from before the sender's link came back.)
                 self.stats["late"] += 1
@@ -346,10 +349,16 @@ class Link:
         if self._arrived(header) and header.kind == "send":
             self.drop("malformed")
 
-    def _arrived(self, header: Header) -> bool:
+    def _arrived(self, header: Header) -> bool | None:
         """Follow the origin's count: count the sends it skipped; ``False`` for a send
-        already received or counted."""
+        already received or counted, ``None`` (refused, counted) for one numbered
+        implausibly far ahead of its origin (``accounting.MAX_JUMP``)."""
         new, skipped = self._receipts.arrived(header, self._heard_at)
+        if skipped == IMPLAUSIBLE:
+            self.stats["dropped: implausible count"] += 1
+            self.stats["dropped"] += 1
+            self.notice("implausible count", self._heard_at, header)
+            return None
         if skipped:
             self.drop("lost in transit", skipped)
         return new
