@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, Protocol
 
 import anyio
@@ -53,6 +53,10 @@ COALESCE_CALLS: Final = 64
 
 #: How long a writer task waits for more before it ends (see ``Outbox._writer``).
 WRITER_LINGER: Final = 1.0
+
+#: A writer hands a batch over this size to its transport in pieces of about this size,
+#: each counted as progress when it is written (see ``Outbox._writer``).
+WRITE_SLICE: Final = 64 * 1024
 
 
 class OutboxReports(Protocol):
@@ -464,9 +468,10 @@ class Outbox:
                 out.writer_scope = scope
                 transport = conn.transport
                 while conn.registered and conn.writable:
+                    nbytes = 0
                     if out.pending:
                         batch: Sequence[Outbound]
-                        batch, _, messages = self._take_batch(conn)
+                        batch, nbytes, messages = self._take_batch(conn)
                     elif transport.unsent:
                         batch = ()  # the rest of what send_nowait took
                     else:
@@ -484,7 +489,17 @@ class Outbox:
                             break  # woken by the reaper (or for nothing): linger over
                         continue
                     try:
-                        await transport.send(batch)
+                        if nbytes > WRITE_SLICE and len(batch) > 1:
+                            # Written in pieces, each counted as progress: a peer that
+                            # reads slowly but steadily is not taken for one that stopped
+                            # (``Fleet.room``), however long its whole queue takes.
+                            for piece, count in _pieces(batch):
+                                await transport.send(piece)
+                                self.sent_messages += count
+                                messages -= count
+                                self.progress += 1
+                        else:
+                            await transport.send(batch)
                     except Exception as exc:
                         failed, messages = messages, 0
                         if self._send_failed(conn, exc, failed):
@@ -492,6 +507,7 @@ class Outbox:
                             return
                         continue
                     self.sent_messages += messages
+                    self.progress += 1
                     messages = 0
             if scope.cancelled_caught and messages:
                 # A batch was in flight when the connection was evicted or unregistered.
@@ -535,3 +551,19 @@ class Outbox:
                 await transport.close(code, reason)
             except Exception as exc:
                 logger.debug("closing %r failed: %r", transport, exc)
+
+
+def _pieces(batch: Sequence[Outbound]) -> Iterator[tuple[Sequence[Outbound], int]]:
+    """``batch`` in runs of about ``WRITE_SLICE`` bytes (text measured in characters: the
+    pieces need not be exact), each with how many messages it holds (a ping is none)."""
+    start = size = count = 0
+    for end, item in enumerate(batch, 1):
+        if item is PING:
+            continue
+        size += len(item)  # type: ignore[arg-type]
+        count += 1
+        if size >= WRITE_SLICE:
+            yield batch[start:end], count
+            start, size, count = end, 0, 0
+    if start < len(batch):
+        yield batch[start:], count
