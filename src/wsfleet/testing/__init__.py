@@ -6,10 +6,20 @@
   replayed on a virtual clock, to check a policy for herds.
 * ``RedisServer``: a throw-away ``redis-server`` on a free loopback port, for the tests of a
   Redis-backed fleet (it can be killed, frozen and restarted on the same port).
+* ``RedisCluster``: six of them as a Redis Cluster (three masters, a replica each), whose
+  masters can be killed to see a replica take over.
 """
 
 from .memory import MemoryTransport
 from .redis import RedisServer, RedisServerError
+from .redis_cluster import RedisCluster
 from .storm import Storm, reconnect_storm
 
-__all__ = ["MemoryTransport", "RedisServer", "RedisServerError", "Storm", "reconnect_storm"]
+__all__ = [
+    "MemoryTransport",
+    "RedisCluster",
+    "RedisServer",
+    "RedisServerError",
+    "Storm",
+    "reconnect_storm",
+]

@@ -229,19 +229,23 @@ class RedisServer:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _spawn_and_wait(self, port: int) -> None:
-        assert self._tmpdir is not None
-        argv = [
+    def _argv(self, port: int, directory: str) -> list[str]:
+        """The command line of one start; a subclass adds its own options (a cluster node)."""
+        return [
             self._binary,
             "--port", str(port),
             "--bind", HOST,
             "--save", "",
             "--appendonly", "no",
-            "--dir", self._tmpdir.name,
+            "--dir", directory,
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", "",
         ]  # fmt: skip
+
+    def _spawn_and_wait(self, port: int) -> None:
+        assert self._tmpdir is not None
+        argv = self._argv(port, self._tmpdir.name)
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
