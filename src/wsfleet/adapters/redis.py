@@ -51,6 +51,7 @@ from ..policies.retry import RetryPolicy
 
 try:
     import coredis
+    from coredis.connection import TCPLocation
     from coredis.retry import NoRetryPolicy
     from coredis.tokens import PureToken
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
@@ -84,6 +85,18 @@ def _name(raw: object) -> str | None:
     return raw if isinstance(raw, str) and _valid(raw) else None
 
 
+def _address(node: object) -> tuple[str, int]:
+    """A cluster node as ``startup_nodes`` may give it: ``(host, port)``, coredis'
+    ``TCPLocation``, or a mapping with ``host`` and ``port``."""
+    if isinstance(node, TCPLocation):
+        return node.host, node.port
+    if isinstance(node, Mapping):
+        return str(node["host"]), int(node["port"])
+    if isinstance(node, tuple) and len(node) == 2:
+        return str(node[0]), int(node[1])
+    raise TypeError(f"a startup node is (host, port), not {node!r}")
+
+
 class RedisStore(Store):
     """Connects to Redis for one backplane link; see the module docstring for the keys."""
 
@@ -113,7 +126,7 @@ class RedisStore(Store):
             given = client_options.pop("startup_nodes", None) or []
             parts = urlsplit(url)
             nodes = [(parts.hostname or "127.0.0.1", parts.port or 6379)]
-            nodes += [(n["host"], int(n["port"])) for n in given]
+            nodes += [_address(node) for node in given]
             self._learn(nodes)
         elif "startup_nodes" in client_options:
             raise ValueError("startup_nodes is for Redis Cluster: pass cluster=True")
@@ -146,7 +159,7 @@ class RedisStore(Store):
                 await client.ping()
                 yield _RedisSession(self, client)
             return
-        startup = [{"host": host, "port": port} for host, port in self._startup_nodes]
+        startup = [TCPLocation(host, port) for host, port in self._startup_nodes]
         cluster = coredis.RedisCluster.from_url(
             self.url, retry_policy=NoRetryPolicy(), startup_nodes=startup, **self.client_options
         )

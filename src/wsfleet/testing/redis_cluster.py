@@ -59,46 +59,59 @@ def cluster_binaries() -> tuple[str, str] | str:
     return server, cli
 
 
-def _read_reply(sock: socket.socket) -> object:
-    """One RESP2 reply: simple string, error, integer or bulk string (what ``command`` asks
-    for answers no more)."""
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise OSError("connection closed")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n")
-    kind, value = head[:1], head[1:]
-    if kind == b"+":
-        return value.decode()
-    if kind == b"-":
-        raise RedisServerError(value.decode())
-    if kind == b":":
-        return int(value)
-    if kind == b"$":
-        size = int(value)
-        if size < 0:
-            return None
-        while len(rest) < size + 2:
-            chunk = sock.recv(65536)
+class _Reader:
+    """RESP2 replies off a socket: simple strings, errors, integers, bulk strings, arrays."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._data = b""
+
+    def _fill(self, size: int) -> None:
+        while len(self._data) < size:
+            chunk = self._sock.recv(65536)
             if not chunk:
                 raise OSError("connection closed")
-            rest += chunk
-        return rest[:size].decode()
-    raise RedisServerError(f"unexpected reply {head!r}")
+            self._data += chunk
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._data:
+            self._fill(len(self._data) + 1)
+        line, _, self._data = self._data.partition(b"\r\n")
+        return line
+
+    def reply(self) -> object:
+        head = self._line()
+        kind, value = head[:1], head[1:]
+        if kind == b"+":
+            return value.decode()
+        if kind == b"-":
+            raise RedisServerError(value.decode())
+        if kind == b":":
+            return int(value)
+        if kind == b"$":
+            size = int(value)
+            if size < 0:
+                return None
+            self._fill(size + 2)
+            data, self._data = self._data[:size], self._data[size + 2 :]
+            return data.decode()
+        if kind == b"*":
+            count = int(value)
+            return None if count < 0 else [self.reply() for _ in range(count)]
+        raise RedisServerError(f"unexpected reply {head!r}")
 
 
 def command(port: int, *args: str, timeout: float = 1.0) -> object:
-    """Send one command to ``127.0.0.1:port`` and return its reply (see ``_read_reply``);
-    ``OSError`` if nothing answers, ``RedisServerError`` for an error reply."""
+    """Send one command to ``127.0.0.1:port`` and return its reply (strings, integers,
+    ``None`` and lists of them); ``OSError`` if nothing answers, ``RedisServerError`` for
+    an error reply."""
     request = f"*{len(args)}\r\n".encode() + b"".join(
         f"${len(arg.encode())}\r\n".encode() + arg.encode() + b"\r\n" for arg in args
     )
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(request)
-        return _read_reply(sock)
+        return _Reader(sock).reply()
 
 
 def _info(port: int, *args: str) -> dict[str, str]:
@@ -194,10 +207,10 @@ class RedisCluster:
         return self.nodes[0].url
 
     @property
-    def startup_nodes(self) -> list[dict[str, str | int]]:
-        """Every node, as coredis' ``startup_nodes`` takes them: a client that knows them all
-        can start while any of them is down."""
-        return [{"host": HOST, "port": node.port} for node in self.nodes]
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """Every node as ``(host, port)``: a client that knows them all can start while any
+        of them is down."""
+        return [(HOST, node.port) for node in self.nodes]
 
     def node(self, port: int) -> ClusterNode:
         return next(node for node in self.nodes if node.port == port)
