@@ -28,7 +28,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -190,6 +190,7 @@ class RedisCluster:
             raise ValueError(f"redis-cli --cluster create needs 3 masters at least, not {masters}")
         self._server, self._cli = found
         self._count = masters * (1 + replicas)
+        self._masters = masters
         self._replicas = replicas
         self._node_timeout_ms = node_timeout_ms
         self._startup_timeout = startup_timeout
@@ -226,7 +227,7 @@ class RedisCluster:
                 self.nodes.append(node)
                 node.start()
             self._create()
-            self._wait(self._ready, "every node in cluster_state:ok, every replica in sync")
+            self.wait(self._ready, "every node in cluster_state:ok, every replica in sync")
         except BaseException:
             self.close()
             raise
@@ -313,7 +314,7 @@ class RedisCluster:
             promoted[:] = list(new)
             return True
 
-        self._wait(done, f"a replica of {old_master!r} took over", timeout)
+        self.wait(done, f"a replica of {old_master!r} took over", timeout)
         return self.node(promoted[0])
 
     # -- internals --------------------------------------------------------------------------
@@ -347,16 +348,28 @@ class RedisCluster:
         return all(node.cluster_info().get("cluster_state") == "ok" for node in self.live())
 
     def _ready(self) -> bool:
+        """Every node ok, every replica in sync, and every node's view whole (a node learns
+        of the others' roles by gossip, a little later than they take them)."""
         if not self._all_ok():
             return False
         for node in self.nodes:
             info = _info(node.port, "INFO", "replication")
             if info.get("role") == "slave" and info.get("master_link_status") != "up":
                 return False
+            try:
+                shards = _parse_nodes(str(command(node.port, "CLUSTER", "NODES")))
+            except (OSError, RedisServerError):
+                return False
+            if (
+                sorted(len(shard.replicas) for shard in shards if shard.slots)
+                != [self._replicas] * self._masters
+            ):
+                return False
         return True
 
-    def _wait(self, predicate: object, what: str, timeout: float | None = None) -> None:
-        assert callable(predicate)
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+        """Poll ``predicate`` until it holds; ``RedisServerError`` naming ``what`` after
+        ``timeout`` seconds (the startup timeout by default)."""
         deadline = time.monotonic() + (self._startup_timeout if timeout is None else timeout)
         delay = 0.01
         while not predicate():
