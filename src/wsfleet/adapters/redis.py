@@ -106,15 +106,27 @@ class RedisStore(Store):
         *,
         namespace: str = "wsfleet",
         cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] = (),
+        service: str | None = None,
         connect_timeout: float = 1.0,
         command_timeout: float = 1.0,
         max_nodes: int = DEFAULT_MAX_NODES,
         max_records: int = DEFAULT_MAX_RECORDS,
         **client_options: Any,
     ) -> None:
+        if sentinels and cluster:
+            raise ValueError("Sentinel or Redis Cluster, not both: drop sentinels or cluster")
+        if bool(sentinels) != (service is not None):
+            raise ValueError(
+                "Sentinel needs both sentinels=[(host, port), ...] and service='<name>' "
+                "(the name Sentinel monitors the primary by)"
+            )
         self.url = url
         self.namespace = namespace
         self.cluster = cluster
+        #: Sentinel: where to ask for the primary of ``service`` at each session.
+        self.sentinels = [_address(node) for node in sentinels]
+        self.service = service
         #: The most node ids ``live_nodes`` reads (this node's own among them).
         self.max_nodes = max_nodes
         #: The most identifiers ``load`` reads of one node.
@@ -151,6 +163,10 @@ class RedisStore(Store):
     async def session(self) -> AsyncIterator[StoreSession]:
         # The backplane's link has its own retry policy and state machine: coredis must
         # report a failure at once instead of retrying behind its back.
+        if self.sentinels:
+            async with self._sentinel_session() as session:
+                yield session
+            return
         if not self.cluster:
             client = coredis.Redis.from_url(
                 self.url, retry_policy=NoRetryPolicy(), **self.client_options
@@ -164,12 +180,41 @@ class RedisStore(Store):
             self.url, retry_policy=NoRetryPolicy(), startup_nodes=startup, **self.client_options
         )
         async with cluster:
-            # Not PING, which a cluster client sends to every node (one replica down would
-            # keep the link down): a read of the namespace's slot, on the master that serves
-            # it, the one node this fleet needs.
+            # Not PING, which a cluster client sends to every master (another shard's master
+            # down would keep the link down): a read of the namespace's slot, on the master
+            # that serves it, the one node this fleet needs.
             await cluster.exists([self.key("nodes")])
             self._learn([(n.host, n.port) for n in cluster.connection_pool.cluster_layout.nodes])
             yield _RedisSession(self, cluster)
+
+    @asynccontextmanager
+    async def _sentinel_session(self) -> AsyncIterator[StoreSession]:
+        """The primary Sentinel names now, asked anew at each session: after a failover
+        the link's next session finds the replica Sentinel promoted. The URL gives the
+        primary's credentials, database and TLS; its host and port are not used."""
+        assert self.service is not None
+        parts = urlsplit(self.url)
+        options: dict[str, Any] = {
+            "username": parts.username,
+            "password": parts.password,
+            "db": int(parts.path.strip("/") or 0),
+            **({"ssl": True} if parts.scheme == "rediss" else {}),
+            **self.client_options,
+        }
+        sentinel_options = {
+            k: v for k, v in options.items() if k in ("connect_timeout", "stream_timeout")
+        }
+        sentinel = coredis.Sentinel(
+            [TCPLocation(host, port) for host, port in self.sentinels],
+            sentinel_kwargs=sentinel_options,
+            retry_policy=NoRetryPolicy(),
+            **options,
+        )
+        async with sentinel:
+            client = sentinel.primary_for(self.service)
+            async with client:
+                await client.ping()
+                yield _RedisSession(self, client)
 
 
 class _RedisSession(StoreSession):
@@ -344,6 +389,8 @@ def RedisBackplane(
     buffer: int = 0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cluster: bool = False,
+    sentinels: Sequence[tuple[str, int]] = (),
+    service: str | None = None,
     secrets: bytes | str | Sequence[bytes | str] | None = None,
     max_nodes: int = DEFAULT_MAX_NODES,
     max_records: int = DEFAULT_MAX_RECORDS,
@@ -358,11 +405,18 @@ def RedisBackplane(
     not signed with one of these keys (see ``Backplane``; one key, or two while changing
     keys). ``max_nodes`` and ``max_records`` bound what a node keeps of the others (see
     ``Backplane``) and reads of them from Redis. ``client_options`` go to the coredis
-    client."""
+    client.
+
+    ``cluster=True``: ``url`` is a Redis Cluster node's (``startup_nodes=[(host, port),
+    ...]`` adds others to start from). ``sentinels=[(host, port), ...]`` and ``service``:
+    the primary is the one Sentinel names for ``service``, asked at every (re)connection;
+    ``url`` then gives only its credentials, database and TLS."""
     store = RedisStore(
         url,
         namespace=namespace,
         cluster=cluster,
+        sentinels=sentinels,
+        service=service,
         max_nodes=max_nodes,
         max_records=max_records,
         **client_options,

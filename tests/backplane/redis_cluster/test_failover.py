@@ -25,7 +25,7 @@ import anyio
 import pytest
 
 from redis_server import UNCLOSED, RedisCluster, running_redis_cluster
-from support import backplane_drops, backplane_stat, connected, wait_until
+from support import REFUSED, Ledger, backplane_drops, backplane_stat, connected, wait_until
 from wsfleet import Backplane, ConnectionManager
 from wsfleet.adapters.redis import RedisStore
 from wsfleet.testing import MemoryTransport
@@ -43,7 +43,6 @@ HEARTBEAT = 0.2
 TTL = 0.6
 OP_TIMEOUT = 0.5
 RATE = 50  # messages per second
-REFUSED = ("backplane: link down", "backplane: publish queue full")
 
 
 @asynccontextmanager
@@ -57,43 +56,6 @@ async def nodes(url: str, *names: str) -> AsyncIterator[list[ConnectionManager]]
             managers.append(await stack.enter_async_context(ConnectionManager(backplane=backplane)))
         await wait_until(lambda: connected(*managers), "every node connected")
         yield managers
-
-
-class Ledger:
-    """What a sender accepted and refused, and the sum that must balance."""
-
-    def __init__(self, sender: ConnectionManager, receiver: ConnectionManager) -> None:
-        self.sender = sender
-        self.receiver = receiver
-        self.socket = MemoryTransport("bob")
-        receiver.register(self.socket, "bob")
-        self.accepted = 0
-        self.refused = 0
-
-    async def send(self) -> None:
-        delivery = await self.sender.broadcast(str(self.accepted + self.refused + 1))
-        if delivery.published:
-            self.accepted += 1
-        else:
-            self.refused += 1
-
-    def counted(self) -> tuple[int, int]:
-        """(refusals the sender counted, losses of accepted messages counted anywhere)."""
-        sender = backplane_drops(self.sender)
-        refused = sum(sender.get(reason, 0) for reason in REFUSED)
-        lost = sum(sender.values()) - refused + sum(backplane_drops(self.receiver).values())
-        return refused, lost
-
-    def balanced(self) -> bool:
-        refused, lost = self.counted()
-        return refused == self.refused and self.accepted == len(self.socket.received) + lost
-
-    def explain(self) -> str:
-        return (
-            f"accepted {self.accepted}, refused {self.refused}, delivered "
-            f"{len(self.socket.received)}; sender {backplane_drops(self.sender)}, "
-            f"receiver {backplane_drops(self.receiver)}"
-        )
 
 
 async def under_traffic(
