@@ -32,6 +32,11 @@ that shard's nodes only, not to the whole cluster as ``PUBLISH`` would. When the
 master fails, the subscription and the commands fail with it; the link's retries start a
 new session, which finds the replica that took over. ``RedisStore.key`` names further keys
 (the history of another module) on the same slot.
+
+Redis Sentinel: pass ``sentinels=[(host, port), ...]`` and ``service``; each session asks
+the Sentinels for the primary of ``service`` (coredis' ``Sentinel.primary_for``), so the
+session after a failover reaches the promoted replica. The URL gives the credentials, the
+database and TLS.
 """
 
 from __future__ import annotations
@@ -176,8 +181,12 @@ class RedisStore(Store):
                 yield _RedisSession(self, client)
             return
         startup = [TCPLocation(host, port) for host, port in self._startup_nodes]
+        # skip_full_coverage_check: else coredis sends CONFIG GET to every node at each
+        # session (a connection to each, and CONFIG in the fleet's ACL) to learn whether the
+        # cluster may serve with slots uncovered; this fleet needs its one slot only.
+        options = {"skip_full_coverage_check": True, **self.client_options}
         cluster = coredis.RedisCluster.from_url(
-            self.url, retry_policy=NoRetryPolicy(), startup_nodes=startup, **self.client_options
+            self.url, retry_policy=NoRetryPolicy(), startup_nodes=startup, **options
         )
         async with cluster:
             # Not PING, which a cluster client sends to every master (another shard's master
