@@ -128,6 +128,11 @@ class RedisServer:
         return f"redis://{HOST}:{self.port}/0"
 
     @property
+    def directory(self) -> str | None:
+        """The temp dir the server runs in (its files, if any), until ``close()``."""
+        return self._tmpdir.name if self._tmpdir is not None else None
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
