@@ -270,11 +270,12 @@ class _RedisSession(StoreSession):
     async def _sharded_subscription(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """``SSUBSCRIBE`` on one connection to the master of the channel's slot.
 
-        Not coredis' ``sharded_pubsub()``: it holds a connection to every master, leaves
-        them to the garbage collector (trio logs an error for each), and a shard that moves
-        away from it unsubscribes it without a word. Here the one connection is closed on
-        the way out, and anything but a message ends the session with an error, which the
-        link's retries turn into a new session on the new topology.
+        Not coredis' ``sharded_pubsub()`` (6.9): it holds a connection to every master and
+        never releases them (its exit stack is not closed), so each is left to the garbage
+        collector, and trio logs an error for each. Here the one connection is closed on
+        the way out, and anything but a message on the channel (``sunsubscribe``: the slot
+        moved away) ends the session with an error, which the link's retries turn into a
+        new session on the new topology.
         """
         pool = self.client.connection_pool
         slot = await self.client.cluster_keyslot(self.channel)
