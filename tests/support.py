@@ -17,6 +17,7 @@ import pytest
 from anyio.lowlevel import checkpoint
 
 from wsfleet import ConnectionManager, ConnectionState, RetryPolicy, StateChange
+from wsfleet.testing import MemoryTransport
 
 #: The repository's root (``src/``, ``docs/``, ``examples/`` are below it).
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +115,47 @@ def backplane_stat(manager: ConnectionManager, key: str) -> int:
     stats = manager.stats().backplane
     assert stats is not None
     return stats.get(key, 0)
+
+
+#: What a sender counts when it refuses a fan-out for the other nodes (``published`` false).
+REFUSED = ("backplane: link down", "backplane: publish queue full")
+
+
+class Ledger:
+    """What a sender accepted and refused, and the sum that must balance."""
+
+    def __init__(self, sender: ConnectionManager, receiver: ConnectionManager) -> None:
+        self.sender = sender
+        self.receiver = receiver
+        self.socket = MemoryTransport("bob")
+        receiver.register(self.socket, "bob")
+        self.accepted = 0
+        self.refused = 0
+
+    async def send(self) -> None:
+        delivery = await self.sender.broadcast(str(self.accepted + self.refused + 1))
+        if delivery.published:
+            self.accepted += 1
+        else:
+            self.refused += 1
+
+    def counted(self) -> tuple[int, int]:
+        """(refusals the sender counted, losses of accepted messages counted anywhere)."""
+        sender = backplane_drops(self.sender)
+        refused = sum(sender.get(reason, 0) for reason in REFUSED)
+        lost = sum(sender.values()) - refused + sum(backplane_drops(self.receiver).values())
+        return refused, lost
+
+    def balanced(self) -> bool:
+        refused, lost = self.counted()
+        return refused == self.refused and self.accepted == len(self.socket.received) + lost
+
+    def explain(self) -> str:
+        return (
+            f"accepted {self.accepted}, refused {self.refused}, delivered "
+            f"{len(self.socket.received)}; sender {backplane_drops(self.sender)}, "
+            f"receiver {backplane_drops(self.receiver)}"
+        )
 
 
 # -- the event loop ----------------------------------------------------------------------------

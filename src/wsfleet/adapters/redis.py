@@ -23,9 +23,20 @@ wsfleet could not have written are skipped (``_name``), and what is read is boun
 ``MAX_RECORD_BYTES``. Whoever can write the keys can still make a node believe in records
 (see docs/howto/security.md); they cannot make it read without end.
 
-Redis Cluster: pass ``cluster=True`` (and a cluster node's URL). Publishing then uses sharded
-pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7) so a message goes to one shard only; the
-per-node hashes and the node set are ordinary keys, which the cluster client routes.
+Redis Cluster: pass ``cluster=True`` and a cluster node's URL (more nodes in
+``startup_nodes``). The names then carry a hash tag, ``{ns}:bus``, ``{ns}:nodes`` and
+``{ns}:node:<id>``, so that a namespace lives in one slot, on one shard: a node's record and
+the node set change together in one ``MULTI``/``EXEC``, and one pipeline reaches one node.
+Publishing uses sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7): a message goes to
+that shard's nodes only, not to the whole cluster as ``PUBLISH`` would. When the shard's
+master fails, the subscription and the commands fail with it; the link's retries start a
+new session, which finds the replica that took over. ``RedisStore.key`` names further keys
+(the history of another module) on the same slot.
+
+Redis Sentinel: pass ``sentinels=[(host, port), ...]`` and ``service``; each session asks
+the Sentinels for the primary of ``service`` (coredis' ``Sentinel.primary_for``), so the
+session after a failover reaches the promoted replica. The URL gives the credentials, the
+database and TLS.
 """
 
 from __future__ import annotations
@@ -33,8 +44,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
 
 from ..backplane import DEFAULT_MAX_MESSAGE_SIZE, Backplane, Store, StoreSession
 from ..backplane.view import DEFAULT_MAX_NODES, DEFAULT_MAX_RECORDS
@@ -42,6 +56,7 @@ from ..policies.retry import RetryPolicy
 
 try:
     import coredis
+    from coredis.connection import TCPLocation
     from coredis.retry import NoRetryPolicy
     from coredis.tokens import PureToken
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
@@ -75,6 +90,18 @@ def _name(raw: object) -> str | None:
     return raw if isinstance(raw, str) and _valid(raw) else None
 
 
+def _address(node: object) -> tuple[str, int]:
+    """A cluster node as ``startup_nodes`` may give it: ``(host, port)``, coredis'
+    ``TCPLocation``, or a mapping with ``host`` and ``port``."""
+    if isinstance(node, TCPLocation):
+        return node.host, node.port
+    if isinstance(node, Mapping):
+        return str(node["host"]), int(node["port"])
+    if isinstance(node, tuple) and len(node) == 2:
+        return str(node[0]), int(node[1])
+    raise TypeError(f"a startup node is (host, port), not {node!r}")
+
+
 class RedisStore(Store):
     """Connects to Redis for one backplane link; see the module docstring for the keys."""
 
@@ -84,44 +111,129 @@ class RedisStore(Store):
         *,
         namespace: str = "wsfleet",
         cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] = (),
+        service: str | None = None,
         connect_timeout: float = 1.0,
         command_timeout: float = 1.0,
         max_nodes: int = DEFAULT_MAX_NODES,
         max_records: int = DEFAULT_MAX_RECORDS,
         **client_options: Any,
     ) -> None:
+        if sentinels and cluster:
+            raise ValueError("Sentinel or Redis Cluster, not both: drop sentinels or cluster")
+        if bool(sentinels) != (service is not None):
+            raise ValueError(
+                "Sentinel needs both sentinels=[(host, port), ...] and service='<name>' "
+                "(the name Sentinel monitors the primary by)"
+            )
         self.url = url
         self.namespace = namespace
         self.cluster = cluster
+        #: Sentinel: where to ask for the primary of ``service`` at each session.
+        self.sentinels = [_address(node) for node in sentinels]
+        self.service = service
         #: The most node ids ``live_nodes`` reads (this node's own among them).
         self.max_nodes = max_nodes
         #: The most identifiers ``load`` reads of one node.
         self.max_records = max_records
+        #: Cluster nodes to start a session from: the URL's, those given, and every node
+        #: the last session saw (so that losing the URL's node to a failover costs nothing).
+        self._startup_nodes: list[tuple[str, int]] = []
+        if cluster:
+            given = client_options.pop("startup_nodes", None) or []
+            parts = urlsplit(url)
+            nodes = [(parts.hostname or "127.0.0.1", parts.port or 6379)]
+            nodes += [_address(node) for node in given]
+            self._learn(nodes)
+        elif "startup_nodes" in client_options:
+            raise ValueError("startup_nodes is for Redis Cluster: pass cluster=True")
         self.client_options: dict[str, Any] = {
             "connect_timeout": connect_timeout,
             "stream_timeout": command_timeout,
             **client_options,
         }
 
+    def key(self, name: str) -> str:
+        """The Redis name of ``name`` in this namespace: ``ns:name``, or ``{ns}:name`` on a
+        cluster, where the hash tag puts every name of a namespace in one slot (so one
+        transaction or pipeline may touch several)."""
+        return f"{{{self.namespace}}}:{name}" if self.cluster else f"{self.namespace}:{name}"
+
+    def _learn(self, nodes: Sequence[tuple[str, int]]) -> None:
+        for node in nodes:
+            if node not in self._startup_nodes:
+                self._startup_nodes.append(node)
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[StoreSession]:
-        factory: Any = coredis.RedisCluster if self.cluster else coredis.Redis
         # The backplane's link has its own retry policy and state machine: coredis must
         # report a failure at once instead of retrying behind its back.
-        client = factory.from_url(self.url, retry_policy=NoRetryPolicy(), **self.client_options)
-        async with client:
-            await client.ping()
-            yield _RedisSession(self, client)
+        if self.sentinels:
+            async with self._sentinel_session() as session:
+                yield session
+            return
+        if not self.cluster:
+            client = coredis.Redis.from_url(
+                self.url, retry_policy=NoRetryPolicy(), **self.client_options
+            )
+            async with client:
+                await client.ping()
+                yield _RedisSession(self, client)
+            return
+        startup = [TCPLocation(host, port) for host, port in self._startup_nodes]
+        # skip_full_coverage_check: else coredis sends CONFIG GET to every node at each
+        # session (a connection to each, and CONFIG in the fleet's ACL) to learn whether the
+        # cluster may serve with slots uncovered; this fleet needs its one slot only.
+        options = {"skip_full_coverage_check": True, **self.client_options}
+        cluster = coredis.RedisCluster.from_url(
+            self.url, retry_policy=NoRetryPolicy(), startup_nodes=startup, **options
+        )
+        async with cluster:
+            # Not PING, which a cluster client sends to every master (another shard's master
+            # down would keep the link down): a read of the namespace's slot, on the master
+            # that serves it, the one node this fleet needs.
+            await cluster.exists([self.key("nodes")])
+            self._learn([(n.host, n.port) for n in cluster.connection_pool.cluster_layout.nodes])
+            yield _RedisSession(self, cluster)
+
+    @asynccontextmanager
+    async def _sentinel_session(self) -> AsyncIterator[StoreSession]:
+        """The primary Sentinel names now, asked anew at each session: after a failover
+        the link's next session finds the replica Sentinel promoted. The URL gives the
+        primary's credentials, database and TLS; its host and port are not used."""
+        assert self.service is not None
+        parts = urlsplit(self.url)
+        options: dict[str, Any] = {
+            "username": parts.username,
+            "password": parts.password,
+            "db": int(parts.path.strip("/") or 0),
+            **({"ssl": True} if parts.scheme == "rediss" else {}),
+            **self.client_options,
+        }
+        sentinel_options = {
+            k: v for k, v in options.items() if k in ("connect_timeout", "stream_timeout")
+        }
+        sentinel = coredis.Sentinel(
+            [TCPLocation(host, port) for host, port in self.sentinels],
+            sentinel_kwargs=sentinel_options,
+            retry_policy=NoRetryPolicy(),
+            **options,
+        )
+        async with sentinel:
+            client = sentinel.primary_for(self.service)
+            async with client:
+                await client.ping()
+                yield _RedisSession(self, client)
 
 
 class _RedisSession(StoreSession):
     def __init__(self, store: RedisStore, client: Any) -> None:
         self.client = client
         self.cluster = store.cluster
-        ns = store.namespace
-        self.channel = f"{ns}:bus"
-        self.nodes_key = f"{ns}:nodes"
-        self.prefix = f"{ns}:node:"
+        self.channel = store.key("bus")
+        self.nodes_key = store.key("nodes")
+        self.prefix = store.key("node:")
+        self.subscription_timeout: float = store.client_options["stream_timeout"] or 1.0
         self.max_nodes = store.max_nodes
         self.max_records = store.max_records
 
@@ -133,21 +245,65 @@ class _RedisSession(StoreSession):
         return receivers
 
     async def publish_many(self, data: list[bytes]) -> list[int | None]:
-        if self.cluster or len(data) == 1:
+        if len(data) == 1:
             return [await self.publish(item) for item in data]
-        # One round trip for the lot (no MULTI: a pipeline, not a transaction).
+        # One round trip for the lot (no MULTI: a pipeline, not a transaction); on a
+        # cluster, the channel's one slot makes it one node's pipeline.
         async with self.client.pipeline(transaction=False) as pipe:
-            requests = [pipe.publish(self.channel, item) for item in data]
+            if self.cluster:
+                requests = [pipe.spublish(self.channel, item) for item in data]
+            else:
+                requests = [pipe.publish(self.channel, item) for item in data]
         return [await request for request in requests]
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[bytes]]:
         if self.cluster:
-            pubsub = self.client.sharded_pubsub(channels=[self.channel], retry_policy=None)
-        else:
-            pubsub = self.client.pubsub(channels=[self.channel], retry_policy=None)
+            async with self._sharded_subscription() as messages:
+                yield messages
+            return
+        pubsub = self.client.pubsub(channels=[self.channel], retry_policy=None)
         async with pubsub:
             yield self._messages(pubsub)
+
+    @asynccontextmanager
+    async def _sharded_subscription(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``SSUBSCRIBE`` on one connection to the master of the channel's slot.
+
+        Not coredis' ``sharded_pubsub()`` (6.9): it holds a connection to every master and
+        never releases them (its exit stack is not closed), so each is left to the garbage
+        collector, and trio logs an error for each. Here the one connection is closed on
+        the way out, and anything but a message on the channel (``sunsubscribe``: the slot
+        moved away) ends the session with an error, which the link's retries turn into a
+        new session on the new topology.
+        """
+        pool = self.client.connection_pool
+        slot = await self.client.cluster_keyslot(self.channel)
+        node = pool.cluster_layout.node_for_slot(slot, primary=True)
+        async with pool.acquire(node=node) as connection:
+            try:
+                connection.send_command(b"SSUBSCRIBE", self.channel)
+                async with aclosing(connection.push_messages) as pushed:
+                    with anyio.fail_after(self.subscription_timeout):
+                        reply = await anext(pushed)
+                    if not (isinstance(reply, list) and reply[:1] == [b"ssubscribe"]):
+                        raise ConnectionError(f"SSUBSCRIBE answered {reply!r}")
+                    yield self._shard_messages(pushed)
+            finally:
+                # Still subscribed: never back into the pool for commands.
+                connection.invalidate()
+
+    async def _shard_messages(self, pushed: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        channel = self.channel.encode()
+        async for reply in pushed:
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"smessage":
+                if reply[1] == channel:
+                    data = reply[2]
+                    yield data if isinstance(data, bytes) else str(data).encode()
+                continue
+            # sunsubscribe: the slot moved (a failover, a resharding); the session is over.
+            raise ConnectionError(f"the sharded subscription ended: {reply!r}")
+        raise ConnectionError("the subscription ended")
 
     async def _messages(self, pubsub: Any) -> AsyncIterator[bytes]:
         async for message in pubsub:
@@ -163,31 +319,41 @@ class _RedisSession(StoreSession):
         await self.client.hdel(self.prefix + node, [identifier])
 
     async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+        # One transaction: no other node loads the record half rewritten (empty, after the
+        # DEL), and the record never outlives its lease. The hash tag keeps both keys in
+        # one slot, which a cluster requires of a transaction.
         key = self.prefix + node
-        await self.client.delete([key])
-        if snapshot:
-            await self.client.hset(key, {k: json.dumps(v) for k, v in snapshot.items()})
-        await self.beat(node, ttl)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete([key])
+            if snapshot:
+                pipe.hset(key, {k: json.dumps(v) for k, v in snapshot.items()})
+            self._lease(pipe, node, ttl)
 
     async def beat(self, node: str, ttl: float) -> None:
-        await self.client.zadd(self.nodes_key, {node: time.time() + ttl})
-        await self.client.pexpire(self.prefix + node, int(ttl * 1000))
+        async with self.client.pipeline(transaction=False) as pipe:
+            self._lease(pipe, node, ttl)
+
+    def _lease(self, pipe: Any, node: str, ttl: float) -> None:
+        pipe.zadd(self.nodes_key, {node: time.time() + ttl})
+        pipe.pexpire(self.prefix + node, int(ttl * 1000))
 
     async def live_nodes(self) -> set[str]:
         now = time.time()
-        await self.client.zremrangebyscore(self.nodes_key, "-inf", now)
-        # ZRANGE ... BYSCORE (Redis 6.2): coredis deprecates ZRANGEBYSCORE with a warning.
-        # The leases that end first: a node renews its own by ``node_ttl`` at a time, so a
-        # lease planted far ahead cannot push a real node out. One more than the others
-        # may be: this node's own.
-        nodes = await self.client.zrange(
-            self.nodes_key,
-            now,
-            "+inf",
-            sortby=PureToken.BYSCORE,
-            offset=0,
-            count=self.max_nodes + 1,
-        )
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(self.nodes_key, "-inf", now)
+            # ZRANGE ... BYSCORE (Redis 6.2): coredis deprecates ZRANGEBYSCORE with a
+            # warning. The leases that end first: a node renews its own by ``node_ttl`` at
+            # a time, so a lease planted far ahead cannot push a real node out. One more
+            # than the others may be: this node's own.
+            request = pipe.zrange(
+                self.nodes_key,
+                now,
+                "+inf",
+                sortby=PureToken.BYSCORE,
+                offset=0,
+                count=self.max_nodes + 1,
+            )
+        nodes = await request
         return {name for name in map(_name, nodes) if name is not None}
 
     async def load(self, node: str) -> dict[str, list[str]]:
@@ -217,8 +383,9 @@ class _RedisSession(StoreSession):
         return snapshot
 
     async def forget(self, node: str) -> None:
-        await self.client.zrem(self.nodes_key, [node])
-        await self.client.delete([self.prefix + node])
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.nodes_key, [node])
+            pipe.delete([self.prefix + node])
 
 
 def RedisBackplane(
@@ -232,6 +399,8 @@ def RedisBackplane(
     buffer: int = 0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cluster: bool = False,
+    sentinels: Sequence[tuple[str, int]] = (),
+    service: str | None = None,
     secrets: bytes | str | Sequence[bytes | str] | None = None,
     max_nodes: int = DEFAULT_MAX_NODES,
     max_records: int = DEFAULT_MAX_RECORDS,
@@ -246,11 +415,18 @@ def RedisBackplane(
     not signed with one of these keys (see ``Backplane``; one key, or two while changing
     keys). ``max_nodes`` and ``max_records`` bound what a node keeps of the others (see
     ``Backplane``) and reads of them from Redis. ``client_options`` go to the coredis
-    client."""
+    client.
+
+    ``cluster=True``: ``url`` is a Redis Cluster node's (``startup_nodes=[(host, port),
+    ...]`` adds others to start from). ``sentinels=[(host, port), ...]`` and ``service``:
+    the primary is the one Sentinel names for ``service``, asked at every (re)connection;
+    ``url`` then gives only its credentials, database and TLS."""
     store = RedisStore(
         url,
         namespace=namespace,
         cluster=cluster,
+        sentinels=sentinels,
+        service=service,
         max_nodes=max_nodes,
         max_records=max_records,
         **client_options,

@@ -6,10 +6,24 @@
   replayed on a virtual clock, to check a policy for herds.
 * ``RedisServer``: a throw-away ``redis-server`` on a free loopback port, for the tests of a
   Redis-backed fleet (it can be killed, frozen and restarted on the same port).
+* ``RedisCluster``: six of them as a Redis Cluster (three masters, a replica each), whose
+  masters can be killed to see a replica take over.
+* ``RedisSentinel``: a primary, its replica and a Sentinel, to see Sentinel promote the
+  replica when the primary dies.
 """
 
 from .memory import MemoryTransport
 from .redis import RedisServer, RedisServerError
+from .redis_cluster import RedisCluster
+from .redis_sentinel import RedisSentinel
 from .storm import Storm, reconnect_storm
 
-__all__ = ["MemoryTransport", "RedisServer", "RedisServerError", "Storm", "reconnect_storm"]
+__all__ = [
+    "MemoryTransport",
+    "RedisCluster",
+    "RedisSentinel",
+    "RedisServer",
+    "RedisServerError",
+    "Storm",
+    "reconnect_storm",
+]

@@ -128,6 +128,11 @@ class RedisServer:
         return f"redis://{HOST}:{self.port}/0"
 
     @property
+    def directory(self) -> str | None:
+        """The temp dir the server runs in (its files, if any), until ``close()``."""
+        return self._tmpdir.name if self._tmpdir is not None else None
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
@@ -229,19 +234,23 @@ class RedisServer:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _spawn_and_wait(self, port: int) -> None:
-        assert self._tmpdir is not None
-        argv = [
+    def _argv(self, port: int, directory: str) -> list[str]:
+        """The command line of one start; a subclass adds its own options (a cluster node)."""
+        return [
             self._binary,
             "--port", str(port),
             "--bind", HOST,
             "--save", "",
             "--appendonly", "no",
-            "--dir", self._tmpdir.name,
+            "--dir", directory,
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", "",
         ]  # fmt: skip
+
+    def _spawn_and_wait(self, port: int) -> None:
+        assert self._tmpdir is not None
+        argv = self._argv(port, self._tmpdir.name)
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.anyio
 ACL = (
     "ACL SETUSER wsfleet on >{password} resetkeys resetchannels ~wsfleet:* &wsfleet:bus "
     "-@all +@connection +publish +spublish +subscribe +ssubscribe +unsubscribe +sunsubscribe "
-    "+hset +hdel +hgetall +hlen +hscan +del +pexpire +zadd +zrem +zrange +zremrangebyscore"
+    "+hset +hdel +hgetall +hlen +hscan +del +pexpire +zadd +zrem +zrange +zremrangebyscore "
+    "+multi +exec"
 )
 PASSWORD = "a-long-random-password-for-the-test"
 
