@@ -5,7 +5,7 @@ Every message of such a group reaches this node's sockets through one function,
 ``_deliver``, in offset order, whether it was sent here (the embedded history appends and
 delivers it in one step, with no other task in between) or arrived from a shared store
 (``HistoryStore``: every node, the sender included, delivers what the store announces,
-in the store's order, and fills a gap from the store). That one place also notes, per
+in the store's order). That one place also notes, per
 socket, the first offset it was sent live, and holds back the live messages of a socket
 being recovered, so ``recover`` can send it exactly what it missed, then what came since:
 
@@ -134,10 +134,9 @@ class History:
         self.live: dict[str, _Live] = {}
         self._pending: dict[str, _Pending] = {}
         self._serial = 0
-        #: Messages replayed by recoveries, recoveries refused, gaps filled from the store.
+        #: Messages replayed by recoveries, and recoveries refused.
         self.replayed = 0
         self.refused = 0
-        self.filled = 0
 
     # -- which groups keep history -------------------------------------------------------
 
@@ -222,21 +221,13 @@ class History:
             skip = ()
         live = self.live.get(group)
         if live is not None and live.epoch == epoch and offset <= live.newest:
-            count = 0  # already delivered (a gap filled ahead of it)
+            count = 0  # already delivered here
         else:
             count = self._deliver(group, epoch, offset, message, skip)
         if pending is not None:
             pending.count = count
             pending.done.set()
         return count
-
-    def gap(self, group: str, epoch: str, offset: int) -> int | None:
-        """The last offset delivered here, if ``offset`` comes after a gap (messages this
-        node never heard: its link to the store was down)."""
-        live = self.live.get(group)
-        if live is None or live.epoch != epoch or live.newest == 0:
-            return None
-        return live.newest if offset > live.newest + 1 else None
 
     def _deliver(
         self, group: str, epoch: str, offset: int, message: Message, skip: Collection[int]
@@ -368,4 +359,4 @@ class History:
         self.arrived(group, epoch, offset, message, names, origin)
 
     def counts(self) -> Mapping[str, int]:
-        return {"replayed": self.replayed, "refused": self.refused, "filled": self.filled}
+        return {"replayed": self.replayed, "refused": self.refused}

@@ -82,7 +82,7 @@ class FleetStats:
     """Published, received, malformed, dropped (by reason), link changes, expired nodes."""
     history: Mapping[str, int] = field(default_factory=dict)
     """Groups' history: messages ``replayed`` by recoveries, recoveries ``refused``
-    (``RecoveryImpossible``), messages ``filled`` from the store after a gap."""
+    (``RecoveryImpossible``)."""
 
     @property
     def dropped(self) -> int:
