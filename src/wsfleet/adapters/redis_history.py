@@ -179,7 +179,9 @@ class RedisHistory:
             kept.append((offset, _decode(values["m"], values["k"])))
         return (None if epoch is None else _text(epoch)), kept
 
-    async def run(self, arrived: Any, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def run(
+        self, arrived: Any, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Connect, then hear the announcements and hand each to ``arrived`` for as long as
         the manager runs; a lost subscription is taken again after ``reconnect_delay``.
         One ``RedisHistory`` serves one manager."""
