@@ -633,7 +633,9 @@ class ConnectionManager:
         await self._yield()
         return Delivery(count, published)
 
-    async def send_to_group(self, group: str, message: Message, *, exclude: object = None) -> int:
+    async def send_to_group(
+        self, group: str, message: Message, *, exclude: object = None
+    ) -> Delivery:
         """Queue ``message`` for every socket of every member of ``group``; for a group that
         keeps history, keep it there too, as one operation (``Delivery.position``)."""
         check_name("group", group)

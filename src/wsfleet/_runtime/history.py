@@ -190,12 +190,24 @@ class History:
         names: Collection[str],
     ) -> tuple[int, Position]:
         """Keep ``message`` in the store, which announces it to every node (this one too);
-        wait, bounded, for this node's delivery of it."""
+        deliver it here at once if this node has delivered everything before it, else wait,
+        bounded, for the announcement to deliver it in order."""
         self._serial += 1
         origin = f"{id(self):x}.{self._serial}"
         pending = self._pending[origin] = _Pending(skip)
         try:
             position = await store.append(group, message, policy, names, origin)
+            live = self.live.get(group)
+            if (
+                not pending.done.is_set()
+                and live is not None
+                and live.epoch == position.epoch
+                and live.newest == position.offset - 1
+            ):
+                # Everything before it was delivered here: it can go now, in order, without
+                # waiting for the store's announcement (which will find it delivered).
+                pending.count = self._deliver(group, position.epoch, position.offset, message, skip)
+                pending.done.set()
             with anyio.move_on_after(self.wait):
                 await pending.done.wait()
         finally:

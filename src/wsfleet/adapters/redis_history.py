@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ..errors import TransportError
 from ..policies.history import HistoryPolicy, Position
@@ -117,6 +118,7 @@ class RedisHistory:
             **client_options,
         }
         self._client: Any = None
+        self._script: Any = None
 
     def keys(self, group: str) -> tuple[str, str]:
         """The group's stream and its meta hash (one hash tag: one Cluster slot)."""
@@ -137,10 +139,9 @@ class RedisHistory:
         origin: str,
     ) -> Position:
         data, kind = _encode(message)
-        client = self._connect()
+        self._connect()
         try:
-            epoch, offset = await client.eval(
-                _APPEND,
+            epoch, offset = await self._script(
                 keys=list(self.keys(group)),
                 args=[
                     token_hex(8),
@@ -189,6 +190,7 @@ class RedisHistory:
         client = factory.from_url(self.url, retry_policy=NoRetryPolicy(), **self.client_options)
         async with client:
             self._client = client
+            self._script = client.register_script(_APPEND)  # EVALSHA, EVAL once if unknown
             try:
                 await self._listen(client, arrived, task_status)
             finally:
@@ -208,7 +210,9 @@ class RedisHistory:
                         if message["type"] == "message":
                             self._hand(message["data"], arrived)
             except BaseException as exc:
-                logger.warning("history subscription lost (%s); listening again soon", _why(exc))
+                why = _why(exc)
+                await anyio.lowlevel.checkpoint_if_cancelled()  # closing: no warning
+                logger.warning("history subscription lost (%r); listening again soon", why)
             if not started:
                 started = True
                 task_status.started()
