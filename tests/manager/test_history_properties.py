@@ -55,7 +55,7 @@ class SharedStore:
         self.kept.append(str(message))
         offset = len(self.kept)
         for arrived in list(self.nodes):  # in the store's order, to every node
-            arrived(group, self.epoch, offset, message, skip, origin)
+            await arrived(group, self.epoch, offset, message, skip, origin)
         return Position(self.epoch, offset)
 
     async def read(

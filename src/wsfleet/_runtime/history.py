@@ -5,7 +5,8 @@ Every message of such a group reaches this node's sockets through one function,
 ``_deliver``, in offset order, whether it was sent here (the embedded history appends and
 delivers it in one step, with no other task in between) or arrived from a shared store
 (``HistoryStore``: every node, the sender included, delivers what the store announces,
-in the store's order). That one place also notes, per
+in the store's order, and fills from the store a gap it finds in the offsets: messages
+announced while its subscription was down). That one place also notes, per
 socket, the first offset it was sent live, and holds back the live messages of a socket
 being recovered, so ``recover`` can send it exactly what it missed, then what came since:
 
@@ -19,7 +20,7 @@ being recovered, so ``recover`` can send it exactly what it missed, then what ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Protocol
 
 import anyio
@@ -39,9 +40,10 @@ logger = logging.getLogger("wsfleet")
 
 #: ``frame(message, position) -> str | bytes``: what a socket is sent for a kept message.
 Frame = Callable[[Message, Position], Message]
-#: How a store hands this node a message: ``arrived(group, epoch, offset, message, skip)``
-#: (``skip``: identifiers the sender excluded; ``origin``: the sender's token, if it is ours).
-Arrived = Callable[[str, str, int, Message, Collection[str], str | None], None]
+#: How a store hands this node a message, and waits while it is delivered:
+#: ``await arrived(group, epoch, offset, message, skip, origin)`` (``skip``: identifiers the
+#: sender excluded; ``origin``: the sender's token, which tells a node its own messages).
+Arrived = Callable[[str, str, int, Message, Collection[str], str | None], Awaitable[None]]
 Deliver = Callable[[Iterable[Connection], Message, int], int]
 
 #: The largest position a frame is measured with before the message is kept (its real
@@ -134,9 +136,12 @@ class History:
         self.live: dict[str, _Live] = {}
         self._pending: dict[str, _Pending] = {}
         self._serial = 0
-        #: Messages replayed by recoveries, and recoveries refused.
+        #: Messages replayed by recoveries, recoveries refused, messages this node missed
+        #: live and delivered late from the store, and those the store no longer held.
         self.replayed = 0
         self.refused = 0
+        self.filled = 0
+        self.lost = 0
 
     # -- which groups keep history -------------------------------------------------------
 
@@ -359,7 +364,7 @@ class History:
         assert self.store is not None
         await self.store.run(self._heard, task_status=task_status)
 
-    def _heard(
+    async def _heard(
         self,
         group: str,
         epoch: str,
@@ -368,7 +373,56 @@ class History:
         names: Collection[str],
         origin: str | None,
     ) -> None:
+        """An announcement; one that comes after a gap (this node's subscription was down
+        while others were announced) first has the gap filled from the store, in order."""
+        live = self.live.get(group)
+        policy = self.policy_for(group)
+        if (
+            live is not None
+            and live.epoch == epoch
+            and live.newest
+            and offset > live.newest + 1
+            and policy is not None
+            and self.store is not None
+        ):
+            await self._fill(self.store, group, epoch, live.newest, offset, policy)
         self.arrived(group, epoch, offset, message, names, origin)
 
+    async def _fill(
+        self,
+        store: HistoryStore,
+        group: str,
+        epoch: str,
+        after: int,
+        until: int,
+        policy: HistoryPolicy,
+    ) -> None:
+        """Deliver offsets ``after + 1 .. until - 1`` from the store; what it no longer
+        holds is counted and logged as lost."""
+        try:
+            current, kept = await store.read(group, after, policy)
+        except Exception as exc:  # the store failed: what it holds cannot be had now
+            logger.warning("history of %r: filling a gap failed: %r", group, exc)
+            current, kept = None, []
+        missing = set(range(after + 1, until))
+        if current == epoch:
+            for offset, message in kept:
+                if offset in missing:
+                    missing.discard(offset)
+                    self.filled += 1
+                    self.arrived(group, epoch, offset, message, (), None)
+        if missing:
+            self.lost += len(missing)
+            logger.warning(
+                "history of %r: %d message(s) this node never heard are gone from the store",
+                group,
+                len(missing),
+            )
+
     def counts(self) -> Mapping[str, int]:
-        return {"replayed": self.replayed, "refused": self.refused}
+        return {
+            "replayed": self.replayed,
+            "refused": self.refused,
+            "filled": self.filled,
+            "lost": self.lost,
+        }

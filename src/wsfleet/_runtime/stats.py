@@ -82,7 +82,8 @@ class FleetStats:
     """Published, received, malformed, dropped (by reason), link changes, expired nodes."""
     history: Mapping[str, int] = field(default_factory=dict)
     """Groups' history: messages ``replayed`` by recoveries, recoveries ``refused``
-    (``RecoveryImpossible``)."""
+    (``RecoveryImpossible``), messages this node missed live and ``filled`` from the store,
+    or ``lost`` (the store no longer held them)."""
 
     @property
     def dropped(self) -> int:

@@ -208,7 +208,7 @@ class RedisHistory:
                         task_status.started()
                     async for message in pubsub:
                         if message["type"] == "message":
-                            self._hand(message["data"], arrived)
+                            await self._hand(message["data"], arrived)
             except BaseException as exc:
                 why = _why(exc)
                 await anyio.lowlevel.checkpoint_if_cancelled()  # closing: no warning
@@ -218,7 +218,7 @@ class RedisHistory:
                 task_status.started()
             await anyio.sleep(self.reconnect_delay)
 
-    def _hand(self, raw: Any, arrived: Any) -> None:
+    async def _hand(self, raw: Any, arrived: Any) -> None:
         try:
             note = json.loads(raw)
             group, epoch, offset = note["g"], str(note["e"]), int(note["o"])
@@ -228,7 +228,7 @@ class RedisHistory:
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("a malformed history announcement was skipped: %s", exc)
             return
-        arrived(group, epoch, offset, message, skip, origin)
+        await arrived(group, epoch, offset, message, skip, origin)
 
 
 def _why(exc: BaseException) -> BaseException:

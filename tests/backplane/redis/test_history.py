@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import anyio
 import coredis
 import pytest
+from coredis.tokens import PureToken
 
 from redis_server import UNCLOSED, RedisServer
 from support import wait_until
@@ -33,7 +35,11 @@ def texts(socket: MemoryTransport) -> list[str]:
 
 
 @asynccontextmanager
-async def fleet(redis: RedisServer, size: int = 100) -> AsyncIterator[list[ConnectionManager]]:
+async def fleet(
+    redis: RedisServer, size: int = 100, delays: tuple[float, float] = (0.5, 0.5)
+) -> AsyncIterator[list[ConnectionManager]]:
+    """Two nodes; ``delays``: how long each waits before listening again after losing its
+    subscription."""
     async with AsyncExitStack() as stack:
         yield [
             await stack.enter_async_context(
@@ -41,10 +47,10 @@ async def fleet(redis: RedisServer, size: int = 100) -> AsyncIterator[list[Conne
                     heartbeat=None,
                     frame=tag,
                     history=HistoryPolicy(size=size),
-                    history_store=RedisHistory(redis.url),
+                    history_store=RedisHistory(redis.url, reconnect_delay=delay),
                 )
             )
-            for _ in range(2)
+            for delay in delays
         ]
 
 
@@ -107,3 +113,33 @@ async def test_messages_past_the_streams_bound_fall_out(redis: RedisServer) -> N
         assert first is not None
         with pytest.raises(RecoveryImpossible, match="fell out"):
             await b.recover(socket, "room", since=first)
+
+
+async def test_a_node_that_missed_announcements_fills_the_gap_from_the_stream(
+    redis: RedisServer,
+) -> None:
+    async with (
+        fleet(redis, delays=(0.05, 1.0)) as (a, b),
+        coredis.Redis.from_url(redis.url) as client,
+    ):
+        watcher = MemoryTransport("watcher on b")
+        b.register(watcher, "bob")
+        b.add_to_group("bob", "room")
+        await a.send_to_group("room", "m0")
+        await wait_until(lambda: texts(watcher) == ["m0"], "bob has m0")
+        await client.client_kill(type_=PureToken.PUBSUB)  # both nodes stop hearing
+        await a.send_to_group("room", "m1")  # node b hears neither
+        await a.send_to_group("room", "m2")
+
+        async def listeners() -> int:
+            counts = await client.pubsub_numsub("wsfleet:history")
+            return int(next(iter(counts.values())))
+
+        with anyio.fail_after(5):
+            while await listeners() < 2:
+                await anyio.sleep(0.01)
+        await a.send_to_group("room", "m3")  # node b hears it, after a gap
+        await wait_until(lambda: len(watcher.received) == 4, "bob has every message")
+        assert texts(watcher) == ["m0", "m1", "m2", "m3"]
+        assert b.stats().history["filled"] == 2
+        assert b.stats().history["lost"] == 0
