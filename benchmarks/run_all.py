@@ -26,6 +26,10 @@ whatever is still running, and the report is written with what was measured):
 * the reconnect storm (``_storm``): 10,000 clients on a virtual clock, attempts per 100 ms
   for the default retry policy, jitter off and FULL jitter.
 
+Group history (``history_bench.py``: cost per message of a history-keeping group, in memory
+and in Redis, and recovery time for 1,000 missed messages) has its own report,
+``results/history.md``; ``--smoke`` runs it with the others.
+
 Progress goes to stderr. Nothing here overwrites the single benchmarks' own result files.
 
 ``--smoke`` (CI) proves that nothing here has rotted, in well under a minute: it runs every
@@ -188,6 +192,7 @@ SMOKE_SCRIPTS = (
     "flood_bench.py",
     "backplane_flood.py",
     "manager_bench.py",
+    "history_bench.py",
     "fsm_bench.py",
 )
 

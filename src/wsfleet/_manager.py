@@ -29,20 +29,22 @@ from ._runtime.auth import Authenticate, Authenticator, session_for
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
+from ._runtime.history import Frame, History, HistoryStore
 from ._runtime.joins import JoinRule, JoinRules
 from ._runtime.observer import FleetObserver, ObserverHandle
 from ._runtime.outbound import MessageHandler, dial
 from ._runtime.registry import Registry, check_name
-from ._runtime.routing import excluded, targets
+from ._runtime.report import snapshot
+from ._runtime.routing import excluded, excluded_names, targets
 from ._runtime.session import Session
-from ._runtime.settings import check_instance, check_seconds, check_size
+from ._runtime.settings import check_close, check_instance, check_seconds, check_size
 from ._runtime.stats import Delivery, FleetStats
 from .backplane import Backplane, Node
-from .closecodes import sendable
-from .errors import InvalidArgument, ManagerClosed, UnknownSocket, WrongType
+from .errors import ManagerClosed, UnknownSocket, WrongType
 from .fsm.states import ConnectionState
 from .policies.backpressure import BackpressurePolicy
 from .policies.heartbeat import HeartbeatPolicy
+from .policies.history import HistoryPolicy, Position
 from .policies.overflow import OverflowPolicy
 from .policies.ratelimit import RateLimitPolicy
 from .policies.retry import RetryPolicy
@@ -52,9 +54,6 @@ __all__ = ["ConnectionManager"]
 
 logger = logging.getLogger("wsfleet")
 
-E = ConnectionState.ERROR
-R = ConnectionState.RECONNECTING
-
 #: Fan-out waits for the writers when the whole fleet is behind (see ``BackpressurePolicy``).
 _DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 
@@ -62,17 +61,6 @@ _DEFAULT_BACKPRESSURE: Final = BackpressurePolicy()
 #: what websockets does by default. Sockets that cannot be pinged (ASGI) are left to their
 #: server's keepalive under this default; an explicit pinging policy refuses them instead.
 _DEFAULT_HEARTBEAT: Final = HeartbeatPolicy()
-
-
-def _check_close(code: object, reason: object) -> None:
-    """What ``close`` and ``disconnect_identifier`` accept: what a close frame can carry."""
-    if isinstance(code, bool) or not isinstance(code, int):
-        raise WrongType(f"code must be an int, got {type(code).__name__}")
-    if not isinstance(reason, str):
-        raise WrongType(f"reason must be a str, got {type(reason).__name__}")
-    refusal = sendable(code, reason)
-    if refusal is not None:
-        raise InvalidArgument(refusal)
 
 
 class ConnectionManager:
@@ -108,6 +96,9 @@ class ConnectionManager:
         can_join: JoinRule | None = None,
         authenticate: Authenticate | None = None,
         max_message_size: int | None = None,
+        history: HistoryPolicy | None = None,
+        history_store: HistoryStore | None = None,
+        frame: Frame | None = None,
     ) -> None:
         """Settings, each checked here (a bad one raises and nothing is started).
 
@@ -135,6 +126,11 @@ class ConnectionManager:
         :param authenticate: who a socket is, ``(handshake) -> str | None``: ``authenticate()``.
         :param max_message_size: the largest message a client may send, in bytes, on every
             adapter (over it: closed with 1009); ``None`` leaves each library's own limit.
+        :param history: every group's ``HistoryPolicy`` unless ``keep_history`` sets one;
+            ``None`` (the default): only the groups ``keep_history`` names keep history.
+        :param history_store: where groups keep it: this node's memory unless given (a
+            ``RedisHistory`` shares it across the fleet). ``frame(message, position)``:
+            what a socket is sent for a kept message (``wsfleet.framing.json_frame``).
         """
         for name, policy, kind in (
             ("retry_policy", retry_policy, RetryPolicy),
@@ -143,6 +139,7 @@ class ConnectionManager:
             ("backpressure", backpressure, BackpressurePolicy),
             ("rate_limit", rate_limit, RateLimitPolicy),
             ("backplane", backplane, Backplane),
+            ("history", history, HistoryPolicy),
         ):
             check_instance(name, policy, kind)
         self._joins, self._auth = JoinRules(can_join), Authenticator(authenticate)
@@ -174,6 +171,16 @@ class ConnectionManager:
         self.rate_limit = rate_limit
         self.backpressure = backpressure
         self._registry: Registry = self._fleet.registry
+        fleet = self._fleet
+        self._history = History(
+            self._registry,
+            fleet.deliver,
+            fleet.check_message,
+            fleet.context.now,
+            default=history,
+            frame=frame,
+            store=history_store,
+        )
         self._backplane = backplane
         if backplane is not None:
             self._fleet.membership = BackplaneMembership(backplane)
@@ -194,6 +201,8 @@ class ConnectionManager:
         if self._backplane is not None:
             node: Node = BackplaneNode(self._fleet)
             await tg.start(self._backplane.run, node, name="wsfleet backplane")
+        if self._history.store is not None:
+            await tg.start(self._history.listen, name="wsfleet history")
         return self
 
     async def __aexit__(
@@ -267,7 +276,7 @@ class ConnectionManager:
         """
         fleet = self._fleet
         fleet.context.check(cleanup=True)
-        _check_close(code, reason)
+        check_close(code, reason)
         conn = self._connection(socket)
         conn.leaving = True  # its own close coming back is not the peer's doing
         await fleet.outbox.close(conn.transport, code, reason)
@@ -357,6 +366,7 @@ class ConnectionManager:
         check_name("group", group)
         was = group in self._registry.memberships.get(identifier, ())
         self._registry.leave(identifier, group)
+        self._history.left(self._registry.connections_of(identifier), group)
         if was and self._backplane is not None:
             self._backplane.membership("leave", identifier, group)
 
@@ -377,6 +387,24 @@ class ConnectionManager:
 
     def groups(self) -> set[str]:
         return set(self._registry.groups)
+
+    def keep_history(self, group: str, policy: HistoryPolicy | None) -> None:
+        """Keep ``group``'s messages by ``policy`` (``None``: keep none, whatever the
+        manager's default), so clients can ``recover`` what they missed."""
+        check_name("group", group)
+        check_instance("policy", policy, HistoryPolicy)
+        self._history.keep(group, policy)
+
+    async def recover(self, socket: object, group: str, *, since: Position | str) -> int:
+        """Send ``socket`` every message of ``group`` after ``since`` (a ``Position`` or its
+        ``str()``), in order, then the live ones: no gap, no duplicate. Returns how many it
+        replayed; ``RecoveryImpossible`` (nothing replayed) if the history cannot: another
+        epoch, ``since`` fell out, or newer messages already went to the socket live."""
+        self._fleet.context.check()
+        check_name("group", group)
+        if not isinstance(since, Position):
+            since = Position.parse(since)
+        return await self._history.recover(self._connection(socket), group, since)
 
     # -- the fleet across nodes (a backplane) ----------------------------------------------------
 
@@ -408,7 +436,7 @@ class ConnectionManager:
         """
         check_name("identifier", identifier)
         self._fleet.context.check()
-        _check_close(code, reason)
+        check_close(code, reason)
         closed = self._fleet.close_identifier(identifier, code, reason)
         if self._backplane is not None:
             self._backplane.kick(identifier, code, reason)
@@ -420,13 +448,7 @@ class ConnectionManager:
     ) -> bool:
         if self._backplane is None:
             return False
-        names: list[str] = []
-        if isinstance(exclude, str):
-            names = [exclude]
-        elif (
-            exclude is not None and not isinstance(exclude, bytes) and isinstance(exclude, Iterable)
-        ):
-            names = [item for item in exclude if isinstance(item, str)]
+        names = [] if exclude is None else excluded_names(exclude)
         return self._backplane.send(to, target, message, names)
 
     # -- states ----------------------------------------------------------------------------
@@ -611,13 +633,23 @@ class ConnectionManager:
         await self._yield()
         return Delivery(count, published)
 
-    async def send_to_group(self, group: str, message: Message, *, exclude: object = None) -> int:
-        """Queue ``message`` for every socket of every member of ``group``."""
+    async def send_to_group(
+        self, group: str, message: Message, *, exclude: object = None
+    ) -> Delivery:
+        """Queue ``message`` for every socket of every member of ``group``; for a group that
+        keeps history, keep it there too, as one operation (``Delivery.position``)."""
         check_name("group", group)
         size = self._check(message)
         if self._fleet.behind():
             await self._fleet.room()
         skip = () if exclude is None else excluded(self._registry, exclude)
+        policy = self._history.policy_for(group)
+        if policy is not None:
+            names = [] if exclude is None else excluded_names(exclude)
+            count, position, framed = await self._history.send(group, message, policy, skip, names)
+            published = framed is None or self._publish("group", group, framed, exclude)
+            await self._yield()
+            return Delivery(count, published, position)
         count = self._fleet.deliver(targets(self._registry, "group", group, skip), message, size)
         published = self._publish("group", group, message, exclude)
         await self._yield()
@@ -656,41 +688,7 @@ class ConnectionManager:
 
     def stats(self) -> FleetStats:
         """Counts per state, queue depth, drops by reason, callback errors, groups."""
-        fleet = self._fleet
-        registry = self._registry
-        outbox = fleet.outbox
-        callbacks = fleet.callbacks
-        drops = dict(outbox.drops)
-        if callbacks.dropped:
-            drops["callback backlog"] = callbacks.dropped
-        backplane = self._backplane
-        if backplane is not None:
-            for key, value in backplane.stats.items():
-                if key.startswith("dropped: ") and value:
-                    drops["backplane: " + key.removeprefix("dropped: ")] = value
-        return FleetStats(
-            connections=len(registry),
-            held=len(registry.by_state[E]) + len(registry.by_state[R]),
-            identifiers=len(registry.by_identifier),
-            groups=len(registry.groups),
-            states={state.name: len(conns) for state, conns in registry.by_state.items()},
-            queued_messages=outbox.queued_messages,
-            queued_bytes=outbox.queued_bytes,
-            sent_messages=outbox.sent_messages,
-            drops=drops,
-            callback_errors=callbacks.errors,
-            callback_timeouts=callbacks.timeouts,
-            pings_sent=outbox.pings_sent,
-            heartbeat_timeouts=fleet.timers.heartbeat_timeouts,
-            producer_waits=fleet.producer_waits,
-            producer_wait_seconds=fleet.producer_wait_seconds,
-            received_messages=fleet.inbound.received_messages,
-            inbound_drops=dict(fleet.inbound.drops),
-            inbound_waits=fleet.inbound.waits,
-            node_id=None if backplane is None else backplane.node_id,
-            backplane_state=None if backplane is None else backplane.state.name,
-            backplane=None if backplane is None else dict(backplane.stats),
-        )
+        return snapshot(self._fleet, self._history, self._backplane)
 
     def __repr__(self) -> str:
         status = "running" if self._fleet.context.running else "stopped"

@@ -20,6 +20,7 @@ conventions (``except ValueError``) keeps working::
     ├── ManagerClosed (RuntimeError)       the manager is not running
     ├── WrongThread (RuntimeError)         called from a thread other than the manager's loop
     ├── ResumeExpired                      a held session was not resumed within its window
+    ├── RecoveryImpossible                 .reason: a group's history cannot fill a gap
     ├── MalformedEnvelope (ValueError)     .header: backplane bytes that are not an envelope
     └── TransportError (ConnectionError)   a socket failed or was closed under us
         ├── TransportClosed                 .code, .reason: the peer closed the socket
@@ -48,6 +49,7 @@ __all__ = [
     "MalformedEnvelope",
     "ManagerClosed",
     "MessageTooLarge",
+    "RecoveryImpossible",
     "ResumeExpired",
     "RetriesExhausted",
     "TransportClosed",
@@ -251,6 +253,20 @@ class ResumeExpired(WsfleetError):
     """A held server-side session was not resumed within its window."""
 
 
+class RecoveryImpossible(WsfleetError):
+    """``manager.recover`` cannot send a socket exactly what it missed of a group: the
+    history was lost (another epoch), the position fell out of it, or the socket was
+    already sent newer messages. Nothing was replayed; the application reloads its state
+    instead (and keeps the socket: the group's live messages go on)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.reason,))
+
+
 class MalformedEnvelope(WsfleetError, ValueError):
     """Bytes on the backplane channel that are not a wsfleet envelope of this namespace.
 
@@ -288,6 +304,7 @@ for _error in (
     TransportClosed,
     FinalRefusal,
     ResumeExpired,
+    RecoveryImpossible,
     MalformedEnvelope,
 ):
     _error.__module__ = "wsfleet"

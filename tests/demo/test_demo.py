@@ -90,8 +90,16 @@ async def handshake(port: int, path: str, headers: list[tuple[str, str]]) -> tup
 
 
 async def receive(ws: Any) -> dict[str, Any]:
+    """The next message; a room's line comes framed with its position, which the page keeps
+    (``ws.positions``, per room) as the demo's page does."""
     with anyio.fail_after(5):
         message: dict[str, Any] = json.loads(await ws.recv())
+    if isinstance(message.get("position"), str) and isinstance(message.get("data"), str):
+        line: dict[str, Any] = json.loads(message["data"])
+        if not hasattr(ws, "positions"):
+            ws.positions = {}
+        ws.positions[line["group"]] = message["position"]
+        return line
     return message
 
 
@@ -492,6 +500,30 @@ async def test_chat_groups_people_and_everyone() -> None:
             assert (await receive(bob))["op"] == "error", bad
         await bob.send("not json")
         assert (await receive(bob))["op"] == "error"
+
+
+async def test_a_page_whose_session_is_gone_rejoins_and_misses_no_line() -> None:
+    async with open_demo("127.0.0.1", 0) as demo, chatter(demo, "bob") as bob:
+        await join(bob, "lobby")
+        async with chatter(demo, "alice") as alice:
+            await join(alice, "lobby")
+            for n in range(3):
+                await ask(bob, op="say", group="lobby", text=f"line {n}")
+                assert (await receive(alice))["text"] == f"line {n}"
+            since = alice.positions["lobby"]
+        for n in range(3, 5):  # alice's page is gone (a clean close: no session is held)
+            await ask(bob, op="say", group="lobby", text=f"line {n}")
+        async with chatter(demo, "alice") as back:
+            assert back.welcome["resumed"] is False
+            await ask(back, op="join", group="lobby", since=since)
+            replayed = [await receive(back) for _ in range(2)]
+            assert [line["text"] for line in replayed] == ["line 3", "line 4"]
+            reply = await receive(back)
+            assert (reply["op"], reply["recovered"]) == ("joined", 2)
+            await ask(back, op="join", group="lobby", since="gone:1")
+            assert (await receive(back))["lost"].startswith("the group's history was lost")
+            await ask(back, op="join", group="lobby", since=3)
+            assert (await receive(back))["op"] == "error"
 
 
 # -- the dashboard -------------------------------------------------------------------------------

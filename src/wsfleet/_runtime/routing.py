@@ -17,7 +17,7 @@ from ..errors import WrongType
 from .connection import Connection
 from .registry import Registry
 
-__all__ = ["Kind", "excluded", "targets"]
+__all__ = ["Kind", "excluded", "excluded_names", "targets"]
 
 Kind: TypeAlias = Literal["all", "one", "many", "group"]
 
@@ -53,6 +53,15 @@ def excluded(registry: Registry, exclude: object) -> set[int]:
         elif registry.get(item) is not None:
             skip.add(id(item))
     return skip
+
+
+def excluded_names(exclude: object) -> list[str]:
+    """The identifiers ``exclude`` names (the part of it other nodes can apply)."""
+    if isinstance(exclude, str):
+        return [exclude]
+    if not isinstance(exclude, bytes) and isinstance(exclude, Iterable):
+        return [item for item in exclude if isinstance(item, str)]
+    return []
 
 
 def targets(

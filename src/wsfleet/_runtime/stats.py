@@ -6,22 +6,29 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..policies.history import Position
+
 __all__ = ["Delivery", "FleetStats"]
 
 
 class Delivery(int):
-    """What a fan-out returns: how many local connections it was for (the int), and whether
-    it was also published for the other nodes of the fleet (``published``).
+    """What a fan-out returns: how many local connections it was for (the int), whether it
+    was also published for the other nodes of the fleet (``published``), and, for a group
+    that keeps history, where the message stands in it (``position``; else ``None``).
 
     Each connection counts once, whether it queued the message or its full queue counted
     the message dropped (``OverflowPolicy``): what fan-outs return adds up to
     ``stats().sent_messages`` + the drops + ``queued_messages``."""
 
     published: bool
+    position: Position | None
 
-    def __new__(cls, local: int, published: bool = False) -> Delivery:
+    def __new__(
+        cls, local: int, published: bool = False, position: Position | None = None
+    ) -> Delivery:
         self = super().__new__(cls, local)
         self.published = published
+        self.position = position
         return self
 
     @property
@@ -29,7 +36,8 @@ class Delivery(int):
         return int(self)
 
     def __repr__(self) -> str:
-        return f"Delivery(local={int(self)}, published={self.published})"
+        where = "" if self.position is None else f", position={self.position}"
+        return f"Delivery(local={int(self)}, published={self.published}{where})"
 
     def __str__(self) -> str:
         return str(int(self))
@@ -72,6 +80,10 @@ class FleetStats:
     """The link to the other nodes: CONNECTED, ERROR, RECONNECTING ...; ``None`` if alone."""
     backplane: Mapping[str, int] | None = None
     """Published, received, malformed, dropped (by reason), link changes, expired nodes."""
+    history: Mapping[str, int] = field(default_factory=dict)
+    """Groups' history: messages ``replayed`` by recoveries, recoveries ``refused``
+    (``RecoveryImpossible``), messages this node missed live and ``filled`` from the store,
+    or ``lost`` (the store no longer held them)."""
 
     @property
     def dropped(self) -> int:
@@ -83,6 +95,7 @@ class FleetStats:
         data["drops"] = dict(self.drops)
         data["dropped"] = self.dropped
         data["inbound_drops"] = dict(self.inbound_drops)
+        data["history"] = dict(self.history)
         if self.backplane is not None:
             data["backplane"] = dict(self.backplane)
         return data

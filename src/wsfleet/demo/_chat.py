@@ -1,7 +1,9 @@
 """The chat: what a browser page says over ``/ws?id=<name>`` and what the server does with it.
 
 Requests are JSON objects with an ``op``: ``join``/``leave`` a group (the reply's
-``already`` says the page was in it, or out of it, before), ``say`` to a group,
+``already`` says the page was in it, or out of it, before; a join's ``since``, the last
+position the page read there, has the room's history replay what it missed: the reply's
+``recovered`` says how many, or ``lost`` why it could not), ``say`` to a group,
 ``tell`` a person, ``shout`` to everyone, ``who`` is here. Everything a client receives is
 JSON with an ``op`` too, starting with ``welcome``, which carries the session's resume
 token: the page keeps it and, after an abnormal close, reconnects with
@@ -10,6 +12,10 @@ messages delivered first).
 
 Every message goes through the manager's fan-out, so the chat exercises the same paths an
 application would: groups, one identifier with several tabs, broadcast, bounded queues.
+Rooms keep history (``ROOM_HISTORY``): what is said there reaches the pages framed with its
+position (``wsfleet.framing.json_frame``), which a page keeps per room, so a page whose
+session could not be resumed (it expired, or the node that held it is gone) rejoins its
+rooms with ``since`` and misses nothing.
 
 Whatever one client sends, every reply stays far below the manager's ``max_message_size``
 and no request ends a handler: a name is at most ``MAX_NAME`` printable characters, a line
@@ -28,7 +34,8 @@ import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import MessageTooLarge, WsfleetError
+from ..errors import MessageTooLarge, RecoveryImpossible, WsfleetError
+from ..policies.history import HistoryPolicy
 from ._inbound import decode, shown
 from ._policies import ADMINS, RESERVED
 
@@ -54,6 +61,8 @@ MAX_TEXT: Final = 500
 MAX_GROUPS: Final = 20
 #: How many people, and how many groups, a ``who`` reply lists.
 WHO_SHOWN: Final = 50
+#: What a room keeps for pages that come back: its last 200 lines, for ten minutes.
+ROOM_HISTORY: Final = HistoryPolicy(size=200, ttl=600)
 #: What a client should send, for the error that answers something unreadable.
 EXAMPLE: Final = '{"op": "who"}'
 
@@ -102,8 +111,10 @@ def _group(request: dict[str, Any]) -> str:
     return group
 
 
-async def handle(manager: ConnectionManager, who: str, request: object) -> dict[str, Any] | None:
-    """Carry out one request; return the reply for the sender alone, if it gets one."""
+async def handle(
+    manager: ConnectionManager, who: str, request: object, socket: object = None
+) -> dict[str, Any] | None:
+    """Carry out one request from ``socket``; return the reply for the sender alone, if any."""
     if not isinstance(request, dict):
         raise ChatError("send a JSON object with an 'op'")
     op = request.get("op")
@@ -113,8 +124,19 @@ async def handle(manager: ConnectionManager, who: str, request: object) -> dict[
         was_member = group in mine
         if op == "join" and not was_member and len(mine) >= MAX_GROUPS:
             raise ChatError(f"you are in {len(mine)} groups, the most allowed: leave one first")
+        since = request.get("since") if op == "join" else None
+        if since is not None and not isinstance(since, str):
+            raise ChatError("since must be the last position the page read, a string")
+        recovery: dict[str, Any] = {}
         if op == "join":
+            manager.keep_history(group, ROOM_HISTORY)
             manager.add_to_group(who, group)
+            if since is not None and socket is not None:
+                # At once after joining: no live line reaches the page before the replay.
+                try:
+                    recovery["recovered"] = await manager.recover(socket, group, since=since)
+                except RecoveryImpossible as exc:
+                    recovery["lost"] = exc.reason
         else:
             manager.remove_from_group(who, group)
         return {
@@ -124,6 +146,7 @@ async def handle(manager: ConnectionManager, who: str, request: object) -> dict[
             # Joining a group twice is harmless; the page says "already in" rather than
             # "joined" a second time.
             "already": was_member == (op == "join"),
+            **recovery,
         }
     if op == "say":
         group = _group(request)
@@ -193,7 +216,7 @@ async def serve_chat(manager: ConnectionManager, ws: object, who: str, resume: s
         await _reply(session, welcome)
         async for message in session:
             try:
-                reply = await handle(manager, who, decode(message, EXAMPLE))
+                reply = await handle(manager, who, decode(message, EXAMPLE), ws)
             except (WsfleetError, ValueError) as exc:  # ChatError and Unreadable included
                 reply = {"op": "error", "reason": str(exc)}
             if reply is not None:

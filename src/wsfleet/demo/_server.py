@@ -26,9 +26,11 @@ import anyio
 import sniffio
 
 from .._manager import ConnectionManager
+from .._runtime.history import HistoryStore
 from ..adapters import websockets as _websockets_adapter  # noqa: F401  (registers the sockets)
 from ..backplane import Backplane
 from ..errors import InvalidArgument
+from ..framing import json_frame
 from ._board import Board
 from ._chat import check_identity, serve_chat
 from ._controls import Controls, serve_dashboard
@@ -75,6 +77,16 @@ def _backplane(redis: str | None) -> Backplane | None:
     from ..adapters.redis import RedisBackplane  # ImportError without wsfleet[redis]
 
     return RedisBackplane(redis)
+
+
+def _history(redis: str | None) -> HistoryStore | None:
+    """The chat rooms' history: in Redis with a backplane (a page recovers on any node),
+    in this process's memory without one."""
+    if redis is None:
+        return None
+    from ..adapters.redis_history import RedisHistory  # ImportError without wsfleet[redis]
+
+    return RedisHistory(redis)
 
 
 def _router(manager: ConnectionManager, board: Board, controls: Controls) -> Handler:
@@ -146,7 +158,12 @@ async def open_demo(
     backend = sniffio.current_async_library()
     pages = Pages(origins)
     manager = ConnectionManager(
-        heartbeat=HEARTBEAT, retry_policy=RETRY, overflow=OVERFLOW, backplane=_backplane(redis)
+        heartbeat=HEARTBEAT,
+        retry_policy=RETRY,
+        overflow=OVERFLOW,
+        backplane=_backplane(redis),
+        history_store=_history(redis),
+        frame=json_frame,
     )
     async with manager, anyio.create_task_group() as tg:
         board = Board(manager, backend)

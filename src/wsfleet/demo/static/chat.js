@@ -7,6 +7,11 @@
 // A clean close by the server (1000, 1001) ends the session; the page then offers to
 // connect again.
 //
+// Rooms keep history: each line said in a room comes framed with its position,
+// {"position": "<epoch>:<offset>", "data": "<the line>"}. The page keeps the last position
+// per room; when its session could not be resumed (it expired, or the node is gone), it
+// rejoins each room with {"since": position} and the server replays what it missed.
+//
 // The message list keeps the latest MAX_MESSAGES lines; when it drops older ones, its first
 // line says how many.
 "use strict";
@@ -20,6 +25,7 @@
   let name = null;
   let token = null;
   let groups = [];
+  const positions = {}; // room -> the last position read there
   let wanted = false;
   let attempt = 0;
   let timer = null;
@@ -118,7 +124,7 @@
     ws = socket;
     if (!attempt) setStatus("CONNECTING", "connecting…");
     socket.addEventListener("message", (event) => {
-      if (ws === socket) receive(JSON.parse(event.data));
+      if (ws === socket) receive(unframe(JSON.parse(event.data)));
     });
     socket.addEventListener("close", (event) => closed(socket, event));
   }
@@ -149,6 +155,14 @@
     }, delay * 1000);
   }
 
+  // A line of a room that keeps history: remember where it stands, read what it carries.
+  function unframe(message) {
+    if (typeof message.position !== "string" || typeof message.data !== "string") return message;
+    const line = JSON.parse(message.data);
+    if (typeof line.group === "string") positions[line.group] = message.position;
+    return line;
+  }
+
   function receive(message) {
     switch (message.op) {
       case "welcome": {
@@ -169,6 +183,7 @@
           if (lost) log("system", [["text", "the session had expired: starting a new one"]]);
           for (const group of wantedGroups) {
             if (groups.includes(group)) log("system", [["text", `already in ${group}`]]);
+            else if (positions[group]) send({ op: "join", group, since: positions[group] });
             else send({ op: "join", group });
           }
         }
@@ -181,6 +196,11 @@
         showGroups();
         const already = message.op === "joined" ? "already in" : "not in";
         log("system", [["text", `${message.already ? already : message.op} ${message.group}`]]);
+        if (typeof message.recovered === "number") {
+          log("system", [["text", `${message.recovered} missed line(s) of ${message.group} replayed`]]);
+        } else if (message.lost) {
+          log("system", [["text", `history of ${message.group} lost (${message.lost})`]]);
+        }
         break;
       }
       case "said":
