@@ -8,6 +8,7 @@ import wsfleet.policies
 import wsfleet.testing
 
 PUBLIC = {
+    "MAX_META_BYTES",
     "PING",
     "TABLE",
     "AlreadyRegistered",
@@ -23,6 +24,7 @@ PUBLIC = {
     "HeartbeatPolicy",
     "InMemoryHub",
     "InvalidArgument",
+    "InvalidMeta",
     "InvalidPolicy",
     "InvalidTransition",
     "JoinRefused",
@@ -33,6 +35,7 @@ PUBLIC = {
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
+    "PresenceEvent",
     "RateLimitAction",
     "RateLimitPolicy",
     "RateLimitScope",
@@ -116,6 +119,7 @@ def test_every_error_shares_the_root_and_a_builtin_where_one_fits() -> None:
         wsfleet.InvalidTransition: ValueError,
         wsfleet.InvalidPolicy: ValueError,
         wsfleet.InvalidArgument: ValueError,
+        wsfleet.InvalidMeta: ValueError,
         wsfleet.MessageTooLarge: ValueError,
         wsfleet.UnencodableMessage: ValueError,
         wsfleet.MalformedEnvelope: ValueError,

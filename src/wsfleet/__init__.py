@@ -16,6 +16,7 @@ from .errors import (
     AlreadyRegistered,
     FinalRefusal,
     InvalidArgument,
+    InvalidMeta,
     InvalidPolicy,
     InvalidTransition,
     JoinRefused,
@@ -46,6 +47,7 @@ from .policies import (
     RateLimitScope,
     RetryPolicy,
 )
+from .presence import MAX_META_BYTES, PresenceEvent
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
@@ -94,6 +96,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "MAX_META_BYTES",
     "PING",
     "TABLE",
     "AlreadyRegistered",
@@ -109,6 +112,7 @@ __all__ = [
     "HeartbeatPolicy",
     "InMemoryHub",
     "InvalidArgument",
+    "InvalidMeta",
     "InvalidPolicy",
     "InvalidTransition",
     "JitterMode",
@@ -119,6 +123,7 @@ __all__ = [
     "MessageTooLarge",
     "OverflowAction",
     "OverflowPolicy",
+    "PresenceEvent",
     "RateLimitAction",
     "RateLimitPolicy",
     "RateLimitScope",

@@ -1,12 +1,16 @@
-"""The manager's settings, checked before anything is built: a bad one raises, nothing starts."""
+"""The manager's settings, checked before anything is built: a bad one raises, nothing starts.
+
+Also the checks of arguments several of its calls share (``check_close``).
+"""
 
 from __future__ import annotations
 
 import math
 
+from ..closecodes import sendable
 from ..errors import InvalidArgument, WrongType
 
-__all__ = ["check_instance", "check_seconds", "check_size"]
+__all__ = ["check_close", "check_instance", "check_seconds", "check_size"]
 
 
 def check_instance(name: str, value: object, kind: type, *, optional: bool = True) -> None:
@@ -36,3 +40,14 @@ def check_size(name: str, value: object) -> int | None:
     if value < 1:
         raise InvalidArgument(f"{name} must be > 0, got {value!r}")
     return value
+
+
+def check_close(code: object, reason: object) -> None:
+    """What ``close`` and ``disconnect_identifier`` accept: what a close frame can carry."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise WrongType(f"code must be an int, got {type(code).__name__}")
+    if not isinstance(reason, str):
+        raise WrongType(f"reason must be a str, got {type(reason).__name__}")
+    refusal = sendable(code, reason)
+    if refusal is not None:
+        raise InvalidArgument(refusal)

@@ -17,7 +17,7 @@ Protocol, one JSON object per line. Out (stdout)::
 In (stdin): ``{"n": <n>, "op": "<op>", ...arguments}``, one at a time. Ops: ``broadcast``
 (message), ``send_to_one`` (identifier, message), ``send_to_many`` (identifiers, message),
 ``send_to_group`` (group, message), ``add_to_group`` / ``remove_from_group`` (identifier,
-group), ``disconnect_identifier`` (identifier, code, reason), ``presence`` (identifier),
+group), ``disconnect_identifier`` (identifier, code, reason), ``nodes_of`` (identifier),
 ``members`` (group), ``groups_of`` (identifier), ``online_count``, ``stats``, ``quit``.
 A fan-out answers ``{"local": <int>, "published": <bool>}``; sets come back as sorted lists.
 End of input is ``quit``.
@@ -64,8 +64,8 @@ async def call(manager: ConnectionManager, op: str, args: dict[str, Any]) -> Any
         return await manager.disconnect_identifier(
             args["identifier"], args.get("code", 1000), args.get("reason", "")
         )
-    if op == "presence":
-        return sorted(manager.presence(args["identifier"]))
+    if op == "nodes_of":
+        return sorted(manager.nodes_of(args["identifier"]))
     if op == "members":
         return sorted(manager.get_group_members(args["group"]))
     if op == "groups_of":

@@ -154,9 +154,9 @@ async def test_separate_processes_deliver_once_and_forget_a_killed_node(
 
         async def sees_everyone(node: Node) -> bool:
             return (
-                await node.call("presence", identifier="carol") == ["p1", "p2"]
-                and await node.call("presence", identifier="alice") == ["p1"]
-                and await node.call("presence", identifier="bob") == ["p2"]
+                await node.call("nodes_of", identifier="carol") == ["p1", "p2"]
+                and await node.call("nodes_of", identifier="alice") == ["p1"]
+                and await node.call("nodes_of", identifier="bob") == ["p2"]
                 and await node.call("online_count") == 3
             )
 
@@ -228,8 +228,8 @@ async def test_separate_processes_deliver_once_and_forget_a_killed_node(
 
         async def p2_is_gone() -> bool:
             return (
-                await p1.call("presence", identifier="bob") == []
-                and await p1.call("presence", identifier="carol") == ["p1"]
+                await p1.call("nodes_of", identifier="bob") == []
+                and await p1.call("nodes_of", identifier="carol") == ["p1"]
                 and await p1.call("members", group="room") == ["alice", "carol"]
                 and await p1.call("groups_of", identifier="bob") == []
                 and await p1.call("online_count") == 2
