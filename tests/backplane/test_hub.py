@@ -168,17 +168,31 @@ class _RelaySession(StoreSession):
             await self.relay.check("message")
             yield data
 
-    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
+    async def put_member(
+        self,
+        node: str,
+        identifier: str,
+        groups: list[str],
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         await self.relay.check("put_member")
-        await self.session.put_member(node, identifier, groups)
+        await self.session.put_member(node, identifier, groups, meta=meta)
 
     async def del_member(self, node: str, identifier: str) -> None:
         await self.relay.check("del_member")
         await self.session.del_member(node, identifier)
 
-    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+    async def replace_node(
+        self,
+        node: str,
+        snapshot: Mapping[str, list[str]],
+        ttl: float,
+        *,
+        metas: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         await self.relay.check("replace_node")
-        await self.session.replace_node(node, snapshot, ttl)
+        await self.session.replace_node(node, snapshot, ttl, metas=metas)
 
     async def beat(self, node: str, ttl: float) -> None:
         await self.relay.check("beat")
@@ -191,6 +205,10 @@ class _RelaySession(StoreSession):
     async def load(self, node: str) -> dict[str, list[str]]:
         await self.relay.check("load")
         return await self.session.load(node)
+
+    async def load_record(self, node: str) -> tuple[dict[str, list[str]], dict[str, object]]:
+        await self.relay.check("load")
+        return await self.session.load_record(node)
 
     async def forget(self, node: str) -> None:
         await self.relay.check("forget")

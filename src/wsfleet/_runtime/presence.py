@@ -78,7 +78,7 @@ class Presence:
         self.callbacks = Callbacks(callback_timeout, label="presence", single=True)
         #: identifier -> what was last reported of it; ``None`` until the first callback.
         self._known: dict[str, _State] | None = None
-        #: identifier -> the node its latest change came from, to compare at the next settle.
+        #: identifier -> the node its change came from, to compare at the next settle.
         self._dirty: dict[str, str] = {}
         self._wake: anyio.Event | None = None
 
@@ -172,7 +172,9 @@ class Presence:
         next settle. O(1); nothing at all while nobody listens."""
         if self._known is None:
             return
-        self._dirty[identifier] = self.node if node is None else node
+        # The first node to mark it is the one the change came from: a join on another
+        # node reaches the view before this node's registry follows it (``mirror``).
+        self._dirty.setdefault(identifier, self.node if node is None else node)
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()

@@ -108,9 +108,9 @@ class Replication:
     def _follow(self, kind: Kind, identifier: str, group: str, origin: str | None) -> None:
         """Groups belong to the identifier: a join or leave holds on every node it is on."""
         view = self.view
-        nodes = view.presence(identifier)
+        nodes = sorted(view.presence(identifier) - {origin})
         if origin is not None:
-            nodes.add(origin)
+            nodes.insert(0, origin)  # first: the change is the origin's (presence events)
         for where in nodes:
             if kind == "join":
                 view.join(where, identifier, group)
