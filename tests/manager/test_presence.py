@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from support import eventually
 from wsfleet import ConnectionManager, InvalidMeta, PresenceEvent, WrongType
@@ -209,3 +211,71 @@ async def test_presence_and_online_check_names() -> None:
             manager.online(None)  # type: ignore[arg-type]
         with pytest.raises(WrongType):
             manager.on_presence("not callable")  # type: ignore[arg-type]
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "unregister", "join", "leave", "step", "step"]),
+        st.sampled_from(["ann", "bob"]),
+        st.sampled_from(["red", "blue"]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS)
+@example(  # online, join, then gone: the groups are left first
+    ops=[
+        ("register", "ann", "red"),
+        ("join", "ann", "red"),
+        ("step", "", ""),
+        ("unregister", "ann", ""),
+    ]
+)
+@example(  # a second socket comes and goes: nothing to report
+    ops=[("register", "ann", ""), ("step", "", ""), ("register", "ann", ""), ("step", "", "")]
+)
+async def test_the_events_replayed_give_the_fleets_presence_and_each_is_a_change(
+    ops: list[tuple[str, str, str]],
+) -> None:
+    """Any sequence of registrations, departures, joins and leaves, with the event loop
+    stepping between some of them: replaying the events gives who is online and in which
+    groups, and no event repeats what the replay already holds."""
+    events: list[PresenceEvent] = []
+    async with ConnectionManager() as manager:
+        manager.on_presence(events.append)
+        sockets: dict[str, list[MemoryTransport]] = {"ann": [], "bob": []}
+        for op, identifier, group in ops:
+            if op == "register":
+                socket = MemoryTransport()
+                manager.register(socket, identifier)
+                sockets[identifier].append(socket)
+            elif op == "unregister" and sockets[identifier]:
+                manager.unregister(sockets[identifier].pop(0))
+            elif op == "join" and sockets[identifier]:
+                manager.add_to_group(identifier, group)
+            elif op == "leave":
+                manager.remove_from_group(identifier, group)
+            elif op == "step":  # the manager reports what changed before this
+                for _ in range(3):
+                    await checkpoint()
+        fleet = {i: manager.groups_of(i) for i in ("ann", "bob") if manager.online(i)}
+        await eventually(lambda: replay(events) == fleet)
+
+
+def replay(events: list[PresenceEvent]) -> dict[str, set[str]]:
+    """Who is online, in which groups, by the events; each event must change it."""
+    replayed: dict[str, set[str]] = {}
+    for event in events:
+        if event.kind == "online":
+            assert event.identifier not in replayed
+            replayed[event.identifier] = set()
+        elif event.kind == "offline":
+            assert replayed.pop(event.identifier) == set()  # its groups were left first
+        elif event.kind == "join":
+            assert event.group not in replayed[event.identifier]
+            replayed[event.identifier].add(str(event.group))
+        else:
+            replayed[event.identifier].remove(str(event.group))
+    return replayed

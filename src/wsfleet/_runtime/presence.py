@@ -78,8 +78,9 @@ class Presence:
         self.callbacks = Callbacks(callback_timeout, label="presence", single=True)
         #: identifier -> what was last reported of it; ``None`` until the first callback.
         self._known: dict[str, _State] | None = None
-        #: identifier -> the node its change came from, to compare at the next settle.
-        self._dirty: dict[str, str] = {}
+        #: identifier -> the first and the last node a change of it came from since the last
+        #: settle (whom the events name: see ``_events``).
+        self._dirty: dict[str, tuple[str, str]] = {}
         self._wake: anyio.Event | None = None
 
     def attach(self, remote: Remote, node: str) -> None:
@@ -172,9 +173,9 @@ class Presence:
         next settle. O(1); nothing at all while nobody listens."""
         if self._known is None:
             return
-        # The first node to mark it is the one the change came from: a join on another
-        # node reaches the view before this node's registry follows it (``mirror``).
-        self._dirty.setdefault(identifier, self.node if node is None else node)
+        where = self.node if node is None else node
+        seen = self._dirty.get(identifier)
+        self._dirty[identifier] = (where, where) if seen is None else (seen[0], where)
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()
@@ -192,14 +193,14 @@ class Presence:
             return
         dirty, self._dirty = self._dirty, {}
         publish = self.callbacks.publish
-        for identifier, node in dirty.items():
+        for identifier, nodes in dirty.items():
             before = known.get(identifier)
             after = self._state(identifier)
             if after is None:
                 known.pop(identifier, None)
             else:
                 known[identifier] = after
-            for event in _events(identifier, node, before, after):
+            for event in _events(identifier, nodes, before, after):
                 publish(event, None)
 
     async def run(self) -> None:
@@ -221,10 +222,17 @@ class Presence:
 
 
 def _events(
-    identifier: str, node: str, before: _State | None, after: _State | None
+    identifier: str, nodes: tuple[str, str], before: _State | None, after: _State | None
 ) -> list[PresenceEvent]:
-    """The events that take an identity from ``before`` to ``after`` (``None``: offline)."""
+    """The events that take an identity from ``before`` to ``after`` (``None``: offline).
+
+    ``nodes``: the first and the last node a change came from. Going offline is the last
+    one's doing (its last socket went there); anything else the first one's: a join or
+    leave on another node reaches the view before this node's registry follows it
+    (``mirror``), and an identity comes online where its first socket registered.
+    """
     events: list[PresenceEvent] = []
+    node = nodes[1] if after is None else nodes[0]
 
     def event(kind: PresenceKind, group: str | None, meta: dict[str, Any]) -> None:
         events.append(PresenceEvent(kind, identifier, group, dict(meta), node))
