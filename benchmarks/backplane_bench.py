@@ -259,7 +259,7 @@ async def wsfleet_sender(url: str, namespace: str) -> None:
     backplane = RedisBackplane(url, namespace=namespace, node_id="sender")
     async with ConnectionManager(backplane=backplane) as manager:
         with anyio.fail_after(10):  # until the receiver is known
-            await poll(lambda: manager.presence("probe") == {"receiver"}, 0.01)
+            await poll(lambda: manager.nodes_of("probe") == {"receiver"}, 0.01)
         ready()
         queued = backplane.stats
 

@@ -8,6 +8,7 @@ import wsfleet.policies
 import wsfleet.testing
 
 PUBLIC = {
+    "MAX_META_BYTES",
     "PING",
     "TABLE",
     "AlreadyRegistered",
@@ -24,6 +25,7 @@ PUBLIC = {
     "HistoryPolicy",
     "InMemoryHub",
     "InvalidArgument",
+    "InvalidMeta",
     "InvalidPolicy",
     "InvalidTransition",
     "JoinRefused",
@@ -35,6 +37,7 @@ PUBLIC = {
     "OverflowAction",
     "OverflowPolicy",
     "Position",
+    "PresenceEvent",
     "RateLimitAction",
     "RateLimitPolicy",
     "RateLimitScope",
@@ -119,6 +122,7 @@ def test_every_error_shares_the_root_and_a_builtin_where_one_fits() -> None:
         wsfleet.InvalidTransition: ValueError,
         wsfleet.InvalidPolicy: ValueError,
         wsfleet.InvalidArgument: ValueError,
+        wsfleet.InvalidMeta: ValueError,
         wsfleet.MessageTooLarge: ValueError,
         wsfleet.UnencodableMessage: ValueError,
         wsfleet.MalformedEnvelope: ValueError,

@@ -16,6 +16,7 @@ from .errors import (
     AlreadyRegistered,
     FinalRefusal,
     InvalidArgument,
+    InvalidMeta,
     InvalidPolicy,
     InvalidTransition,
     JoinRefused,
@@ -49,6 +50,7 @@ from .policies import (
     RateLimitScope,
     RetryPolicy,
 )
+from .presence import MAX_META_BYTES, PresenceEvent
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
@@ -97,6 +99,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "MAX_META_BYTES",
     "PING",
     "TABLE",
     "AlreadyRegistered",
@@ -113,6 +116,7 @@ __all__ = [
     "HistoryPolicy",
     "InMemoryHub",
     "InvalidArgument",
+    "InvalidMeta",
     "InvalidPolicy",
     "InvalidTransition",
     "JitterMode",
@@ -124,6 +128,7 @@ __all__ = [
     "OverflowAction",
     "OverflowPolicy",
     "Position",
+    "PresenceEvent",
     "RateLimitAction",
     "RateLimitPolicy",
     "RateLimitScope",

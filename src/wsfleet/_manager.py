@@ -14,7 +14,7 @@ interface the manager gives it (``_Node``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
@@ -24,12 +24,12 @@ import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from ._node import BackplaneMembership, BackplaneNode
+from ._node import BackplaneNode, attach
 from ._runtime.auth import Authenticate, Authenticator, session_for
 from ._runtime.callbacks import CallbackHandle, StateCallback
 from ._runtime.connection import Connection, Reconnector
 from ._runtime.fleet import Fleet
-from ._runtime.history import Frame, History, HistoryStore
+from ._runtime.history import Frame, HistoryStore
 from ._runtime.joins import JoinRule, JoinRules
 from ._runtime.observer import FleetObserver, ObserverHandle
 from ._runtime.outbound import MessageHandler, dial
@@ -48,6 +48,7 @@ from .policies.history import HistoryPolicy, Position
 from .policies.overflow import OverflowPolicy
 from .policies.ratelimit import RateLimitPolicy
 from .policies.retry import RetryPolicy
+from .presence import Meta, PresenceEvent
 from .transport import Message
 
 __all__ = ["ConnectionManager"]
@@ -171,19 +172,10 @@ class ConnectionManager:
         self.rate_limit = rate_limit
         self.backpressure = backpressure
         self._registry: Registry = self._fleet.registry
-        fleet = self._fleet
-        self._history = History(
-            self._registry,
-            fleet.deliver,
-            fleet.check_message,
-            fleet.context.now,
-            default=history,
-            frame=frame,
-            store=history_store,
-        )
+        self._history = self._fleet.history(history, frame=frame, store=history_store)
         self._backplane = backplane
         if backplane is not None:
-            self._fleet.membership = BackplaneMembership(backplane)
+            attach(self._fleet, backplane)
         self._tg: anyio.abc.TaskGroup | None = None
         self._entered = False
         self._batching = 0
@@ -242,18 +234,18 @@ class ConnectionManager:
         if self._backplane is not None:
             await self._backplane.close()
         with anyio.move_on_after(self.shutdown_timeout):
-            await fleet.callbacks.wait_idle()
+            await fleet.wait_idle()
 
     # -- registry ------------------------------------------------------------------------
 
-    def register(self, socket: object, identifier: str) -> Connection:
+    def register(self, socket: object, identifier: str, *, meta: Meta = None) -> Connection:
         """Add a socket under ``identifier`` (one identifier may hold several sockets).
 
         ``socket`` is a ``Transport`` or a socket of a library wsfleet has an adapter for
         (found from the socket's class and imported on first use). The connection starts
-        CONNECTED.
+        CONNECTED. ``meta``: the identity's presence metadata from now on (``check_meta``).
         """
-        return self._fleet.register(socket, identifier)
+        return self._fleet.register(socket, identifier, meta=meta)
 
     def unregister(self, socket: object) -> bool:
         """Move the socket to DISCONNECTED and forget it; ``False`` if it is not registered.
@@ -372,18 +364,10 @@ class ConnectionManager:
 
     def get_group_members(self, group: str) -> set[str]:
         """Identifiers in ``group``, on every node (a copy); empty for an unknown group."""
-        check_name("group", group)
-        members = set(self._registry.groups.get(group, ()))
-        if self._backplane is not None:
-            members |= self._backplane.view.members(group)
-        return members
+        return self._fleet.presence.members(check_name("group", group))
 
     def groups_of(self, identifier: str) -> set[str]:
-        check_name("identifier", identifier)
-        groups = set(self._registry.memberships.get(identifier, ()))
-        if self._backplane is not None:
-            groups |= self._backplane.view.groups_of(identifier)
-        return groups
+        return self._fleet.presence.groups_of(check_name("identifier", identifier))
 
     def groups(self) -> set[str]:
         return set(self._registry.groups)
@@ -413,19 +397,31 @@ class ConnectionManager:
         """This manager's node in its fleet; ``None`` without a backplane."""
         return None if self._backplane is None else self._backplane.node_id
 
-    def presence(self, identifier: str) -> set[str]:
+    def nodes_of(self, identifier: str) -> set[str]:
         """The nodes where ``identifier`` has sockets (this one's id, or "local", included)."""
-        check_name("identifier", identifier)
-        here = {self.node_id or "local"} if identifier in self._registry.by_identifier else set()
-        if self._backplane is not None:
-            here |= self._backplane.view.presence(identifier)
-        return here
+        return self._fleet.presence.nodes_of(check_name("identifier", identifier))
+
+    def online(self, identifier: str) -> bool:
+        """Whether ``identifier`` has a socket (a held session counts) on any node."""
+        return self._fleet.presence.online(check_name("identifier", identifier))
+
+    async def presence(self, group: str) -> dict[str, dict[str, Any]]:
+        """``{identifier: meta}`` for ``group``'s members on every node (copies)."""
+        check_name("group", group)
+        await checkpoint()
+        return self._fleet.presence.of_group(group)
+
+    def on_presence(self, callback: Callable[[PresenceEvent], Any]) -> CallbackHandle:
+        """Call ``callback(event)`` (sync or async, run as ``on_state_change``'s) once per
+        ``PresenceEvent`` of the fleet, whichever node it happened on; see the presence
+        how-to. Returns a handle whose ``remove()`` unsubscribes."""
+        if self._entered:
+            self._fleet.context.check(cleanup=True)
+        return self._fleet.presence.subscribe(callback)
 
     def online_count(self) -> int:
         """Identifiers with at least one socket on any node."""
-        if self._backplane is None:
-            return len(self._registry.by_identifier)
-        return len(set(self._registry.by_identifier) | self._backplane.view.identifiers())
+        return self._fleet.presence.count()
 
     async def disconnect_identifier(
         self, identifier: str, code: int = 1000, reason: str = ""
@@ -533,7 +529,12 @@ class ConnectionManager:
         return self._fleet.add_observer(observer)
 
     def session(
-        self, socket: object, identifier: str | None = None, *, resume: str | None = None
+        self,
+        socket: object,
+        identifier: str | None = None,
+        *,
+        resume: str | None = None,
+        meta: Meta = None,
     ) -> AbstractAsyncContextManager[Session]:
         """Register ``socket`` for the life of a handler; iterate the session to receive.
 
@@ -546,8 +547,9 @@ class ConnectionManager:
         groups kept, its buffered messages delivered first); any other value starts afresh.
         A bad identifier (it comes from the client) closes the socket with 1008 instead.
         With an ``authenticate`` hook, the hook names it (``identifier`` must agree): 4401.
+        ``meta``: presence metadata, as for ``register`` (a resumed session keeps its own).
         """
-        return session_for(self._fleet, self._auth, socket, identifier, resume)
+        return session_for(self._fleet, self._auth, socket, identifier, resume, meta)
 
     def touch(self, socket: object, *, pong: bool = False) -> None:
         """Report inbound activity on ``socket`` (adapters call it for each message/pong)."""

@@ -17,7 +17,7 @@ from ._runtime.routing import Kind, targets
 from .backplane import Backplane
 from .transport import Message
 
-__all__ = ["BackplaneMembership", "BackplaneNode"]
+__all__ = ["BackplaneMembership", "BackplaneNode", "attach"]
 
 _Args = TypeVarTuple("_Args")
 
@@ -30,13 +30,20 @@ class BackplaneMembership:
     def __init__(self, backplane: Backplane) -> None:
         self._backplane = backplane
 
-    def online(self, identifier: str) -> Iterable[str]:
+    def online(self, identifier: str, meta: dict[str, Any] | None) -> Iterable[str]:
         groups = self._backplane.view.groups_of(identifier)
-        self._backplane.membership("online", identifier)
+        self._backplane.membership("online", identifier, meta=meta)
         return groups
 
     def offline(self, identifier: str) -> None:
         self._backplane.membership("offline", identifier)
+
+
+def attach(fleet: Fleet, backplane: Backplane) -> None:
+    """Make ``fleet`` one node of ``backplane``'s fleet: it tells the backplane who comes
+    and goes, and its presence answers for the other nodes too (from the view)."""
+    fleet.membership = BackplaneMembership(backplane)
+    fleet.presence.attach(backplane.view, backplane.node_id)
 
 
 class BackplaneNode:
@@ -82,6 +89,9 @@ class BackplaneNode:
 
     def groups_of(self, identifier: str) -> Collection[str]:
         return self._registry.memberships.get(identifier, ())
+
+    def meta_of(self, identifier: str) -> Mapping[str, Any] | None:
+        return self._fleet.presence.metas.get(identifier)
 
     def memberships(self) -> Mapping[str, Collection[str]]:
         memberships = self._registry.memberships

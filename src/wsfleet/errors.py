@@ -9,6 +9,7 @@ conventions (``except ValueError``) keeps working::
     ├── InvalidPolicy (ValueError)         .field
     ├── RetriesExhausted                   .attempts
     ├── InvalidArgument (ValueError)       bad identifier, group name, size ...
+    │   └── InvalidMeta                     presence metadata too large or not JSON
     ├── WrongType (TypeError)              a message that is neither str nor bytes ...
     ├── MessageTooLarge (ValueError)       .size, .limit, .detail
     ├── UnencodableMessage (ValueError)    text that is not valid Unicode (lone surrogates)
@@ -43,6 +44,7 @@ __all__ = [
     "AlreadyRegistered",
     "FinalRefusal",
     "InvalidArgument",
+    "InvalidMeta",
     "InvalidPolicy",
     "InvalidTransition",
     "JoinRefused",
@@ -116,6 +118,12 @@ class RetriesExhausted(WsfleetError):
 
 class InvalidArgument(WsfleetError, ValueError):
     """A value of the right type but outside what wsfleet accepts."""
+
+
+class InvalidMeta(InvalidArgument):
+    """Presence metadata (``register(..., meta=...)``) that is not a small JSON object: not
+    JSON-encodable, keys that are not ``str``, or over ``MAX_META_BYTES`` once encoded.
+    Nothing was registered or changed."""
 
 
 class WrongType(WsfleetError, TypeError):
@@ -290,6 +298,7 @@ for _error in (
     InvalidPolicy,
     RetriesExhausted,
     InvalidArgument,
+    InvalidMeta,
     WrongType,
     MessageTooLarge,
     UnencodableMessage,

@@ -172,7 +172,7 @@ async def test_a_presence_flood_takes_bounded_memory(store: Callable[[], Store])
         await wait_until(lambda: view.knows("n1"), "n2 knows n1")
         alice = MemoryTransport()
         n1.register(alice, "alice")
-        await wait_until(lambda: n2.presence("alice") == {"n1"}, "n2 sees alice")
+        await wait_until(lambda: n2.nodes_of("alice") == {"n1"}, "n2 sees alice")
         third = FLOOD // 3
         frames = [forged("online", f"made-up-{i}", id=f"u{i}") for i in range(third)]
         frames += [forged("online", "n1", id=f"v{i}") for i in range(third)]
@@ -305,7 +305,7 @@ async def test_a_join_from_a_node_not_known_yet_still_reaches_this_nodes_sockets
         await wait_until(lambda: backplane.view.knows("n1"), "n2 knows n1")
         n1.register(MemoryTransport(), "alice")
         n2.register(MemoryTransport(), "alice")
-        await wait_until(lambda: n2.presence("alice") == {"n1", "n2"}, "n2 sees alice on n1")
+        await wait_until(lambda: n2.nodes_of("alice") == {"n1", "n2"}, "n2 sees alice on n1")
         hiding.hidden.add("n1")  # n2 reads n1's lease as lapsed
         await wait_until(lambda: not backplane.view.knows("n1"), "n2 forgot n1")
         n1.add_to_group("alice", "room")
@@ -315,7 +315,7 @@ async def test_a_join_from_a_node_not_known_yet_still_reaches_this_nodes_sockets
         assert n2.groups() == {"room"}  # alice's socket here is in the room
         # n1's lease is read again: the next heartbeat loads its record, the view catches up.
         hiding.hidden.clear()
-        await wait_until(lambda: n2.presence("alice") == {"n1", "n2"}, "n1 loaded again")
+        await wait_until(lambda: n2.nodes_of("alice") == {"n1", "n2"}, "n1 loaded again")
         assert n2.get_group_members("room") == {"alice"}
 
 

@@ -168,17 +168,31 @@ class _RelaySession(StoreSession):
             await self.relay.check("message")
             yield data
 
-    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
+    async def put_member(
+        self,
+        node: str,
+        identifier: str,
+        groups: list[str],
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         await self.relay.check("put_member")
-        await self.session.put_member(node, identifier, groups)
+        await self.session.put_member(node, identifier, groups, meta=meta)
 
     async def del_member(self, node: str, identifier: str) -> None:
         await self.relay.check("del_member")
         await self.session.del_member(node, identifier)
 
-    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+    async def replace_node(
+        self,
+        node: str,
+        snapshot: Mapping[str, list[str]],
+        ttl: float,
+        *,
+        metas: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         await self.relay.check("replace_node")
-        await self.session.replace_node(node, snapshot, ttl)
+        await self.session.replace_node(node, snapshot, ttl, metas=metas)
 
     async def beat(self, node: str, ttl: float) -> None:
         await self.relay.check("beat")
@@ -191,6 +205,10 @@ class _RelaySession(StoreSession):
     async def load(self, node: str) -> dict[str, list[str]]:
         await self.relay.check("load")
         return await self.session.load(node)
+
+    async def load_record(self, node: str) -> tuple[dict[str, list[str]], dict[str, object]]:
+        await self.relay.check("load")
+        return await self.session.load_record(node)
 
     async def forget(self, node: str) -> None:
         await self.relay.check("forget")
@@ -308,19 +326,19 @@ async def test_without_a_backplane_nothing_is_published() -> None:
         assert (delivery.local, delivery.published) == (1, False)
         assert manager.node_id is None
         assert manager.stats().backplane is None
-        assert manager.presence("ann") == {"local"}
+        assert manager.nodes_of("ann") == {"local"}
 
 
 async def test_disconnect_identifier_closes_its_sockets_on_every_node() -> None:
     async with fleet(InMemoryHub(), "n1", "n2") as (n1, n2):
         a1, a2, b2 = n1.connect("ann"), n2.connect("ann"), n2.connect("bob")
-        await wait_until(lambda: n1.manager.presence("ann") == {"n1", "n2"}, "ann on both")
+        await wait_until(lambda: n1.manager.nodes_of("ann") == {"n1", "n2"}, "ann on both")
         assert await n1.manager.disconnect_identifier("ann", 4001, "banned") == 1
         await wait_until(lambda: a1.closed and a2.closed, "both of ann's sockets closed")
         assert (a2.close_code, a2.close_reason) == (4001, "banned")
         assert not b2.closed
         await wait_until(
-            lambda: n1.manager.presence("ann") == set() == n2.manager.presence("ann"),
+            lambda: n1.manager.nodes_of("ann") == set() == n2.manager.nodes_of("ann"),
             "ann gone everywhere",
         )
 
@@ -345,16 +363,16 @@ async def test_membership_and_presence_agree_across_nodes() -> None:
                 n.manager.get_group_members("red") == {"ann", "bob"}
                 and n.manager.get_group_members("blue") == {"bob", "cy"}
                 and n.manager.groups_of("bob") == {"red", "blue"}
-                and n.manager.presence("bob") == {"n2"}
+                and n.manager.nodes_of("bob") == {"n2"}
                 and n.manager.online_count() == 3
                 for n in nodes
             )
 
         await wait_until(agreed, "every node sees the same groups and presence")
         for n in nodes:
-            assert n.manager.presence("ann") == {"n1"}
-            assert n.manager.presence("cy") == {"n3"}
-            assert n.manager.presence("zed") == set()
+            assert n.manager.nodes_of("ann") == {"n1"}
+            assert n.manager.nodes_of("cy") == {"n3"}
+            assert n.manager.nodes_of("zed") == set()
             assert n.manager.groups_of("ann") == {"red"}
             assert n.manager.get_group_members("green") == set()
 
@@ -367,7 +385,7 @@ async def test_membership_and_presence_agree_across_nodes() -> None:
             n2.manager.unregister(socket)
         await wait_until(
             lambda: all(
-                n.manager.presence("bob") == set()
+                n.manager.nodes_of("bob") == set()
                 and n.manager.get_group_members("blue") == {"cy"}
                 and n.manager.online_count() == 2
                 for n in nodes
@@ -384,7 +402,7 @@ async def test_an_identifier_on_two_nodes() -> None:
         a2 = n2.connect("ann")  # her groups follow her to the new node
         await wait_until(
             lambda: all(
-                n.manager.presence("ann") == {"n1", "n2"}
+                n.manager.nodes_of("ann") == {"n1", "n2"}
                 and n.manager.get_group_members("room") == {"ann"}
                 and n.manager.groups() == {"room"}  # each node's own socket is in the room
                 and n.manager.online_count() == 1
@@ -408,7 +426,7 @@ async def test_an_identifier_on_two_nodes() -> None:
 
         n2.manager.unregister(a2)
         await wait_until(
-            lambda: all(n.manager.presence("ann") == {"n1"} for n in nodes), "ann only on n1"
+            lambda: all(n.manager.nodes_of("ann") == {"n1"} for n in nodes), "ann only on n1"
         )
         assert n2.manager.online_count() == 1
 
@@ -422,13 +440,13 @@ async def test_a_third_node_sees_group_changes_made_through_another_node() -> No
         n3.connect("cy")
         await wait_until(
             lambda: (
-                all(n.manager.presence("ann") == {"n1", "n2"} for n in nodes)
+                all(n.manager.nodes_of("ann") == {"n1", "n2"} for n in nodes)
                 and n2.manager.groups() == {"room"}
             ),
             "ann on two nodes, in the room on both",
         )
         n1.manager.unregister(a1)  # she is still in the room on n2
-        await wait_until(lambda: n3.manager.presence("ann") == {"n2"}, "n3 saw ann leave n1")
+        await wait_until(lambda: n3.manager.nodes_of("ann") == {"n2"}, "n3 saw ann leave n1")
         await anyio.sleep(2 * HEARTBEAT)
         assert n2.manager.get_group_members("room") == {"ann"}
         assert n1.manager.get_group_members("room") == {"ann"}
@@ -447,7 +465,7 @@ async def test_a_node_starting_while_an_identifier_comes_online_still_sees_it() 
         async with fleet(hub, "n1") as (n1,):  # starts in that window
             relay.release("put_member")
             await wait_until(lambda: "bob" in hub.members.get("n2", {}), "bob recorded")
-            await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+            await wait_until(lambda: n1.manager.nodes_of("bob") == {"n2"}, "n1 sees bob")
 
 
 # -- outages ----------------------------------------------------------------------------------
@@ -458,7 +476,7 @@ async def test_hub_down_local_delivery_goes_on_and_cross_node_drops_are_counted(
     async with fleet(hub, "n1", "n2") as nodes:
         n1, n2 = nodes
         ann, bob = n1.connect("ann"), n2.connect("bob")
-        await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+        await wait_until(lambda: n1.manager.nodes_of("bob") == {"n2"}, "n1 sees bob")
         await n1.manager.send_to_one("bob", "before")
         await wait_until(lambda: bob.received == ["before"], "bob got 'before'")
 
@@ -492,7 +510,7 @@ async def test_hub_down_local_delivery_goes_on_and_cross_node_drops_are_counted(
         await wait_until(lambda: connected(n1.manager, n2.manager), "the links came back")
         await wait_until(
             lambda: (
-                n2.manager.presence("eve") == {"n1"}
+                n2.manager.nodes_of("eve") == {"n1"}
                 and n2.manager.get_group_members("red") == {"ann"}
             ),
             "n1's membership re-asserted after the outage",
@@ -512,7 +530,7 @@ async def test_the_link_comes_back_after_repeated_outages() -> None:
     hub = InMemoryHub()
     async with fleet(hub, "n1", "n2") as (n1, n2):
         bob = n2.connect("bob")
-        await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+        await wait_until(lambda: n1.manager.nodes_of("bob") == {"n2"}, "n1 sees bob")
         dropped = 0
         for outage in range(3):
             hub.down = True
@@ -522,7 +540,7 @@ async def test_the_link_comes_back_after_repeated_outages() -> None:
             await anyio.sleep(TTL)  # longer than a lease: the hub forgets everyone
             hub.down = False
             await wait_until(lambda: connected(n1.manager, n2.manager), "the links came back")
-            await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob again")
+            await wait_until(lambda: n1.manager.nodes_of("bob") == {"n2"}, "n1 sees bob again")
             await n1.manager.send_to_one("bob", f"kept {outage}")
             await wait_until(lambda o=outage: bob.received[-1:] == [f"kept {o}"], "delivered")
         assert bob.received == ["kept 0", "kept 1", "kept 2"]
@@ -547,7 +565,7 @@ async def test_what_registered_during_an_outage_comes_back_in_one_snapshot() -> 
         relay.cut = False
         await wait_until(lambda: connected(n1.manager), "n1's link back")
         await wait_until(
-            lambda: all(n2.manager.presence(name) == {"n1"} for name in names), "n2 sees all"
+            lambda: all(n2.manager.nodes_of(name) == {"n1"} for name in names), "n2 sees all"
         )
         assert n2.manager.get_group_members("room") >= set(names)
         assert relay.calls["replace_node"] >= 1
@@ -563,7 +581,7 @@ async def test_a_buffer_keeps_up_to_n_messages_for_when_the_link_returns() -> No
         fleet(relay, "n1", options={"n1": {"buffer": 3}}) as (n1,),
     ):
         bob = n2.connect("bob")
-        await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+        await wait_until(lambda: n1.manager.nodes_of("bob") == {"n2"}, "n1 sees bob")
 
         relay.cut = True
         await wait_until(lambda: down(n1.manager), "n1's link noticed")
@@ -594,7 +612,7 @@ async def test_a_buffer_outlives_an_outage_of_the_whole_hub() -> None:
     options = {"n1": {"buffer": 3}, "n2": {"retry_policy": slow}}
     async with fleet(hub, "n1", "n2", options=options) as (n1, n2):
         bob = n2.connect("bob")
-        await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+        await wait_until(lambda: n1.manager.nodes_of("bob") == {"n2"}, "n1 sees bob")
 
         hub.down = True
         await wait_until(lambda: down(n1.manager, n2.manager), "both links noticed")
@@ -625,7 +643,7 @@ async def test_a_node_that_exits_cleanly_vanishes_at_once() -> None:
             manager.add_to_group("bob", "red")
             await wait_until(
                 lambda: (
-                    n1.manager.presence("bob") == {"n2"}
+                    n1.manager.nodes_of("bob") == {"n2"}
                     and n1.manager.get_group_members("red") == {"bob"}
                 ),
                 "n1 sees bob on n2",
@@ -635,7 +653,7 @@ async def test_a_node_that_exits_cleanly_vanishes_at_once() -> None:
         assert "n2" not in hub.members
         await wait_until(
             lambda: (
-                n1.manager.presence("bob") == set()
+                n1.manager.nodes_of("bob") == set()
                 and n1.manager.get_group_members("red") == set()
                 and n1.manager.online_count() == 1
                 and n1.backplane.view.nodes() == set()
@@ -643,7 +661,7 @@ async def test_a_node_that_exits_cleanly_vanishes_at_once() -> None:
             "n2 gone from n1's view",
             timeout=4 * HEARTBEAT + 0.5,
         )
-        assert n1.manager.presence("ann") == {"n1"}
+        assert n1.manager.nodes_of("ann") == {"n1"}
 
 
 async def test_sends_queued_for_other_nodes_at_exit_are_published_or_counted() -> None:
@@ -653,7 +671,7 @@ async def test_sends_queued_for_other_nodes_at_exit_are_published_or_counted() -
         bob = n2.connect("bob")
         await wait_until(lambda: "bob" in hub.members.get("n2", {}), "bob recorded")
         async with fleet(relay, "n1") as (n1,):
-            await wait_until(lambda: n1.manager.presence("bob") == {"n2"}, "n1 sees bob")
+            await wait_until(lambda: n1.manager.nodes_of("bob") == {"n2"}, "n1 sees bob")
             relay.hold("publish")
             for i in range(5):
                 assert (await n1.manager.send_to_one("bob", f"m{i}")).published
@@ -672,7 +690,7 @@ async def test_a_node_whose_lease_lapses_vanishes_after_node_ttl() -> None:
         n2.manager.add_to_group("bob", "red")
         await wait_until(
             lambda: (
-                n1.manager.presence("bob") == {"n2"}
+                n1.manager.nodes_of("bob") == {"n2"}
                 and n1.manager.get_group_members("red") == {"bob"}
             ),
             "n1 sees bob on n2",
@@ -681,7 +699,7 @@ async def test_a_node_whose_lease_lapses_vanishes_after_node_ttl() -> None:
         doomed.cut = True
         lease_ends = hub.leases["n2"]  # the last renewal n2 made; it cannot make another
         await wait_until(
-            lambda: n1.manager.presence("bob") == set(),
+            lambda: n1.manager.nodes_of("bob") == set(),
             "n2's lease lapsed",
             timeout=TTL + 4 * HEARTBEAT + 0.5,
         )

@@ -70,6 +70,9 @@ class RecordingNode:
     def groups_of(self, identifier: str) -> Collection[str]:
         return self.groups.get(identifier, set())
 
+    def meta_of(self, identifier: str) -> Mapping[str, Any] | None:
+        return None
+
     def memberships(self) -> Mapping[str, Collection[str]]:
         return self.groups
 

@@ -201,7 +201,7 @@ async def test_nodes_sharing_a_secret_deliver(store: Callable[[], Store]) -> Non
         n2.register(alice, "alice")
         n2.add_to_group("alice", "room")
         await wait_until(lambda: n1.get_group_members("room") == {"alice"}, "n1 sees the room")
-        assert n1.presence("alice") == {"n2"}
+        assert n1.nodes_of("alice") == {"n2"}
         for manager in (n1, n2):
             assert manager.stats().drops == {}
             assert backplane_stat(manager, "dropped") == backplane_stat(manager, "replayed") == 0
@@ -215,7 +215,7 @@ async def test_forged_frames_are_dropped_counted_and_deliver_nothing(
     async with pair(store, OLD, OLD) as (n1, n2):
         bob = MemoryTransport()
         n2.register(bob, "bob")
-        await wait_until(lambda: n1.presence("bob") == {"n2"}, "n1 sees bob")
+        await wait_until(lambda: n1.nodes_of("bob") == {"n2"}, "n1 sees bob")
         now = time.time()
         payload = envelope("n1", text="forged")
         good = Signing(OLD).seal(payload, 1, now)

@@ -157,10 +157,10 @@ async def test_two_managers_make_one_fleet_through_a_store_written_outside_wsfle
         await wait_until(lambda: bob.received == [b"\x00bytes"], "bob got his own")
         assert alice.received == ["to the room", "to all but bob"]
 
-        assert n1.presence("bob") == {"n2"}
+        assert n1.nodes_of("bob") == {"n2"}
         assert await n1.disconnect_identifier("bob", 4000, "bye") == 0
         await wait_until(lambda: bob.close_code == 4000, "bob closed from the other node")
-        await wait_until(lambda: n1.presence("bob") == set(), "n1 saw bob go")
+        await wait_until(lambda: n1.nodes_of("bob") == set(), "n1 saw bob go")
         for manager in (n1, n2):
             # The store could not count receivers: nothing was taken for lost.
             assert manager.stats().drops == {}

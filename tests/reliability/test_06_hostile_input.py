@@ -200,7 +200,7 @@ async def test_bad_arguments_are_refused_and_change_nothing(
             lambda: manager.send_to_group(bad, "m"),
             lambda: manager.get_group_members(bad),
             lambda: manager.groups_of(bad),
-            lambda: manager.presence(bad),
+            lambda: manager.nodes_of(bad),
             lambda: manager.disconnect_identifier(bad),
         ]
 

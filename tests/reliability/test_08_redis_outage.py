@@ -229,9 +229,9 @@ async def test_presence_registered_while_a_node_subscribes_reaches_the_others(
                     await anyio.to_thread.run_sync(redis.start)
                     await register_until_connected()
             with anyio.move_on_after(RESUBSCRIBE_BOUND):
-                while any(b.presence(n) != {"a"} for n in names):
+                while any(b.nodes_of(n) != {"a"} for n in names):
                     await anyio.sleep(0.01)
-            unseen = [n for n in names if b.presence(n) != {"a"}]
+            unseen = [n for n in names if b.nodes_of(n) != {"a"}]
     figure("registered while node a was (re)subscribing", len(names))
     figure("never seen by node b", len(unseen), "", "= 0")
     assert unseen == []

@@ -123,6 +123,7 @@ async def authenticated_session(
     socket: object,
     resume: str | None,
     claimed: str | None = None,
+    meta: object = None,
 ) -> AsyncIterator[Session]:
     """``open_session`` under the identifier the hook names; a refusal closes the socket
     with 4401 and runs the block with a refused session (nothing registered).
@@ -151,7 +152,7 @@ async def authenticated_session(
         except WsfleetError as error:  # the block used the identity it was refused
             logger.debug("a refused session's block ended with %r", error)
         return
-    async with open_session(host, socket, identifier, resume) as session:
+    async with open_session(host, socket, identifier, resume, meta) as session:
         yield session
 
 
@@ -161,12 +162,13 @@ def session_for(
     socket: object,
     identifier: str | None,
     resume: str | None,
+    meta: object = None,
 ) -> AbstractAsyncContextManager[Session]:
     """``manager.session``: under the identifier the hook names (which ``identifier``, if
     given, must be), or without a hook under ``identifier``."""
     if identifier is None or auth.hooked:
-        return authenticated_session(host, auth, socket, resume, claimed=identifier)
-    return open_session(host, socket, identifier, resume)
+        return authenticated_session(host, auth, socket, resume, identifier, meta)
+    return open_session(host, socket, identifier, resume, meta)
 
 
 def _printable(text: str, limit: int = 200) -> str:

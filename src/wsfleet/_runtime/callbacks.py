@@ -10,6 +10,9 @@ n x ``callback_timeout`` late. A callback that raises is logged and counted; one
 is abandoned after the manager's ``callback_timeout`` and counted. A lane more than
 ``BACKLOG`` changes behind drops its oldest change, counted and logged, so a callback that
 cannot keep up costs bounded memory.
+
+Presence events (``on_presence``) run the same way, in lanes of their own: a second
+``Callbacks`` whose callbacks always take the one event record (``single``).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class _Lane:
 
     def __init__(self, handle: CallbackHandle) -> None:
         self.handle = handle
-        self.pending: deque[tuple[StateChange, object]] = deque()
+        self.pending: deque[tuple[Any, object]] = deque()
         self.wake: anyio.Event | None = None  # made by the worker, inside the event loop
         self.busy = False
         self.closed = False
@@ -93,9 +96,31 @@ class _Lane:
 class Callbacks:
     """The callbacks, each with a lane of its own (see the module's docstring)."""
 
-    __slots__ = ("_idle", "_lanes", "_tg", "backlog", "dropped", "errors", "timeout", "timeouts")
+    __slots__ = (
+        "_idle",
+        "_lanes",
+        "_tg",
+        "backlog",
+        "dropped",
+        "errors",
+        "label",
+        "single",
+        "timeout",
+        "timeouts",
+    )
 
-    def __init__(self, timeout: float, backlog: int = BACKLOG) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        backlog: int = BACKLOG,
+        *,
+        label: str = "state-change",
+        single: bool = False,
+    ) -> None:
+        #: What the log lines call these callbacks.
+        self.label = label
+        #: Every callback takes the record alone (presence events have no other form).
+        self.single = single
         self._lanes: dict[CallbackHandle, _Lane] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._idle: anyio.Event | None = None
@@ -109,6 +134,7 @@ class Callbacks:
         if not callable(callback):
             raise WrongType(f"callback must be callable, got {type(callback).__name__}")
         handle = CallbackHandle(self, callback)
+        handle.wants_record = handle.wants_record or self.single
         lane = self._lanes[handle] = _Lane(handle)
         if self._tg is not None:
             self._tg.start_soon(self._work, lane, name=f"wsfleet callback {callback!r}")
@@ -131,7 +157,7 @@ class Callbacks:
     def __len__(self) -> int:
         return len(self._lanes)
 
-    def publish(self, change: StateChange, socket: object) -> None:
+    def publish(self, change: StateChange | Any, socket: object) -> None:
         """Queue ``change`` for every callback; O(number of callbacks), never waits."""
         for lane in self._lanes.values():
             pending = lane.pending
@@ -140,8 +166,9 @@ class Callbacks:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % self.backlog == 0:
                     logger.error(
-                        "state-change callback %r is %d changes behind; its oldest change was "
+                        "%s callback %r is %d changes behind; its oldest change was "
                         "dropped (%d dropped so far, stats().drops['callback backlog'])",
+                        self.label,
                         lane.handle.callback,
                         len(pending),
                         self.dropped,
@@ -188,7 +215,7 @@ class Callbacks:
                 if self._idle is not None:
                     self._idle.set()
 
-    async def _call(self, handle: CallbackHandle, change: StateChange, socket: object) -> None:
+    async def _call(self, handle: CallbackHandle, change: Any, socket: object) -> None:
         try:
             if handle.wants_record:
                 result = handle.callback(change)
@@ -200,10 +227,11 @@ class Callbacks:
                 if scope.cancelled_caught:
                     self.timeouts += 1
                     logger.error(
-                        "state-change callback %r took longer than %.3g s; abandoned",
+                        "%s callback %r took longer than %.3g s; abandoned",
+                        self.label,
                         handle.callback,
                         self.timeout,
                     )
         except Exception:
             self.errors += 1
-            logger.exception("state-change callback %r raised", handle.callback)
+            logger.exception("%s callback %r raised", self.label, handle.callback)

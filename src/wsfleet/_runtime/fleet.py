@@ -15,6 +15,9 @@ function:
 5. the callbacks' lanes get the change;
 6. DISCONNECTED: the connection leaves the registry (nothing holds it any more).
 
+Presence (``presence``) follows the registry on its own: it hears of every identifier that
+comes, goes, joins or leaves, and keeps the metadata registered here.
+
 The parts report what they see (a socket failed, a ping is due, a retry fell due, a queue
 overflowed) and this object decides what follows. Nothing here validates what users pass
 (the manager does) or knows other nodes (the manager's backplane does, through
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -51,16 +54,20 @@ from ..fsm.machine import FleetMachine, StateChange
 from ..fsm.states import HELD, ConnectionState
 from ..policies.backpressure import BackpressurePolicy
 from ..policies.heartbeat import HeartbeatPolicy
+from ..policies.history import HistoryPolicy
 from ..policies.overflow import OverflowAction, OverflowPolicy
 from ..policies.ratelimit import RateLimitPolicy
 from ..policies.retry import RetryPolicy
+from ..presence import check_meta
 from ..transport import Message, Transport, adapter_for, message_size, no_adapter
 from .callbacks import Callbacks
 from .connection import Connection, Reconnector
 from .context import Context
+from .history import Frame, History, HistoryStore
 from .inbound import Inbound
 from .observer import FleetObserver, ObserverHandle, Observers
 from .outbox import Outbox
+from .presence import Presence
 from .registry import Registry, check_name
 from .resumption import Resumption
 from .session import RATE_LIMITED
@@ -80,8 +87,9 @@ D = ConnectionState.DISCONNECTED
 class Membership(Protocol):
     """Who else is told when an identifier comes and goes here (the backplane, if any)."""
 
-    def online(self, identifier: str) -> Iterable[str]:
-        """``identifier`` has its first socket here: the groups it is in elsewhere."""
+    def online(self, identifier: str, meta: dict[str, Any] | None) -> Iterable[str]:
+        """``identifier`` has its first socket here, or new metadata (``meta``; ``None``:
+        none here): the groups it is in elsewhere."""
 
     def offline(self, identifier: str) -> None:
         """``identifier``'s last socket here is gone."""
@@ -90,7 +98,7 @@ class Membership(Protocol):
 class _Alone:
     """A node with no other node to tell."""
 
-    def online(self, identifier: str) -> Iterable[str]:
+    def online(self, identifier: str, meta: dict[str, Any] | None) -> Iterable[str]:
         return ()
 
     def offline(self, identifier: str) -> None:
@@ -126,6 +134,7 @@ class Fleet:
         self.outbox = Outbox(self.context, overflow, self, close_timeout=close_timeout)
         self.timers = Timers(self.context, heartbeat, self)
         self.callbacks = Callbacks(callback_timeout)
+        self.presence = Presence(self.registry, callback_timeout)
         self.resumption = Resumption(self.context, self.machine, resume_window)
         self.inbound = Inbound(self.context, rate_limit, self, max_message_size)
         self.membership: Membership = _Alone()
@@ -150,6 +159,12 @@ class Fleet:
         tg.start_soon(self.outbox.run, name="wsfleet flusher")
         tg.start_soon(self.timers.run, name="wsfleet timers")
         tg.start_soon(self.callbacks.run, name="wsfleet callbacks")
+        tg.start_soon(self.presence.run, name="wsfleet presence")
+
+    async def wait_idle(self) -> None:
+        """Let every callback see what happened so far (bound it with a timeout)."""
+        await self.presence.wait_idle()
+        await self.callbacks.wait_idle()
 
     async def flush(self) -> None:
         """Let the writers finish what is queued (bound it with a timeout)."""
@@ -226,10 +241,15 @@ class Fleet:
         transport: Transport | None = None,
         initial: ConnectionState = C,
         retry_policy: RetryPolicy | None = None,
+        meta: object = None,
     ) -> Connection:
-        """A new connection for ``socket``: CONNECTED (or RECONNECTING while dialling)."""
+        """A new connection for ``socket``: CONNECTED (or RECONNECTING while dialling).
+
+        ``meta``: the identity's metadata from now on (``check_meta``); ``None`` keeps it.
+        """
         self.context.check()
         check_name("identifier", identifier)
+        checked = None if meta is None else check_meta(meta)
         registry = self.registry
         if registry.get(socket) is not None:
             raise AlreadyRegistered(f"{socket!r} is already registered")
@@ -241,10 +261,12 @@ class Fleet:
         transport.attach(conn)
         self.inbound.limit(conn)
         first = identifier not in registry.by_identifier
+        presence = self.presence
+        changed = presence.registered(identifier, checked)
         registry.add(conn)
-        if first:
+        if first or changed:
             # Groups belong to the identifier fleet-wide: take those it has elsewhere.
-            for group in self.membership.online(identifier):
+            for group in self.membership.online(identifier, presence.metas.get(identifier)):
                 registry.join(identifier, group)
         if initial is C:
             self.resumption.registered(conn)
@@ -273,6 +295,7 @@ class Fleet:
         registry.remove(conn)
         self.timers.forget(conn)
         if conn.identifier not in registry.by_identifier:
+            self.presence.gone(conn.identifier)
             self.membership.offline(conn.identifier)
             last = True
         else:
@@ -371,6 +394,20 @@ class Fleet:
             queue_messages=overflow.max_messages,
             queue_bytes=overflow.max_bytes,
             evicting=overflow.action is OverflowAction.DISCONNECT,
+        )
+
+    def history(
+        self, default: HistoryPolicy | None, *, frame: Frame | None, store: HistoryStore | None
+    ) -> History:
+        """The groups' history, delivering through this fleet (``History``)."""
+        return History(
+            self.registry,
+            self.deliver,
+            self.check_message,
+            self.context.now,
+            default=default,
+            frame=frame,
+            store=store,
         )
 
     async def room(self) -> None:

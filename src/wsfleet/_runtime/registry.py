@@ -3,11 +3,14 @@
 Plain dictionaries kept consistent with each other, so every lookup the manager offers is
 O(1) or O(k) in the size of its answer, never a scan of the fleet. No I/O and no event loop:
 the manager calls these methods synchronously, between awaits, so they need no locks.
+
+``watch``, if set, hears of every identifier that comes, goes, joins or leaves a group here
+(the presence part; one call, no work, for the change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ..errors import UnknownIdentifier
 from ..fsm.states import ConnectionState
@@ -24,7 +27,7 @@ class Registry:
     for as long as the entry exists, and sockets that define ``__eq__`` cannot collide.
     """
 
-    __slots__ = ("by_identifier", "by_socket", "by_state", "groups", "memberships")
+    __slots__ = ("by_identifier", "by_socket", "by_state", "groups", "memberships", "watch")
 
     def __init__(self) -> None:
         self.by_socket: dict[int, Connection] = {}
@@ -34,6 +37,7 @@ class Registry:
         }
         self.groups: dict[str, set[str]] = {}
         self.memberships: dict[str, set[str]] = {}
+        self.watch: Callable[[str], None] | None = None
 
     # -- connections ---------------------------------------------------------------------
 
@@ -44,7 +48,12 @@ class Registry:
     def add(self, conn: Connection) -> None:
         key = id(conn.socket)
         self.by_socket[key] = conn
-        self.by_identifier.setdefault(conn.identifier, {})[key] = conn
+        sockets = self.by_identifier.get(conn.identifier)
+        if sockets is None:
+            sockets = self.by_identifier[conn.identifier] = {}
+            if self.watch is not None:
+                self.watch(conn.identifier)
+        sockets[key] = conn
 
     def remove(self, conn: Connection) -> None:
         """Forget ``conn``; an identifier whose last socket goes leaves every group."""
@@ -55,6 +64,8 @@ class Registry:
         del sockets[key]
         if not sockets:
             del self.by_identifier[conn.identifier]
+            if self.watch is not None:
+                self.watch(conn.identifier)
             for group in self.memberships.pop(conn.identifier, ()):
                 self._leave(conn.identifier, group)
 
@@ -91,8 +102,12 @@ class Registry:
     def join(self, identifier: str, group: str) -> None:
         if identifier not in self.by_identifier:
             raise UnknownIdentifier(f"no connection is registered as {identifier!r}")
-        self.groups.setdefault(group, set()).add(identifier)
-        self.memberships.setdefault(identifier, set()).add(group)
+        groups = self.memberships.setdefault(identifier, set())
+        if group not in groups:
+            groups.add(group)
+            self.groups.setdefault(group, set()).add(identifier)
+            if self.watch is not None:
+                self.watch(identifier)
 
     def leave(self, identifier: str, group: str) -> None:
         """Idempotent, even for an identifier with no socket left: it is in no group then.
@@ -113,3 +128,5 @@ class Registry:
         members.discard(identifier)
         if not members:
             del self.groups[group]  # empty groups do not linger
+        if self.watch is not None:
+            self.watch(identifier)

@@ -21,8 +21,9 @@ def snapshot(fleet: Fleet, history: History, backplane: Any) -> FleetStats:
     outbox = fleet.outbox
     callbacks = fleet.callbacks
     drops = dict(outbox.drops)
-    if callbacks.dropped:
-        drops["callback backlog"] = callbacks.dropped
+    presence = fleet.presence.callbacks
+    if callbacks.dropped + presence.dropped:
+        drops["callback backlog"] = callbacks.dropped + presence.dropped
     if backplane is not None:
         for key, value in backplane.stats.items():
             if key.startswith("dropped: ") and value:
@@ -37,8 +38,8 @@ def snapshot(fleet: Fleet, history: History, backplane: Any) -> FleetStats:
         queued_bytes=outbox.queued_bytes,
         sent_messages=outbox.sent_messages,
         drops=drops,
-        callback_errors=callbacks.errors,
-        callback_timeouts=callbacks.timeouts,
+        callback_errors=callbacks.errors + presence.errors,
+        callback_timeouts=callbacks.timeouts + presence.timeouts,
         pings_sent=outbox.pings_sent,
         heartbeat_timeouts=fleet.timers.heartbeat_timeouts,
         producer_waits=fleet.producer_waits,

@@ -38,6 +38,7 @@ from ..errors import (
     WsfleetError,
 )
 from ..fsm.states import WRITABLE
+from ..presence import check_meta
 from ..transport import Message, Transport
 from .connection import Connection
 from .registry import check_name
@@ -59,7 +60,7 @@ class SessionHost(Protocol):
 
     def take_over(self, socket: object, identifier: str, token: str) -> Connection | None: ...
 
-    def register(self, socket: object, identifier: str) -> Connection: ...
+    def register(self, socket: object, identifier: str, *, meta: object = None) -> Connection: ...
 
     def hold(self, conn: Connection) -> bool: ...
 
@@ -259,12 +260,18 @@ class SessionBlock:
     per connection more than these few slots.
     """
 
-    __slots__ = ("_conn", "_host", "_identifier", "_refused", "_resume", "_socket")
+    __slots__ = ("_conn", "_host", "_identifier", "_meta", "_refused", "_resume", "_socket")
 
     def __init__(
-        self, host: SessionHost, socket: object, identifier: str, resume: str | None
+        self,
+        host: SessionHost,
+        socket: object,
+        identifier: str,
+        resume: str | None,
+        meta: object = None,
     ) -> None:
         self._host = host
+        self._meta = meta
         self._socket = socket
         self._identifier = identifier
         self._resume = resume
@@ -276,6 +283,7 @@ class SessionBlock:
         socket = self._socket
         identifier = self._identifier
         host.check()
+        meta = None if self._meta is None else check_meta(self._meta)  # the application's
         try:
             check_name("identifier", identifier)
         except InvalidArgument as exc:  # a bad value came from the client (a bad type is a bug)
@@ -289,7 +297,7 @@ class SessionBlock:
         conn = None if resume is None else host.take_over(socket, identifier, resume)
         resumed = conn is not None
         if conn is None:
-            conn = host.register(socket, identifier)
+            conn = host.register(socket, identifier, meta=meta)
         self._conn = conn
         return Session(conn, resumed, gate=host)
 
@@ -318,7 +326,14 @@ class SessionBlock:
 
 
 def open_session(
-    host: SessionHost, socket: object, identifier: str, resume: str | None = None
+    host: SessionHost,
+    socket: object,
+    identifier: str,
+    resume: str | None = None,
+    meta: object = None,
 ) -> SessionBlock:
-    """Register ``socket`` for the duration of the block; see the module docstring."""
-    return SessionBlock(host, socket, identifier, resume)
+    """Register ``socket`` for the duration of the block; see the module docstring.
+
+    ``meta``: the identity's presence metadata (``register``); a resumed session keeps
+    the metadata its identity has."""
+    return SessionBlock(host, socket, identifier, resume, meta)

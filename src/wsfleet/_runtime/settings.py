@@ -1,4 +1,7 @@
-"""The manager's settings, checked before anything is built: a bad one raises, nothing starts."""
+"""The manager's settings, checked before anything is built: a bad one raises, nothing starts.
+
+Also the checks of arguments several of its calls share (``check_close``).
+"""
 
 from __future__ import annotations
 

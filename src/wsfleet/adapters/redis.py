@@ -10,7 +10,9 @@ What lives in Redis, for a namespace ``ns`` (``"wsfleet"`` by default):
   change, as versioned JSON (see ``wsfleet.backplane.wire``; never pickle);
 * ``ns:nodes``, a sorted set: node id -> the time (seconds since the epoch) its lease ends;
 * ``ns:node:<id>``, a hash per node: identifier -> JSON list of its groups, for every
-  identifier with sockets on that node. It carries the same lease as a TTL.
+  identifier with sockets on that node, followed by one JSON object, its presence
+  metadata, when it has some (a node that predates metadata skips the object and keeps
+  the groups). It carries the same lease as a TTL.
 
 A node extends its lease every ``heartbeat_interval`` (2 s) by ``node_ttl`` (6 s); a node
 that stops (SIGKILL included) has its hash expire and its entry in ``ns:nodes`` skipped and
@@ -100,6 +102,11 @@ def _address(node: object) -> tuple[str, int]:
     if isinstance(node, tuple) and len(node) == 2:
         return str(node[0]), int(node[1])
     raise TypeError(f"a startup node is (host, port), not {node!r}")
+
+
+def _record(groups: list[str], meta: Mapping[str, Any] | None) -> str:
+    """An identifier's record: its groups, then its metadata if it has some."""
+    return json.dumps([*groups, dict(meta)] if meta else groups)
 
 
 class RedisStore(Store):
@@ -312,21 +319,36 @@ class _RedisSession(StoreSession):
                 yield data if isinstance(data, bytes) else str(data).encode()
         raise ConnectionError("the subscription ended")
 
-    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
-        await self.client.hset(self.prefix + node, {identifier: json.dumps(groups)})
+    async def put_member(
+        self,
+        node: str,
+        identifier: str,
+        groups: list[str],
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        await self.client.hset(self.prefix + node, {identifier: _record(groups, meta)})
 
     async def del_member(self, node: str, identifier: str) -> None:
         await self.client.hdel(self.prefix + node, [identifier])
 
-    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+    async def replace_node(
+        self,
+        node: str,
+        snapshot: Mapping[str, list[str]],
+        ttl: float,
+        *,
+        metas: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         # One transaction: no other node loads the record half rewritten (empty, after the
         # DEL), and the record never outlives its lease. The hash tag keeps both keys in
         # one slot, which a cluster requires of a transaction.
         key = self.prefix + node
+        metas = metas or {}
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete([key])
             if snapshot:
-                pipe.hset(key, {k: json.dumps(v) for k, v in snapshot.items()})
+                pipe.hset(key, {k: _record(v, metas.get(k)) for k, v in snapshot.items()})
             self._lease(pipe, node, ttl)
 
     async def beat(self, node: str, ttl: float) -> None:
@@ -357,6 +379,10 @@ class _RedisSession(StoreSession):
         return {name for name in map(_name, nodes) if name is not None}
 
     async def load(self, node: str) -> dict[str, list[str]]:
+        snapshot, _ = await self.load_record(node)
+        return snapshot
+
+    async def load_record(self, node: str) -> tuple[dict[str, list[str]], dict[str, object]]:
         key = self.prefix + node
         raw: dict[Any, Any]
         if await self.client.hlen(key) <= self.max_records:
@@ -368,6 +394,7 @@ class _RedisSession(StoreSession):
                 cursor, page = await self.client.hscan(key, cursor, count=_SCAN_COUNT)
                 raw.update(page)
         snapshot: dict[str, list[str]] = {}
+        metas: dict[str, object] = {}
         for field, value in raw.items():
             name = _name(field)
             if name is None:
@@ -380,7 +407,9 @@ class _RedisSession(StoreSession):
                 continue
             if isinstance(groups, list):
                 snapshot[name] = [g for g in groups if isinstance(g, str) and _valid(g)]
-        return snapshot
+                if groups and isinstance(groups[-1], dict):
+                    metas[name] = groups[-1]  # checked by the backplane
+        return snapshot, metas
 
     async def forget(self, node: str) -> None:
         async with self.client.pipeline(transaction=True) as pipe:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from secrets import token_hex
 from typing import Any
 
@@ -197,8 +197,16 @@ class Backplane:
         here and counted (the link is down, the queue is full)."""
         return self._publisher.send(to, target, message, exclude)
 
-    def membership(self, kind: Kind, identifier: str, group: str | None = None) -> None:
-        """Tell the others that ``identifier`` came online, went offline, joined or left."""
+    def membership(
+        self,
+        kind: Kind,
+        identifier: str,
+        group: str | None = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Tell the others that ``identifier`` came online, went offline, joined or left;
+        an ``online`` carries its ``meta`` here, if any (sent again when it changes)."""
         if group is not None:
             # Every node holding sockets of ``identifier`` follows (``Node.mirror``).
             self._replication.follow(kind, identifier, group, None)
@@ -210,6 +218,8 @@ class Backplane:
         data: dict[str, Any] = {"id": identifier}
         if group is not None:
             data["group"] = group
+        if meta:
+            data["meta"] = meta
         self._publisher.enqueue(kind, data)
 
     def kick(self, identifier: str, code: int, reason: str) -> None:
@@ -287,7 +297,7 @@ class _Relay:
         changed, backplane._unannounced = backplane._unannounced, set()
         for identifier in sorted(changed):
             if node.holds(identifier):
-                backplane.membership("online", identifier)
+                backplane.membership("online", identifier, meta=node.meta_of(identifier))
                 for group in sorted(node.groups_of(identifier)):
                     backplane.membership("join", identifier, group)
             else:
@@ -324,7 +334,7 @@ class _Relay:
             # here; if it is one, its record says the same when it is loaded.
             self._refused("unknown node", origin)
         elif kind == "online":
-            self._replication.online(origin, data["id"], self._node)
+            self._replication.online(origin, data["id"], self._node, data.get("meta"))
         elif kind == "offline":
             self._replication.offline(origin, data["id"])
         elif kind == "kick":

@@ -33,6 +33,8 @@ class InMemoryHub(Store):
     def __init__(self) -> None:
         self._subscribers: list[MemoryObjectSendStream[bytes]] = []
         self.members: dict[str, dict[str, list[str]]] = {}
+        #: node -> identifier -> its presence metadata there
+        self.metas: dict[str, dict[str, Mapping[str, Any]]] = {}
         self.leases: dict[str, float] = {}
         self.down = False
 
@@ -82,17 +84,38 @@ class _HubSession(StoreSession):
             self._check()
             yield data
 
-    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
+    async def put_member(
+        self,
+        node: str,
+        identifier: str,
+        groups: list[str],
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         self._check()
         self.hub.members.setdefault(node, {})[identifier] = groups
+        metas = self.hub.metas.setdefault(node, {})
+        if meta:
+            metas[identifier] = meta
+        else:
+            metas.pop(identifier, None)
 
     async def del_member(self, node: str, identifier: str) -> None:
         self._check()
         self.hub.members.get(node, {}).pop(identifier, None)
+        self.hub.metas.get(node, {}).pop(identifier, None)
 
-    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
+    async def replace_node(
+        self,
+        node: str,
+        snapshot: Mapping[str, list[str]],
+        ttl: float,
+        *,
+        metas: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self._check()
         self.hub.members[node] = dict(snapshot)
+        self.hub.metas[node] = dict(metas or {})
         await self.beat(node, ttl)
 
     async def beat(self, node: str, ttl: float) -> None:
@@ -106,13 +129,19 @@ class _HubSession(StoreSession):
             if until <= now:
                 del self.hub.leases[node]
                 self.hub.members.pop(node, None)
+                self.hub.metas.pop(node, None)
         return set(self.hub.leases)
 
     async def load(self, node: str) -> dict[str, list[str]]:
         self._check()
         return dict(self.hub.members.get(node, {}))
 
+    async def load_record(self, node: str) -> tuple[dict[str, list[str]], dict[str, object]]:
+        snapshot = await self.load(node)
+        return snapshot, dict(self.hub.metas.get(node, {}))
+
     async def forget(self, node: str) -> None:
         self._check()
         self.hub.leases.pop(node, None)
         self.hub.members.pop(node, None)
+        self.hub.metas.pop(node, None)

@@ -53,6 +53,9 @@ class Node(Protocol):
     def groups_of(self, identifier: str) -> Collection[str]:
         """``identifier``'s groups here; empty if it has no socket here."""
 
+    def meta_of(self, identifier: str) -> Mapping[str, Any] | None:
+        """``identifier``'s presence metadata here; ``None`` if it has none (or no socket)."""
+
     def memberships(self) -> Mapping[str, Collection[str]]:
         """Every identifier with sockets here, with its groups: what the store must hold of
         this node. The backplane reads it at once, before its next ``await``."""

@@ -21,6 +21,11 @@ real node is one of these when its changes arrive, and what is refused from it i
 record when that is loaded); and the records of the nodes that said ``hello`` are loaded by
 one task, through one session, for those holding a lease only (``announced``).
 
+Presence metadata travels with the membership: in each identifier's record, and in the
+``online`` announcement (again when it changes). A record's metadata is checked as an
+announcement's is (``check_meta``); one that fails is dropped, counted
+(``"refused: bad meta"``) and logged, and the identifier kept without it.
+
 ``Replication`` knows neither the link nor the manager: the backplane hands it the local
 ``Node`` and a session of the store for each operation. Every operation on the store is
 bounded by ``op_timeout``.
@@ -28,18 +33,23 @@ bounded by ``op_timeout``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 import anyio
 
+from ..errors import InvalidArgument, WrongType
+from ..presence import check_meta
 from .node import Node
 from .store import Store, StoreSession
 from .view import ClusterView
 from .wire import Kind
 
 __all__ = ["REFRESH_AFTER", "Replication"]
+
+logger = logging.getLogger("wsfleet.backplane")
 
 #: How old a node's record in the view may grow before the heartbeat loads it again (one
 #: node per beat): what the announcements added and the record does not hold (forged in
@@ -85,9 +95,11 @@ class Replication:
         """``identifier`` joined or left ``group`` on ``origin`` (``None``: on this node)."""
         self._change(partial(self._follow, kind, identifier, group, origin))
 
-    def online(self, origin: str, identifier: str, node: Node) -> None:
-        """``identifier`` got its first socket on ``origin``."""
-        self._change(partial(self._online, origin, identifier, node))
+    def online(
+        self, origin: str, identifier: str, node: Node, meta: dict[str, Any] | None = None
+    ) -> None:
+        """``identifier`` got its first socket on ``origin`` (or new ``meta`` there)."""
+        self._change(partial(self._online, origin, identifier, node, meta))
 
     def offline(self, origin: str, identifier: str) -> None:
         """``identifier`` lost its last socket on ``origin``."""
@@ -96,16 +108,18 @@ class Replication:
     def _follow(self, kind: Kind, identifier: str, group: str, origin: str | None) -> None:
         """Groups belong to the identifier: a join or leave holds on every node it is on."""
         view = self.view
-        nodes = view.presence(identifier)
+        nodes = sorted(view.presence(identifier) - {origin})
         if origin is not None:
-            nodes.add(origin)
+            nodes.insert(0, origin)  # first: the change is the origin's (presence events)
         for where in nodes:
             if kind == "join":
                 view.join(where, identifier, group)
             else:
                 view.leave(where, identifier, group)
 
-    def _online(self, origin: str, identifier: str, node: Node) -> None:
+    def _online(
+        self, origin: str, identifier: str, node: Node, meta: dict[str, Any] | None
+    ) -> None:
         view = self.view
         if origin not in view.presence(identifier):
             # The origin took the identifier's groups from its own view when its first
@@ -115,6 +129,7 @@ class Replication:
             view.online(origin, identifier)
             for group in groups:
                 view.join(origin, identifier, group)
+        view.set_meta(origin, identifier, meta)
 
     def _change(self, change: Callable[[], None]) -> None:
         change()
@@ -129,14 +144,22 @@ class Replication:
         with anyio.fail_after(self.op_timeout):
             if node.holds(identifier):
                 groups = sorted(node.groups_of(identifier))
-                await session.put_member(self.node_id, identifier, groups)
+                meta = node.meta_of(identifier)
+                if meta:
+                    await session.put_member(self.node_id, identifier, groups, meta=meta)
+                else:  # as a store that predates metadata takes it
+                    await session.put_member(self.node_id, identifier, groups)
             else:
                 await session.del_member(self.node_id, identifier)
 
     async def reassert(self, session: StoreSession, node: Node, ttl: float) -> None:
         """Replace this node's record by what it holds now, with a lease of ``ttl``."""
         snapshot = {identifier: sorted(groups) for identifier, groups in node.memberships().items()}
-        await session.replace_node(self.node_id, snapshot, ttl)
+        metas = {name: meta for name in snapshot if (meta := node.meta_of(name))}
+        if metas:
+            await session.replace_node(self.node_id, snapshot, ttl, metas=metas)
+        else:
+            await session.replace_node(self.node_id, snapshot, ttl)
 
     async def reload(self, session: StoreSession, live: set[str]) -> None:
         """After a reconnection: forget the nodes not in ``live``, load the others (as many
@@ -181,14 +204,28 @@ class Replication:
         self._loads.append(changes)
         try:
             with anyio.fail_after(self.op_timeout):
-                snapshot = await session.load(origin)
+                snapshot, metas = await session.load_record(origin)
         finally:
             self._loads = [c for c in self._loads if c is not changes]
-        self.view.replace(origin, snapshot)
+        self.view.replace(origin, snapshot, self._checked(origin, metas))
         if self.view.knows(origin):
             self._loaded[origin] = anyio.current_time()
         for change in changes:
             change()
+
+    def _checked(self, origin: str, metas: Mapping[str, object]) -> dict[str, dict[str, Any]]:
+        """The metadata of ``origin``'s record that passes ``check_meta`` (the rest is
+        dropped, counted and logged: no node writes it)."""
+        checked: dict[str, dict[str, Any]] = {}
+        for identifier, meta in metas.items():
+            try:
+                checked[identifier] = check_meta(meta)
+            except (InvalidArgument, WrongType) as exc:
+                counts = self.view.counts
+                counts["refused: bad meta"] += 1
+                counts["refused"] += 1
+                logger.warning("node %s: metadata of %r refused: %s", origin, identifier, exc)
+        return checked
 
     def announced(self, origin: str) -> bool:
         """``origin`` said ``hello``: its record is to load (``reload_announced``).

@@ -15,8 +15,11 @@ The contract, as the backplane uses it:
 * ``subscribe()`` is entered once per session, before anything is published in it. It yields
   every message published on the bus from then on, this node's own included, as the bytes
   that were published. It must not end while the session lives: a lost subscription raises.
-* Records: per node, identifier -> its groups, and a lease. A node's records vanish with
-  its lease when the lease lapses (``live_nodes`` stops listing it, ``load`` finds nothing).
+* Records: per node, identifier -> its groups (and its presence metadata, if any), and a
+  lease. A node's records vanish with its lease when the lease lapses (``live_nodes`` stops
+  listing it, ``load`` finds nothing). A store that keeps no metadata may leave ``meta``
+  and ``metas`` aside and not override ``load_record``: the other nodes then learn an
+  identity's metadata from its announcements only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 __all__ = ["Store", "StoreSession"]
 
@@ -55,17 +59,33 @@ class StoreSession(ABC):
         """Messages published by any node (this one included), from now on."""
 
     @abstractmethod
-    async def put_member(self, node: str, identifier: str, groups: list[str]) -> None:
-        """Record that ``identifier`` has sockets on ``node``, in ``groups``."""
+    async def put_member(
+        self,
+        node: str,
+        identifier: str,
+        groups: list[str],
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that ``identifier`` has sockets on ``node``, in ``groups``, with ``meta``
+        (its presence metadata there; ``None``: none)."""
 
     @abstractmethod
     async def del_member(self, node: str, identifier: str) -> None:
         """Remove ``identifier`` from ``node``'s record (it has no socket there now)."""
 
     @abstractmethod
-    async def replace_node(self, node: str, snapshot: Mapping[str, list[str]], ttl: float) -> None:
-        """Make ``snapshot`` (identifier -> groups) the whole of ``node``'s record and give
-        it a lease of ``ttl`` seconds (after a reconnection: the store may have lost it)."""
+    async def replace_node(
+        self,
+        node: str,
+        snapshot: Mapping[str, list[str]],
+        ttl: float,
+        *,
+        metas: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Make ``snapshot`` (identifier -> groups) the whole of ``node``'s record, with
+        ``metas`` (identifier -> its metadata, for those that have some), and give it a
+        lease of ``ttl`` seconds (after a reconnection: the store may have lost it)."""
 
     @abstractmethod
     async def beat(self, node: str, ttl: float) -> None:
@@ -78,6 +98,11 @@ class StoreSession(ABC):
     @abstractmethod
     async def load(self, node: str) -> dict[str, list[str]]:
         """``node``'s record: identifier -> groups; empty if it has none."""
+
+    async def load_record(self, node: str) -> tuple[dict[str, list[str]], dict[str, object]]:
+        """``node``'s record and the metadata in it (identifier -> metadata as stored, which
+        the backplane checks). By default ``load`` and no metadata."""
+        return await self.load(node), {}
 
     @abstractmethod
     async def forget(self, node: str) -> None:

@@ -11,13 +11,18 @@ What another node says fills this node's memory, so the view is bounded: at most
 one, each of its groups one more). A change past a bound is refused and counted
 (``"refused: too many nodes"``, ``"refused: too many records"``); what a node holds leaves
 the view with it, when its lease lapses.
+
+Each identifier online on a node may carry that node's presence metadata (a small JSON
+object, checked before it gets here: ``wsfleet.presence.check_meta``). ``watch``, if set,
+hears of every identifier whose presence changes in the view, and on which node (the
+manager's presence part, which derives its events from it).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
 __all__ = ["DEFAULT_MAX_NODES", "DEFAULT_MAX_RECORDS", "ClusterView"]
 
@@ -28,7 +33,17 @@ DEFAULT_MAX_RECORDS: Final = 200_000
 
 
 class ClusterView:
-    __slots__ = ("_members", "_nodes", "_sizes", "_where", "counts", "max_nodes", "max_records")
+    __slots__ = (
+        "_members",
+        "_metas",
+        "_nodes",
+        "_sizes",
+        "_where",
+        "counts",
+        "max_nodes",
+        "max_records",
+        "watch",
+    )
 
     def __init__(
         self,
@@ -49,6 +64,10 @@ class ClusterView:
         self._members: dict[str, dict[str, int]] = {}
         #: identifier -> nodes where it is online
         self._where: dict[str, set[str]] = {}
+        #: node -> identifier -> its metadata there (only the identifiers that have some)
+        self._metas: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Told ``(identifier, node)`` of each change (see the module docstring).
+        self.watch: Callable[[str, str], None] | None = None
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -68,7 +87,12 @@ class ClusterView:
             self._sizes[node] += 1
             groups = identifiers[identifier] = set()
             self._where.setdefault(identifier, set()).add(node)
+            self._changed(identifier, node)
         return groups
+
+    def _changed(self, identifier: str, node: str) -> None:
+        if self.watch is not None:
+            self.watch(identifier, node)
 
     def _add(self, node: str) -> dict[str, set[str]] | None:
         if len(self._nodes) >= self.max_nodes:
@@ -88,6 +112,9 @@ class ClusterView:
         if identifiers is None or identifier not in identifiers:
             return
         groups = identifiers.pop(identifier)
+        metas = self._metas.get(node)
+        if metas is not None and metas.pop(identifier, None) is not None and not metas:
+            del self._metas[node]
         self._sizes[node] -= 1 + len(groups)
         for group in groups:
             self._uncount(group, identifier)
@@ -95,6 +122,22 @@ class ClusterView:
         nodes.discard(node)
         if not nodes:
             del self._where[identifier]
+        self._changed(identifier, node)
+
+    def set_meta(self, node: str, identifier: str, meta: dict[str, Any] | None) -> None:
+        """``identifier``'s metadata on ``node`` (checked already), if it is online there."""
+        if identifier not in self._nodes.get(node, {}):
+            return
+        metas = self._metas.get(node, {})
+        if metas.get(identifier) == (meta or None):
+            return
+        if meta:
+            self._metas.setdefault(node, {})[identifier] = meta
+        elif metas:
+            del metas[identifier]
+            if not metas:
+                del self._metas[node]
+        self._changed(identifier, node)
 
     def join(self, node: str, identifier: str, group: str) -> None:
         groups = self.online(node, identifier)
@@ -106,6 +149,7 @@ class ClusterView:
             groups.add(group)
             counts = self._members.setdefault(group, {})
             counts[identifier] = counts.get(identifier, 0) + 1
+            self._changed(identifier, node)
 
     def leave(self, node: str, identifier: str, group: str) -> None:
         groups = self._nodes.get(node, {}).get(identifier)
@@ -113,6 +157,7 @@ class ClusterView:
             groups.discard(group)
             self._sizes[node] -= 1
             self._uncount(group, identifier)
+            self._changed(identifier, node)
 
     def _uncount(self, group: str, identifier: str) -> None:
         counts = self._members[group]
@@ -123,8 +168,14 @@ class ClusterView:
         else:
             counts[identifier] -= 1
 
-    def replace(self, node: str, snapshot: Mapping[str, Iterable[str]]) -> None:
-        """Forget what was known of ``node`` and take ``snapshot`` (identifier -> groups)."""
+    def replace(
+        self,
+        node: str,
+        snapshot: Mapping[str, Iterable[str]],
+        metas: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Forget what was known of ``node`` and take ``snapshot`` (identifier -> groups),
+        with ``metas`` (identifier -> its metadata, checked already)."""
         self.drop(node)
         # Known even if it holds nobody, as after its last "offline": the backplane reloads
         # only nodes the view does not know.
@@ -134,6 +185,8 @@ class ClusterView:
             self.online(node, identifier)
             for group in groups:
                 self.join(node, identifier, group)
+        for identifier, meta in (metas or {}).items():
+            self.set_meta(node, identifier, meta)
 
     def drop(self, node: str) -> None:
         """``node`` is gone: everything it held disappears from the view."""
@@ -141,6 +194,7 @@ class ClusterView:
             self.offline(node, identifier)
         self._nodes.pop(node, None)
         self._sizes.pop(node, None)
+        self._metas.pop(node, None)
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -165,6 +219,14 @@ class ClusterView:
 
     def presence(self, identifier: str) -> set[str]:
         return set(self._where.get(identifier, ()))
+
+    def meta_of(self, identifier: str) -> dict[str, Any] | None:
+        """``identifier``'s metadata on the first node (by id) that holds some for it."""
+        for node in sorted(self._where.get(identifier, ())):
+            meta = self._metas.get(node, {}).get(identifier)
+            if meta is not None:
+                return meta
+        return None
 
     def identifiers(self) -> set[str]:
         return set(self._where)

@@ -17,6 +17,9 @@ Kinds and their fields:
   ``all``); ``exclude`` identifiers to skip; the message is ``text`` (str) or ``b64`` (bytes).
 * ``join`` / ``leave``: ``id`` joined or left ``group`` on the origin node.
 * ``online`` / ``offline``: ``id`` got its first socket on the origin node, or lost its last.
+  An ``online`` may carry ``meta``, the identity's presence metadata there (a JSON object of
+  at most ``MAX_META_BYTES``); it is sent again, with the new ``meta``, when that changes.
+  Nodes that predate it ignore the field.
 * ``kick``: close every socket of ``id`` with ``code`` and ``reason``.
 * ``hello``: the origin node (re)joined the bus; peers reload its state from the store.
 * ``tally``: nothing but the header: the origin's count of sends, announced after its last
@@ -45,6 +48,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 from ..closecodes import sendable
 from ..errors import InvalidArgument, MalformedEnvelope, WrongType
 from ..names import check_name
+from ..presence import check_meta
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -244,6 +248,11 @@ def check_body(header: Header, body: dict[str, Any]) -> Envelope:
         _name(data, "group", header)
     elif kind in ("online", "offline"):
         _name(data, "id", header)
+        if "meta" in data:
+            try:
+                data["meta"] = check_meta(data["meta"])
+            except (InvalidArgument, WrongType) as exc:  # forged: no node sends it
+                raise MalformedEnvelope(f"field 'meta': {exc}", header) from None
     elif kind == "kick":
         _name(data, "id", header)
         refusal = sendable(data.get("code"), data.get("reason", ""))

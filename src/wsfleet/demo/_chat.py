@@ -158,7 +158,7 @@ async def handle(
     if op == "tell":
         to = _name("to", request.get("to"))
         told = {"op": "told", "from": who, "to": to, "text": _text(request)}
-        if to in RESERVED or not manager.presence(to):
+        if to in RESERVED or not manager.nodes_of(to):
             raise ChatError(f"nobody called {to!r} is connected")
         await manager.send_to_many([to, who], json.dumps(told))  # the sender's tabs see it too
         return None

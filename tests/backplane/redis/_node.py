@@ -5,20 +5,24 @@
 
 Serves WebSocket clients with the websockets library on 127.0.0.1 (a free port): each
 connection to ``/ws?id=<identifier>`` is held in ``manager.session`` for as long as it is
-open. The manager has a ``RedisBackplane`` on ``REDIS_URL``.
+open, with ``{"name": <identifier, capitalised>}`` as its presence metadata. The manager
+has a ``RedisBackplane`` on ``REDIS_URL``.
 
 Protocol, one JSON object per line. Out (stdout)::
 
     {"event": "ready", "url": "ws://127.0.0.1:<port>/ws", "node": "<id>"}
     {"event": "connected", "id": "<identifier>"}     a session began
     {"event": "ended", "id": "<identifier>"}         a session ended
+    {"event": "presence", "kind": ..., "id": ..., "group": ..., "meta": ..., "node": ...}
+                                                     a presence event (``on_presence``)
     {"reply": <n>, "ok": true, "result": ...}         or "ok": false, "error": "..."
 
 In (stdin): ``{"n": <n>, "op": "<op>", ...arguments}``, one at a time. Ops: ``broadcast``
 (message), ``send_to_one`` (identifier, message), ``send_to_many`` (identifiers, message),
 ``send_to_group`` (group, message), ``add_to_group`` / ``remove_from_group`` (identifier,
-group), ``disconnect_identifier`` (identifier, code, reason), ``presence`` (identifier),
-``members`` (group), ``groups_of`` (identifier), ``online_count``, ``stats``, ``quit``.
+group), ``disconnect_identifier`` (identifier, code, reason), ``nodes_of`` (identifier),
+``members`` (group), ``groups_of`` (identifier), ``online_count``, ``online``
+(identifier), ``presence`` (group), ``stats``, ``quit``.
 A fan-out answers ``{"local": <int>, "published": <bool>}``; sets come back as sorted lists.
 End of input is ``quit``.
 """
@@ -36,7 +40,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for the harness
 
 from adapters.harness_websockets import serve
-from wsfleet import ConnectionManager, Delivery
+from wsfleet import ConnectionManager, Delivery, PresenceEvent
 from wsfleet.adapters.redis import RedisBackplane
 
 
@@ -64,14 +68,18 @@ async def call(manager: ConnectionManager, op: str, args: dict[str, Any]) -> Any
         return await manager.disconnect_identifier(
             args["identifier"], args.get("code", 1000), args.get("reason", "")
         )
-    if op == "presence":
-        return sorted(manager.presence(args["identifier"]))
+    if op == "nodes_of":
+        return sorted(manager.nodes_of(args["identifier"]))
     if op == "members":
         return sorted(manager.get_group_members(args["group"]))
     if op == "groups_of":
         return sorted(manager.groups_of(args["identifier"]))
     if op == "online_count":
         return manager.online_count()
+    if op == "online":
+        return manager.online(args["identifier"])
+    if op == "presence":
+        return await manager.presence(args["group"])
     if op == "stats":
         return manager.stats().as_dict()
     raise ValueError(f"unknown op {op!r}")
@@ -107,8 +115,20 @@ async def main(options: argparse.Namespace) -> None:
     )
     async with ConnectionManager(backplane=backplane) as manager:
 
+        @manager.on_presence
+        def told(event: PresenceEvent) -> None:
+            emit(
+                event="presence",
+                kind=event.kind,
+                id=event.identifier,
+                group=event.group,
+                meta=event.meta,
+                node=event.node,
+            )
+
         async def handler(ws: Any, identifier: str) -> None:
-            async with manager.session(ws, identifier) as session:
+            meta = {"name": identifier.capitalize()}
+            async with manager.session(ws, identifier, meta=meta) as session:
                 emit(event="connected", id=identifier)
                 async for _ in session:
                     pass  # clients only listen

@@ -214,8 +214,8 @@ async def test_membership_and_presence_agree_on_every_node(redis: RedisServer) -
         await agree(
             "alice on n1 and n2, bob on n2",
             lambda m: (
-                m.presence("alice") == {"n1", "n2"}
-                and m.presence("bob") == {"n2"}
+                m.nodes_of("alice") == {"n1", "n2"}
+                and m.nodes_of("bob") == {"n2"}
                 and m.online_count() == 2
             ),
         )
@@ -226,7 +226,10 @@ async def test_membership_and_presence_agree_on_every_node(redis: RedisServer) -
             "alice in room",
             lambda m: m.get_group_members("room") == {"alice"} and m.groups_of("alice") == {"room"},
         )
-        assert n2.groups() == {"room"}  # n2's own registry, not only its view
+        # n2's own registry, not only its view: it follows when n1's announcement arrives,
+        # which may come after n2 loaded n1's record (written first) if n2 was reloading the
+        # nodes that said hello as the fleet started.
+        await wait_until(lambda: n2.groups() == {"room"}, "n2's registry followed")
         delivery = await n2.send_to_group("room", "to the room")
         assert int(delivery) == 1  # alice's socket on n2, queued there and then
         await wait_until(
@@ -252,7 +255,7 @@ async def test_membership_and_presence_agree_on_every_node(redis: RedisServer) -
             await agree(
                 "n4 caught up",
                 lambda m: (
-                    m.presence("alice") == {"n1", "n2"}
+                    m.nodes_of("alice") == {"n1", "n2"}
                     and m.get_group_members("room") == {"alice", "bob"}
                     and m.groups_of("alice") == {"room"}
                     and m.online_count() == 2
@@ -264,7 +267,7 @@ async def test_membership_and_presence_agree_on_every_node(redis: RedisServer) -
             await agree(
                 "alice on n2 only",
                 lambda m: (
-                    m.presence("alice") == {"n2"}
+                    m.nodes_of("alice") == {"n2"}
                     and m.get_group_members("room") == {"alice", "bob"}
                     and m.groups_of("alice") == {"room"}
                 ),
@@ -274,7 +277,7 @@ async def test_membership_and_presence_agree_on_every_node(redis: RedisServer) -
             await agree(
                 "alice gone",
                 lambda m: (
-                    m.presence("alice") == set()
+                    m.nodes_of("alice") == set()
                     and m.get_group_members("room") == {"bob"}
                     and m.groups_of("alice") == set()
                     and m.online_count() == 1
@@ -282,7 +285,7 @@ async def test_membership_and_presence_agree_on_every_node(redis: RedisServer) -
             )
             managers.remove(n4)
         # n4 left cleanly: nothing of it lingers, and the others never saw sockets there.
-        await agree("bob still there", lambda m: m.presence("bob") == {"n2"})
+        await agree("bob still there", lambda m: m.nodes_of("bob") == {"n2"})
 
 
 # -- garbage on the channel ---------------------------------------------------------------------
@@ -340,7 +343,7 @@ async def test_records_no_node_wrote_are_skipped_and_the_links_stay_up(
             n2.register(bob, "bob")
             await anyio.sleep(3 * HEARTBEAT)  # heartbeats that read the records again
             assert backplane_stat(n1, "link error") == backplane_stat(n2, "link error") == 0
-            assert "line\nbreak" not in n1.presence("bob") | set(n1.identifiers())
+            assert "line\nbreak" not in n1.nodes_of("bob") | set(n1.identifiers())
             await n1.broadcast("still flowing")
             await wait_until(lambda: bob.received == ["still flowing"], "bob got it")
             assert connected(n1, n2)
@@ -358,7 +361,7 @@ async def test_disconnect_identifier_closes_the_sockets_on_every_node(redis: Red
         n2.register(alice2, "alice")
         n3.register(alice3, "alice")
         n2.register(bob2, "bob")
-        await wait_until(lambda: n1.presence("alice") == {"n1", "n2", "n3"}, "alice everywhere")
+        await wait_until(lambda: n1.nodes_of("alice") == {"n1", "n2", "n3"}, "alice everywhere")
 
         assert await n1.disconnect_identifier("alice", 4001, "banned") == 1
         await wait_until(lambda: alice1.closed, "the local socket closed")
@@ -369,9 +372,9 @@ async def test_disconnect_identifier_closes_the_sockets_on_every_node(redis: Red
             assert manager.sockets_of("alice") == []
         assert not bob2.closed
         await wait_until(
-            lambda: all(m.presence("alice") == set() for m in (n1, n2, n3)), "alice is nowhere"
+            lambda: all(m.nodes_of("alice") == set() for m in (n1, n2, n3)), "alice is nowhere"
         )
-        assert all(m.presence("bob") == {"n2"} for m in (n1, n2, n3))
+        assert all(m.nodes_of("bob") == {"n2"} for m in (n1, n2, n3))
 
 
 # -- Redis outages --------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ The test drives each node through its stdin/stdout and listens with real websock
 a message sent on any node reaches every target client exactly once, in the sender's order;
 then one node is SIGKILLed, so it cleans nothing up, and the survivor must drop its
 identifiers from presence and group membership within ``node_ttl + heartbeat_interval``.
+With three nodes, every node reports each presence change once, and the identities of the
+one SIGKILLed go offline on each survivor once, within the same bound.
 """
 
 from __future__ import annotations
@@ -154,9 +156,9 @@ async def test_separate_processes_deliver_once_and_forget_a_killed_node(
 
         async def sees_everyone(node: Node) -> bool:
             return (
-                await node.call("presence", identifier="carol") == ["p1", "p2"]
-                and await node.call("presence", identifier="alice") == ["p1"]
-                and await node.call("presence", identifier="bob") == ["p2"]
+                await node.call("nodes_of", identifier="carol") == ["p1", "p2"]
+                and await node.call("nodes_of", identifier="alice") == ["p1"]
+                and await node.call("nodes_of", identifier="bob") == ["p2"]
                 and await node.call("online_count") == 3
             )
 
@@ -228,8 +230,8 @@ async def test_separate_processes_deliver_once_and_forget_a_killed_node(
 
         async def p2_is_gone() -> bool:
             return (
-                await p1.call("presence", identifier="bob") == []
-                and await p1.call("presence", identifier="carol") == ["p1"]
+                await p1.call("nodes_of", identifier="bob") == []
+                and await p1.call("nodes_of", identifier="carol") == ["p1"]
                 and await p1.call("members", group="room") == ["alice", "carol"]
                 and await p1.call("groups_of", identifier="bob") == []
                 and await p1.call("online_count") == 2
@@ -258,4 +260,81 @@ async def test_separate_processes_deliver_once_and_forget_a_killed_node(
         with anyio.fail_after(10):
             await p1.process.wait()
         assert p1.process.returncode == 0
+        tg.cancel_scope.cancel()
+
+
+def presence_events(node: Node) -> list[tuple[str, str, str | None, str]]:
+    """The presence events ``node`` reported so far: (kind, identifier, group, node)."""
+    return [
+        (e["kind"], e["id"], e["group"], e["node"])
+        for e in node.events
+        if e.get("event") == "presence"
+    ]
+
+
+async def test_presence_events_once_per_node_and_a_killed_nodes_identities_go_offline_once(
+    redis: RedisServer, anyio_backend: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                start_node(redis, name, anyio_backend, tmp_path / f"{name}.log")
+            )
+            for name in ("p1", "p2", "p3")
+        ]
+        p1, p2, p3 = nodes
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                tg.start_soon(node.ready)
+
+        # alice on p1, bob on p3, carol on p2 and p3 (two nodes: one identity).
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        for name, node in (("alice", p1), ("bob", p3), ("carol", p2), ("carol", p3)):
+            await tg.start(Listener(name).run, node.url)
+        await p3.call("add_to_group", identifier="bob", group="room")
+        await p2.call("add_to_group", identifier="carol", group="room")
+
+        async def room_is_full(node: Node) -> bool:
+            presence = await node.call("presence", group="room")
+            return bool(presence == {"bob": {"name": "Bob"}, "carol": {"name": "Carol"}})
+
+        for node in nodes:
+            await node.until("room is full", lambda n=node: room_is_full(n))
+
+        async def reported(node: Node, count: int) -> bool:
+            await node.call("online_count")  # reads what the node wrote meanwhile
+            return len(presence_events(node)) >= count
+
+        before = [
+            ("join", "bob", "room", "p3"),
+            ("join", "carol", "room", "p2"),
+            ("online", "alice", None, "p1"),
+            ("online", "bob", None, "p3"),
+        ]
+        for node in nodes:
+            await node.until("everyone reported", lambda n=node: reported(n, 5))
+            seen = presence_events(node)
+            assert sorted(e for e in seen if e[1] != "carol" or e[0] != "online") == before
+            assert [e[:3] for e in seen].count(("online", "carol", None)) == 1
+
+        killed = anyio.current_time()
+        p3.process.kill()  # SIGKILL: no word to anyone; its lease runs out
+        survivors = (p1, p2)
+        for node in survivors:
+            await node.until(
+                "bob offline", lambda n=node: reported(n, 7), timeout=TTL + HEARTBEAT + 3
+            )
+        took = anyio.current_time() - killed
+        assert took <= TTL + HEARTBEAT + SLACK, f"p3's identities lingered {took:.2f} s"
+        await anyio.sleep(2 * TTL)  # room for a repeated or flapping event to show up
+        for node in survivors:
+            await node.call("online_count")
+            assert presence_events(node)[5:] == [
+                ("leave", "bob", "room", "p3"),
+                ("offline", "bob", None, "p3"),
+            ], node.name
+            assert await node.call("online", identifier="carol") is True
+            assert await node.call("online", identifier="bob") is False
+            assert await node.call("presence", group="room") == {"carol": {"name": "Carol"}}
+            assert (await node.call("stats"))["backplane"].get("malformed", 0) == 0
         tg.cancel_scope.cancel()
