@@ -157,8 +157,6 @@ async def test_readers_slower_than_the_producer_slow_it_down_and_are_not_evicted
     uneven slowdown (some queues full while the fleet's average is low) still evicts some
     of these readers: an open point of issue 13.
     """
-    if combo.id != "asgi-hypercorn-trio":
-        pytest.skip("an uneven slowdown still evicts some steady readers here (issue 13)")
     async with ConnectionManager(heartbeat=combo.policy()) as manager:
         relay = Relay(manager)
         async with serve(combo, relay.handler) as url:
