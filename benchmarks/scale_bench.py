@@ -1,0 +1,736 @@
+"""100,000 connections on one machine: K wsfleet nodes joined by one Redis, over loopback.
+
+    python benchmarks/scale_bench.py [--quick | --smoke] [--clients N] [--servers K]
+        # writes benchmarks/results/scale.md, scale.json and the plots scale_*.png beside them
+    python benchmarks/scale_bench.py --report-only   # the report and plots again, from the json
+
+The fleet: one ``redis-server`` (``wsfleet.testing.RedisServer``, the tests' launcher), K
+server processes (``_scale_server.py``: websockets on asyncio, each a node with
+``ConnectionManager(heartbeat=HeartbeatPolicy(), backplane=RedisBackplane(url))``, so the
+default heartbeat pings every connection every 20 s), and client processes
+(``_scale_client.py``: wsfleet's outbound ``manager.connect()`` under the default
+``RetryPolicy()``), each binding its sockets to its own loopback source address
+(127.0.0.2, 127.0.0.3, ...) so that ephemeral ports do not run out. Client i dials server
+i mod K; every ``--group-every``-th client joins the group ``room`` on its server. A process
+holds at most 17,000 sockets: the open-files limit is 20,000 per process.
+
+In order, each phase bounded in time (the whole run by ``--budget``, after which every
+process is stopped and what was measured is reported):
+
+1. **connect**: the clients dial, at most ``--in-flight`` handshakes at once per client
+   process; then every node must see every member of ``room`` through the backplane.
+2. **idle**: the fleet sits idle for ``--window`` seconds (at least one ping interval, 20 s)
+   while the heartbeat pings; CPU seconds per second of every process (``/proc/<pid>/stat``,
+   Redis' own included), resident memory per connection of each server, pings sent.
+3. **broadcast**: node 0 broadcasts ``--rounds`` messages stamped with
+   ``time.monotonic_ns()``; each client notes the delay when its copy arrives: p50 / p99 /
+   max over every client, and how many arrived. Then the same for a message to ``room``,
+   whose members are spread over every node.
+4. **restart**: every server process exits at once (its sockets close as in a crash) and a
+   new one starts on the same port; the clients come back by their retry policy (default
+   jitter). Time until every client is CONNECTED again, and the reconnections over time.
+
+``--quick``: 10,000 clients on 4 nodes, a 21 s window. ``--smoke``: 200 clients on 2 nodes,
+a 1 s window, in well under a minute; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _harness import (
+    PYTHON,
+    RESULTS,
+    Child,
+    Failed,
+    cli,
+    environment,
+    free_port,
+    proc_cpu,
+    proc_rss,
+    table,
+    write,
+)
+
+SERVER = str(HERE / "_scale_server.py")
+CLIENT = str(HERE / "_scale_client.py")
+#: The most sockets one process holds: the open-files limit is 20,000 per process, and a
+#: server also holds its listening socket, its Redis connections and its pipes.
+PER_PROCESS = 17_000
+#: The default heartbeat's ping interval (``HeartbeatPolicy()``), which the idle window spans.
+PING_INTERVAL = 20.0
+BUCKET = 0.1
+
+
+@dataclass(frozen=True)
+class Plan:
+    clients: int
+    servers: int
+    client_processes: int
+    group_every: int
+    window: float
+    rounds: int
+    in_flight: int
+    budget_s: float
+    storm_timeout: float
+    #: draw the plots (not in a smoke run or a run that writes nothing)
+    draw: bool = False
+
+    def port_share(self, k: int) -> int:
+        """Clients of server k: client i dials server i mod K."""
+        return len(range(k, self.clients, self.servers))
+
+    def client_ranges(self) -> list[range]:
+        size = math.ceil(self.clients / self.client_processes)
+        return [
+            range(j * size, min(self.clients, (j + 1) * size)) for j in range(self.client_processes)
+        ]
+
+    def members(self, ids: range) -> int:
+        return sum(1 for i in ids if i % self.group_every == 0)
+
+
+class OutOfTime(Exception):
+    """The run's budget passed (raised by SIGALRM wherever the driver is)."""
+
+
+def on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise OutOfTime
+
+
+def distribution(delays_us: list[int], want: int) -> dict[str, Any]:
+    if not delays_us:
+        return {"received": 0, "expected": want}
+    ordered = sorted(delays_us)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
+
+    return {
+        "received": len(ordered),
+        "expected": want,
+        "p50_ms": at(0.50),
+        "p99_ms": at(0.99),
+        "max_ms": ordered[-1] / 1000,
+        "min_ms": ordered[0] / 1000,
+        "mean_ms": statistics.fmean(ordered) / 1000,
+    }
+
+
+class Fleet:
+    """Every process of one run: Redis, the servers, the clients; what each spent."""
+
+    def __init__(self, plan: Plan, redis: Any) -> None:
+        self.plan = plan
+        self.redis = redis
+        self.namespace = f"scale{os.getpid()}"
+        self.ports = [free_port() for _ in range(plan.servers)]
+        self.servers: list[Child] = []
+        self.clients: list[Child] = []
+
+    def spawn_servers(self, standby: bool) -> list[Child]:
+        every = str(self.plan.group_every)
+        extra = ["--standby"] if standby else []
+        return [
+            Child(
+                f"server {k}",
+                [PYTHON, SERVER, str(port), self.redis.url, self.namespace, every, *extra],
+            )
+            for k, port in enumerate(self.ports)
+        ]
+
+    def start_servers(self) -> None:
+        self.servers = self.spawn_servers(standby=False)
+        for server in self.servers:
+            server.expect("port", timeout=60)
+
+    def start_clients(self) -> None:
+        self.clients = [
+            Child(f"clients {j}", [PYTHON, CLIENT, f"127.0.0.{2 + j}"])
+            for j in range(self.plan.client_processes)
+        ]
+        for client in self.clients:
+            client.expect("loaded", timeout=120)
+
+    def cpu(self, standby: list[Child] | None = None) -> dict[str, Any]:
+        """CPU seconds so far of every process, by role and pid (``standby``: servers that
+        will replace these, counted from now)."""
+        servers = self.servers + (standby or [])
+        return {
+            "t": time.monotonic(),
+            "servers": {s.proc.pid: proc_cpu(s.proc.pid) or 0.0 for s in servers},
+            "clients": {c.proc.pid: proc_cpu(c.proc.pid) or 0.0 for c in self.clients},
+            "redis": {self.redis.pid: proc_cpu(self.redis.pid) or 0.0},
+        }
+
+    def samples(self) -> list[dict[str, Any]]:
+        out = []
+        for server in self.servers:
+            server.send("sample")
+            found: dict[str, Any] = json.loads(server.expect("sample", timeout=60)[1])
+            found["rss"] = proc_rss(server.proc.pid)
+            out.append(found)
+        return out
+
+    def stop(self) -> None:
+        for child in self.clients + self.servers:
+            child.kill()
+
+
+def spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds of each role between two ``Fleet.cpu()`` readings, and per second."""
+    wall = after["t"] - before["t"]
+
+    def delta(key: str) -> float:
+        # a process started in between (a restarted server) counts from its start
+        a: dict[int, float] = before[key]
+        b: dict[int, float] = after[key]
+        return sum(cpu - a.get(pid, 0.0) for pid, cpu in b.items())  # the gone ones: ~0
+
+    out: dict[str, Any] = {"wall_s": wall}
+    for key in ("servers", "clients", "redis"):
+        out[f"{key}_cpu_s"] = delta(key)
+        out[f"{key}_cpu_per_s"] = delta(key) / wall if wall else None
+    return out
+
+
+def connect_phase(fleet: Fleet, out: dict[str, Any]) -> None:
+    plan = fleet.plan
+    before = fleet.cpu()
+    ports = ",".join(str(p) for p in fleet.ports)
+    limit = 60 + plan.clients / 100
+    for j, (client, ids) in enumerate(zip(fleet.clients, plan.client_ranges(), strict=True)):
+        client.send(f"connect {len(ids)} c{j}- {ids.start} {ports} {plan.in_flight} {limit}")
+    connected = [
+        int(c.expect("connected", timeout=limit + 30)[1].split()[0]) for c in fleet.clients
+    ]
+    took = time.monotonic() - before["t"]
+    ready = []
+    for k, server in enumerate(fleet.servers):
+        server.send(f"wait {plan.port_share(k)} 60")
+        ready.append(int(server.expect("ready", timeout=90)[1]))
+    registered = time.monotonic() - before["t"]
+    members = plan.members(range(plan.clients))
+    seen = []
+    for server in fleet.servers:
+        server.send(f"members {members} 120")
+        seen.append(int(server.expect("members", timeout=150)[1]))
+    out["connect"] = {
+        "clients_connected": sum(connected),
+        "per_client_process": connected,
+        "servers_ready": ready,
+        "connect_s": took,
+        "registered_s": registered,
+        "room_members_expected": members,
+        "room_members_seen": seen,
+        "settled_s": time.monotonic() - before["t"],
+        "cpu": spent(before, fleet.cpu()),
+    }
+    if sum(connected) < plan.clients:
+        raise Failed(f"{sum(connected):,} of {plan.clients:,} clients connected")
+
+
+def idle_phase(fleet: Fleet, out: dict[str, Any]) -> None:
+    plan = fleet.plan
+    first = fleet.samples()
+    before = fleet.cpu()
+    time.sleep(plan.window)
+    after = fleet.cpu()
+    last = fleet.samples()
+    servers = []
+    wall = after["t"] - before["t"]
+    for server, a, b in zip(fleet.servers, first, last, strict=True):
+        n, pid = b["connections"], server.proc.pid
+        servers.append(
+            {
+                "connections": n,
+                "rss": b["rss"],
+                "rss_per_connection": b["rss"] / n if n and b["rss"] else None,
+                "pings_in_window": b["pings_sent"] - a["pings_sent"],
+                "heartbeat_timeouts": b["heartbeat_timeouts"],
+                "states": b["states"],
+                "drops": b["drops"],
+                "online_count": b["online_count"],
+                "room_members": b["room_members"],
+                "backplane_state": b["backplane_state"],
+                "cpu_per_s": (after["servers"][pid] - before["servers"][pid]) / wall,
+            }
+        )
+    out["idle"] = {
+        "window_s": after["t"] - before["t"],
+        "servers": servers,
+        "cpu": spent(before, after),
+        "client_rss": [proc_rss(c.proc.pid) for c in fleet.clients],
+        "redis_rss": proc_rss(fleet.redis.pid),
+        "backplane_end": [b["backplane"] for b in last],
+    }
+
+
+def message_round(fleet: Fleet, kind: str, serial: int) -> dict[str, Any]:
+    """One stamped message from node 0 (``broadcast`` or to the ``group``), timed at every
+    client that should get it."""
+    plan = fleet.plan
+    ranges = plan.client_ranges()
+    wants = [len(r) if kind == "broadcast" else plan.members(r) for r in ranges]
+    before = fleet.cpu()
+    fleet.servers[0].send(f"{kind} {serial}")
+    sent = fleet.servers[0].expect("sent", timeout=60)
+    delays: list[int] = []
+    for client, want in zip(fleet.clients, wants, strict=True):
+        client.send(f"received {serial} {want} 60")
+    for client in fleet.clients:
+        delays += json.loads(client.expect("received", timeout=90)[1])
+    result = distribution(delays, sum(wants))
+    result["local"] = int(sent[1].split()[0])
+    result["cpu"] = spent(before, fleet.cpu())
+    result["delays_us"] = delays
+    return result
+
+
+def message_phase(fleet: Fleet, out: dict[str, Any]) -> None:
+    for kind, base in (("broadcast", 0), ("group", 1000)):
+        rounds = []
+        for r in range(fleet.plan.rounds):
+            rounds.append(message_round(fleet, kind, base + r))
+            time.sleep(1.0)
+        out[kind] = rounds
+
+
+def restart_phase(fleet: Fleet, out: dict[str, Any]) -> None:
+    plan = fleet.plan
+    for client in fleet.clients:
+        client.send("mark")
+        client.expect("marked", timeout=30)
+    # The replacements load first (a process start on a loaded machine takes seconds that
+    # say nothing about wsfleet); each binds its port once the process it replaces is gone.
+    standby = fleet.spawn_servers(standby=True)
+    for server in standby:
+        server.expect("loaded", timeout=120)
+    before = fleet.cpu(standby)
+    t_kill = time.monotonic_ns()
+    for server in fleet.servers:
+        server.kill()
+    t_down = time.monotonic_ns()
+    fleet.servers = standby
+    for server in standby:
+        server.send("listen")
+    for server in standby:
+        server.expect("port", timeout=60)
+    t_up = time.monotonic_ns()
+    for client, ids in zip(fleet.clients, plan.client_ranges(), strict=True):
+        client.send(f"storm {len(ids)} {plan.storm_timeout}")
+    storms = [
+        json.loads(c.expect("storm", timeout=plan.storm_timeout + 30)[1]) for c in fleet.clients
+    ]
+    after = fleet.cpu()
+    ready = []
+    for k, server in enumerate(fleet.servers):
+        server.send(f"wait {plan.port_share(k)} 30")
+        ready.append(int(server.expect("ready", timeout=60)[1]))
+    back = sorted(t for s in storms for t in s["connected_ns"])
+    lost = sorted(t for s in storms for t in s["lost_ns"])
+    connected_now = sum(s["counts"].get("CONNECTED", 0) for s in storms)
+    hist: dict[int, int] = {}
+    for t in back:
+        slot = int((t - t_kill) / 1e9 / BUCKET)
+        hist[slot] = hist.get(slot, 0) + 1
+    out["restart"] = {
+        "servers_down_s": (t_down - t_kill) / 1e9,
+        "servers_up_s": (t_up - t_kill) / 1e9,
+        "clients_back": connected_now,
+        "reconnections": len(back),
+        "all_back_s": (back[-1] - t_kill) / 1e9 if back and connected_now >= plan.clients else None,
+        "half_back_s": (back[len(back) // 2] - t_kill) / 1e9 if back else None,
+        "p99_back_s": (back[int(0.99 * (len(back) - 1))] - t_kill) / 1e9 if back else None,
+        "last_loss_s": (lost[-1] - t_kill) / 1e9 if lost else None,
+        "attempts": sum(s["attempts"] for s in storms),
+        "gave_up": sum(s["gave_up"] for s in storms),
+        "servers_ready": ready,
+        "per_bucket": [hist.get(i, 0) for i in range(max(hist) + 1)] if hist else [],
+        "cpu": spent(before, after),
+    }
+
+
+def measure(plan: Plan) -> dict[str, Any]:
+    from _harness.redis import RedisServer
+
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    out: dict[str, Any] = {}
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, plan.budget_s)
+    fleet: Fleet | None = None
+    try:
+        with RedisServer() as redis:
+            fleet = Fleet(plan, redis)
+            try:
+                fleet.start_servers()
+                base = fleet.samples()
+                out["server_rss_base"] = [s["rss"] for s in base]
+                fleet.start_clients()
+                for phase in (connect_phase, idle_phase, message_phase, restart_phase):
+                    progress(started, phase.__name__.replace("_", " "))
+                    phase(fleet, out)
+            except (Failed, OutOfTime) as exc:
+                out["error"] = f"{type(exc).__name__}: {exc}"
+                progress(started, f"stopped: {out['error']}")
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                fleet.stop()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    out["meta"] = {
+        **asdict(plan),
+        "elapsed_s": time.monotonic() - started,
+        "load_average": {"before": load_before, "after": os.getloadavg()[0]},
+        "cpus": os.cpu_count(),
+        "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+    }
+    out["meta"]["command"] = cli.command("scale_bench.py")
+    out["meta"]["measured"] = environment()
+    if plan.draw:
+        out["plots"] = plots(out)
+    for result in out.get("broadcast", []) + out.get("group", []):
+        # every client's delay is too much to keep: 200 quantiles draw the same curve
+        result["cdf_ms"] = quantiles(result.pop("delays_us"))
+    return out
+
+
+def quantiles(delays_us: list[int], points: int = 200) -> list[float]:
+    ordered = sorted(delays_us)
+    if not ordered:
+        return []
+    return [
+        ordered[min(len(ordered) - 1, i * len(ordered) // points)] / 1000 for i in range(points)
+    ] + [ordered[-1] / 1000]
+
+
+def progress(started: float, text: str) -> None:
+    sys.stderr.write(f"[{time.monotonic() - started:6.1f} s] {text}\n")
+    sys.stderr.flush()
+
+
+# -- the plots -------------------------------------------------------------------------------
+
+
+def plots(out: dict[str, Any]) -> dict[str, str]:
+    """``scale_arrival.png`` and ``scale_restart.png`` beside the report, where matplotlib is
+    installed (the ``bench`` extra); none otherwise, and the report says so."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    drawn: dict[str, str] = {}
+    n = out["meta"]["clients"]
+    if out.get("broadcast") or out.get("group"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for kind, label in (("broadcast", "broadcast"), ("group", "message to `room`")):
+            for r, result in enumerate(out.get(kind, [])[:1]):
+                xs = result.get("cdf_ms") or quantiles(result.get("delays_us", []))
+                if xs:
+                    ys = [i / (len(xs) - 1) for i in range(len(xs))]
+                    ax.plot(xs, ys, label=f"{label} (round {r + 1})")
+        ax.set_xlabel("arrival after the send, ms")
+        ax.set_ylabel("fraction of the receiving clients")
+        ax.set_title(f"One message from node 0 to {n:,} clients on every node")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "scale_arrival.png", dpi=110)
+        plt.close(fig)
+        drawn["arrival"] = "scale_arrival.png"
+    restart = out.get("restart")
+    if restart and restart["per_bucket"]:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        buckets = restart["per_bucket"]
+        xs = [i * BUCKET for i in range(len(buckets))]
+        ax.bar(xs, buckets, width=BUCKET, align="edge", label="reconnections per 100 ms")
+        ax.set_xlabel("seconds since every server process was stopped")
+        ax.set_ylabel("reconnections per 100 ms")
+        total, cumulative = 0, []
+        for b in buckets:
+            total += b
+            cumulative.append(total / n)
+        twin = ax.twinx()
+        twin.plot(xs, cumulative, color="black", label="fraction back")
+        twin.set_ylabel("fraction of the clients back")
+        twin.set_ylim(0, 1.05)
+        ax.axvline(restart["servers_up_s"], color="grey", linestyle="--")
+        ax.set_title(f"Every server restarts: {n:,} clients come back (default RetryPolicy)")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "scale_restart.png", dpi=110)
+        plt.close(fig)
+        drawn["restart"] = "scale_restart.png"
+    return drawn
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render(out: dict[str, Any]) -> str:
+    meta = out["meta"]
+    n, k = meta["clients"], meta["servers"]
+    text = ""
+    if "error" in out:
+        text += f"**The run stopped early**: {out['error']}. What was measured before that:\n\n"
+    rows: list[tuple[object, ...]] = []
+    connect = out.get("connect")
+    if connect:
+        rows.append(
+            (
+                "connections reached",
+                f"{connect['clients_connected']:,} of {n:,} "
+                f"(servers hold {' + '.join(f'{r:,}' for r in connect['servers_ready'])})",
+            )
+        )
+        rows.append(
+            (
+                "time to connect them all",
+                f"{connect['connect_s']:.0f} s "
+                f"({connect['clients_connected'] / connect['connect_s']:,.0f} per s, at most "
+                f"{meta['in_flight']} dials at once per client process); "
+                f"every node saw all {connect['room_members_expected']:,} members of `room` "
+                f"after {connect['settled_s']:.0f} s",
+            )
+        )
+    idle = out.get("idle")
+    if idle:
+        servers = idle["servers"]
+        per = [s["rss_per_connection"] for s in servers if s["rss_per_connection"]]
+        base = out.get("server_rss_base") or []
+        delta = [
+            (s["rss"] - b) / s["connections"]
+            for s, b in zip(servers, base, strict=False)
+            if s["connections"] and s["rss"] and b
+        ]
+        rows.append(
+            (
+                "server memory per connection (whole process RSS ÷ its connections)",
+                f"{statistics.median(per) / 1024:.1f} KiB median "
+                f"({min(per) / 1024:.1f}-{max(per) / 1024:.1f}); "
+                f"above the idle process: {statistics.median(delta) / 1024:.1f} KiB"
+                if per and delta
+                else "n/a",
+            )
+        )
+        cpu = idle["cpu"]
+        pings = sum(s["pings_in_window"] for s in servers)
+        rows.append(
+            (
+                f"CPU of the idle fleet under the heartbeat ({idle['window_s']:.0f} s window)",
+                f"servers {cpu['servers_cpu_per_s']:.3f} CPU-s/s in all "
+                f"({cpu['servers_cpu_per_s'] / n * 1e6:.2f} µs/s per connection); "
+                f"{pings:,} pings ({pings / idle['window_s']:,.0f}/s, "
+                f"{cpu['servers_cpu_s'] / pings * 1e6 if pings else 0:.0f} µs of server CPU each); "
+                f"clients {cpu['clients_cpu_per_s']:.3f}; Redis {cpu['redis_cpu_per_s']:.4f}",
+            )
+        )
+        rows.append(
+            (
+                "heartbeat timeouts, drops",
+                f"{sum(s['heartbeat_timeouts'] for s in servers)}, "
+                f"{sum(sum(s['drops'].values()) for s in servers)}",
+            )
+        )
+    for kind, label in (("broadcast", "one broadcast"), ("group", "one message to `room`")):
+        for r, result in enumerate(out.get(kind, [])):
+            if "p50_ms" not in result:
+                rows.append((f"{label}, round {r + 1}", "nothing arrived"))
+                continue
+            cpu = result["cpu"]
+            rows.append(
+                (
+                    f"{label} from node 0, round {r + 1}: arrival p50 / p99 / max",
+                    f"{result['p50_ms']:.0f} / {result['p99_ms']:.0f} / {result['max_ms']:.0f} ms; "
+                    f"{result['received']:,} of {result['expected']:,} arrived; "
+                    f"servers {cpu['servers_cpu_s']:.2f} CPU-s "
+                    f"({cpu['servers_cpu_s'] / max(1, result['received']) * 1e6:.1f} µs "
+                    "per delivery), "
+                    f"Redis {cpu['redis_cpu_s'] * 1000:.0f} ms",
+                )
+            )
+    restart = out.get("restart")
+    if restart:
+        cpu = restart["cpu"]
+        rows.append(
+            (
+                "every server process restarts: the whole fleet back",
+                (
+                    f"{restart['all_back_s']:.1f} s after the stop"
+                    if restart["all_back_s"] is not None
+                    else f"**not all**: {restart['clients_back']:,} of {n:,}"
+                )
+                + f" (half after {fmt(restart['half_back_s'], '.1f')} s, 99 % after "
+                f"{fmt(restart['p99_back_s'], '.1f')} s; new servers listening after "
+                f"{restart['servers_up_s']:.1f} s); {restart['attempts']:,} dials for "
+                f"{restart['reconnections']:,} reconnections, {restart['gave_up']:,} gave up",
+            )
+        )
+        rows.append(
+            (
+                "CPU during the restart",
+                f"servers {cpu['servers_cpu_s']:.0f} s, clients {cpu['clients_cpu_s']:.0f} s, "
+                f"Redis {cpu['redis_cpu_s']:.1f} s over {cpu['wall_s']:.0f} s",
+            )
+        )
+    if connect:
+        cpu = connect["cpu"]
+        rows.append(
+            (
+                "Redis' own CPU",
+                f"connect phase {cpu['redis_cpu_s']:.1f} s over {cpu['wall_s']:.0f} s"
+                + (
+                    f"; idle {idle['cpu']['redis_cpu_per_s']:.4f} CPU-s/s, RSS "
+                    f"{(idle['redis_rss'] or 0) / 2**20:.0f} MiB"
+                    if idle
+                    else ""
+                ),
+            )
+        )
+    text += table(["figure", f"{n:,} clients, {k} nodes, one Redis"], rows) + "\n\n"
+    if idle:
+        text += per_server(idle) + "\n\n"
+    plots_ = out.get("plots") or {}
+    if "arrival" in plots_:
+        text += f"![arrival of one message]({plots_['arrival']})\n\n"
+    if "restart" in plots_:
+        text += f"![the fleet coming back after a restart]({plots_['restart']})\n\n"
+    return text + how(out)
+
+
+def per_server(idle: dict[str, Any]) -> str:
+    rows = [
+        (
+            k,
+            f"{s['connections']:,}",
+            f"{(s['rss'] or 0) / 2**20:.0f}",
+            fmt(s["rss_per_connection"] and s["rss_per_connection"] / 1024, ".1f"),
+            f"{s['cpu_per_s']:.3f}",
+            f"{s['pings_in_window']:,}",
+            ", ".join(f"{name} {count:,}" for name, count in s["states"].items()),
+            f"{s['online_count']:,}",
+            s["backplane_state"],
+        )
+        for k, s in enumerate(idle["servers"])
+    ]
+    return "Each node at the end of the idle window:\n\n" + table(
+        [
+            "node",
+            "connections",
+            "RSS MiB",
+            "KiB per connection",
+            "CPU-s/s",
+            "pings in the window",
+            "states",
+            "online fleet-wide (its view)",
+            "backplane",
+        ],
+        rows,
+    )
+
+
+def how(out: dict[str, Any]) -> str:
+    meta = out["meta"]
+    load = meta["load_average"]
+    return (
+        "How: see the docstring of `benchmarks/scale_bench.py`. "
+        f"{meta['servers']} server processes (websockets on asyncio, a wsfleet node each, "
+        "`HeartbeatPolicy()`: a ping every 20 s), one `redis-server`, "
+        f"{meta['client_processes']} client processes (wsfleet's `manager.connect()`, "
+        "`RetryPolicy()`), each on its own loopback source address; every "
+        f"{meta['group_every']}th client joins `room`. All on one machine of "
+        f"{meta['cpus']} CPUs and {meta['memory_gib']:.0f} GiB shared with other work "
+        f"(1-minute load average {load['before']:.2f} before, {load['after']:.2f} after): the "
+        "clients' CPU competes with the servers', so the arrival times and the restart include "
+        "the clients' own work of reading 100,000 sockets. Arrival: the sender stamps "
+        "`time.monotonic_ns()` as it hands the message over, each client reads the same "
+        "clock when its copy is parsed. CPU: user + system seconds of each process from "
+        f"`/proc/<pid>/stat`. The run took {meta['elapsed_s']:.0f} s.\n"
+    )
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def plan_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
+    clients = args.clients or (10_000 if args.quick else 100_000)
+    servers = args.servers or max(2 if args.quick else 7, math.ceil(clients / PER_PROCESS))
+    if clients / servers > PER_PROCESS:
+        parser.error(f"at most {PER_PROCESS:,} clients per server (the open-files limit)")
+    processes = max(servers, math.ceil(clients / PER_PROCESS))
+    window = args.window or (PING_INTERVAL + 1 if args.quick else 2 * PING_INTERVAL)
+    return Plan(
+        clients=clients,
+        servers=servers,
+        client_processes=processes,
+        group_every=args.group_every,
+        window=window,
+        rounds=args.rounds,
+        in_flight=args.in_flight,
+        budget_s=args.budget,
+        storm_timeout=120.0,
+    )
+
+
+SMOKE = Plan(
+    clients=200,
+    servers=2,
+    client_processes=2,
+    group_every=10,
+    window=1.0,
+    rounds=1,
+    in_flight=50,
+    budget_s=90.0,
+    storm_timeout=40.0,
+)
+
+
+def main() -> None:
+    parser = cli.parser(__doc__, rebuild="results/scale.json")
+    parser.add_argument("--clients", type=int, default=None, help="100,000 (--quick: 10,000)")
+    parser.add_argument("--servers", type=int, default=None, help="nodes (7; --quick: 2)")
+    parser.add_argument("--group-every", type=int, default=10, help="every n-th client in room")
+    parser.add_argument("--window", type=float, default=None, help="idle window, s (40)")
+    parser.add_argument("--rounds", type=int, default=3, help="broadcasts and group messages")
+    parser.add_argument("--in-flight", type=int, default=200, help="dials at once per process")
+    parser.add_argument("--budget", type=float, default=900.0, help="the whole run, s")
+    args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((RESULTS / "scale.json").read_text(encoding="utf-8"))
+        saved["plots"] = plots(saved)
+        meta = saved["meta"]
+        write("scale", TITLE, meta["command"], render(saved), saved, meta["measured"])
+        return
+    plan = SMOKE if args.smoke else plan_of(parser, args)
+    if not args.smoke and args.json is None and not args.no_write:
+        plan = replace(plan, draw=True)
+    cli.run(args, plan, measure, render, name="scale", title=TITLE, script="scale_bench.py")
+
+
+TITLE = "100,000 connections on one machine: nodes joined by Redis"
+
+
+if __name__ == "__main__":
+    main()
