@@ -189,6 +189,7 @@ SMOKE_SCRIPTS = (
     "backplane_flood.py",
     "manager_bench.py",
     "fsm_bench.py",
+    "scale_bench.py",
 )
 
 #: Fan-out variants measured side by side, their rounds alternating (see fanout_bench).
