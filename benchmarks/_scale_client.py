@@ -76,6 +76,7 @@ class Clients:
         self.delays: defaultdict[int, list[int]] = defaultdict(list)
         #: since ``mark``: (monotonic ns, new state) of every change
         self.changes: list[tuple[int, str]] | None = None
+        #: why attempts failed and clients gave up, since ``mark``
         self.reasons: Counter[str] = Counter()
         self.conns: list[Conn] = []
 
@@ -306,6 +307,7 @@ async def main(source: str) -> None:
             say("received " + json.dumps(clients.delays.pop(serial, [])[:got]))
         elif command == "mark":
             clients.changes = []
+            clients.reasons.clear()
             say("marked")
         elif command == "policy":
             spread = None if args[0] == "default" else float(args[0])

@@ -362,7 +362,7 @@ def restart(fleet: Fleet, spread: float | None, limit: float) -> dict[str, Any]:
     def since(t: int) -> float:
         return (t - t_kill) / 1e9
 
-    result = {
+    return {
         "policy": policy,
         "first_delay_spread": spread,
         "revived": revived,
@@ -381,12 +381,6 @@ def restart(fleet: Fleet, spread: float | None, limit: float) -> dict[str, Any]:
         "per_bucket": [hist.get(i, 0) for i in range(max(hist) + 1)] if hist else [],
         "cpu": spent(before, after),
     }
-    ready = []
-    for k, server in enumerate(fleet.servers):
-        server.send(f"wait {plan.port_share(k)} 5")
-        ready.append(int(server.expect("ready", timeout=60)[1]))
-    result["servers_ready"] = ready
-    return result
 
 
 def restart_phase(fleet: Fleet, out: dict[str, Any]) -> None:
@@ -443,11 +437,17 @@ def measure(plan: Plan) -> dict[str, Any]:
     }
     out["meta"]["command"] = cli.command("scale_bench.py")
     out["meta"]["measured"] = environment()
-    if plan.draw:
-        out["plots"] = plots(out)
     for result in out.get("broadcast", []) + out.get("group", []):
         # every client's delay is too much to keep: 200 quantiles draw the same curve
         result["cdf_ms"] = quantiles(result.pop("delays_us"))
+    if plan.draw:
+        # the figures are safe before the report is rendered (``--report-only`` renders again)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "scale.json").write_text(json.dumps(out) + "\n", encoding="utf-8")
+        try:
+            out["plots"] = plots(out)
+        except Exception as exc:  # the report is worth having without its pictures
+            progress(started, f"plots failed: {exc!r}")
     return out
 
 
@@ -484,7 +484,7 @@ def plots(out: dict[str, Any]) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for kind, label in (("broadcast", "broadcast"), ("group", "message to `room`")):
             for r, result in enumerate(out.get(kind, [])[:1]):
-                xs = result.get("cdf_ms") or quantiles(result.get("delays_us", []))
+                xs = result["cdf_ms"]
                 if xs:
                     ys = [i / (len(xs) - 1) for i in range(len(xs))]
                     ax.plot(xs, ys, label=f"{label} (round {r + 1})")
