@@ -1,6 +1,7 @@
 """One node of the scale benchmark's fleet, in a process of its own, driven by scale_bench.py.
 
-    python benchmarks/_scale_server.py <port> <redis url> <namespace> <group every> [--standby]
+    python benchmarks/_scale_server.py <port> <redis url> <namespace> <group every>
+        [--standby] [--redis-timeout <seconds>]
 
 A websockets (asyncio) server on ``127.0.0.1:<port>`` (a fixed port: the driver restarts
 the node on the same one, and the clients come back to it) whose manager is
@@ -8,10 +9,12 @@ the node on the same one, and the clients come back to it) whose manager is
 default heartbeat (a ping every 20 s) and one node of a fleet joined through Redis. Each
 socket is held as an application holds it (``async with manager.session(ws, id)``); a client
 whose identifier's number is a multiple of ``group every`` joins the group ``room`` on
-arrival (``--`` for none). ``--standby``: a replacement made ready ahead of a restart; it
-loads, prints ``loaded`` and waits for a ``listen`` line before it starts its manager and
-binds the port (which the process it replaces still holds). Prints ``port <port>`` once it
-accepts connections at ``/ws?id=<name>``, then answers one line per command read from stdin:
+arrival (``--`` for none). ``--redis-timeout``: the backplane's ``connect_timeout`` and
+``command_timeout`` (1 s each by default). ``--standby``: a replacement made ready ahead of
+a restart; it loads, prints ``loaded`` and waits for a ``listen`` line before it starts its
+manager and binds the port (which the process it replaces still holds). Prints ``port
+<port>`` once it accepts connections at ``/ws?id=<name>``, then answers one line per command
+read from stdin:
 
     wait <n> <timeout>       -> ready <connections>   (at least n held, or the timeout)
     members <n> <timeout>    -> members <count>       (``room`` has n members fleet-wide here)
@@ -76,11 +79,16 @@ def sample(manager: ConnectionManager) -> dict[str, Any]:
     }
 
 
-async def serve(port: int, url: str, namespace: str, every: int | None) -> None:
-
-    manager = ConnectionManager(
-        heartbeat=HeartbeatPolicy(), backplane=RedisBackplane(url, namespace=namespace)
-    )
+async def serve(
+    port: int, url: str, namespace: str, every: int | None, redis_timeout: float | None
+) -> None:
+    if redis_timeout is None:
+        backplane = RedisBackplane(url, namespace=namespace)
+    else:
+        backplane = RedisBackplane(
+            url, namespace=namespace, connect_timeout=redis_timeout, command_timeout=redis_timeout
+        )
+    manager = ConnectionManager(heartbeat=HeartbeatPolicy(), backplane=backplane)
 
     async def handler(ws: ServerConnection) -> None:
         identifier = identifier_of(ws.request.path if ws.request else "")
@@ -135,6 +143,7 @@ def main() -> None:
     parser.add_argument("namespace")
     parser.add_argument("every", help="a member of the group every this many clients, or --")
     parser.add_argument("--standby", action="store_true", help="wait for 'listen' to start")
+    parser.add_argument("--redis-timeout", type=float, default=None, help="seconds (1)")
     args = parser.parse_args()
     raise_nofile()
     if args.standby:
@@ -142,7 +151,9 @@ def main() -> None:
         if sys.stdin.readline().strip() != "listen":
             return
     every = None if args.every == "--" else int(args.every)
-    anyio.run(serve, args.port, args.url, args.namespace, every, backend="asyncio")
+    anyio.run(
+        serve, args.port, args.url, args.namespace, every, args.redis_timeout, backend="asyncio"
+    )
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ class Plan:
     in_flight: int
     budget_s: float
     storm_timeout: float
+    #: the backplane's connect and command timeouts (None: RedisBackplane's own, 1 s)
+    redis_timeout: float | None = None
     #: draw the plots (not in a smoke run or a run that writes nothing)
     draw: bool = False
 
@@ -150,6 +152,8 @@ class Fleet:
     def spawn_servers(self, standby: bool) -> list[Child]:
         every = str(self.plan.group_every)
         extra = ["--standby"] if standby else []
+        if self.plan.redis_timeout is not None:
+            extra += ["--redis-timeout", str(self.plan.redis_timeout)]
         return [
             Child(
                 f"server {k}",
@@ -192,7 +196,12 @@ class Fleet:
         return out
 
     def stop(self) -> None:
-        for child in self.clients + self.servers:
+        """Every helper at once: they hold nothing that needs a polite end, and a busy one
+        answers ``quit`` only after the command it is in."""
+        children = self.clients + self.servers
+        for child in children:
+            child.proc.kill()
+        for child in children:
             child.kill()
 
 
@@ -719,7 +728,14 @@ def how(out: dict[str, Any]) -> str:
         f"{meta['client_processes']} client processes (raw asyncio WebSocket clients that "
         "answer pings and redial on `RetryPolicy()`'s schedule), each on its own loopback "
         "source address; every "
-        f"{meta['group_every']}th client joins `room`. All on one machine of "
+        f"{meta['group_every']}th client joins `room`. "
+        + (
+            f"The backplane's connect and command timeouts: {meta['redis_timeout']:g} s "
+            "(`RedisBackplane(url, connect_timeout=..., command_timeout=...)`; 1 s by default). "
+            if meta.get("redis_timeout")
+            else "The backplane's default timeouts (1 s). "
+        )
+        + "All on one machine of "
         f"{meta['cpus']} CPUs and {meta['memory_gib']:.0f} GiB shared with other work "
         f"(1-minute load average {load['before']:.2f} before, {load['after']:.2f} after): the "
         "clients' CPU competes with the servers', so the arrival times and the restart include "
@@ -750,6 +766,7 @@ def plan_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
         in_flight=args.in_flight,
         budget_s=args.budget,
         storm_timeout=120.0,
+        redis_timeout=args.redis_timeout,
     )
 
 
@@ -773,8 +790,14 @@ def main() -> None:
     parser.add_argument("--group-every", type=int, default=10, help="every n-th client in room")
     parser.add_argument("--window", type=float, default=None, help="idle window, s (40)")
     parser.add_argument("--rounds", type=int, default=3, help="broadcasts and group messages")
-    parser.add_argument("--in-flight", type=int, default=200, help="dials at once per process")
+    parser.add_argument("--in-flight", type=int, default=25, help="dials at once per process")
     parser.add_argument("--budget", type=float, default=900.0, help="the whole run, s")
+    parser.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=None,
+        help="the backplane's connect and command timeouts, s (RedisBackplane's: 1)",
+    )
     args = parser.parse_args()
     if args.report_only:
         saved = json.loads((RESULTS / "scale.json").read_text(encoding="utf-8"))
