@@ -22,10 +22,10 @@ finish within 10 s (websockets' ``open_timeout``).
 The process raises its open-files soft limit to the hard one and prints ``loaded``; then
 one answer line per command:
 
-    connect <n> <prefix> <first> <ports> <in flight> <timeout>  -> connected <n> <seconds>
+    connect <n> <prefix> <first> <ports> <in flight> <timeout>  -> started
         (ids <prefix><first> ... ; client i dials the i-th port of the comma-separated
-        list, round robin; at most <in flight> dials at once)
-    counts                            -> counts <json>     (clients per state)
+        list, round robin; at most <in flight> dials at once; in the background)
+    counts                            -> counts <json>     (clients per state, and dialled)
     received <serial> <n> <timeout>   -> received <json>   (arrival delays in µs, once n came)
     mark                              -> marked            (the state changes from now on)
     policy <first delay spread>       -> policy <repr>     (``RetryPolicy(first_delay_spread=..)``
@@ -287,18 +287,18 @@ def same(conn: Conn) -> Conn:
 
 async def main(source: str) -> None:
     clients = Clients(source)
+    tasks: set[asyncio.Task[tuple[int, float]]] = set()
     say("loaded")
     async for words in commands():
         command, args = words[0], words[1:]
         if command == "connect":
             n, prefix, first = int(args[0]), args[1], int(args[2])
             ports = [int(p) for p in args[3].split(",")]
-            done, took = await clients.connect(
-                n, prefix, first, ports, int(args[4]), float(args[5])
-            )
-            say(f"connected {done} {took:.3f}")
+            dialling = clients.connect(n, prefix, first, ports, int(args[4]), float(args[5]))
+            tasks.add(asyncio.create_task(dialling))  # the driver follows it with ``counts``
+            say("started")
         elif command == "counts":
-            say("counts " + json.dumps(clients.counts()))
+            say("counts " + json.dumps({**clients.counts(), "dialled": len(clients.conns)}))
         elif command == "received":
             serial, want = int(args[0]), int(args[1])
             got = await count_reaches(

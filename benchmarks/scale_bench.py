@@ -78,6 +78,10 @@ PER_PROCESS = 17_000
 #: The default heartbeat's ping interval (``HeartbeatPolicy()``), which the idle window spans.
 PING_INTERVAL = 20.0
 BUCKET = 0.1
+#: How often the connect phase reads the clients' counts, and how long it waits for the
+#: count to grow before it calls the fleet stalled.
+SAMPLE_EVERY = 10.0
+STALL = 120.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class Plan:
     redis_timeout: float | None = None
     #: draw the plots (not in a smoke run or a run that writes nothing)
     draw: bool = False
+    #: the results' files: ``results/<name>.md``, ``.json``, ``<name>_*.png``
+    name: str = "scale"
 
     def port_share(self, k: int) -> int:
         """Clients of server k: client i dials server i mod K."""
@@ -222,40 +228,74 @@ def spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def counts(fleet: Fleet) -> list[dict[str, int]]:
+    for client in fleet.clients:
+        client.send("counts")
+    return [json.loads(c.expect("counts", timeout=120)[1]) for c in fleet.clients]
+
+
 def connect_phase(fleet: Fleet, out: dict[str, Any]) -> None:
+    """Dial every client, following the count every few seconds; stop when all are
+    connected, when the count has not grown for ``STALL`` seconds, or at the limit."""
     plan = fleet.plan
     before = fleet.cpu()
     ports = ",".join(str(p) for p in fleet.ports)
     limit = 60 + plan.clients / 100
     for j, (client, ids) in enumerate(zip(fleet.clients, plan.client_ranges(), strict=True)):
         client.send(f"connect {len(ids)} c{j}- {ids.start} {ports} {plan.in_flight} {limit}")
-    connected = [
-        int(c.expect("connected", timeout=limit + 30)[1].split()[0]) for c in fleet.clients
-    ]
+    for client in fleet.clients:
+        client.expect("started", timeout=60)
+    timeline: list[dict[str, Any]] = []
+    best, best_at = 0, time.monotonic()
+    connect: dict[str, Any] = {"timeline": timeline, "clients_connected": 0}
+    out["connect"] = connect
+    while True:
+        time.sleep(SAMPLE_EVERY if plan.clients > 1_000 else 0.2)
+        now = counts(fleet)
+        cpu = fleet.cpu()
+        connected = sum(c.get("CONNECTED", 0) for c in now)
+        timeline.append(
+            {
+                "t": cpu["t"] - before["t"],
+                "connected": connected,
+                "dialled": sum(c["dialled"] for c in now),
+                "gave_up": sum(c.get("DISCONNECTED", 0) for c in now),
+                "servers_cpu_s": spent(before, cpu)["servers_cpu_s"],
+                "servers_rss": sum(proc_rss(s.proc.pid) or 0 for s in fleet.servers),
+                "redis_cpu_s": spent(before, cpu)["redis_cpu_s"],
+            }
+        )
+        connect["clients_connected"] = max(connect["clients_connected"], connected)
+        if connected > best:
+            best, best_at = connected, time.monotonic()
+        if connected >= plan.clients:
+            break
+        if time.monotonic() - best_at > STALL or time.monotonic() - before["t"] > limit:
+            connect["stalled"] = connected < plan.clients
+            break
     took = time.monotonic() - before["t"]
-    ready = []
+    connect.update(
+        {
+            "connect_s": took,
+            "per_client_process": [c.get("CONNECTED", 0) for c in now],
+            "cpu": spent(before, fleet.cpu()),
+        }
+    )
+    if connected < plan.clients:
+        raise Failed(
+            f"{connected:,} of {plan.clients:,} clients connected after {took:.0f} s "
+            f"(at most {connect['clients_connected']:,}; {timeline[-1]['gave_up']:,} gave up)"
+        )
     for k, server in enumerate(fleet.servers):
         server.send(f"wait {plan.port_share(k)} 60")
-        ready.append(int(server.expect("ready", timeout=90)[1]))
-    registered = time.monotonic() - before["t"]
+    connect["servers_ready"] = [int(s.expect("ready", timeout=120)[1]) for s in fleet.servers]
+    connect["registered_s"] = time.monotonic() - before["t"]
     members = plan.members(range(plan.clients))
-    seen = []
     for server in fleet.servers:
         server.send(f"members {members} 120")
-        seen.append(int(server.expect("members", timeout=150)[1]))
-    out["connect"] = {
-        "clients_connected": sum(connected),
-        "per_client_process": connected,
-        "servers_ready": ready,
-        "connect_s": took,
-        "registered_s": registered,
-        "room_members_expected": members,
-        "room_members_seen": seen,
-        "settled_s": time.monotonic() - before["t"],
-        "cpu": spent(before, fleet.cpu()),
-    }
-    if sum(connected) < plan.clients:
-        raise Failed(f"{sum(connected):,} of {plan.clients:,} clients connected")
+    connect["room_members_expected"] = members
+    connect["room_members_seen"] = [int(s.expect("members", timeout=180)[1]) for s in fleet.servers]
+    connect["settled_s"] = time.monotonic() - before["t"]
 
 
 def idle_phase(fleet: Fleet, out: dict[str, Any]) -> None:
@@ -452,7 +492,7 @@ def measure(plan: Plan) -> dict[str, Any]:
     if plan.draw:
         # the figures are safe before the report is rendered (``--report-only`` renders again)
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "scale.json").write_text(json.dumps(out) + "\n", encoding="utf-8")
+        (RESULTS / f"{plan.name}.json").write_text(json.dumps(out) + "\n", encoding="utf-8")
         try:
             out["plots"] = plots(out)
         except Exception as exc:  # the report is worth having without its pictures
@@ -478,7 +518,7 @@ def progress(started: float, text: str) -> None:
 
 
 def plots(out: dict[str, Any]) -> dict[str, str]:
-    """``scale_arrival.png`` and ``scale_restart.png`` beside the report, where matplotlib is
+    """``<name>_arrival.png`` and ``<name>_restart.png`` beside the report, where matplotlib is
     installed (the ``bench`` extra); none otherwise, and the report says so."""
     try:
         import matplotlib
@@ -489,6 +529,7 @@ def plots(out: dict[str, Any]) -> dict[str, str]:
         return {}
     drawn: dict[str, str] = {}
     n = out["meta"]["clients"]
+    name = out["meta"].get("name", "scale")
     if out.get("broadcast") or out.get("group"):
         fig, ax = plt.subplots(figsize=(7, 4))
         for kind, label in (("broadcast", "broadcast"), ("group", "message to `room`")):
@@ -503,9 +544,9 @@ def plots(out: dict[str, Any]) -> dict[str, str]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "scale_arrival.png", dpi=110)
+        drawn["arrival"] = f"{name}_arrival.png"
+        fig.savefig(RESULTS / drawn["arrival"], dpi=110)
         plt.close(fig)
-        drawn["arrival"] = "scale_arrival.png"
     storms = [
         (key, out[key])
         for key in ("restart", "restart_sized")
@@ -528,13 +569,14 @@ def plots(out: dict[str, Any]) -> dict[str, str]:
             twin.set_ylabel("fraction of the clients back")
             twin.set_ylim(0, 1.05)
             ax.axvline(restart["servers_up_s"], color="grey", linestyle="--")
+            ax.set_xlim(0, max(restart["settled_s"], len(buckets) * BUCKET))
             spread = restart.get("first_delay_spread")
             policy = "RetryPolicy()" if spread is None else f"first_delay_spread={spread:g} s"
             ax.set_title(f"{n:,} clients come back after a restart: {policy}")
         fig.tight_layout()
-        fig.savefig(RESULTS / "scale_restart.png", dpi=110)
+        drawn["restart"] = f"{name}_restart.png"
+        fig.savefig(RESULTS / drawn["restart"], dpi=110)
         plt.close(fig)
-        drawn["restart"] = "scale_restart.png"
     return drawn
 
 
@@ -554,23 +596,7 @@ def render(out: dict[str, Any]) -> str:
     rows: list[tuple[object, ...]] = []
     connect = out.get("connect")
     if connect:
-        rows.append(
-            (
-                "connections reached",
-                f"{connect['clients_connected']:,} of {n:,} "
-                f"(servers hold {' + '.join(f'{r:,}' for r in connect['servers_ready'])})",
-            )
-        )
-        rows.append(
-            (
-                "time to connect them all",
-                f"{connect['connect_s']:.0f} s "
-                f"({connect['clients_connected'] / connect['connect_s']:,.0f} per s, at most "
-                f"{meta['in_flight']} dials at once per client process); "
-                f"every node saw all {connect['room_members_expected']:,} members of `room` "
-                f"after {connect['settled_s']:.0f} s",
-            )
-        )
+        rows += connect_rows(connect, meta)
     idle = out.get("idle")
     if idle:
         servers = idle["servers"]
@@ -629,7 +655,7 @@ def render(out: dict[str, Any]) -> str:
             )
     for key in ("restart", "restart_sized"):
         rows += restart_rows(out.get(key), n)
-    if connect:
+    if connect and "cpu" in connect:
         cpu = connect["cpu"]
         rows.append(
             (
@@ -644,6 +670,8 @@ def render(out: dict[str, Any]) -> str:
             )
         )
     text += table(["figure", f"{n:,} clients, {k} nodes, one Redis"], rows) + "\n\n"
+    if connect:
+        text += timeline_table(connect)
     if idle:
         text += per_server(idle) + "\n\n"
     plots_ = out.get("plots") or {}
@@ -652,6 +680,87 @@ def render(out: dict[str, Any]) -> str:
     if "restart" in plots_:
         text += f"![the fleet coming back after a restart]({plots_['restart']})\n\n"
     return text + how(out)
+
+
+def connect_rows(connect: dict[str, Any], meta: dict[str, Any]) -> list[tuple[object, ...]]:
+    n = meta["clients"]
+    reached = connect["clients_connected"]
+    held = connect.get("servers_ready")
+    rows: list[tuple[object, ...]] = [
+        (
+            "connections reached",
+            f"{reached:,} of {n:,}"
+            + (f" (servers hold {' + '.join(f'{r:,}' for r in held)})" if held else ""),
+        )
+    ]
+    took = connect.get("connect_s")
+    if took and "room_members_expected" in connect:
+        rows.append(
+            (
+                "time to connect them all",
+                f"{took:.0f} s ({reached / took:,.0f} per s, at most {meta['in_flight']} dials "
+                f"at once per client process); every node saw all "
+                f"{connect['room_members_expected']:,} members of `room` after "
+                f"{connect['settled_s']:.0f} s",
+            )
+        )
+    elif took:
+        last = connect["timeline"][-1] if connect.get("timeline") else {}
+        rows.append(
+            (
+                "connecting stopped",
+                f"after {took:.0f} s: {last.get('connected', 0):,} connected, "
+                f"{last.get('dialled', 0):,} dialled, {last.get('gave_up', 0):,} gave up "
+                "(the count did not grow for "
+                f"{STALL:.0f} s, or the phase's limit passed)",
+            )
+        )
+    if "cpu" in connect and reached:
+        cpu = connect["cpu"]
+        rows.append(
+            (
+                "CPU while connecting",
+                f"servers {cpu['servers_cpu_s']:.0f} s ({cpu['servers_cpu_s'] / reached * 1e3:.1f} "
+                f"ms per connection reached), clients {cpu['clients_cpu_s']:.0f} s, Redis "
+                f"{cpu['redis_cpu_s']:.1f} s, over {cpu['wall_s']:.0f} s",
+            )
+        )
+    return rows
+
+
+def timeline_table(connect: dict[str, Any]) -> str:
+    points = connect.get("timeline") or []
+    if len(points) < 2:
+        return ""
+    step = max(1, len(points) // 12)
+    rows = [
+        (
+            f"{p['t']:.0f}",
+            f"{p['connected']:,}",
+            f"{p['dialled']:,}",
+            f"{p['gave_up']:,}",
+            f"{p['servers_cpu_s']:.0f}",
+            f"{p['servers_rss'] / 2**20:,.0f}",
+            f"{p['redis_cpu_s']:.1f}",
+        )
+        for p in points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+    ]
+    return (
+        "Connecting, as it went:\n\n"
+        + table(
+            [
+                "s",
+                "connected",
+                "dialled",
+                "gave up",
+                "servers' CPU s so far",
+                "servers' RSS MiB",
+                "Redis CPU s so far",
+            ],
+            rows,
+        )
+        + "\n\n"
+    )
 
 
 def restart_rows(restart: dict[str, Any] | None, n: int) -> list[tuple[object, ...]]:
@@ -798,20 +907,26 @@ def main() -> None:
         default=None,
         help="the backplane's connect and command timeouts, s (RedisBackplane's: 1)",
     )
+    parser.add_argument(
+        "--name", default="scale", help="results/<name>.md, .json and plots (scale)"
+    )
     args = parser.parse_args()
     if args.report_only:
-        saved = json.loads((RESULTS / "scale.json").read_text(encoding="utf-8"))
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text(encoding="utf-8"))
+        saved["meta"]["name"] = args.name
         saved["plots"] = plots(saved)
         meta = saved["meta"]
-        write("scale", TITLE, meta["command"], render(saved), saved, meta["measured"])
+        title = TITLE.format(clients=meta["clients"], servers=meta["servers"])
+        write(args.name, title, meta["command"], render(saved), saved, meta["measured"])
         return
     plan = SMOKE if args.smoke else plan_of(parser, args)
     if not args.smoke and args.json is None and not args.no_write:
-        plan = replace(plan, draw=True)
-    cli.run(args, plan, measure, render, name="scale", title=TITLE, script="scale_bench.py")
+        plan = replace(plan, draw=True, name=args.name)
+    title = TITLE.format(clients=plan.clients, servers=plan.servers)
+    cli.run(args, plan, measure, render, name=plan.name, title=title, script="scale_bench.py")
 
 
-TITLE = "100,000 connections on one machine: nodes joined by Redis"
+TITLE = "{clients:,} connections on one machine: {servers} wsfleet nodes joined by one Redis"
 
 
 if __name__ == "__main__":
