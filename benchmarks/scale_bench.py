@@ -547,6 +547,22 @@ def plots(out: dict[str, Any]) -> dict[str, str]:
         drawn["arrival"] = f"{name}_arrival.png"
         fig.savefig(RESULTS / drawn["arrival"], dpi=110)
         plt.close(fig)
+    timeline = (out.get("connect") or {}).get("timeline") or []
+    if len(timeline) > 1:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ts = [point["t"] for point in timeline]
+        ax.plot(ts, [point["connected"] for point in timeline], label="connected")
+        ax.set_xlabel("seconds since the clients started dialling")
+        ax.set_ylabel("connections")
+        twin = ax.twinx()
+        twin.plot(ts, [point["servers_cpu_s"] for point in timeline], color="black", linestyle="--")
+        twin.set_ylabel("servers' CPU seconds so far (dashed)")
+        ax.set_title(f"Connecting {n:,} clients to {out['meta']['servers']} nodes")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        drawn["connect"] = f"{name}_connect.png"
+        fig.savefig(RESULTS / drawn["connect"], dpi=110)
+        plt.close(fig)
     storms = [
         (key, out[key])
         for key in ("restart", "restart_sized")
@@ -675,6 +691,8 @@ def render(out: dict[str, Any]) -> str:
     if idle:
         text += per_server(idle) + "\n\n"
     plots_ = out.get("plots") or {}
+    if "connect" in plots_:
+        text += f"![connecting the fleet]({plots_['connect']})\n\n"
     if "arrival" in plots_:
         text += f"![arrival of one message]({plots_['arrival']})\n\n"
     if "restart" in plots_:
