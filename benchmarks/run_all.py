@@ -194,6 +194,7 @@ SMOKE_SCRIPTS = (
     "manager_bench.py",
     "history_bench.py",
     "fsm_bench.py",
+    "scale_bench.py",
 )
 
 #: Fan-out variants measured side by side, their rounds alternating (see fanout_bench).

@@ -3,9 +3,9 @@
 * ``results``: the environment line, markdown tables, ``write`` (``results/<name>.md`` and
   ``.json``) and ``Deadline``;
 * ``summary``: median and spread of repeated rounds, and ratios of two figures;
-* ``process``: this process's resident memory and CPU time, a free loopback port, the
-  open-files limit raised, CPUs to pin a server and its clients to, a helper's commands
-  from its driver and its answers;
+* ``process``: this process's resident memory and CPU time (and another's, by pid), a
+  free loopback port, the open-files limit raised, CPUs to pin a server and its clients
+  to, a helper's commands from its driver and its answers;
 * ``children``: helper processes spoken to by lines on stdin/stdout (``Child``);
 * ``cli``: the command line every benchmark shares (``--smoke``, ``--quick``, ``--json``,
   ``--no-write``) around its ``measure(config)`` and ``render(results)``;
@@ -22,6 +22,8 @@ from _harness.process import (
     cpus,
     free_port,
     pin,
+    proc_cpu,
+    proc_rss,
     raise_nofile,
     rss,
     say,
@@ -42,6 +44,8 @@ __all__ = [
     "environment",
     "free_port",
     "pin",
+    "proc_cpu",
+    "proc_rss",
     "raise_nofile",
     "ratio",
     "rss",

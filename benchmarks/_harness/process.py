@@ -22,6 +22,27 @@ def rss() -> int | None:
         return None
 
 
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of another process (``/proc/<pid>/stat``, Linux), or None:
+    how a driver reads what its helpers (and a ``redis-server``) spent, from outside."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            # the command name may hold spaces: the fields after its closing parenthesis
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def proc_rss(pid: int) -> int | None:
+    """Resident memory of another process in bytes (``/proc/<pid>/statm``), or None."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process (``time.process_time()``)."""
     return time.process_time()
