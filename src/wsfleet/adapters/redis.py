@@ -433,6 +433,7 @@ def RedisBackplane(
     secrets: bytes | str | Sequence[bytes | str] | None = None,
     max_nodes: int = DEFAULT_MAX_NODES,
     max_records: int = DEFAULT_MAX_RECORDS,
+    op_timeout: float = 2.0,
     **client_options: Any,
 ) -> Backplane:
     """A ``Backplane`` over Redis at ``url``; every process of one fleet uses the same
@@ -443,8 +444,9 @@ def RedisBackplane(
     of a fleet should use the same bound. ``secrets`` signs every envelope and refuses any
     not signed with one of these keys (see ``Backplane``; one key, or two while changing
     keys). ``max_nodes`` and ``max_records`` bound what a node keeps of the others (see
-    ``Backplane``) and reads of them from Redis. ``client_options`` go to the coredis
-    client.
+    ``Backplane``) and reads of them from Redis. ``op_timeout`` bounds each operation on
+    Redis (see ``Backplane``; raise it for fleets whose records take long to load).
+    ``client_options`` go to the coredis client.
 
     ``cluster=True``: ``url`` is a Redis Cluster node's (``startup_nodes=[(host, port),
     ...]`` adds others to start from). ``sentinels=[(host, port), ...]`` and ``service``:
@@ -472,4 +474,5 @@ def RedisBackplane(
         secrets=secrets,
         max_nodes=max_nodes,
         max_records=max_records,
+        op_timeout=op_timeout,
     )

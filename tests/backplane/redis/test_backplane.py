@@ -35,7 +35,7 @@ import pytest
 
 from redis_server import UNCLOSED, RedisServer
 from support import backplane_drops, backplane_stat, connected, wait_until
-from wsfleet import ConnectionManager, Delivery
+from wsfleet import ConnectionManager, Delivery, InvalidArgument
 from wsfleet.adapters.redis import RedisBackplane
 from wsfleet.backplane.wire import VERSION
 from wsfleet.testing import MemoryTransport
@@ -540,3 +540,13 @@ async def test_redis_killed_and_restarted_under_traffic(redis: RedisServer) -> N
         assert connected(a, b)
         assert backplane_stat(a, "link error") >= 3
         assert backplane_stat(b, "link error") >= 3
+
+
+def test_the_redis_backplane_takes_the_settings_of_a_backplane() -> None:
+    """Every setting of ``Backplane`` that matters at scale reaches it through
+    ``RedisBackplane`` (``op_timeout`` bounds a whole reload of the others' records)."""
+    backplane = RedisBackplane("redis://127.0.0.1:1/0", op_timeout=7.5, node_ttl=9.0)
+    assert backplane.op_timeout == 7.5
+    assert backplane.node_ttl == 9.0
+    with pytest.raises(InvalidArgument):
+        RedisBackplane("redis://127.0.0.1:1/0", op_timeout=0)
