@@ -259,7 +259,9 @@ class Fleet:
         outbox = self.outbox
         # Before the change to DISCONNECTED, which would count these drops as "disconnected".
         outbox.discard(conn, "unregistered")
-        conn._hold.held = False
+        hold = conn._hold
+        if hold is not None:
+            hold.held = False
         conn.registered = False  # first: the DISCONNECTED effect must not forget it again
         if conn.state is not D:
             self.apply(self.machine.request(conn, D, reason))
@@ -566,7 +568,8 @@ class Fleet:
         self.registry.rekey(conn, socket)
         conn.socket = socket
         self.replace_transport(conn, transport)
-        conn._hold.held = False
+        if conn._hold is not None:
+            conn._hold.held = False
         conn._beat.reconnector = None
         self.resumption.resumed(conn)
         self.request(conn, C, "resumed")
@@ -580,7 +583,7 @@ class Fleet:
         window closes.
         """
         hold = conn._hold
-        if hold.token is None or conn.state not in HELD:
+        if hold is None or hold.token is None or conn.state not in HELD:
             return False
         hold.held = True
         wait = self.resumption.wait_for_resume
