@@ -322,10 +322,12 @@ class Fleet:
             new = change.new
             old = change.old
             registry.moved(conn, old, new)
-            if (old in HELD) is not (new in HELD):
-                outbox.park(conn, held=new in HELD)
+            # ``in HELD`` spelled out: an Enum's hash is a Python call, twice per change.
+            held = new is E or new is R
+            if (old is E or old is R) is not held:
+                outbox.park(conn, held=held)
             if new is C:
-                self.timers.arm(conn, reconnected=change.old is R)
+                self.timers.arm(conn, reconnected=old is R)
                 outbox.schedule(conn)
             elif new is D:
                 outbox.discard(conn, "disconnected")
