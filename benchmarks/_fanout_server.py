@@ -687,8 +687,15 @@ async def serve(variant: str) -> None:
         options: dict[str, Any] = {}
         if variant.endswith("-nobp") and "backpressure" in signature(ConnectionManager).parameters:
             options["backpressure"] = None  # (a manager older than the policy has none)
+        # heartbeat=None: the clients count bytes and answer no ping, so the manager's
+        # default heartbeat would evict them all 40 s into a long run (its messages then
+        # dropped, not delivered), and no peer here pings either.
         manager = ConnectionManager(
-            overflow=STALL_POLICY, shutdown_timeout=1, close_timeout=1, **options
+            overflow=STALL_POLICY,
+            heartbeat=None,
+            shutdown_timeout=1,
+            close_timeout=1,
+            **options,
         )
     fleet = Fleet(manager)
     job = Job(variant, fleet)
