@@ -36,7 +36,9 @@ wsfleet's FastAPI how-to. Further peers: ``starlette-loop`` (a Starlette app on 
 awaiting ``send_text`` on each socket), ``socketio-room`` (python-socketio's ASGI server under
 uvicorn, ``emit`` to one room that every client joins; its clients speak Engine.IO v4) and
 ``raw-floor`` (an asyncio protocol that answers the upgrade by hand and then writes one
-pre-encoded frame to every transport).
+pre-encoded frame to every transport). A diagnostic, ``wsfleet-ws-asyncio-nobp``, is
+``wsfleet-ws-asyncio`` with ``backpressure=None`` (benchmarks/compare.py: what the producer's
+waits cost, apart from the library's own work).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from functools import partial
+from inspect import signature
 from typing import Any
 
 import anyio
@@ -67,6 +70,7 @@ VARIANTS: dict[str, str] = {
     "ws-broadcast": "asyncio",
     "ws-loop": "asyncio",
     "wsfleet-ws-asyncio": "asyncio",
+    "wsfleet-ws-asyncio-nobp": "asyncio",
     "ws-trio-loop": "trio",
     "ws-trio-broadcast": "trio",
     "wsfleet-ws-trio": "trio",
@@ -493,6 +497,7 @@ SERVERS: dict[str, Callable[[Fleet], AbstractAsyncContextManager[int]]] = {
     "ws-broadcast": websockets_asyncio,
     "ws-loop": websockets_asyncio,
     "wsfleet-ws-asyncio": websockets_asyncio,
+    "wsfleet-ws-asyncio-nobp": websockets_asyncio,
     "ws-trio-loop": websockets_trio,
     "ws-trio-broadcast": websockets_trio,
     "wsfleet-ws-trio": websockets_trio,
@@ -679,7 +684,19 @@ class Job:
 async def serve(variant: str) -> None:
     manager: ConnectionManager | None = None
     if variant.startswith("wsfleet"):
-        manager = ConnectionManager(overflow=STALL_POLICY, shutdown_timeout=1, close_timeout=1)
+        options: dict[str, Any] = {}
+        if variant.endswith("-nobp") and "backpressure" in signature(ConnectionManager).parameters:
+            options["backpressure"] = None  # (a manager older than the policy has none)
+        # heartbeat=None: the clients count bytes and answer no ping, so the manager's
+        # default heartbeat would evict them all 40 s into a long run (its messages then
+        # dropped, not delivered), and no peer here pings either.
+        manager = ConnectionManager(
+            overflow=STALL_POLICY,
+            heartbeat=None,
+            shutdown_timeout=1,
+            close_timeout=1,
+            **options,
+        )
     fleet = Fleet(manager)
     job = Job(variant, fleet)
     async with AsyncExit(manager), SERVERS[variant](fleet) as port:

@@ -18,6 +18,14 @@ median of the rounds' own ratios (each of two runs a minute apart at most) and t
 The manager's figures compared are CPU time (``time.process_time()`` around the same loops),
 which other work on a shared machine inflates far less than the wall clock.
 The plain loop does not use wsfleet: its ratios show what the machine's noise alone does.
+
+Two diagnostic rows run the after side without a default the before side did not have, so
+that what the library's code costs can be told from what a default costs: register +
+unregister with ``heartbeat=None`` (the manager now pings by default, and each registration
+arms its deadlines), and the websockets fan-out on asyncio with ``backpressure=None`` (a
+producer waits once the fleet's queues hold 64 MiB: at N = 1,000 and 4 KiB, a 50-message
+burst goes out in three writes per connection instead of one). On the before side both are
+the same job as its default rows.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ BUDGET_S = 15 * 60.0
 
 #: wsfleet with the websockets adapter on both loops, and websockets' plain loop (no
 #: wsfleet: the same code on both sides, so its ratios are the machine's noise)
-FANOUT_VARIANTS = ("ws-loop", "wsfleet-ws-asyncio", "wsfleet-ws-trio")
+FANOUT_VARIANTS = ("ws-loop", "wsfleet-ws-asyncio", "wsfleet-ws-trio", "wsfleet-ws-asyncio-nobp")
 BENCHES = ("manager", "fanout")
 
 
@@ -206,6 +214,15 @@ def manager_cases(config: dict[str, Any]) -> list[Case]:
                     reader(backend, "churn_cpu_us", str(n)),
                 )
             )
+        first = config["sizes"][0]
+        cases.append(
+            (
+                f"manager {backend}: register+unregister at {first:,}, heartbeat=None",
+                "CPU µs",
+                False,
+                reader(backend, "churn_cpu_us_no_heartbeat", str(first)),
+            )
+        )
         large = f"{config['large']:,}"
         cases += [
             (
@@ -427,7 +444,10 @@ def render(results: dict[str, Any]) -> str:
         "(`time.process_time()` around the same loops manager_bench times by the wall clock): "
         "on this shared machine the wall time of one loop moved by up to 5x between two runs "
         "of the same code, its CPU time much less. The fan-out's CPU is the server "
-        "process's, its rate the wall clock's.\n\n"
+        "process's, its rate the wall clock's. The rows marked `heartbeat=None` and "
+        "`backpressure=None` run the after side without a default the before side did not "
+        "have (the manager's heartbeat; the producer's BackpressurePolicy); on the before "
+        "side they are the same job as the default rows.\n\n"
         + table(
             ["case", "unit", "before", "after", "after ÷ before", "verdict"],
             rows,

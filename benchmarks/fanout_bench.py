@@ -176,6 +176,13 @@ VARIANTS = (
     Variant("starlette-loop", "Starlette loop (hypercorn)", "starlette, hypercorn"),
     Variant("socketio-room", "python-socketio room emit (uvicorn)", "socketio, uvicorn"),
     Variant("raw-floor", "raw floor: encode once, write to every transport", None),
+    # A diagnostic (compare.py): the same as wsfleet-ws-asyncio with the producer's
+    # BackpressurePolicy off, so the library's cost can be told from the policy's waits.
+    Variant(
+        "wsfleet-ws-asyncio-nobp",
+        "wsfleet + websockets (asyncio), backpressure=None",
+        "wsfleet.adapters.websockets",
+    ),
 )
 #: What fanout_bench.py measures unless told otherwise: every wsfleet variant and its peers.
 DEFAULT_VARIANTS = tuple(v.key for v in VARIANTS[:11])
@@ -397,7 +404,7 @@ def modes_of(variant: Variant) -> tuple[str, ...]:
 #: Variants measured side by side: their rounds alternate (A, B, C, A, B, C ...), so a change
 #: in the machine's load (it is shared) hits a wsfleet variant and its peers alike.
 GROUPS = (
-    ("ws-loop", "ws-broadcast", "wsfleet-ws-asyncio", "raw-floor"),
+    ("ws-loop", "ws-broadcast", "wsfleet-ws-asyncio", "raw-floor", "wsfleet-ws-asyncio-nobp"),
     ("ws-trio-loop", "ws-trio-broadcast", "wsfleet-ws-trio"),
     ("trio-ws-loop", "wsfleet-trio-ws"),
     ("fastapi-docs", "wsfleet-asgi-uvicorn", "socketio-room"),

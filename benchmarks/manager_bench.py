@@ -70,10 +70,13 @@ async def churn(n: int, cycles: int) -> float:
     return wall
 
 
-async def churn_times(n: int, cycles: int) -> tuple[float, float]:
+async def churn_times(n: int, cycles: int, *, heartbeat_off: bool = False) -> tuple[float, float]:
     """register + unregister, µs per pair: wall time, and this process's CPU time (which
-    other work on a shared machine inflates less)."""
-    async with ConnectionManager() as manager:
+    other work on a shared machine inflates less). ``heartbeat_off``: with
+    ``heartbeat=None`` rather than the default heartbeat, whose deadlines each
+    registration arms (compare.py: what the default costs, apart from the rest)."""
+    options: dict[str, Any] = {"heartbeat": None} if heartbeat_off else {}
+    async with ConnectionManager(**options) as manager:
         live = [MemoryTransport() for _ in range(n)]
         for i, t in enumerate(live):
             manager.register(t, f"user-{i}")
@@ -175,6 +178,10 @@ async def on_one_loop(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {
         "churn_us": {n: wall for n, (wall, _) in times.items()},
         "churn_cpu_us": {n: cpu for n, (_, cpu) in times.items()},
+        "churn_cpu_us_no_heartbeat": {
+            str(n): (await churn_times(n, config.cycles, heartbeat_off=True))[1]
+            for n in config.sizes[:1]
+        },
         "broadcast_100k": await broadcast(config.large, config.broadcast_rounds),
         "bytes_per_idle_connection": await memory(config.large),
     }

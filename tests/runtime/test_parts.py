@@ -211,6 +211,71 @@ async def test_a_token_names_one_held_session_of_its_identifier_once() -> None:
     assert resumption.window_of(conn) == RetryPolicy(base_delay=1.0).max_total_delay()
 
 
+async def test_a_part_that_a_connection_does_not_need_yet_is_not_made() -> None:
+    """An idle connection makes no outbox part until it is sent something, and no holding
+    unless it can be held: fewer objects per registration, for memory and the collector."""
+    context = Context()
+    outbox = Outbox(context, OverflowPolicy(), Recorder())
+    resumption = Resumption(context, FleetMachine(), resume_window=None)
+    conn = connection(Recorder())
+    resumption.registered(conn)  # no retry policy, no window: it cannot be held
+    assert conn._out is None
+    assert conn._hold is None
+    assert (conn.queued, conn.queued_bytes, conn.resume_token, conn.held) == (0, 0, None, False)
+    outbox.discard(conn, "nothing")
+    outbox.stop_writer(conn)
+    outbox.park(conn, held=True)
+    outbox.schedule(conn)
+    assert not outbox.busy([conn])
+    resumption.forget(conn)
+    assert conn._out is None
+    assert conn._hold is None
+    outbox.fan_out([conn], "hello", 5)
+    assert conn._out is not None
+    assert (conn.queued, conn.queued_bytes) == (1, 5)
+    held = connection(Recorder(), "bob")
+    Resumption(context, FleetMachine(), resume_window=5.0).registered(held)
+    assert held._hold is not None
+    assert held.resume_token is not None
+    assert not held.held
+
+
+def test_an_identifiers_sockets_keep_their_order_as_they_come_and_go() -> None:
+    owner = Recorder()
+    registry = Registry()
+    first, second, third = (connection(owner, "alice") for _ in range(3))
+    registry.add(first)
+    registry.join("alice", "room")
+    assert list(registry.connections_of("alice")) == [first]
+    registry.add(second)
+    registry.add(third)
+    assert list(registry.connections_of("alice")) == [first, second, third]
+    registry.remove(first)
+    assert list(registry.connections_of("alice")) == [second, third]
+    moved = MemoryTransport("alice")
+    registry.rekey(second, moved)
+    second.socket = moved
+    assert list(registry.connections_of("alice")) == [third, second]  # the newest last
+    assert registry.get(moved) is second
+    registry.remove(third)
+    assert list(registry.connections_of("alice")) == [second]
+    assert registry.groups == {"room": {"alice"}}
+    registry.remove(second)
+    assert list(registry.connections_of("alice")) == []
+    assert "alice" not in registry.by_identifier
+    assert registry.groups == {}
+    alone = connection(owner, "bob")
+    registry.add(alone)
+    replaced = MemoryTransport("bob")
+    registry.rekey(alone, replaced)
+    alone.socket = replaced
+    assert list(registry.connections_of("bob")) == [alone]
+    assert registry.get(replaced) is alone
+    registry.remove(alone)
+    assert len(registry) == 0
+    assert registry.by_identifier == {}
+
+
 # -- routing -----------------------------------------------------------------------------------
 
 

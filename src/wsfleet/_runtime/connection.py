@@ -5,13 +5,17 @@ machine's ``Lifecycle``), when the state last changed, its queue depth. The part
 runtime each keep their own bookkeeping in an object of their own on it, which only that
 part reads or writes:
 
-* ``_out`` (``Outgoing``): the outbox's queue and writer;
+* ``_out`` (``Outgoing``): the outbox's queue and writer, made by the outbox when the
+  connection is first sent something (``None`` until then);
 * ``_beat`` (``Liveness``): the timers' heartbeat, idleness and retry bookkeeping;
-* ``_hold`` (``Holding``): resumption's token and hold.
+* ``_hold`` (``Holding``): resumption's token and hold, made only for a connection that
+  can be held (``None`` otherwise: most never are).
 
 So a part can be read and tested alone, and nothing it keeps shows on the public surface.
 An idle connection still costs a few hundred bytes: no task, no event and no queue until
-it has something to send.
+it has something to send. The parts made on first use matter beyond their bytes: every
+object of its own that a registration makes is one more for the garbage collector to
+count and to go through, which showed in what a register + unregister costs.
 """
 
 from __future__ import annotations
@@ -144,9 +148,9 @@ class Connection(Lifecycle):
         #: The application is closing it (``manager.close``): what the socket reports while
         #: that close runs (the close itself, coming back) is not news.
         self.leaving = False
-        self._out = Outgoing()
+        self._out: Outgoing | None = None
         self._beat = Liveness(now)
-        self._hold = Holding()
+        self._hold: Holding | None = None
         #: The inbound gate's part: this sender's rate-limit bucket, once it sent something.
         self._bucket: Bucket | None = None
         #: The transport refuses oversize messages itself (``Transport.limit_inbound``).
@@ -165,23 +169,29 @@ class Connection(Lifecycle):
     @property
     def queued(self) -> int:
         """Messages waiting to be written to this connection."""
-        pending = self._out.pending
+        out = self._out
+        if out is None:
+            return 0
+        pending = out.pending
         return 0 if pending is None else len(pending)
 
     @property
     def queued_bytes(self) -> int:
         """Bytes of the messages waiting to be written to this connection."""
-        return self._out.pending_bytes
+        out = self._out
+        return 0 if out is None else out.pending_bytes
 
     @property
     def resume_token(self) -> str | None:
         """The token a client hands back to take this session over (see resumption)."""
-        return self._hold.token
+        hold = self._hold
+        return None if hold is None else hold.token
 
     @property
     def held(self) -> bool:
         """Kept for its client to come back: the handler ended, the session did not."""
-        return self._hold.held
+        hold = self._hold
+        return hold is not None and hold.held
 
     @property
     def writable(self) -> bool:

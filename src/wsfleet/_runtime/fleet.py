@@ -105,6 +105,10 @@ class _Alone:
         return None
 
 
+#: The membership of a node alone (the default): nobody to tell, so not called at all.
+_ALONE: Membership = _Alone()
+
+
 class Fleet:
     """One node's connections and their runtime; see the module docstring."""
 
@@ -129,6 +133,10 @@ class Fleet:
         #: The heartbeat is the default one, not asked for: a socket that cannot be pinged
         #: is taken all the same (its server keeps it alive), not refused.
         self.pings_optional = pings_optional
+        #: Every socket registered must take pings: an explicit pinging heartbeat.
+        self._must_ping = (
+            heartbeat is not None and heartbeat.ping_interval is not None and not pings_optional
+        )
         self.overflow = overflow
         self.close_timeout = close_timeout
         self.outbox = Outbox(self.context, overflow, self, close_timeout=close_timeout)
@@ -138,7 +146,7 @@ class Fleet:
         self.presence = Presence(self.registry, callback_timeout)
         self.resumption = Resumption(self.context, self.machine, resume_window)
         self.inbound = Inbound(self.context, rate_limit, self, max_message_size)
-        self.membership: Membership = _Alone()
+        self.membership: Membership = _ALONE
         self.backpressure = backpressure
         #: Fan-out calls that waited for the writers, and the seconds they waited in all.
         self.producer_waits = 0
@@ -225,13 +233,7 @@ class Fleet:
         return factory(socket)
 
     def _pings_to(self, transport: Transport) -> None:
-        heartbeat = self.heartbeat
-        if (
-            heartbeat is not None
-            and heartbeat.ping_interval is not None
-            and not transport.can_ping
-            and not self.pings_optional
-        ):
+        if self._must_ping and not transport.can_ping:
             raise InvalidArgument(transport.no_ping_reason)
 
     def register(
@@ -256,19 +258,25 @@ class Fleet:
             raise AlreadyRegistered(f"{socket!r} is already registered")
         if transport is None:
             transport = self.transport_for(socket)
-        self._pings_to(transport)
-        conn = Connection(self, socket, transport, identifier, self.context.now())
+        if self._must_ping and not transport.can_ping:  # (``_pings_to``, a call saved)
+            raise InvalidArgument(transport.no_ping_reason)
+        conn = Connection(self, socket, transport, identifier, self.context.clock.now())
         conn.retry_policy = retry_policy
         transport.attach(conn)
-        self.inbound.limit(conn)
+        inbound = self.inbound
+        if inbound.max_size is not None:
+            inbound.limit(conn)
         first = identifier not in registry.by_identifier
         presence = self.presence
         changed = presence.registered(identifier, checked)
-        registry.add(conn)
-        if first or changed:
+        membership = self.membership
+        if membership is not _ALONE and (first or changed):
+            registry.add(conn)
             # Groups belong to the identifier fleet-wide: take those it has elsewhere.
-            for group in self.membership.online(identifier, presence.metas.get(identifier)):
+            for group in membership.online(identifier, presence.metas.get(identifier)):
                 registry.join(identifier, group)
+        else:
+            registry.add(conn)
         if initial is C:
             self.resumption.registered(conn)
         reason = "registered" if initial is C else "dialling"
@@ -282,11 +290,14 @@ class Fleet:
         outbox = self.outbox
         # Before the change to DISCONNECTED, which would count these drops as "disconnected".
         outbox.discard(conn, "unregistered")
-        conn._hold.held = False
+        hold = conn._hold
+        if hold is not None:
+            hold.held = False
         conn.registered = False  # first: the DISCONNECTED effect must not forget it again
         if conn.state is not D:
-            self.apply(self.machine.request(conn, D, reason))
-        outbox.stop_writer(conn)
+            self.apply(self.machine.request(conn, D, reason))  # (which stops its writer)
+        else:
+            outbox.stop_writer(conn)
         if conn.dialled:
             # The manager dialled it, so nobody else would close it (nor end its reader).
             self.context.spawn(
@@ -295,13 +306,15 @@ class Fleet:
         registry = self.registry
         registry.remove(conn)
         self.timers.forget(conn)
-        if conn.identifier not in registry.by_identifier:
+        last = conn.identifier not in registry.by_identifier
+        if last:
             self.presence.gone(conn.identifier)
-            self.membership.offline(conn.identifier)
-            last = True
-        else:
-            last = False
-        self.inbound.forget(conn, last)
+            membership = self.membership
+            if membership is not _ALONE:
+                membership.offline(conn.identifier)
+        inbound = self.inbound
+        if inbound.policy is not None:
+            inbound.forget(conn, last)
         self.resumption.forget(conn)
 
     def close_identifier(self, identifier: str, code: int, reason: str) -> int:
@@ -344,10 +357,12 @@ class Fleet:
             new = change.new
             old = change.old
             registry.moved(conn, old, new)
-            if (old in HELD) is not (new in HELD):
-                outbox.park(conn, held=new in HELD)
+            # ``in HELD`` spelled out: an Enum's hash is a Python call, twice per change.
+            held = new is E or new is R
+            if (old is E or old is R) is not held:
+                outbox.park(conn, held=held)
             if new is C:
-                self.timers.arm(conn, reconnected=change.old is R)
+                self.timers.arm(conn, reconnected=old is R)
                 outbox.schedule(conn)
             elif new is D:
                 outbox.discard(conn, "disconnected")
@@ -610,7 +625,8 @@ class Fleet:
         self.registry.rekey(conn, socket)
         conn.socket = socket
         self.replace_transport(conn, transport)
-        conn._hold.held = False
+        if conn._hold is not None:
+            conn._hold.held = False
         conn._beat.reconnector = None
         self.resumption.resumed(conn)
         self.request(conn, C, "resumed")
@@ -624,7 +640,7 @@ class Fleet:
         window closes.
         """
         hold = conn._hold
-        if hold.token is None or conn.state not in HELD:
+        if hold is None or hold.token is None or conn.state not in HELD:
             return False
         hold.held = True
         wait = self.resumption.wait_for_resume

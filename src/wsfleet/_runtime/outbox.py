@@ -14,7 +14,8 @@
 * A ping (``PING``) travels at the head of the queue, so control frames never wait behind a
   burst of messages; it never counts against the limits and is never the one dropped.
 
-The outbox keeps its bookkeeping in each connection's ``_out`` (``Outgoing``) and reports
+The outbox keeps its bookkeeping in each connection's ``_out`` (``Outgoing``, made when the
+connection is first sent something: a connection never sent anything costs none) and reports
 what it cannot decide alone (a socket failed; a ping went out) through ``OutboxReports``.
 """
 
@@ -32,7 +33,7 @@ from ..errors import TransportError
 from ..fsm.states import ConnectionState
 from ..policies.overflow import OverflowDecision, OverflowPolicy
 from ..transport import PING, Message, Outbound, Transport, message_size
-from .connection import Connection
+from .connection import Connection, Outgoing
 from .context import Context
 from .observer import FleetObserver
 
@@ -150,6 +151,8 @@ class Outbox:
             if state is D:
                 continue
             out = conn._out
+            if out is None:  # its first message: the outbox's part is made now
+                out = conn._out = Outgoing()
             queue = out.pending
             if queue is None:
                 queue = out.pending = []
@@ -196,6 +199,7 @@ class Outbox:
         for, queued (making room, or not) or counted as dropped, now or on eviction."""
         policy = self.overflow
         out = conn._out
+        assert out is not None  # (``fan_out`` made it)
         queue = out.pending
         assert queue is not None
         while True:
@@ -275,23 +279,24 @@ class Outbox:
         """``conn`` went into ERROR/RECONNECTING (``held``) or out of them: what its queue
         holds moves into or out of ``held_messages``/``held_bytes`` (``Fleet.apply`` calls
         this on every such change, before anything else touches the queue)."""
-        queue = conn._out.pending
-        if not queue:
+        out = conn._out
+        if out is None or not out.pending:
             return
-        messages = sum(1 for item in queue if item is not PING)
+        messages = sum(1 for item in out.pending if item is not PING)
         sign = 1 if held else -1
         self.held_messages += sign * messages
-        self.held_bytes += sign * conn._out.pending_bytes
+        self.held_bytes += sign * out.pending_bytes
 
     def discard(self, conn: Connection, reason: str, *, refused: int = 0) -> None:
         """Drop everything queued for ``conn``, and ``refused`` messages that never got in,
         counted (and logged, once) under ``reason``."""
         out = conn._out
-        queue = out.pending
+        queue = None if out is None else out.pending
         messages = refused
         if self.full:
             self.full.pop(conn, None)
         if queue is not None:
+            assert out is not None
             messages += sum(1 for item in queue if item is not PING)
             self.queued_messages -= messages - refused
             self.queued_bytes -= out.pending_bytes
@@ -306,6 +311,8 @@ class Outbox:
 
     def queue_ping(self, conn: Connection) -> None:
         out = conn._out
+        if out is None:
+            out = conn._out = Outgoing()
         if out.pending is None:
             out.pending = []
         out.pending.insert(0, PING)  # control frames jump the queue (bounded: cheap)
@@ -313,9 +320,9 @@ class Outbox:
 
     def stop_writer(self, conn: Connection) -> None:
         """End ``conn``'s writer, if it has one: the connection is not writable any more."""
-        scope = conn._out.writer_scope
-        if scope is not None:
-            scope.cancel()
+        out = conn._out
+        if out is not None and out.writer_scope is not None:
+            out.writer_scope.cancel()
 
     # -- flushing ----------------------------------------------------------------------------
 
@@ -327,7 +334,7 @@ class Outbox:
         """Get what is queued for ``conn`` written: by its lingering writer, or the flusher."""
         out = conn._out
         state = conn.state
-        if not out.pending or not (state is C or state is I):
+        if out is None or not out.pending or not (state is C or state is I):
             return
         if out.writing:
             wake = out.writer_wake
@@ -343,7 +350,8 @@ class Outbox:
     def busy(self, conns: Iterable[Connection]) -> bool:
         """Whether anything writable is still queued or being written for ``conns``."""
         return any(
-            c._out.pending or (c._out.writing and c._out.writer_wake is None)
+            (out := c._out) is not None
+            and (out.pending or (out.writing and out.writer_wake is None))
             for c in conns
             if c.writable
         )
@@ -399,6 +407,7 @@ class Outbox:
         failed: list[tuple[Connection, Exception]] = []
         for i, conn in enumerate(ready):
             out = conn._out
+            assert out is not None  # (made before it was scheduled)
             out.scheduled = False
             state = conn.state
             if out.pending and not out.writing and (state is C or state is I) and conn.registered:
@@ -424,7 +433,7 @@ class Outbox:
         messages = nbytes = 0
         for conn in self.full:
             out = conn._out
-            if out.pending is not None:
+            if out is not None and out.pending is not None:
                 messages += len(out.pending)
                 nbytes += out.pending_bytes
         return messages, nbytes
@@ -432,6 +441,7 @@ class Outbox:
     def _take_batch(self, conn: Connection) -> tuple[list[Outbound], int, int]:
         """Hand the whole queue over as one batch; a ping in it counts as sent from now."""
         out = conn._out
+        assert out is not None
         batch = out.pending
         assert batch is not None
         nbytes = out.pending_bytes
@@ -460,6 +470,7 @@ class Outbox:
         except Exception as exc:
             return exc if self._send_failed(conn, exc, messages) else None
         out = conn._out
+        assert out is not None
         if written:
             self.sent_messages += messages
             if transport.unsent:  # taken, not all on the wire yet: a writer finishes it
@@ -511,6 +522,7 @@ class Outbox:
         ``_idle`` instead, and ``_reap`` wakes the ones that waited too long.
         """
         out = conn._out
+        assert out is not None  # (a writer starts for what was queued)
         messages = 0
         try:
             with anyio.CancelScope() as scope:
@@ -588,9 +600,9 @@ class Outbox:
                 await anyio.sleep(delay)
                 continue
             del idle[conn]
-            wake = conn._out.writer_wake
-            if wake is not None:
-                conn._out.writer_wake = None
+            out = conn._out
+            if out is not None and out.writer_wake is not None:
+                wake, out.writer_wake = out.writer_wake, None
                 wake.set()
 
     # -- closing ----------------------------------------------------------------------------

@@ -25,13 +25,18 @@ class Registry:
 
     Sockets are keyed by ``id()``: the connection holds the socket, so the id stays unique
     for as long as the entry exists, and sockets that define ``__eq__`` cannot collide.
+
+    ``by_identifier`` maps an identifier to its one connection, or to a dict of them (by
+    socket id, in registration order) once it has several: most identifiers hold one
+    socket, and a dict of one would cost each about 250 bytes and an object more for the
+    garbage collector. Read it through ``connections_of``; its keys are the identifiers.
     """
 
     __slots__ = ("by_identifier", "by_socket", "by_state", "groups", "memberships", "watch")
 
     def __init__(self) -> None:
         self.by_socket: dict[int, Connection] = {}
-        self.by_identifier: dict[str, dict[int, Connection]] = {}
+        self.by_identifier: dict[str, Connection | dict[int, Connection]] = {}
         self.by_state: dict[ConnectionState, dict[int, Connection]] = {
             state: {} for state in ConnectionState
         }
@@ -48,26 +53,36 @@ class Registry:
     def add(self, conn: Connection) -> None:
         key = id(conn.socket)
         self.by_socket[key] = conn
-        sockets = self.by_identifier.get(conn.identifier)
+        by_identifier = self.by_identifier
+        identifier = conn.identifier
+        sockets = by_identifier.get(identifier)
         if sockets is None:
-            sockets = self.by_identifier[conn.identifier] = {}
+            by_identifier[identifier] = conn
             if self.watch is not None:
-                self.watch(conn.identifier)
-        sockets[key] = conn
+                self.watch(identifier)
+        elif isinstance(sockets, dict):
+            sockets[key] = conn
+        else:
+            by_identifier[identifier] = {id(sockets.socket): sockets, key: conn}
 
     def remove(self, conn: Connection) -> None:
         """Forget ``conn``; an identifier whose last socket goes leaves every group."""
         key = id(conn.socket)
         del self.by_socket[key]
         self.by_state[conn.state].pop(key, None)
-        sockets = self.by_identifier[conn.identifier]
-        del sockets[key]
-        if not sockets:
-            del self.by_identifier[conn.identifier]
-            if self.watch is not None:
-                self.watch(conn.identifier)
-            for group in self.memberships.pop(conn.identifier, ()):
-                self._leave(conn.identifier, group)
+        identifier = conn.identifier
+        sockets = self.by_identifier[identifier]
+        if isinstance(sockets, dict):
+            del sockets[key]
+            if sockets:
+                return
+        del self.by_identifier[identifier]
+        if self.watch is not None:
+            self.watch(identifier)
+        memberships = self.memberships
+        if memberships:
+            for group in memberships.pop(identifier, ()):
+                self._leave(identifier, group)
 
     def rekey(self, conn: Connection, socket: object) -> None:
         """``conn`` continues under a new socket (a resumed session)."""
@@ -75,8 +90,8 @@ class Registry:
         del self.by_socket[old]
         self.by_socket[new] = conn
         sockets = self.by_identifier[conn.identifier]
-        del sockets[old]
-        sockets[new] = conn
+        if isinstance(sockets, dict):
+            sockets[new] = sockets.pop(old)
         by_state = self.by_state[conn.state]
         if by_state.pop(old, None) is not None:
             by_state[new] = conn
@@ -89,7 +104,11 @@ class Registry:
 
     def connections_of(self, identifier: str) -> Iterable[Connection]:
         sockets = self.by_identifier.get(identifier)
-        return () if sockets is None else sockets.values()
+        if sockets is None:
+            return ()
+        if isinstance(sockets, dict):
+            return sockets.values()
+        return (sockets,)
 
     def __len__(self) -> int:
         return len(self.by_socket)

@@ -31,7 +31,7 @@ from ..fsm.machine import FleetMachine
 from ..fsm.states import HELD
 from ..policies.retry import RetryPolicy
 from ..transport import Transport
-from .connection import Connection
+from .connection import Connection, Holding
 from .context import Context
 
 __all__ = ["HOLD_ONLY", "Resumption"]
@@ -62,16 +62,18 @@ class Resumption:
     def issue(self, conn: Connection) -> None:
         """A fresh token for ``conn``; the one it had names nothing from now on."""
         hold = conn._hold
-        if hold.token is not None:
+        if hold is None:
+            hold = conn._hold = Holding()
+        elif hold.token is not None:
             self._tokens.pop(hold.token, None)
         hold.token = secrets.token_urlsafe(18)
         self._tokens[hold.token] = conn
 
     def forget(self, conn: Connection) -> None:
         """``conn`` was unregistered: its token is void and its hold ends."""
-        token = conn._hold.token
-        if token is not None:
-            self._tokens.pop(token, None)
+        hold = conn._hold
+        if hold is not None and hold.token is not None:
+            self._tokens.pop(hold.token, None)
         resumed = self._resumes.pop(conn, None)
         if resumed is not None:
             resumed.set()  # wakes the waiting attempt, which now finds nothing to resume
@@ -81,7 +83,8 @@ class Resumption:
         conn = self._tokens.get(token)
         if conn is None or conn.identifier != identifier or conn.state not in HELD:
             return None
-        if not secrets.compare_digest(token, conn._hold.token or ""):
+        hold = conn._hold
+        if hold is None or not secrets.compare_digest(token, hold.token or ""):
             return None
         return conn
 

@@ -92,6 +92,9 @@ _frame_cache_bytes = 0
 #: object, replaced whole: a loop in another thread never sees one without the other).
 _last_batch: tuple[tuple[Outbound, ...], tuple[bytes, ...]] = ((), ())
 
+#: The same for asyncio, whose transport is handed one buffer: the last such batch joined.
+_last_joined: tuple[tuple[Outbound, ...], bytes] = ((), b"")
+
 #: The most buffers one ``writev`` takes (Linux's IOV_MAX).
 _IOV_MAX = 1024
 
@@ -143,6 +146,29 @@ def _shared_frames(batch: Sequence[Outbound]) -> list[Buffer] | None:
         last_frames = tuple(frames)
         _last_batch = (key, last_frames)
     return list(last_frames)
+
+
+def _shared_buffer(batch: Sequence[Outbound]) -> bytes | None:
+    """The frames of a batch of several messages for a server socket as one buffer, shared
+    with every connection handed the same batch; ``None`` if it holds a ping.
+
+    asyncio's transports take one buffer: ``writelines`` joins its list (Python 3.11), and
+    a frame list joined for each connection copied the whole batch once per recipient, a
+    memory copy as large as the batch for every connection of a fan-out. Joined once
+    here, every connection is handed the same bytes (a transport copies only what its
+    socket does not take at once). Kept as ``_shared_frames`` keeps its frames: the last
+    batch only, which the overflow policy bounds.
+    """
+    global _last_joined
+    key = tuple(batch)
+    last, joined = _last_joined
+    if key != last:
+        frames = _shared_frames(key)
+        if frames is None:
+            return None
+        joined = b"".join(frames)
+        _last_joined = (key, joined)
+    return joined
 
 
 def _lift_notsent_lowat(stream: Any) -> None:
@@ -402,10 +428,17 @@ class WebsocketsTransport(Transport):
         self._check_open()
         if ws.paused or ws.send_in_progress is not None:
             return False  # flow control says wait, or a fragmented send is under way
-        if self._shared and len(batch) == 1 and not isinstance(batch[0], Ping):
-            ws.transport.write(_shared_frame(batch[0]))  # the usual fan-out: no list
-        else:
-            ws.transport.writelines(self._frames(batch))
+        if self._shared:
+            if len(batch) == 1:
+                if not isinstance(batch[0], Ping):
+                    ws.transport.write(_shared_frame(batch[0]))  # the usual fan-out: no list
+                    return True
+            else:
+                shared = _shared_buffer(batch)  # a burst's fan-out: one buffer for all
+                if shared is not None:
+                    ws.transport.write(shared)
+                    return True
+        ws.transport.writelines(self._frames(batch))
         return True
 
     def _trio_send_nowait(self, batch: Sequence[Outbound]) -> bool:
