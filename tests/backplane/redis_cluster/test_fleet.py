@@ -6,7 +6,7 @@ namespace, so its own slot: the tests land on different shards. What is checked:
 * broadcast, one-to-one, to-many and group messages reach every target on every node once,
   in the sender's order, through sharded pub/sub: the channel has one subscriber per node
   on its shard (``PUBSUB SHARDNUMSUB``) and none as a classic channel;
-* membership and presence agree on every node, and the keys behind them share the
+* membership and presence (the nodes of each identifier) agree on every node, and the keys behind them share the
   namespace's slot (the transactions that rewrite a node's record need it);
 * a node started from any one cluster node, even a replica, finds the others.
 """
@@ -144,9 +144,9 @@ async def test_membership_and_presence_agree_on_every_node(
         async def agree(what: str, check: Any) -> None:
             def state() -> str:
                 return "; ".join(
-                    f"{m.node_id}: alice@{sorted(m.presence('alice'))} "
+                    f"{m.node_id}: alice@{sorted(m.nodes_of('alice'))} "
                     f"room={sorted(m.get_group_members('room'))} "
-                    f"bob@{sorted(m.presence('bob'))}"
+                    f"bob@{sorted(m.nodes_of('bob'))}"
                     for m in managers
                 )
 
@@ -161,8 +161,8 @@ async def test_membership_and_presence_agree_on_every_node(
         await agree(
             "alice on n1 and n2 and bob on n2, both in room",
             lambda m: (
-                m.presence("alice") == {"n1", "n2"}
-                and m.presence("bob") == {"n2"}
+                m.nodes_of("alice") == {"n1", "n2"}
+                and m.nodes_of("bob") == {"n2"}
                 and m.online_count() == 2
                 and m.get_group_members("room") == {"alice", "bob"}
                 and m.groups_of("alice") == {"room"}
@@ -182,7 +182,7 @@ async def test_membership_and_presence_agree_on_every_node(
             await agree(
                 "n4 caught up",
                 lambda m: (
-                    m.presence("alice") == {"n1", "n2"}
+                    m.nodes_of("alice") == {"n1", "n2"}
                     and m.get_group_members("room") == {"alice", "bob"}
                 ),
             )
@@ -195,10 +195,10 @@ async def test_membership_and_presence_agree_on_every_node(
             n1.remove_from_group("alice", "room")
             await agree(
                 "alice on n1 only, out of the room",
-                lambda m: m.presence("alice") == {"n1"} and m.get_group_members("room") == {"bob"},
+                lambda m: m.nodes_of("alice") == {"n1"} and m.get_group_members("room") == {"bob"},
             )
             managers.remove(n4)
         # n4 left cleanly: its record is gone from the cluster at once.
         assert command(master.port, "EXISTS", f"{{{namespace}}}:node:n4") == 0
-        await agree("n4 gone", lambda m: m.presence("bob") == {"n2"})
+        await agree("n4 gone", lambda m: m.nodes_of("bob") == {"n2"})
         assert n3.count() == 0
