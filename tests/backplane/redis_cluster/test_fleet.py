@@ -7,7 +7,8 @@ namespace, so its own slot: the tests land on different shards. What is checked:
   in the sender's order, through sharded pub/sub: the channel has one subscriber per node
   on its shard (``PUBSUB SHARDNUMSUB``) and none as a classic channel;
 * membership and presence (the nodes of each identifier) agree on every node, and the
-  keys behind them share the namespace's slot (the transactions that rewrite a node's record need it);
+  keys behind them share the namespace's slot (the transactions that rewrite a node's
+  record need it);
 * a node started from any one cluster node, even a replica, finds the others.
 """
 
