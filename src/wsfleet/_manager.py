@@ -383,11 +383,10 @@ class ConnectionManager:
         """Send ``socket`` every message of ``group`` after ``since`` (a ``Position`` or its
         ``str()``), in order, then the live ones: no gap, no duplicate. Returns how many it
         replayed; ``RecoveryImpossible`` (nothing replayed) if the history cannot: another
-        epoch, ``since`` fell out, or newer messages already went to the socket live."""
+        epoch, ``since`` fell out, newer messages already went to the socket live, or
+        ``since`` is not a position (a client's text is the client's mistake)."""
         self._fleet.context.check()
         check_name("group", group)
-        if not isinstance(since, Position):
-            since = Position.parse(since)
         return await self._history.recover(self._connection(socket), group, since)
 
     # -- the fleet across nodes (a backplane) ----------------------------------------------------

@@ -288,12 +288,18 @@ class History:
 
     # -- recovering ------------------------------------------------------------------------
 
-    async def recover(self, conn: Connection, group: str, since: Position) -> int:
+    async def recover(self, conn: Connection, group: str, since: Position | str) -> int:
         """Send ``conn`` what it missed of ``group`` after ``since``, then the live ones;
         returns how many it was replayed (``RecoveryImpossible``: none)."""
         policy = self.policy_for(group)
         if policy is None:
             raise InvalidArgument(f"group {group!r} keeps no history (see keep_history)")
+        if not isinstance(since, Position):
+            try:
+                since = Position.parse(since)
+            except InvalidArgument as exc:
+                # What a client sent back: refused as its recovery, not as the server's bug.
+                raise RecoveryImpossible(f"not a position: {exc}") from None
         live = self.live.get(group)
         if live is None:
             live = self.live[group] = _Live(None)
