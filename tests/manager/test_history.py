@@ -132,6 +132,7 @@ async def test_a_position_that_fell_out_or_of_another_epoch_cannot_be_recovered(
             await m.send_to_group("room", f"m{n}")
         socket = MemoryTransport()
         m.register(socket, "alice")
+        m.add_to_group("alice", "room")
         assert first is not None
         with pytest.raises(RecoveryImpossible, match="fell out"):
             await m.recover(socket, "room", since=first)
@@ -188,6 +189,7 @@ async def test_history_expires_after_its_ttl() -> None:
         await anyio.sleep(0.06)
         socket = MemoryTransport()
         m.register(socket, "alice")
+        m.add_to_group("alice", "room")
         assert first is not None
         with pytest.raises(RecoveryImpossible, match="lost"):
             await m.recover(socket, "room", since=first)
@@ -195,3 +197,21 @@ async def test_history_expires_after_its_ttl() -> None:
         assert again is not None
         assert again.epoch != first.epoch
         assert again.offset == 1
+
+
+async def test_a_socket_recovers_only_a_group_it_is_in() -> None:
+    """The client names the group it recovers: a socket outside it reads nothing of it,
+    and the refusal names no epoch (a client could use it to forge a position)."""
+    async with manager(history=HistoryPolicy()) as m:
+        sent = (await m.send_to_group("secret", "m0")).position
+        assert sent is not None
+        socket = MemoryTransport()
+        m.register(socket, "mallory")
+        with pytest.raises(RecoveryImpossible, match="not in 'secret'") as refused:
+            await m.recover(socket, "secret", since=Position(sent.epoch, 0))
+        assert sent.epoch not in refused.value.reason
+        m.add_to_group("mallory", "secret")
+        with pytest.raises(RecoveryImpossible) as other:
+            await m.recover(socket, "secret", since="guess:0")
+        assert sent.epoch not in other.value.reason
+        assert socket.received == []

@@ -30,7 +30,7 @@ from ..errors import InvalidArgument, RecoveryImpossible, WrongType
 from ..policies.history import HistoryPolicy, Position, plan_recovery
 from ..transport import Message, message_size
 from .connection import Connection
-from .registry import Registry
+from .registry import Registry, check_name
 from .rings import Rings
 from .routing import targets
 
@@ -142,6 +142,8 @@ class History:
         self.refused = 0
         self.filled = 0
         self.lost = 0
+        #: Announcements dropped: not well formed, or of an offset the store does not hold.
+        self.malformed = 0
 
     # -- which groups keep history -------------------------------------------------------
 
@@ -300,6 +302,10 @@ class History:
             except InvalidArgument as exc:
                 # What a client sent back: refused as its recovery, not as the server's bug.
                 raise RecoveryImpossible(f"not a position: {exc}") from None
+        if group not in self.registry.memberships.get(conn.identifier, ()):
+            # A client names the group it recovers: without this, any socket could read any
+            # group's history. (Joining first is also what makes the live ones follow.)
+            raise RecoveryImpossible(f"the socket is not in {group!r}")
         live = self.live.get(group)
         if live is None:
             live = self.live[group] = _Live(None)
@@ -309,6 +315,10 @@ class History:
         live.recovering[conn] = []
         try:
             epoch, kept = await self._read(group, since.offset, policy)
+        except Exception as exc:  # the store failed, or holds what it should not
+            logger.warning("history of %r: reading it to recover failed: %r", group, exc)
+            self.refused += 1
+            raise RecoveryImpossible("the history cannot be read now") from None
         finally:
             live = self.live[group]  # a new epoch may have replaced it meanwhile
             held = live.recovering.pop(conn)
@@ -380,7 +390,23 @@ class History:
         origin: str | None,
     ) -> None:
         """An announcement; one that comes after a gap (this node's subscription was down
-        while others were announced) first has the gap filled from the store, in order."""
+        while others were announced) first has the gap filled from the store, in order.
+
+        Whoever can publish on the store's channel can announce anything: an announcement
+        that is not well formed, or that claims an offset the store does not hold, is
+        dropped and counted (``malformed``), and reaches no socket."""
+        try:
+            check_name("group", group)
+            Position(epoch, offset)
+            if offset < 1 or not isinstance(message, str | bytes):
+                raise InvalidArgument("no message at a positive offset")
+            if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+                raise InvalidArgument("names to skip are not a list of str")
+            if origin is not None and not isinstance(origin, str):
+                raise InvalidArgument("origin is not a str")
+        except (InvalidArgument, WrongType) as exc:
+            self._malformed(group, exc)
+            return
         live = self.live.get(group)
         policy = self.policy_for(group)
         if (
@@ -390,9 +416,15 @@ class History:
             and offset > live.newest + 1
             and policy is not None
             and self.store is not None
+            and not await self._fill(self.store, group, epoch, live.newest, offset, policy)
         ):
-            await self._fill(self.store, group, epoch, live.newest, offset, policy)
+            self._malformed(group, f"offset {offset} is not in the store")
+            return
         self.arrived(group, epoch, offset, message, names, origin)
+
+    def _malformed(self, group: object, why: object) -> None:
+        self.malformed += 1
+        logger.warning("history of %r: an announcement was dropped: %s", group, why)
 
     async def _fill(
         self,
@@ -402,28 +434,33 @@ class History:
         after: int,
         until: int,
         policy: HistoryPolicy,
-    ) -> None:
+    ) -> bool:
         """Deliver offsets ``after + 1 .. until - 1`` from the store; what it no longer
-        holds is counted and logged as lost."""
+        holds is counted and logged as lost. ``False`` if the store does not hold ``until``
+        itself (an announcement of an offset nobody appended: forged), with nothing done."""
         try:
             current, kept = await store.read(group, after, policy)
         except Exception as exc:  # the store failed: what it holds cannot be had now
             logger.warning("history of %r: filling a gap failed: %r", group, exc)
             current, kept = None, []
-        missing = set(range(after + 1, until))
+        if current == epoch and not any(offset == until for offset, _ in kept):
+            return False
+        filled = 0
         if current == epoch:
             for offset, message in kept:
-                if offset in missing:
-                    missing.discard(offset)
+                if after < offset < until:
+                    filled += 1
                     self.filled += 1
                     self.arrived(group, epoch, offset, message, (), None)
+        missing = until - after - 1 - filled
         if missing:
-            self.lost += len(missing)
+            self.lost += missing
             logger.warning(
                 "history of %r: %d message(s) this node never heard are gone from the store",
                 group,
-                len(missing),
+                missing,
             )
+        return True
 
     def counts(self) -> Mapping[str, int]:
         return {
@@ -431,4 +468,5 @@ class History:
             "refused": self.refused,
             "filled": self.filled,
             "lost": self.lost,
+            "malformed": self.malformed,
         }

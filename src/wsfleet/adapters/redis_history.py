@@ -225,10 +225,15 @@ class RedisHistory:
             message = _decode(note["m"], note["k"])
             skip = json.loads(note["x"])
             origin = note["n"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             logger.warning("a malformed history announcement was skipped: %s", exc)
             return
-        await arrived(group, epoch, offset, message, skip, origin)
+        try:
+            await arrived(group, epoch, offset, message, skip, origin)
+        except Exception:
+            # Anyone who can publish on the channel can send anything: what one announcement
+            # does must not end the subscription, and with it every node's history.
+            logger.exception("a history announcement could not be applied; skipped")
 
 
 def _why(exc: BaseException) -> BaseException:

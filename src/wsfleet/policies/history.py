@@ -112,7 +112,7 @@ def plan_recovery(
     after = since.offset
     if epoch is None or since.epoch != epoch:
         raise RecoveryImpossible(
-            f"the group's history was lost (epoch {since.epoch!r}, now {epoch!r})"
+            f"the group's history was lost (epoch {since.epoch!r} is not the current one)"
         )
     if after > newest:
         raise RecoveryImpossible(f"offset {after} is ahead of the group's history ({newest})")

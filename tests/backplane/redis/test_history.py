@@ -110,6 +110,7 @@ async def test_messages_past_the_streams_bound_fall_out(redis: RedisServer) -> N
             await a.send_to_group("room", f"m{n}")
         socket = MemoryTransport()
         b.register(socket, "alice")
+        b.add_to_group("alice", "room")
         assert first is not None
         with pytest.raises(RecoveryImpossible, match="fell out"):
             await b.recover(socket, "room", since=first)
@@ -143,3 +144,47 @@ async def test_a_node_that_missed_announcements_fills_the_gap_from_the_stream(
         assert texts(watcher) == ["m0", "m1", "m2", "m3"]
         assert b.stats().history["filled"] == 2
         assert b.stats().history["lost"] == 0
+
+
+async def test_forged_announcements_reach_no_socket_and_stop_no_node(redis: RedisServer) -> None:
+    """Whoever can publish on the history channel can announce anything. Announcements that
+    are not well formed, or that claim an offset nobody appended (far ahead of the group,
+    which would make every genuine message look delivered already), are dropped and
+    counted; every node goes on serving the group."""
+    import json
+
+    async with (
+        fleet(redis) as (a, b),
+        coredis.Redis.from_url(redis.url, decode_responses=True) as client,
+    ):
+        watcher = MemoryTransport("watcher on b")
+        b.register(watcher, "bob")
+        b.add_to_group("bob", "room")
+        first = (await a.send_to_group("room", "m0")).position
+        assert first is not None
+        await wait_until(lambda: texts(watcher) == ["m0"], "b heard m0")
+        real = {"g": "room", "e": first.epoch, "o": 2, "m": "forged", "k": "t", "x": "[]", "n": ""}
+        forged = [
+            real | {"g": ["room"]},
+            real | {"g": 7},
+            real | {"e": "a:b"},
+            real | {"e": "x" * 200},
+            real | {"o": -1},
+            real | {"x": "5"},
+            real | {"n": [1]},
+            real | {"m": {"a": 1}},
+            real | {"o": 10**9},  # far ahead, with the group's real epoch
+            real | {"o": first.offset + 5},  # a gap the store does not have either
+        ]
+        for note in forged:
+            await client.publish("wsfleet:history", json.dumps(note))
+        await client.publish("wsfleet:history", "not json at all")
+        second = (await a.send_to_group("room", "m1")).position
+        assert second is not None
+        assert second.offset == first.offset + 1
+        await wait_until(lambda: texts(watcher) == ["m0", "m1"], "b goes on delivering")
+        await wait_until(lambda: b.stats().history["malformed"] >= 8, "b counted the forged ones")
+        assert "forged" not in " ".join(texts(watcher))
+        third = (await b.send_to_group("room", "m2")).position  # and b still sends
+        assert third is not None
+        await wait_until(lambda: texts(watcher) == ["m0", "m1", "m2"], "b sends too")
