@@ -103,10 +103,10 @@ async def test_a_tight_producer_beside_a_stalled_client_evicts_only_that_one(
 STEADY_READERS = 8
 STEADY_CHUNK = 16384
 STEADY_TICK = 0.01
-#: 2,000 characters a message, 4,000 messages: 8 MiB to each reader, past its 1 MiB bound
+#: 2,000 characters a message, 3,000 messages: 6 MiB to each reader, past its 1 MiB bound
 #: and what the kernel buffers for it.
 STEADY_TEXT = "s" * 2000
-STEADY_MESSAGES = 4000
+STEADY_MESSAGES = 3000
 
 
 async def _read_frames(peer: anyio.abc.SocketStream, messages: int) -> int:
@@ -150,13 +150,13 @@ async def test_readers_slower_than_the_producer_slow_it_down_and_are_not_evicted
     behind, not one peer. Each peer takes seconds to read a queue's worth, but its writer
     keeps writing pieces of it; the producer waits for the writers, and nobody is evicted.
     ``bursts`` sends through ``manager.batch()`` a hundred at a time, so that a writer that
-    writes one message per call (ASGI on trio) has large batches in hand.
-
-    Run on hypercorn's trio worker, where each message is its own awaited write and a
-    writer used to count as stalled while it wrote a large batch. On the other servers an
-    uneven slowdown (some queues full while the fleet's average is low) still evicts some
-    of these readers: an open point of issue 13.
+    writes one message per call (ASGI) has large batches in hand: such a writer used to
+    count as stalled while it wrote one. Readers of one rate still fill their queues
+    unevenly; a full queue whose writer writes is given its grace, and several full at
+    once hold the producer, so none of them is evicted.
     """
+    if bursts and combo.adapter != "asgi":
+        pytest.skip("batches in hand matter where the server takes one message per call (ASGI)")
     async with ConnectionManager(heartbeat=combo.policy()) as manager:
         relay = Relay(manager)
         async with serve(combo, relay.handler) as url:
