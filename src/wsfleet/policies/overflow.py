@@ -5,12 +5,6 @@ such client can exhaust the memory that serves all the others. The queue is ther
 in messages and in bytes; past either bound the policy decides between losing messages and
 losing the client. The default disconnects a client 1 MiB behind, as Centrifugo does: a client
 that far behind is better served by reconnecting and resynchronising than by a gap.
-
-Under the manager's default ``BackpressurePolicy``, a queue found full under "disconnect" is
-given a grace before its client is cut off (up to twice its bound, for ``stall_after``): a
-client that reads, only slower than a burst, is told apart from one that stopped, and when
-several queues are full at once the producer waits instead. ``backpressure=None`` keeps the
-bound exact.
 """
 
 from __future__ import annotations
