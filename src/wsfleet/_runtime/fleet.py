@@ -401,16 +401,11 @@ class Fleet:
         queued = outbox.queued_messages - outbox.held_messages
         if policy is None or (queued <= 0 and not outbox.full):
             return False
-        nbytes = outbox.queued_bytes - outbox.held_bytes
-        if outbox.full:
-            full_messages, full_bytes = outbox.full_load()
-            queued -= full_messages
-            nbytes -= full_bytes
         overflow = self.overflow
         by_state = self.registry.by_state
         return policy.behind(
             queued_messages=queued,
-            queued_bytes=nbytes,
+            queued_bytes=outbox.queued_bytes - outbox.held_bytes,
             connections=len(by_state[C]) + len(by_state[ConnectionState.IDLE]),
             full_queues=len(outbox.full),
             queue_messages=overflow.max_messages,

@@ -425,19 +425,6 @@ class Outbox:
             self._reports.send_failed(conn, error)
         failed.clear()
 
-    def full_load(self) -> tuple[int, int]:
-        """Messages and bytes queued for the connections found full (``full``): their own
-        peers' doing until they are known stalled or not, so ``Fleet.behind`` counts them
-        by number (``full_share``), not in the fleet's fill (a single full queue among two
-        would otherwise make the fleet look behind, and the producer wait on that peer)."""
-        messages = nbytes = 0
-        for conn in self.full:
-            out = conn._out
-            if out is not None and out.pending is not None:
-                messages += len(out.pending)
-                nbytes += out.pending_bytes
-        return messages, nbytes
-
     def _take_batch(self, conn: Connection) -> tuple[list[Outbound], int, int]:
         """Hand the whole queue over as one batch; a ping in it counts as sent from now."""
         out = conn._out
