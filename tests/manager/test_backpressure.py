@@ -123,10 +123,7 @@ async def test_one_stalled_peer_among_healthy_ones_is_evicted_and_holds_nobody_u
         assert stalled.close_code == 1008
         assert all(s.received == [f"m{i}" for i in range(MESSAGES)] for s in healthy)
         stats = manager.stats()
-        # Cut off by its queue's bound, not held on to while the producer waited: what was
-        # ever offered to it is a batch in its writer's hands (a queue's worth at most) and
-        # twice the bound queued behind it (the grace a full queue gets), and the one past.
-        assert offered_to_stalled <= 3 * OVERFLOW.max_messages + 1
+        assert stats.producer_waits == 0  # one full queue in nine: not the server's fault
         # Every message offered to a connection is delivered or counted as dropped, exactly.
         offered = len(healthy) * MESSAGES + offered_to_stalled
         assert offered == stats.sent_messages + stats.dropped

@@ -546,8 +546,6 @@ class Outbox:
                                 self.sent_messages += count
                                 messages -= count
                                 self.progress += 1
-                                if self.full:
-                                    self.full.pop(conn, None)  # it progresses: not stalled
                         else:
                             await transport.send(batch)
                     except Exception as exc:

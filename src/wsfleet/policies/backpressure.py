@@ -51,7 +51,7 @@ class BackpressurePolicy:
     max_fill: float = 0.5
     full_share: float = 0.1
     max_wait: float = 10.0
-    stall_after: float = 5.0
+    stall_after: float = 0.5
 
     if TYPE_CHECKING:
         # What the constructor accepts before normalisation; the fields hold the normal forms.
@@ -62,7 +62,7 @@ class BackpressurePolicy:
             max_fill: float = 0.5,
             full_share: float = 0.1,
             max_wait: float | timedelta = 10.0,
-            stall_after: float | timedelta = 5.0,
+            stall_after: float | timedelta = 0.5,
         ) -> None: ...
 
     def __post_init__(self) -> None:
