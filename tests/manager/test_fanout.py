@@ -156,9 +156,7 @@ async def test_a_full_queue_drops_messages_per_policy_and_counts_every_drop(
     action: str, delivered: list[str], drops: dict[str, int]
 ) -> None:
     overflow = OverflowPolicy(max_messages=LIMIT, action=action)
-    # Without backpressure the bound is exact: the message past it evicts at once (with it,
-    # a full queue gets stall_after first: tests/test_manager_backpressure.py).
-    async with ConnectionManager(overflow=overflow, backpressure=None) as manager:
+    async with ConnectionManager(overflow=overflow) as manager:
         healthy = MemoryTransport("healthy")
         stalled = MemoryTransport("stalled", stalled=True)
         manager.register(healthy, "healthy")
@@ -183,9 +181,7 @@ async def test_a_full_queue_drops_the_oldest_by_bytes_too() -> None:
     overflow = OverflowPolicy(
         max_messages=100, max_bytes=10, max_message_size=10, action="drop-oldest"
     )
-    # Without backpressure the bound is exact: the message past it evicts at once (with it,
-    # a full queue gets stall_after first: tests/test_manager_backpressure.py).
-    async with ConnectionManager(overflow=overflow, backpressure=None) as manager:
+    async with ConnectionManager(overflow=overflow) as manager:
         stalled = MemoryTransport("stalled", stalled=True)
         manager.register(stalled, "stalled")
         await one_in_flight(manager, "first")
@@ -202,9 +198,7 @@ async def test_a_full_queue_drops_the_oldest_by_bytes_too() -> None:
 async def test_a_slow_consumer_is_disconnected_with_1008_and_goes_to_error() -> None:
     changes: list[StateChange] = []
     overflow = OverflowPolicy(max_messages=LIMIT, action="disconnect")
-    # Without backpressure the bound is exact: the message past it evicts at once (with it,
-    # a full queue gets stall_after first: tests/test_manager_backpressure.py).
-    async with ConnectionManager(overflow=overflow, backpressure=None) as manager:
+    async with ConnectionManager(overflow=overflow) as manager:
         manager.on_state_change(changes.append)
         healthy = MemoryTransport("healthy")
         stalled = MemoryTransport("stalled", stalled=True)
@@ -239,9 +233,7 @@ async def test_a_slow_consumer_is_disconnected_with_1008_and_goes_to_error() -> 
 
 async def test_a_slow_consumer_with_a_retry_policy_stays_in_error_awaiting_its_retry() -> None:
     overflow = OverflowPolicy(max_messages=LIMIT, action="disconnect")
-    async with ConnectionManager(
-        overflow=overflow, retry_policy=NEVER, backpressure=None
-    ) as manager:
+    async with ConnectionManager(overflow=overflow, retry_policy=NEVER) as manager:
         stalled = MemoryTransport("stalled", stalled=True)
         manager.register(stalled, "stalled")
         await one_in_flight(manager, "m0")

@@ -99,9 +99,7 @@ async def test_a_full_buffer_of_a_connection_that_is_down_does_not_evict_it_agai
     overflow = OverflowPolicy(max_messages=2, action="disconnect")
     # A long first delay: the connection stays in ERROR, buffering, for the whole test.
     async with ConnectionManager(
-        retry_policy=policy(base_delay=60.0, max_delay=60.0),
-        overflow=overflow,
-        backpressure=None,  # the bound exact: the message past it evicts at once
+        retry_policy=policy(base_delay=60.0, max_delay=60.0), overflow=overflow
     ) as m:
         m.on_state_change(changes.append)
         socket = Reporting("slow", stalled=True)

@@ -47,29 +47,6 @@ def test_only_queues_that_evict_make_the_fill_count() -> None:
     assert policy.behind(**memory, **bounds, evicting=False)  # the byte budget still holds
 
 
-def test_several_queues_full_at_once_are_a_server_behind() -> None:
-    """An uneven slowdown shows as full queues before the average moves."""
-    policy = BackpressurePolicy()
-    assert policy.full_share == 0.1
-
-    def full(n: int, connections: int, evicting: bool = True) -> bool:
-        return policy.behind(
-            queued_messages=1,
-            queued_bytes=1,
-            connections=connections,
-            queue_messages=1024,
-            queue_bytes=MIB,
-            evicting=evicting,
-            full_queues=n,
-        )
-
-    assert not full(1, connections=5)  # one alone is a slow peer, however few there are
-    assert full(2, connections=5)
-    assert not full(99, connections=1000)  # under a tenth
-    assert full(100, connections=1000)
-    assert not full(100, connections=1000, evicting=False)
-
-
 def test_the_fleet_wide_byte_budget_applies_however_many_connections() -> None:
     policy = BackpressurePolicy(max_queued_bytes=10 * MIB)
     assert behind(policy, 1, 10 * MIB + 1, connections=100_000)
@@ -93,8 +70,6 @@ def test_durations_take_timedelta_and_are_stored_as_seconds() -> None:
         ({"max_fill": 1.5}, "max_fill"),
         ({"max_fill": float("nan")}, "max_fill"),
         ({"max_fill": "half"}, "max_fill"),
-        ({"full_share": 0}, "full_share"),
-        ({"full_share": 2}, "full_share"),
         ({"max_wait": 0}, "max_wait"),
         ({"max_wait": -1}, "max_wait"),
         ({"stall_after": 0}, "stall_after"),

@@ -140,7 +140,6 @@ class Fleet:
         self.overflow = overflow
         self.close_timeout = close_timeout
         self.outbox = Outbox(self.context, overflow, self, close_timeout=close_timeout)
-        self.outbox.grace = None if backpressure is None else backpressure.stall_after
         self.timers = Timers(self.context, heartbeat, self)
         self.callbacks = Callbacks(callback_timeout)
         self.presence = Presence(self.registry, callback_timeout)
@@ -399,7 +398,7 @@ class Fleet:
         # their client, not for the server, and a producer waiting on them would wait for
         # nothing (a few dozen held sessions would hold up every fan-out).
         queued = outbox.queued_messages - outbox.held_messages
-        if policy is None or (queued <= 0 and not outbox.full):
+        if policy is None or queued <= 0:
             return False
         overflow = self.overflow
         by_state = self.registry.by_state
@@ -407,7 +406,6 @@ class Fleet:
             queued_messages=queued,
             queued_bytes=outbox.queued_bytes - outbox.held_bytes,
             connections=len(by_state[C]) + len(by_state[ConnectionState.IDLE]),
-            full_queues=len(outbox.full),
             queue_messages=overflow.max_messages,
             queue_bytes=overflow.max_bytes,
             evicting=overflow.action is OverflowAction.DISCONNECT,

@@ -72,10 +72,6 @@ class OutboxReports(Protocol):
     def send_failed(self, conn: Connection, error: Exception) -> None:
         """The socket failed under a write (an I/O error): the connection has failed."""
 
-    def behind(self) -> bool:
-        """Whether the fleet as a whole is behind (``BackpressurePolicy``): then a full
-        queue is the server's doing as much as its peer's, and the producer waits."""
-
 
 class Outbox:
     """The fleet's outbound side; its counters feed ``manager.stats()``."""
@@ -91,11 +87,6 @@ class Outbox:
         self._context = context
         self._reports = reports
         self.overflow = overflow
-        #: How long a full queue is given for its writer to take it before its peer counts
-        #: as stalled and is evicted (``BackpressurePolicy.stall_after``); ``None``: at once.
-        self.grace: float | None = None
-        #: Writable connections found with a full queue, and since when (see ``_overflowed``).
-        self.full: dict[Connection, float] = {}
         self.close_timeout = close_timeout
         self._ready: list[Connection] = []
         self._evicted: list[Connection] = []
@@ -227,29 +218,6 @@ class Outbox:
                     self.held_bytes -= dropped
                 self.count_drop("overflow: drop-oldest")
                 continue
-            if (
-                decision is OverflowDecision.DISCONNECT
-                and conn.writable
-                and self.grace is not None
-                and len(queue) < 2 * policy.max_messages
-                and out.pending_bytes + size <= 2 * policy.max_bytes
-                and (
-                    self._context.now() - self.full.setdefault(conn, self._context.now())
-                    < self.grace
-                    or self._reports.behind()
-                )
-            ):
-                # Full, but not yet known to be stalled: its writer may take the queue any
-                # moment. If many queues are full at once the fleet is behind: the producer
-                # waits (``Fleet.behind``) rather than evicting them all. One full queue
-                # alone goes on to twice its bound, or ``grace`` seconds without a write
-                # taken, and is evicted then; twice the bound is the limit in every case.
-                queue.append(message)
-                out.pending_bytes += size
-                self.queued_messages += 1
-                self.queued_bytes += size
-                self.schedule(conn)
-                return 1
             if decision is OverflowDecision.DISCONNECT and conn.writable:
                 # The message that did not fit is counted with the queue, on eviction.
                 if conn not in self._evicted:  # (a short list: the evictions of one call)
@@ -293,8 +261,6 @@ class Outbox:
         out = conn._out
         queue = None if out is None else out.pending
         messages = refused
-        if self.full:
-            self.full.pop(conn, None)
         if queue is not None:
             assert out is not None
             messages += sum(1 for item in queue if item is not PING)
@@ -443,8 +409,6 @@ class Outbox:
         self.queued_messages -= messages
         self.queued_bytes -= nbytes
         self.progress += 1
-        if self.full:
-            self.full.pop(conn, None)  # its writer took the queue: not stalled
         return batch, nbytes, messages
 
     def _write_now(self, conn: Connection) -> Exception | None:

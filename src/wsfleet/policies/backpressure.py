@@ -6,20 +6,12 @@ whole cannot keep up (its writers write one message at a time, the CPU is satura
 queue grows at once; the same bound would then evict every healthy client together. What
 helps then is to slow the producer down: fan-out calls wait until the writers have caught up.
 
-Three signs say the fleet, not a peer, is behind: the bytes queued across all connections
-pass ``max_queued_bytes`` (memory, whatever the cause); the queues together are fuller than
+Two signs say the fleet, not a peer, is behind: the bytes queued across all connections pass
+``max_queued_bytes`` (memory, whatever the cause), or the queues together are fuller than
 ``max_fill`` of what their bounds allow (one full queue among many barely moves that share;
-every queue half full does); or ``full_share`` of the queues (and at least two) are full at
-the same time, which is how an uneven slowdown shows before the average moves. The last two
-matter only where a full queue evicts its client (the overflow policy's "disconnect"); under
-"drop-oldest" or "drop-newest" a full queue loses messages by the application's choice, and
-the producer is not held for it.
-
-So that several queues can be seen full at once, a full queue is not evicted the moment it
-fills: its peer counts as stalled only once its writer has taken nothing for
-``stall_after`` seconds, or its queue has reached twice its bound. One slow peer among many
-is still evicted (it alone is full, the producer does not wait, its queue soon passes twice
-its bound); many full at once hold the producer instead, and nobody is evicted.
+every queue half full does). The second matters only where a full queue evicts its client
+(the overflow policy's "disconnect"); under "drop-oldest" or "drop-newest" a full queue
+loses messages by the application's choice, and the producer is not held for it.
 
 A wait is bounded (``max_wait``), and it ends as soon as the writers stop making progress for
 ``stall_after``: peers that stopped reading will not drain, waiting for them would block the
@@ -42,14 +34,12 @@ class BackpressurePolicy:
     """How far the fleet's queues may grow before fan-out calls wait for the writers.
 
     ``max_queued_bytes`` is across every connection (64 MiB by default); ``max_fill`` is the
-    share of the queues' combined bounds (messages or bytes) in use (one half by default);
-    ``full_share`` the share of the queues full at once (a tenth, and at least two).
+    share of the queues' combined bounds (messages or bytes) in use (one half by default).
     Durations are seconds (``float``) or ``timedelta`` and are stored as float seconds.
     """
 
     max_queued_bytes: int = 64 * 1024 * 1024
     max_fill: float = 0.5
-    full_share: float = 0.1
     max_wait: float = 10.0
     stall_after: float = 0.5
 
@@ -60,7 +50,6 @@ class BackpressurePolicy:
             *,
             max_queued_bytes: int = 64 * 1024 * 1024,
             max_fill: float = 0.5,
-            full_share: float = 0.1,
             max_wait: float | timedelta = 10.0,
             stall_after: float | timedelta = 0.5,
         ) -> None: ...
@@ -71,10 +60,6 @@ class BackpressurePolicy:
         check_above("max_fill", fill, 0.0)
         check_at_most("max_fill", fill, 1.0)
         object.__setattr__(self, "max_fill", fill)
-        share = to_number("full_share", self.full_share)
-        check_above("full_share", share, 0.0)
-        check_at_most("full_share", share, 1.0)
-        object.__setattr__(self, "full_share", share)
         for name in ("max_wait", "stall_after"):
             seconds = to_seconds(name, getattr(self, name))
             check_above(name, seconds, 0.0)
@@ -89,7 +74,6 @@ class BackpressurePolicy:
         queue_messages: int,
         queue_bytes: int,
         evicting: bool = True,
-        full_queues: int = 0,
     ) -> bool:
         """Whether the fleet is behind: producers should wait for the writers.
 
@@ -101,7 +85,5 @@ class BackpressurePolicy:
             return True
         if not evicting:
             return False
-        if full_queues >= max(2.0, self.full_share * connections):
-            return True
         share = self.max_fill * connections
         return queued_messages > share * queue_messages or queued_bytes > share * queue_bytes
