@@ -97,4 +97,3 @@ async def test_a_tight_producer_beside_a_stalled_client_evicts_only_that_one(
     combo: Combo,
 ) -> None:
     await _feed(combo, stalled=True)
-
