@@ -132,8 +132,9 @@ class Ledger:
         self.accepted = 0
         self.refused = 0
 
-    async def send(self) -> None:
-        delivery = await self.sender.broadcast(str(self.accepted + self.refused + 1))
+    async def send(self, message: str | bytes | None = None) -> None:
+        number = self.accepted + self.refused + 1
+        delivery = await self.sender.broadcast(str(number) if message is None else message)
         if delivery.published:
             self.accepted += 1
         else:

@@ -27,7 +27,7 @@ import pytest
 from adapters.clients import client
 from adapters.harness_websockets import serve
 from redis_server import UNCLOSED, RedisServer
-from support import backplane_drops, backplane_stat, connected, wait_until
+from support import REFUSED, Ledger, backplane_drops, backplane_stat, connected, wait_until
 from wsfleet import Backplane, ConnectionManager, MessageTooLarge, OverflowPolicy
 from wsfleet.adapters.redis import RedisBackplane, RedisStore
 from wsfleet.testing import MemoryTransport
@@ -42,7 +42,6 @@ HEARTBEAT = 0.2
 TTL = 0.6
 OP_TIMEOUT = 0.5
 RATE = 50  # messages per second
-REFUSED = ("backplane: link down", "backplane: publish queue full")
 
 
 @asynccontextmanager
@@ -59,44 +58,6 @@ async def nodes(
             managers.append(await stack.enter_async_context(manager))
         await wait_until(lambda: connected(*managers), "every node connected")
         yield managers
-
-
-class Ledger:
-    """What a sender accepted and refused, and the sum that must balance."""
-
-    def __init__(self, sender: ConnectionManager, receiver: ConnectionManager) -> None:
-        self.sender = sender
-        self.receiver = receiver
-        self.socket = MemoryTransport("bob")
-        receiver.register(self.socket, "bob")
-        self.accepted = 0
-        self.refused = 0
-
-    async def send(self, message: str | bytes | None = None) -> None:
-        number = self.accepted + self.refused + 1
-        delivery = await self.sender.broadcast(str(number) if message is None else message)
-        if delivery.published:
-            self.accepted += 1
-        else:
-            self.refused += 1
-
-    def counted(self) -> tuple[int, int]:
-        """(refusals the sender counted, losses of accepted messages counted anywhere)."""
-        sender = backplane_drops(self.sender)
-        refused = sum(sender.get(reason, 0) for reason in REFUSED)
-        lost = sum(sender.values()) - refused + sum(backplane_drops(self.receiver).values())
-        return refused, lost
-
-    def balanced(self) -> bool:
-        refused, lost = self.counted()
-        return refused == self.refused and self.accepted == len(self.socket.received) + lost
-
-    def explain(self) -> str:
-        return (
-            f"accepted {self.accepted}, refused {self.refused}, delivered "
-            f"{len(self.socket.received)}; sender {backplane_drops(self.sender)}, "
-            f"receiver {backplane_drops(self.receiver)}"
-        )
 
 
 @pytest.mark.slow  # Redis frozen, then killed
