@@ -24,7 +24,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from types import TracebackType
+from typing import Self
 
 __all__ = ["RedisServer", "RedisServerError", "ping", "redis_binary"]
 
@@ -85,7 +87,32 @@ def _server_pid(port: int, timeout: float = 0.5) -> int | None:
     return None
 
 
-class RedisServer:
+class Launched(ABC):
+    """Started on entering a ``with`` block, stopped and cleaned up on leaving it, however
+    the block ends: the shape of every launcher here (one server, a Cluster, Sentinel)."""
+
+    @abstractmethod
+    def start(self) -> object:
+        """Start (returns ``self``)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every process and remove what was written."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisServer(Launched):
     """One ``redis-server`` subprocess on ``127.0.0.1``.
 
     The port is chosen at the first ``start()`` and kept for the object's lifetime, so a
@@ -216,17 +243,6 @@ class RedisServer:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

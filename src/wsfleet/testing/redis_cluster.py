@@ -30,9 +30,8 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 
-from .redis import HOST, RedisServer, RedisServerError, redis_binary
+from .redis import HOST, Launched, RedisServer, RedisServerError, redis_binary
 
 __all__ = ["ClusterNode", "RedisCluster", "cluster_binaries", "command"]
 
@@ -172,7 +171,7 @@ class Shard:
         return any(low <= slot <= high for low, high in self.slots)
 
 
-class RedisCluster:
+class RedisCluster(Launched):
     """``masters`` shards of ``1 + replicas`` nodes each, on ``127.0.0.1``."""
 
     def __init__(
@@ -238,17 +237,6 @@ class RedisCluster:
         nodes, self.nodes = self.nodes, []
         for node in nodes:
             node.close()
-
-    def __enter__(self) -> RedisCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<RedisCluster {HOST}:{self.ports}>"

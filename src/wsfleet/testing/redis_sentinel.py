@@ -21,9 +21,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
-from .redis import HOST, RedisServer, RedisServerError
+from .redis import HOST, Launched, RedisServer, RedisServerError
 from .redis_cluster import _info, command
 
 __all__ = ["RedisSentinel"]
@@ -72,7 +71,7 @@ class _Sentinel(RedisServer):
         ]  # fmt: skip
 
 
-class RedisSentinel:
+class RedisSentinel(Launched):
     """A primary and its replica, watched by one Sentinel, all on ``127.0.0.1``."""
 
     def __init__(
@@ -107,17 +106,6 @@ class RedisSentinel:
     def close(self) -> None:
         for server in (self.sentinel, self.replica, self.primary):
             server.close()
-
-    def __enter__(self) -> RedisSentinel:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def named_primary(self) -> int | None:
         """The port of the primary Sentinel names now (``None`` if it names none)."""
